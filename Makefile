@@ -1,0 +1,45 @@
+# mlwp: `make up` runs the platform with the example project, `make test` runs the tests.
+# Works on a fresh machine with only Python 3.11 and make: uv is installed with pip if missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+RUN := $(UV) run --frozen --no-sync
+PYTEST_ARGS ?=
+
+.PHONY: up down status test test-fast lint typecheck bench sync clean
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet uv || $(PYTHON) -m pip install --quiet uv
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+sync: .venv/.synced
+
+up: sync  ## run Airflow (FAB), MLflow and serving with the example project; Ctrl-C stops all
+	$(RUN) mlwp up
+
+down: sync
+	$(RUN) mlwp down
+
+status: sync
+	$(RUN) mlwp status
+
+test: sync  ## the whole suite, as CI runs it
+	$(RUN) pytest $(PYTEST_ARGS)
+
+test-fast: sync  ## the inner loop: no slow tests
+	$(RUN) pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+
+lint: sync
+	$(RUN) ruff check .
+	$(RUN) ruff format --check mlwp serving operators
+	$(RUN) mypy
+
+bench: sync
+	$(RUN) python -m bench
+
+clean:
+	rm -rf .mlwp

@@ -1,0 +1,1 @@
+"""Running the platform's processes: configuration, first-run setup and supervision."""

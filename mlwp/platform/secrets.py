@@ -1,0 +1,44 @@
+"""Per-installation secrets (Fernet key, JWT secret, session key), made once and kept 0600.
+
+Production passes these through the environment or AWS Secrets Manager instead; the file is
+only the embedded default's answer to "where do the secrets of a laptop install live".
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+import orjson
+
+_KEYS = ("fernet_key", "jwt_secret", "api_secret_key")
+
+
+def _new_value(key: str) -> str:
+    if key == "fernet_key":
+        return base64.urlsafe_b64encode(os.urandom(32)).decode()
+    return secrets.token_urlsafe(48)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_or_create(path: Path) -> dict[str, str]:
+    """Return the installation secrets, creating the missing ones on first use."""
+    existing: dict[str, str] = orjson.loads(path.read_bytes()) if path.exists() else {}
+    missing = [key for key in _KEYS if not existing.get(key)]
+    if missing:
+        existing.update({key: _new_value(key) for key in missing})
+        write_private(path, orjson.dumps(existing, option=orjson.OPT_INDENT_2))
+    return existing

@@ -1,0 +1,129 @@
+"""Platform settings, read from ``MLWP_*`` environment variables (and a ``.env`` file).
+
+The embedded defaults run everything on one laptop under ``.mlwp/``; production sets
+``MLWP_DATABASE_URL`` (PostgreSQL), ``MLWP_MLFLOW_BACKEND_STORE_URI``, an ``s3://`` storage
+root and so on. Nothing else in mlwp reads ``MLWP_*`` variables directly.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository root: dags/, plugins/ and expectations/ live beside mlwp/.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform, with the embedded defaults of ``make up``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLWP_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    home: Path = Field(
+        default=REPO_ROOT / ".mlwp",
+        description="State folder: databases, logs, artifacts, credentials, pid file.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address every process binds to.")
+    airflow_port: int = Field(default=8080, ge=1, le=65535)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    serving_port: int = Field(default=8000, ge=1, le=65535)
+
+    dags_folder: Path = REPO_ROOT / "dags"
+    plugins_folder: Path = REPO_ROOT / "plugins"
+    expectations_folder: Path = REPO_ROOT / "expectations"
+
+    database_url: str | None = Field(
+        default=None,
+        description="Airflow metadata database; SQLite under home when unset.",
+    )
+    mlflow_backend_store_uri: str | None = Field(
+        default=None, description="MLflow tracking/registry database; SQLite under home when unset."
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        default=None, description="Where MLflow stores artifacts; a folder under home when unset."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="Tracking server the pipeline talks to; the embedded one when unset.",
+    )
+    storage_root: str | None = Field(
+        default=None,
+        description="Default storage root of datasets (file:// or s3://); a folder under home.",
+    )
+
+    executor: str = Field(default="LocalExecutor")
+    parallelism: int = Field(default=8, ge=1)
+    jwt_expiration_seconds: int = Field(default=3600, ge=60)
+    statsd_on: bool = False
+    statsd_host: str = "127.0.0.1"
+    statsd_port: int = 9125
+
+    admin_username: str = "admin"
+    admin_password: SecretStr | None = Field(
+        default=None, description="Initial admin password; generated and saved when unset."
+    )
+    start_timeout_seconds: float = Field(default=180.0, gt=0)
+
+    @field_validator("home", "dags_folder", "plugins_folder", "expectations_folder")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    # Derived locations, all under home so that `rm -rf .mlwp` is a full reset.
+    @cached_property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @cached_property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials"
+
+    @cached_property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.json"
+
+    @cached_property
+    def state_file(self) -> Path:
+        return self.home / "platform.json"
+
+    @property
+    def airflow_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'airflow.db'}"
+
+    @property
+    def mlflow_backend_uri(self) -> str:
+        return self.mlflow_backend_store_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_uri(self) -> str:
+        return self.mlflow_artifacts_destination or (self.home / "mlartifacts").as_uri()
+
+    @property
+    def storage_uri(self) -> str:
+        return self.storage_root or (self.home / "storage").as_uri()
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.host}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.host}:{self.serving_port}"
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment now (not cached: tests change it)."""
+    return Settings()

@@ -1,0 +1,188 @@
+"""Shared fixtures: free ports, real PostgreSQL and Redis, a real MLflow tracking server.
+
+Services are real. A test that needs PostgreSQL or Redis reads its URL from the environment
+(``MLWP_TEST_POSTGRES_URL``, ``MLWP_TEST_REDIS_URL``; localhost by default) and is skipped
+with the reason when the service is unreachable, unless ``MLWP_REQUIRE_SERVICES=1`` (set by
+``.ci/run``), in which case it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+POSTGRES_URL = os.environ.get(
+    "MLWP_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("MLWP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _configure_test_airflow() -> None:
+    """Give this test session its own Airflow home and SQLite database.
+
+    Airflow reads its configuration when first imported, so this runs at conftest import,
+    before any test module imports Airflow. The database itself is created lazily by the
+    ``airflow_db`` fixture, so tests that never touch Airflow pay nothing.
+    """
+    import tempfile
+
+    from mlwp.platform.airflow_config import airflow_environment
+    from mlwp.settings import Settings
+
+    home = Path(tempfile.mkdtemp(prefix="mlwp-tests-"))
+    os.environ["MLWP_HOME"] = str(home)
+    for key, value in airflow_environment(Settings(home=home)).items():
+        os.environ[key] = value
+    os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+_configure_test_airflow()
+
+
+def services_required() -> bool:
+    return os.environ.get("MLWP_REQUIRE_SERVICES") == "1"
+
+
+def service_unavailable(name: str, url: str, exc: BaseException) -> None:
+    """Skip (or, when services are required, fail) a test whose service cannot be reached."""
+    message = f"{name} unreachable at {url}: {exc}"
+    if services_required():
+        pytest.fail(f"{message} (MLWP_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers below 500, the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code < 500:
+                return
+            last = response.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout}s (last: {last})")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """URL of the PostgreSQL server's maintenance database (skips/fails when unreachable)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # any driver error means "not reachable" here
+        service_unavailable("PostgreSQL", POSTGRES_URL, exc)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"mlwp_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    parsed = urlparse(postgres_admin_url)
+    yield parsed._replace(path=f"/{name}").geturl()
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of a reachable Redis (skips/fails when unreachable)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except Exception as exc:  # any client error means "not reachable" here
+        service_unavailable("Redis", REDIS_URL, exc)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite + local artifacts) on a free port; yields its URL."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"), "server",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", (root / "artifacts").as_uri(),
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for_http(f"{url}/health", timeout=120, proc=proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def mlflow_tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point MLflow clients at the test tracking server for one test."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow_server
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Migrate this session's Airflow metadata database once (about 10 s)."""
+    from airflow.utils import db
+
+    db.initdb()
+
+
+def which(name: str) -> str:
+    found = shutil.which(name, path=str(VENV_BIN)) or shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(name)
+    return found
