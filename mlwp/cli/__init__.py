@@ -1,0 +1,16 @@
+"""The ``mlwp`` command line.
+
+Each command group lives in its own module under ``mlwp/cli/`` and is registered here, so
+the CLI's layout mirrors the platform's parts. Heavy imports stay inside the commands.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="mlwp",
+    help="mlwp: Airflow 3 for machine-learning teams.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
