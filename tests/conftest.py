@@ -43,6 +43,9 @@ def _configure_test_airflow() -> None:
     from mlwp.platform.airflow_config import airflow_environment
     from mlwp.settings import Settings
 
+    if os.environ.get("MLWP_TEST_SESSION_PID") == str(os.getpid()):
+        return  # this module was imported a second time under another name
+    os.environ["MLWP_TEST_SESSION_PID"] = str(os.getpid())
     home = Path(tempfile.mkdtemp(prefix="mlwp-tests-"))
     os.environ["MLWP_HOME"] = str(home)
     for key, value in airflow_environment(Settings(home=home)).items():
