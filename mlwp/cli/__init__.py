@@ -14,3 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+from mlwp.cli import audit as _audit  # noqa: E402
+
+app.add_typer(_audit.app, name="audit")
