@@ -1,0 +1,41 @@
+"""Users and roles of the platform as data: no Airflow import here (see ``roles``)."""
+
+from mlwp.security.roles import (
+    ACTIONS,
+    ADMIN,
+    BUILTIN_ROLES,
+    DATA_SCIENTIST,
+    PROJECT_ROLE_PREFIX,
+    VIEWER,
+    ActorKind,
+    PlatformAction,
+    RoleSpec,
+    SecurityError,
+    dag_project,
+    expected_matrix,
+    is_allowed,
+    project_access_control,
+    project_role,
+    render_matrix_markdown,
+    user_permissions,
+)
+
+__all__ = [
+    "ACTIONS",
+    "ADMIN",
+    "BUILTIN_ROLES",
+    "DATA_SCIENTIST",
+    "PROJECT_ROLE_PREFIX",
+    "VIEWER",
+    "ActorKind",
+    "PlatformAction",
+    "RoleSpec",
+    "SecurityError",
+    "dag_project",
+    "expected_matrix",
+    "is_allowed",
+    "project_access_control",
+    "project_role",
+    "render_matrix_markdown",
+    "user_permissions",
+]
