@@ -1,0 +1,599 @@
+"""The workflow definition schema: what a data scientist writes in ``workflow.yaml``.
+
+The models are plain pydantic (no Airflow), so the CLI, the compiler in ``operators/`` and
+the operators themselves share one source of truth. Every model refuses unknown keys. Task
+types form a discriminated union on ``type``; each type's own fields are the keyword
+arguments of its operator (see ``docs/contracts.md``).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import PurePosixPath
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+# --------------------------------------------------------------------------- scalar types
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+TASK_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
+ASSET_NAME_PATTERN = r"^[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_-]*$"
+CALLABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
+AssetName = Annotated[str, StringConstraints(pattern=ASSET_NAME_PATTERN)]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
+DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"
+
+
+def parse_duration(value: Any) -> Any:
+    """Turn ``"90s"``, ``"5m"``, ``"1h30m"`` or a number of seconds into a ``timedelta``."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"a duration like '5m' or '2h' is expected, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if text and _DURATION_PART.sub("", text) == "":
+            seconds = sum(
+                float(amount) * _DURATION_UNITS[unit]
+                for amount, unit in _DURATION_PART.findall(text)
+            )
+            return timedelta(seconds=seconds)
+    raise ValueError(
+        f"a duration like '30s', '5m', '2h', '1d' or '1h30m' is expected, got {value!r}"
+    )
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: '30s', '5m', '2h', '1d', '1h30m' or seconds.",
+        }
+    ),
+]
+
+# Airflow 3's schedule presets (airflow.timetables); "@once" and "@continuous" included.
+SCHEDULE_PRESETS = (
+    "@once",
+    "@continuous",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+)
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
+_CRON_NAMES = {
+    3: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+    4: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+}
+_CRON_ITEM = re.compile(r"^(\*|[0-9a-z]+(-[0-9a-z]+)?)(/(\d+))?$")
+
+
+def check_cron(expression: str) -> str | None:
+    """Return why ``expression`` is not a valid 5-field cron expression, or None when it is."""
+    fields = expression.split()
+    if len(fields) != 5:
+        return f"a cron expression has 5 fields (minute hour day month weekday), got {len(fields)}"
+    for index, field in enumerate(fields):
+        low, high = _CRON_RANGES[index]
+        names = _CRON_NAMES.get(index, [])
+        for item in field.lower().split(","):
+            match = _CRON_ITEM.match(item)
+            if match is None:
+                return f"cron {_CRON_FIELDS[index]} field {field!r} is not valid"
+            if match.group(4) is not None and int(match.group(4)) == 0:
+                return f"cron {_CRON_FIELDS[index]} field {field!r} has a step of 0"
+            if match.group(1) == "*":
+                continue
+            for bound in match.group(1).split("-"):
+                if bound in names:
+                    continue
+                if not bound.isdigit() or not low <= int(bound) <= high:
+                    return f"cron {_CRON_FIELDS[index]} value {bound!r} is outside {low}-{high}"
+    return None
+
+
+def _check_schedule_text(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("@"):
+            if text not in SCHEDULE_PRESETS:
+                raise ValueError(
+                    f"unknown schedule preset {text!r}; presets are {', '.join(SCHEDULE_PRESETS)}"
+                )
+            return text
+        problem = check_cron(text)
+        if problem is not None:
+            raise ValueError(f"{problem}: {text!r} is neither a preset nor a cron expression")
+        return text
+    return value
+
+
+ScheduleText = Annotated[
+    str,
+    BeforeValidator(_check_schedule_text),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A preset (" + ", ".join(SCHEDULE_PRESETS) + ") or a cron expression.",
+            "examples": ["@daily", "0 3 * * 1"],
+        }
+    ),
+]
+
+
+def _to_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class StrictModel(BaseModel):
+    """Base of every definition model: unknown keys are errors, instances are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- project level
+
+
+class SlackNotifierSpec(StrictModel):
+    """Post to a Slack channel through a Slack API connection (``SlackNotifier``)."""
+
+    slack: str = Field(description="Airflow connection id of type slack.")
+    channel: str = Field(default="#general", description="Channel to post to.")
+
+
+class SlackWebhookNotifierSpec(StrictModel):
+    """Post through a Slack incoming-webhook connection (``SlackWebhookNotifier``)."""
+
+    slack_webhook: str = Field(description="Airflow connection id of type slackwebhook.")
+
+
+class EmailNotifierSpec(StrictModel):
+    """Send an e-mail through an SMTP connection (``SmtpNotifier``)."""
+
+    email: Annotated[list[str], BeforeValidator(_to_list)] = Field(
+        min_length=1, description="Recipients."
+    )
+    conn: str = Field(default="smtp_default", description="Airflow connection id of type smtp.")
+
+
+# A bare string is a connection id whose type (smtp, slack, slackwebhook) is looked up when
+# the alert fires: connection types are not knowable while parsing (no database access).
+Notifier = str | SlackNotifierSpec | SlackWebhookNotifierSpec | EmailNotifierSpec
+
+
+class Alerts(StrictModel):
+    """Notifiers called when a task of any workflow of the project fails or retries."""
+
+    on_failure: list[Notifier] = Field(default_factory=list)
+    on_retry: list[Notifier] = Field(default_factory=list)
+
+
+DEFAULT_START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _to_datetime(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"a date like 2024-01-01 is expected, got {value!r}") from exc
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return value
+
+
+StartDate = Annotated[
+    datetime,
+    BeforeValidator(_to_datetime),
+    WithJsonSchema({"type": "string", "format": "date", "examples": ["2024-01-01"]}),
+]
+
+
+class WorkflowDefaults(StrictModel):
+    """Defaults of every workflow of a project; a workflow's own value wins."""
+
+    start_date: StartDate = DEFAULT_START_DATE
+    catchup: bool = False
+    retries: int = Field(default=1, ge=0, le=100)
+    retry_delay: Duration = timedelta(minutes=5)
+    timeout: Duration | None = Field(default=None, description="Execution timeout of a task.")
+    max_active_runs: int = Field(default=1, ge=1)
+
+
+class ParamSpec(StrictModel):
+    """A parameter offered in the trigger form of a workflow (an Airflow ``Param``)."""
+
+    default: Any = Field(description="Value used when the trigger form leaves it unchanged.")
+    type: Literal["string", "integer", "number", "boolean", "array", "object"] | None = None
+    description: str | None = None
+    enum: list[Any] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class AssetSchedule(StrictModel):
+    """Run a workflow whenever datasets produced by other workflows are updated."""
+
+    assets: Annotated[list[AssetName], BeforeValidator(_to_list)] = Field(
+        min_length=1,
+        description="Asset names '<project>.<workflow>.<task>' of dataset-producing tasks.",
+    )
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+class TaskBase(StrictModel):
+    """Fields common to every task type."""
+
+    after: Annotated[list[TaskId], BeforeValidator(_to_list)] = Field(
+        default_factory=list, description="Ids of the tasks that must finish first."
+    )
+    retries: int | None = Field(default=None, ge=0, le=100)
+    retry_delay: Duration | None = None
+    timeout: Duration | None = None
+    doc: str | None = Field(default=None, description="Markdown shown on the task in the UI.")
+
+    # The keys that are not operator keyword arguments.
+    COMMON_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"type", "after", "retries", "retry_delay", "timeout", "doc"}
+    )
+    # Task types whose output is a dataset, hence an Airflow Asset.
+    PRODUCES_DATASET: ClassVar[bool] = False
+
+    def operator_kwargs(self) -> dict[str, Any]:
+        """Return this task's own fields as JSON-compatible keyword arguments of its operator.
+
+        Fields left unset (None) are omitted so the operator's own defaults apply.
+        """
+        return self.model_dump(mode="json", exclude=set(self.COMMON_FIELDS), exclude_none=True)
+
+
+class ExtractTask(TaskBase):
+    """Read a dataset from a file, an object store or a Postgres query."""
+
+    type: Literal["extract"] = "extract"
+    source: str | None = Field(
+        default=None,
+        description="Path relative to the project folder, or a file:// or s3:// URI.",
+    )
+    query: str | None = Field(default=None, description="SQL query, with conn_id.")
+    conn_id: str | None = Field(default=None, description="Airflow Postgres connection id.")
+    format: Literal["csv", "parquet"] | None = Field(
+        default=None, description="Inferred from the source's suffix when unset."
+    )
+    read_options: dict[str, Any] = Field(default_factory=dict)
+
+    PRODUCES_DATASET: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExtractTask:
+        if (self.source is None) == (self.query is None):
+            raise ValueError("an extract task needs exactly one of 'source' or 'query'")
+        if self.query is not None and self.conn_id is None:
+            raise ValueError("a 'query' needs 'conn_id' (an Airflow Postgres connection id)")
+        return self
+
+    @property
+    def resolved_format(self) -> str:
+        """The dataset format: the explicit one, else the source's suffix, else csv."""
+        if self.format is not None:
+            return self.format
+        if self.source is not None and PurePosixPath(self.source).suffix == ".parquet":
+            return "parquet"
+        return "csv"
+
+
+class ValidateTask(TaskBase):
+    """Check a dataset against a Great Expectations suite."""
+
+    type: Literal["validate"] = "validate"
+    suite: str = Field(description="Name of expectations/<suite>.json.")
+    input: TaskId | None = Field(default=None, description="Upstream task whose dataset to check.")
+
+
+class TransformStep(BaseModel):
+    """One transformation step; ``op`` names it, the other keys are the op's arguments."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    op: Literal[
+        "select",
+        "drop",
+        "rename",
+        "cast",
+        "fill_missing",
+        "filter",
+        "onehot",
+        "ordinal",
+        "scale",
+        "derive",
+        "split",
+        "python",
+    ]
+
+
+class TransformTask(TaskBase):
+    """Turn a dataset into features with a list of steps."""
+
+    type: Literal["transform"] = "transform"
+    steps: list[TransformStep] = Field(min_length=1)
+    input: TaskId | None = None
+
+    PRODUCES_DATASET: ClassVar[bool] = True
+
+
+class TuningRange(StrictModel):
+    """The search space of one hyperparameter: a numeric range or a list of values."""
+
+    min: float | None = None
+    max: float | None = None
+    log: bool = False
+    integer: bool = False
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_values(self) -> TuningRange:
+        if self.values is not None:
+            if self.min is not None or self.max is not None:
+                raise ValueError("a range has either 'values' or 'min'/'max', not both")
+            return self
+        if self.min is None or self.max is None:
+            raise ValueError("a range needs 'min' and 'max' (or 'values')")
+        if self.min > self.max:
+            raise ValueError(f"range min {self.min} is greater than max {self.max}")
+        return self
+
+
+class Tuning(StrictModel):
+    """Hyperparameter tuning: several training trials, the best one is kept."""
+
+    trials: int = Field(default=10, ge=1)
+    parallel: int = Field(default=1, ge=1)
+    metric: str = "roc_auc"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    strategy: Literal["bayesian", "random", "grid"] = "bayesian"
+    pruning: bool = False
+    ranges: dict[str, TuningRange] = Field(min_length=1)
+
+
+class SageMakerSettings(StrictModel):
+    """Where a SageMaker training job runs."""
+
+    instance_type: str = "ml.m5.large"
+    instance_count: int = Field(default=1, ge=1)
+    volume_size_gb: int = Field(default=30, ge=1)
+    max_runtime: Duration = timedelta(hours=2)
+    role_arn: str | None = None
+    image_uri: str | None = None
+    spot: bool = False
+
+
+class TrainTask(TaskBase):
+    """Train an XGBoost model locally or on SageMaker, tracked in MLflow."""
+
+    type: Literal["train"] = "train"
+    target: str = Field(description="Name of the label column.")
+    objective: Literal["binary", "multiclass", "regression"] = "binary"
+    backend: Literal["local", "sagemaker"] = "local"
+    params: dict[str, Any] = Field(default_factory=dict, description="XGBoost parameters.")
+    num_boost_round: int = Field(default=100, ge=1)
+    early_stopping_rounds: int | None = Field(default=None, ge=1)
+    seed: int = 42
+    tuning: Tuning | None = None
+    sagemaker: SageMakerSettings | None = None
+    input: TaskId | None = None
+
+
+class EvaluateTask(TaskBase):
+    """Compute metrics of a trained model on held-out data."""
+
+    type: Literal["evaluate"] = "evaluate"
+    metrics: list[str] = Field(default_factory=lambda: ["roc_auc", "accuracy"])
+    input: TaskId | None = None
+
+
+class Gate(StrictModel):
+    """The condition a new model version must meet to be registered."""
+
+    metric: str
+    min: float | None = None
+    beat: Literal["champion"] | None = None
+    margin: float = 0.0
+
+
+class RegisterTask(TaskBase):
+    """Register the trained model as a new version in the MLflow registry."""
+
+    type: Literal["register"] = "register"
+    model: str = Field(description="Registered model name in MLflow.")
+    gate: Gate | None = None
+    input: TaskId | None = None
+
+
+class ApproveTask(TaskBase):
+    """Wait for a human (or, in auto mode, nobody) to approve a promotion."""
+
+    type: Literal["approve"] = "approve"
+    mode: Literal["human", "auto"] = "human"
+    approvers: list[str] = Field(default_factory=list)
+
+
+Alias = Literal["champion", "challenger"]
+
+
+class DeployTask(TaskBase):
+    """Point a serving alias at the approved version and set the traffic split."""
+
+    type: Literal["deploy"] = "deploy"
+    model: str
+    alias: Alias = "champion"
+    traffic: dict[Alias, Annotated[int, Field(ge=0, le=100)]] | None = Field(
+        default=None, description="Percent of requests per alias; sums to 100."
+    )
+
+    @field_validator("traffic")
+    @classmethod
+    def _sums_to_100(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and sum(value.values()) != 100:
+            shares = " + ".join(f"{alias} {share}" for alias, share in value.items())
+            raise ValueError(f"traffic must sum to 100, got {shares} = {sum(value.values())}")
+        return value
+
+
+class BatchPredictTask(TaskBase):
+    """Score a dataset with a served model version and store the predictions."""
+
+    type: Literal["batch_predict"] = "batch_predict"
+    model: str
+    alias: Alias = "champion"
+    input: TaskId | None = None
+    output: str | None = Field(
+        default=None, description="Where predictions go; storage when unset."
+    )
+
+    PRODUCES_DATASET: ClassVar[bool] = True
+
+
+class PythonTask(TaskBase):
+    """Call ``module:function`` with ``kwargs``; the module is imported when the task runs."""
+
+    type: Literal["python"] = "python"
+    callable: Annotated[str, StringConstraints(pattern=CALLABLE_PATTERN)] = Field(
+        description="'package.module:function'."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+TASK_MODELS: dict[str, type[TaskBase]] = {
+    "extract": ExtractTask,
+    "validate": ValidateTask,
+    "transform": TransformTask,
+    "train": TrainTask,
+    "evaluate": EvaluateTask,
+    "register": RegisterTask,
+    "approve": ApproveTask,
+    "deploy": DeployTask,
+    "batch_predict": BatchPredictTask,
+    "python": PythonTask,
+}
+TASK_TYPES: tuple[str, ...] = tuple(TASK_MODELS)
+
+Task = Annotated[
+    ExtractTask
+    | ValidateTask
+    | TransformTask
+    | TrainTask
+    | EvaluateTask
+    | RegisterTask
+    | ApproveTask
+    | DeployTask
+    | BatchPredictTask
+    | PythonTask,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- workflow, project
+
+
+class Workflow(StrictModel):
+    """One workflow of a project: one Airflow DAG ``<project>.<workflow>``."""
+
+    description: str = ""
+    schedule: ScheduleText | AssetSchedule | None = Field(
+        default=None,
+        description="A preset, a cron expression, {assets: [...]} or null (manual only).",
+    )
+    start_date: StartDate | None = None
+    catchup: bool | None = None
+    retries: int | None = Field(default=None, ge=0, le=100)
+    retry_delay: Duration | None = None
+    timeout: Duration | None = None
+    max_active_runs: int | None = Field(default=None, ge=1)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    tasks: dict[TaskId, Task] = Field(min_length=1)
+
+
+class Project(StrictModel):
+    """A project file: its people, alerts, defaults and workflows."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"title": "mlwp workflow definition"},
+    )
+
+    project: Name = Field(description="Project name; DAG ids are '<project>.<workflow>'.")
+    description: str = ""
+    owner: str = Field(description="Airflow user owning every DAG of the project.")
+    members: list[str] = Field(default_factory=list, description="Users granted the project role.")
+    tags: list[str] = Field(default_factory=list)
+    alerts: Alerts = Field(default_factory=Alerts)
+    storage: str | None = Field(
+        default=None, description="Storage root (file:// or s3://); the platform's when unset."
+    )
+    defaults: WorkflowDefaults = Field(default_factory=WorkflowDefaults)
+    workflows: dict[Name, Workflow] = Field(min_length=1)
+
+    @property
+    def name(self) -> str:
+        return self.project
+
+    @property
+    def role(self) -> str:
+        """Name of the project's Airflow role."""
+        return f"project:{self.project}"
+
+    def dag_id(self, workflow: str) -> str:
+        return f"{self.project}.{workflow}"
+
+
+def asset_name(project: str, workflow: str, task_id: str) -> str:
+    """Name of the Airflow Asset of a dataset-producing task (docs/contracts.md)."""
+    return f"{project}.{workflow}.{task_id}"
+
+
+def asset_uri(project: str, workflow: str, task_id: str) -> str:
+    """URI of the Airflow Asset of a dataset-producing task (docs/contracts.md)."""
+    return f"mlwp://{project}/{workflow}/{task_id}"
