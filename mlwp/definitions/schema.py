@@ -17,8 +17,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -194,7 +196,38 @@ class EmailNotifierSpec(StrictModel):
 
 # A bare string is a connection id whose type (smtp, slack, slackwebhook) is looked up when
 # the alert fires: connection types are not knowable while parsing (no database access).
-Notifier = str | SlackNotifierSpec | SlackWebhookNotifierSpec | EmailNotifierSpec
+def _notifier_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "connection"
+    if isinstance(value, BaseModel):
+        return _NOTIFIER_TAGS.get(type(value).__name__)
+    if isinstance(value, dict):
+        for key in ("slack_webhook", "slack", "email"):
+            if key in value:
+                return key
+    return None
+
+
+_NOTIFIER_TAGS = {
+    "SlackNotifierSpec": "slack",
+    "SlackWebhookNotifierSpec": "slack_webhook",
+    "EmailNotifierSpec": "email",
+}
+
+Notifier = Annotated[
+    Annotated[str, Tag("connection")]
+    | Annotated[SlackNotifierSpec, Tag("slack")]
+    | Annotated[SlackWebhookNotifierSpec, Tag("slack_webhook")]
+    | Annotated[EmailNotifierSpec, Tag("email")],
+    Discriminator(
+        _notifier_kind,
+        custom_error_type="notifier_kind",
+        custom_error_message=(
+            "a notifier is a connection id or a mapping with one of the keys "
+            "slack, slack_webhook, email"
+        ),
+    ),
+]
 
 
 class Alerts(StrictModel):
@@ -536,11 +569,29 @@ Task = Annotated[
 # --------------------------------------------------------------------------- workflow, project
 
 
+def _schedule_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict | AssetSchedule):
+        return "assets"
+    return None
+
+
 class Workflow(StrictModel):
     """One workflow of a project: one Airflow DAG ``<project>.<workflow>``."""
 
     description: str = ""
-    schedule: ScheduleText | AssetSchedule | None = Field(
+    schedule: (
+        Annotated[
+            Annotated[ScheduleText, Tag("text")] | Annotated[AssetSchedule, Tag("assets")],
+            Discriminator(
+                _schedule_kind,
+                custom_error_type="schedule_kind",
+                custom_error_message="a schedule is a preset, a cron expression or {assets: [...]}",
+            ),
+        ]
+        | None
+    ) = Field(
         default=None,
         description="A preset, a cron expression, {assets: [...]} or null (manual only).",
     )
