@@ -18,3 +18,13 @@ app = typer.Typer(
 from mlwp.cli import audit as _audit  # noqa: E402
 
 app.add_typer(_audit.app, name="audit")
+
+from mlwp.cli import roles as _roles  # noqa: E402
+from mlwp.cli import users as _users  # noqa: E402
+
+app.add_typer(_roles.app, name="roles")
+app.add_typer(_users.app, name="users")
+
+from mlwp.cli import platform as _platform  # noqa: E402
+
+app.add_typer(_platform.app)  # top-level commands: up, down, status, airflow

@@ -39,7 +39,8 @@ def list_command(
         for event in events:
             typer.echo(orjson.dumps(event.model_dump(mode="json")).decode())
         return
-    table = Table("timestamp", "actor", "action", "target", "details")
+    table = Table("timestamp", "actor", "action", "target")
+    table.add_column("details", overflow="ellipsis", no_wrap=True, max_width=60)
     for event in events:
         table.add_row(
             event.timestamp.isoformat(timespec="seconds"),

@@ -1,0 +1,54 @@
+"""Run ``operators.rbac`` commands under the platform's Airflow environment.
+
+``mlwp`` itself never imports Airflow: user and role commands run FAB's security manager in a
+child process configured by :func:`mlwp.platform.airflow_config.airflow_environment`, with the
+request (passwords included) on stdin, never on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from mlwp.security.roles import SecurityError
+from mlwp.settings import REPO_ROOT, Settings
+
+
+def run_rbac(command: str, request: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Run one ``operators.rbac`` command and return its JSON answer, or raise its error."""
+    from mlwp.platform.airflow_config import airflow_environment
+
+    env = {**os.environ, **airflow_environment(settings)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "operators.rbac", command],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=300,
+        check=False,
+    )
+    answer: dict[str, Any] | None = None
+    # Airflow may log to stdout before the answer: the answer is the last JSON line.
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                answer = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            break
+    if answer is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        raise SecurityError(
+            f"`operators.rbac {command}` exited with {proc.returncode} and no answer:\n"
+            + "\n".join(tail),
+            code="rbac_failed",
+        )
+    if "error" in answer:
+        raise SecurityError(answer["error"]["message"], code=answer["error"]["code"])
+    return answer

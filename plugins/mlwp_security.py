@@ -1,0 +1,91 @@
+"""Airflow plugin: rate-limit failed logins on the api-server's token endpoints.
+
+FAB's ``AUTH_RATE_LIMITED`` only guards its Flask login form; the FastAPI endpoints that hand
+out JWTs (``POST /auth/token`` and ``/auth/token/cli``) are not limited at all, so a script could
+guess passwords there at full speed. This root middleware counts failed attempts (401 answers)
+per client address with the ``limits`` library and answers 429 with ``Retry-After`` once the
+limit is reached; successful logins cost nothing, so a busy office behind one address is not
+locked out by its own users.
+
+Configuration (environment of the api-server):
+- ``MLWP_AUTH_RATE_LIMIT``: a ``limits`` expression, default ``5 per 40 second`` (FAB's default).
+- ``MLWP_AUTH_RATE_LIMIT_STORAGE``: ``memory://`` by default; use ``redis://...`` when the
+  api-server runs several workers or replicas, so they share one count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+LOGIN_PATHS = frozenset({"/auth/token", "/auth/token/cli", "/auth/login", "/auth/login/"})
+TOO_MANY = b'{"detail":"Too many failed login attempts. Try again later."}'
+
+
+class FailedLoginRateLimitMiddleware:
+    """Pure ASGI middleware: 429 after too many failed logins from one client address."""
+
+    def __init__(self, app: Any, limit: str | None = None, storage_uri: str | None = None) -> None:
+        from limits import parse
+        from limits.storage import storage_from_string
+        from limits.strategies import MovingWindowRateLimiter
+
+        self.app = app
+        self.limit = parse(limit or os.environ.get("MLWP_AUTH_RATE_LIMIT", "5 per 40 second"))
+        storage = storage_from_string(
+            storage_uri or os.environ.get("MLWP_AUTH_RATE_LIMIT_STORAGE", "memory://")
+        )
+        self.limiter = MovingWindowRateLimiter(storage)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or scope.get("path") not in LOGIN_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        key = client[0] if client else "unknown"
+        if not self.limiter.test(self.limit, "mlwp-login", key):
+            reset_at, _remaining = self.limiter.get_window_stats(self.limit, "mlwp-login", key)
+            retry_after = max(1, int(reset_at - time.time()))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", str(retry_after).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": TOO_MANY})
+            return
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.limiter.hit(self.limit, "mlwp-login", key)
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+class MlwpSecurityPlugin(AirflowPlugin):
+    """Registers the failed-login rate limit on the api-server."""
+
+    name = "mlwp_security"
+    fastapi_root_middlewares = [
+        {
+            "middleware": FailedLoginRateLimitMiddleware,
+            "args": [],
+            "kwargs": {},
+            "name": "mlwp failed-login rate limit",
+        }
+    ]
+
+
+__all__ = ["FailedLoginRateLimitMiddleware", "MlwpSecurityPlugin"]
