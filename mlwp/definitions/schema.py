@@ -646,5 +646,9 @@ def asset_name(project: str, workflow: str, task_id: str) -> str:
 
 
 def asset_uri(project: str, workflow: str, task_id: str) -> str:
-    """URI of the Airflow Asset of a dataset-producing task (docs/contracts.md)."""
-    return f"mlwp://{project}/{workflow}/{task_id}"
+    """URI of the Airflow Asset of a dataset-producing task.
+
+    The scheme is ``x-mlwp``: Airflow leaves ``x-`` schemes alone, while any other scheme
+    makes it load every provider's URI normalizers (and boto3) while a DAG file is parsed.
+    """
+    return f"x-mlwp://{project}/{workflow}/{task_id}"

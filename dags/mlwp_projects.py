@@ -1,0 +1,21 @@
+"""Airflow DAG loader: every dags/projects/<project>/workflow.yaml becomes one DAG per workflow.
+
+A broken definition never hides the others: its problems (file:line:column: path: message)
+are listed among Airflow's import errors under its own file name. When Airflow runs a task,
+``get_parsing_context()`` names the DAG, and only that one is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import get_parsing_context
+
+from operators.compiler import load_projects, report_import_errors
+
+_HERE = Path(__file__).resolve().parent
+_result = load_projects(
+    _HERE / "projects", dag_id=get_parsing_context().dag_id, display_root=_HERE.parent
+)
+globals().update(_result.dags)
+report_import_errors(_result.problems, __file__)

@@ -1,0 +1,349 @@
+"""Compile workflow definitions into Airflow DAGs.
+
+Public API (also usable from a hand-written DAG file):
+
+- :func:`build_dag` turns one workflow of a validated :class:`mlwp.definitions.Project` into
+  a ``DAG`` named ``<project>.<workflow>``;
+- :func:`build_dags` does it for every workflow of a project;
+- :func:`load_projects` scans a folder of ``<project>/workflow.yaml`` files, validates them,
+  builds the DAGs, and collects the problems of broken definitions without letting them hide
+  the others; :func:`report_import_errors` shows those problems as Airflow import errors.
+
+Parsing stays cheap: no network, no database, no heavy import; operator classes are imported
+once per task type (``operators.task_types``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import DAG, Asset, Param
+
+from mlwp.definitions import AssetSchedule, Project, Workflow, asset_name, asset_uri
+from mlwp.definitions.loading import DEFINITION_FILENAME, check_file
+from mlwp.definitions.problems import DefinitionError, Problem, format_path
+from operators.notifiers import FAILURE_TEXT, RETRY_TEXT, alert_notifiers
+from operators.task_types import operator_factory
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+
+log = logging.getLogger(__name__)
+
+# Rights of a project's role on each of its DAGs. The FAB auth manager accepts, for "DAG Runs",
+# only can_read, can_create, can_delete and menu_access (RESOURCE_DETAILS_MAP): "can_edit"
+# would be refused when permissions are synced, so it is not listed there.
+DAG_PERMISSIONS: dict[str, set[str]] = {
+    "DAGs": {"can_read", "can_edit", "can_delete"},
+    "DAG Runs": {"can_read", "can_create", "can_delete"},
+}
+
+
+def access_control(project: Project) -> dict[str, dict[str, set[str]]]:
+    """Return the ``access_control`` of a project's DAGs: its role gets them all."""
+    return {project.role: {resource: set(actions) for resource, actions in DAG_PERMISSIONS.items()}}
+
+
+def _schedule(project: Project, workflow: Workflow) -> Any:
+    schedule = workflow.schedule
+    if isinstance(schedule, AssetSchedule):
+        return [Asset(name=name, uri=asset_uri(*name.split("."))) for name in schedule.assets]
+    return schedule
+
+
+def doc_md(project: Project, workflow_name: str, source: str | None = None) -> str:
+    """Render the DAG's documentation from its definition (no secrets: only names and ids)."""
+    workflow = project.workflows[workflow_name]
+    schedule = workflow.schedule
+    if isinstance(schedule, AssetSchedule):
+        schedule_text = "when these assets update: " + ", ".join(f"`{a}`" for a in schedule.assets)
+    else:
+        schedule_text = f"`{schedule}`" if schedule else "manual only"
+    lines = [
+        f"# {project.dag_id(workflow_name)}",
+        "",
+        workflow.description or project.description,
+        "",
+        f"- **project**: {project.project}"
+        + (f" - {project.description}" if project.description else ""),
+        f"- **owner**: {project.owner}",
+        f"- **members**: {', '.join(project.members) or '-'} (role `{project.role}`)",
+        f"- **schedule**: {schedule_text}",
+    ]
+    if source:
+        lines.append(f"- **definition**: `{source}`")
+    lines += ["", "| task | type | after |", "| --- | --- | --- |"]
+    for task_id, task in workflow.tasks.items():
+        lines.append(f"| `{task_id}` | {task.type} | {', '.join(task.after) or '-'} |")
+    if workflow.params:
+        lines += ["", "Trigger parameters: " + ", ".join(f"`{name}`" for name in workflow.params)]
+    return "\n".join(lines)
+
+
+def _params(workflow: Workflow) -> dict[str, Param]:
+    params: dict[str, Param] = {}
+    for name, spec in workflow.params.items():
+        schema = spec.model_dump(exclude={"default"}, exclude_none=True)
+        params[name] = Param(spec.default, **schema)
+    return params
+
+
+def build_dag(
+    project: Project,
+    workflow_name: str,
+    *,
+    project_dir: str | os.PathLike[str],
+    source: str | None = None,
+) -> DAG:
+    """Build the DAG ``<project>.<workflow_name>`` from a validated definition.
+
+    ``project_dir`` is the folder that relative dataset paths are resolved against; it is
+    passed to every operator. ``source`` (the definition file, for the docs) is optional.
+    """
+    workflow = project.workflows[workflow_name]
+    defaults = project.defaults
+    default_args: dict[str, Any] = {
+        "owner": project.owner,
+        "retries": defaults.retries if workflow.retries is None else workflow.retries,
+        "retry_delay": workflow.retry_delay or defaults.retry_delay,
+    }
+    timeout = workflow.timeout or defaults.timeout
+    if timeout is not None:
+        default_args["execution_timeout"] = timeout
+    if project.alerts.on_failure:
+        default_args["on_failure_callback"] = alert_notifiers(
+            project.alerts.on_failure, FAILURE_TEXT
+        )
+    if project.alerts.on_retry:
+        default_args["on_retry_callback"] = alert_notifiers(project.alerts.on_retry, RETRY_TEXT)
+
+    dag = DAG(
+        dag_id=project.dag_id(workflow_name),
+        description=(workflow.description or project.description or None),
+        schedule=_schedule(project, workflow),
+        start_date=workflow.start_date or defaults.start_date,
+        catchup=defaults.catchup if workflow.catchup is None else workflow.catchup,
+        max_active_runs=workflow.max_active_runs or defaults.max_active_runs,
+        default_args=default_args,
+        tags=["mlwp", project.role, *project.tags, *workflow.tags],
+        doc_md=doc_md(project, workflow_name, source),
+        access_control=access_control(project),
+        params=_params(workflow),
+    )
+    context = {
+        "project": project.project,
+        "workflow": workflow_name,
+        "project_dir": str(project_dir),
+    }
+    tasks: dict[str, BaseOperator] = {}
+    for task_id, task in workflow.tasks.items():
+        base: dict[str, Any] = {"task_id": task_id, "dag": dag}
+        if task.retries is not None:
+            base["retries"] = task.retries
+        if task.retry_delay is not None:
+            base["retry_delay"] = task.retry_delay
+        if task.timeout is not None:
+            base["execution_timeout"] = task.timeout
+        if task.doc:
+            base["doc_md"] = task.doc
+        if task.PRODUCES_DATASET:
+            base["outlets"] = [
+                Asset(
+                    name=asset_name(project.project, workflow_name, task_id),
+                    uri=asset_uri(project.project, workflow_name, task_id),
+                )
+            ]
+        factory = operator_factory(task.type)
+        tasks[task_id] = factory(**task.operator_kwargs(), **context, **base)
+    for task_id, task in workflow.tasks.items():
+        for upstream in task.after:
+            tasks[upstream] >> tasks[task_id]
+    return dag
+
+
+def build_dags(
+    project: Project,
+    *,
+    project_dir: str | os.PathLike[str],
+    source: str | None = None,
+    only: Iterable[str] | None = None,
+) -> list[DAG]:
+    """Build the DAGs of every workflow of ``project`` (or only the workflows named)."""
+    names = list(project.workflows) if only is None else [n for n in only if n in project.workflows]
+    return [build_dag(project, name, project_dir=project_dir, source=source) for name in names]
+
+
+# --------------------------------------------------------------------------- the DAG folder
+
+
+@dataclass
+class LoadResult:
+    """DAGs built from a folder of definitions, and the problems of the broken ones."""
+
+    dags: dict[str, DAG] = field(default_factory=dict)
+    problems: dict[Path, list[Problem]] = field(default_factory=dict)
+
+
+def _definition_files(projects_dir: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(projects_dir), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return []
+    files = []
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith((".", "_")):
+            candidate = Path(entry.path, DEFINITION_FILENAME)
+            if candidate.is_file():
+                files.append(candidate)
+    return files
+
+
+def _default_expectations_dir() -> Path:
+    from mlwp.settings import get_settings
+
+    return get_settings().expectations_folder
+
+
+def load_projects(
+    projects_dir: str | os.PathLike[str],
+    *,
+    dag_id: str | None = None,
+    expectations_dir: Path | None = None,
+    display_root: str | os.PathLike[str] | None = None,
+) -> LoadResult:
+    """Validate and compile every ``<projects_dir>/<project>/workflow.yaml``.
+
+    A broken definition is recorded in ``problems`` (keyed by its file) and never stops the
+    others. When ``dag_id`` is given (a task run, see ``get_parsing_context``), only that
+    DAG is built, from the folder named like its project when there is one.
+    ``display_root`` makes file names in messages relative to it.
+    """
+    root = Path(projects_dir)
+    expectations = expectations_dir if expectations_dir is not None else _default_expectations_dir()
+    files = _definition_files(root)
+    wanted_project = wanted_workflow = None
+    if dag_id is not None and "." in dag_id:
+        wanted_project, _, wanted_workflow = dag_id.partition(".")
+        direct = root / wanted_project / DEFINITION_FILENAME
+        if direct in files:
+            files = [direct]
+    result = LoadResult()
+    owners: dict[str, Path] = {}
+    for path in files:
+        display = os.path.relpath(path, display_root) if display_root is not None else str(path)
+        project, problems = check_file(path, display=display, expectations_dir=expectations)
+        if project is None:
+            result.problems[path] = problems
+            continue
+        if project.project in owners:
+            result.problems[path] = [
+                Problem(
+                    display,
+                    0,
+                    0,
+                    ("project",),
+                    f"project '{project.project}' is already defined in {owners[project.project]}",
+                    "duplicate",
+                )
+            ]
+            continue
+        owners[project.project] = path
+        if wanted_project is not None and project.project != wanted_project:
+            continue
+        only = [wanted_workflow] if wanted_workflow is not None else None
+        try:
+            for dag in build_dags(project, project_dir=path.parent, source=display, only=only):
+                result.dags[dag.dag_id] = dag
+        except Exception as exc:  # an operator refusing its arguments: report, keep going
+            log.exception("Cannot build the DAGs of %s", path)
+            result.problems[path] = [
+                Problem(
+                    display, 0, 0, (), f"cannot build DAG: {type(exc).__name__}: {exc}", "compile"
+                )
+            ]
+    return result
+
+
+def report_import_errors(
+    problems: dict[Path, list[Problem]], loader_file: str | os.PathLike[str]
+) -> None:
+    """Show each broken definition as an Airflow import error of its own file.
+
+    Airflow's DAG importer (``airflow.dag_processing.importers``) records an import error per
+    file for the module it is importing; this finds that import's result object up the stack
+    and adds one error per definition file, keyed by the file's path relative to the bundle,
+    so the UI lists ``projects/<project>/workflow.yaml`` with ``file:line:column: message``
+    while the loader's other DAGs load normally. Outside a DAG import (a plain ``import``),
+    each problem is logged and emitted as a warning instead.
+    """
+    if not problems:
+        return
+    result = _current_import_result()
+    for path, file_problems in problems.items():
+        message = str(DefinitionError(file_problems))
+        if result is None:
+            log.error("%s", message)
+            warnings.warn_explicit(
+                message, UserWarning, filename=str(path), lineno=file_problems[0].line or 1
+            )
+            continue
+        from airflow.dag_processing.importers import DagImportError
+
+        result.errors.append(
+            DagImportError(
+                file_path=_bundle_relative(path, loader_file, result.file_path),
+                message=message,
+                error_type="definition",
+            )
+        )
+
+
+def _current_import_result() -> Any:
+    try:
+        from airflow.dag_processing.importers import DagImportResult
+    except ImportError:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("result")
+        if isinstance(candidate, DagImportResult):
+            return candidate
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _bundle_relative(path: Path, loader_file: str | os.PathLike[str], loader_key: str) -> str:
+    """Express ``path`` the way Airflow keys the loader's errors (bundle-relative or absolute)."""
+    loader = os.path.abspath(loader_file)
+    if os.path.isabs(loader_key) or not loader.endswith(loader_key):
+        return os.path.abspath(path)
+    bundle_root = loader[: -len(loader_key)]
+    return os.path.relpath(os.path.abspath(path), bundle_root)
+
+
+def problems_text(problems: dict[Path, list[Problem]]) -> str:
+    """Every problem, one per line (for logs and tests)."""
+    return "\n".join(
+        str(problem) for file_problems in problems.values() for problem in file_problems
+    )
+
+
+__all__ = [
+    "DAG_PERMISSIONS",
+    "LoadResult",
+    "access_control",
+    "build_dag",
+    "build_dags",
+    "doc_md",
+    "format_path",
+    "load_projects",
+    "problems_text",
+    "report_import_errors",
+]
