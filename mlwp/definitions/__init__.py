@@ -8,6 +8,8 @@ operators receive: an operator's keyword arguments are its task model's own fiel
 
 from __future__ import annotations
 
+from mlwp.definitions.loading import check_file, load_project, parse_definition
+from mlwp.definitions.problems import DefinitionError, Problem
 from mlwp.definitions.schema import (
     TASK_MODELS,
     TASK_TYPES,
@@ -38,6 +40,7 @@ from mlwp.definitions.schema import (
     WorkflowDefaults,
     asset_name,
     asset_uri,
+    definition_json_schema,
     parse_duration,
 )
 
@@ -48,12 +51,14 @@ __all__ = [
     "ApproveTask",
     "AssetSchedule",
     "BatchPredictTask",
+    "DefinitionError",
     "DeployTask",
     "EmailNotifierSpec",
     "EvaluateTask",
     "ExtractTask",
     "Gate",
     "ParamSpec",
+    "Problem",
     "Project",
     "PythonTask",
     "RegisterTask",
@@ -71,5 +76,9 @@ __all__ = [
     "WorkflowDefaults",
     "asset_name",
     "asset_uri",
+    "check_file",
+    "definition_json_schema",
+    "load_project",
+    "parse_definition",
     "parse_duration",
 ]

@@ -652,3 +652,11 @@ def asset_uri(project: str, workflow: str, task_id: str) -> str:
     makes it load every provider's URI normalizers (and boto3) while a DAG file is parsed.
     """
     return f"x-mlwp://{project}/{workflow}/{task_id}"
+
+
+def definition_json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of a definition file (draft 2020-12), for editors and CI."""
+    schema = Project.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://mlwp.dev/schemas/workflow.schema.json"
+    return schema
