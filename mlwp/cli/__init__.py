@@ -25,6 +25,10 @@ from mlwp.cli import users as _users  # noqa: E402
 app.add_typer(_roles.app, name="roles")
 app.add_typer(_users.app, name="users")
 
+from mlwp.cli import definitions as _definitions  # noqa: E402
+
+app.add_typer(_definitions.app)  # top-level commands: validate, schema
+
 from mlwp.cli import platform as _platform  # noqa: E402
 
 app.add_typer(_platform.app)  # top-level commands: up, down, status, airflow
