@@ -1,0 +1,228 @@
+"""The mlwp model format: load a model directory and score raw feature records.
+
+A model directory (the SageMaker ``SM_MODEL_DIR`` output, and the MLflow model logged from it)
+holds:
+
+- ``model.ubj``: the native XGBoost booster, already cut to the best early-stopping iteration;
+- ``mlwp.json``: objective, target, class labels, raw features, training metrics and params;
+- ``preprocessing.json``: the fitted :class:`~mlwp.preprocessing.Preprocessing`;
+- in the MLflow copy also ``MLmodel`` with an ``xgboost`` flavour and a ``python_function``
+  flavour whose loader module is this module (:func:`_load_pyfunc`).
+
+``load(path).predict(records)`` runs without pandas: records -> numpy columns -> the fitted
+preprocessing -> ``Booster.inplace_predict``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from mlwp.errors import MlwpError
+from mlwp.preprocessing import Feature, Preprocessing, RecordError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xgboost
+
+__all__ = [
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "OBJECTIVES",
+    "PREPROCESSING_FILE",
+    "Feature",
+    "Model",
+    "ModelFormatError",
+    "Prediction",
+    "RecordError",
+    "load",
+    "save",
+]
+
+FORMAT = "mlwp.model/1"
+MODEL_FILE = "model.ubj"
+METADATA_FILE = "mlwp.json"
+PREPROCESSING_FILE = "preprocessing.json"
+OBJECTIVES = ("binary", "multiclass", "regression")
+
+
+class ModelFormatError(MlwpError):
+    """A model directory is incomplete or was written by an incompatible version."""
+
+    code = "model_format_error"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores of a batch of records, in the records' order.
+
+    ``probabilities[i][k]`` is the probability of ``classes[k]`` for record ``i``; it is None
+    for regression models.
+    """
+
+    predictions: list[Any]
+    probabilities: list[list[float]] | None
+
+
+@dataclass
+class Model:
+    """A loaded mlwp model: the booster, its preprocessing and its metadata."""
+
+    path: Path
+    booster: xgboost.Booster
+    preprocessing: Preprocessing
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> str:
+        return str(self.metadata["objective"])
+
+    @property
+    def target(self) -> str | None:
+        return self.metadata.get("target")
+
+    @property
+    def classes(self) -> list[Any] | None:
+        classes = self.metadata.get("classes")
+        return None if classes is None else list(classes)
+
+    @property
+    def features(self) -> list[Feature]:
+        """The raw input fields, as clients send them."""
+        return self.preprocessing.features
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata.get("threshold", 0.5))
+
+    def transform(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray[Any, Any]:
+        """The feature matrix of raw records (raises RecordError on bad records)."""
+        return self.preprocessing.transform_records(records)
+
+    def predict(self, records: Sequence[Mapping[str, Any]]) -> Prediction:
+        """Score raw feature records."""
+        matrix = self.transform(records)
+        return self.predict_matrix(matrix)
+
+    def predict_matrix(self, matrix: np.ndarray[Any, Any]) -> Prediction:
+        """Score an already preprocessed feature matrix."""
+        if matrix.shape[0] == 0:
+            return Prediction([], None if self.objective == "regression" else [])
+        raw = np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
+        return self.decide(raw)
+
+    def decide(self, raw: np.ndarray[Any, Any]) -> Prediction:
+        """Turn booster outputs into labels and class probabilities."""
+        if self.objective == "regression":
+            return Prediction([float(v) for v in raw.reshape(-1)], None)
+        classes = self.classes or []
+        if self.objective == "binary":
+            positive = raw.reshape(-1)
+            probabilities = np.column_stack([1.0 - positive, positive])
+            chosen = (positive >= self.threshold).astype(np.int64)
+        else:
+            probabilities = raw.reshape(raw.shape[0], -1)
+            chosen = np.argmax(probabilities, axis=1)
+        return Prediction(
+            [classes[int(i)] for i in chosen],
+            [[float(p) for p in row] for row in probabilities],
+        )
+
+
+def load(path: str | Path) -> Model:
+    """Load a local model directory (an SM_MODEL_DIR output or a downloaded MLflow model)."""
+    import xgboost
+
+    root = Path(path)
+    for name in (MODEL_FILE, METADATA_FILE, PREPROCESSING_FILE):
+        if not (root / name).is_file():
+            raise ModelFormatError(f"{root}: not an mlwp model directory ({name} is missing)")
+    metadata = orjson.loads((root / METADATA_FILE).read_bytes())
+    if metadata.get("format") != FORMAT:
+        raise ModelFormatError(
+            f"{root / METADATA_FILE}: unsupported format {metadata.get('format')!r} "
+            f"(expected {FORMAT})"
+        )
+    if metadata.get("objective") not in OBJECTIVES:
+        raise ModelFormatError(
+            f"{root / METADATA_FILE}: objective {metadata.get('objective')!r} is not one of "
+            f"{', '.join(OBJECTIVES)}"
+        )
+    preprocessing = Preprocessing.from_json((root / PREPROCESSING_FILE).read_bytes())
+    booster = xgboost.Booster(model_file=str(root / MODEL_FILE))
+    return Model(root, booster, preprocessing, metadata)
+
+
+def save(
+    path: str | Path,
+    booster: xgboost.Booster,
+    preprocessing: Preprocessing,
+    *,
+    objective: str,
+    classes: Sequence[Any] | None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a model directory: booster, ``mlwp.json`` and ``preprocessing.json``."""
+    if objective not in OBJECTIVES:
+        raise ModelFormatError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(root / MODEL_FILE))
+    metadata = {
+        "format": FORMAT,
+        "objective": objective,
+        "target": preprocessing.target,
+        "classes": None if classes is None else [_json_value(c) for c in classes],
+        "features": [f.to_dict() for f in preprocessing.features],
+        "feature_names": preprocessing.outputs,
+        **(extra or {}),
+    }
+    (root / METADATA_FILE).write_bytes(
+        orjson.dumps(metadata, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    (root / PREPROCESSING_FILE).write_bytes(preprocessing.to_json())
+    return root
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+class PyfuncModel:
+    """What ``mlflow.pyfunc.load_model`` returns: predict takes a DataFrame of raw features."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            records = model_input.to_dict(orient="records")
+        elif isinstance(model_input, Mapping):
+            records = [dict(model_input)]
+        else:
+            records = list(model_input)
+        result = self.model.predict(records)
+        frame = pd.DataFrame({"prediction": result.predictions})
+        if result.probabilities is not None and self.model.classes is not None:
+            for k, label in enumerate(self.model.classes):
+                frame[f"probability_{label}"] = [row[k] for row in result.probabilities]
+        return frame
+
+
+def _load_pyfunc(path: str) -> PyfuncModel:
+    """MLflow ``python_function`` loader: ``path`` is the model directory."""
+    return PyfuncModel(load(path))
