@@ -46,7 +46,10 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("metrics", "statsd_host"): settings.statsd_host,
         ("metrics", "statsd_port"): str(settings.statsd_port),
         ("metrics", "statsd_prefix"): "airflow",
-        ("scheduler", "enable_health_check"): "True",
+        # Health comes from the api-server's /api/v2/monitor/health (heartbeats of the
+        # scheduler, dag-processor and triggerer); the scheduler's own health server binds a
+        # fixed port (8974) that would clash between two installs on one machine.
+        ("scheduler", "enable_health_check"): "False",
         # A laptop should see new definitions quickly; production keeps Airflow's defaults.
         ("dag_processor", "refresh_interval"): "30",
         ("dag_processor", "min_file_process_interval"): "30",

@@ -1,0 +1,145 @@
+"""First-run setup of the platform: Airflow's database and the initial admin user.
+
+Both steps are idempotent, so every ``mlwp up`` runs them: ``airflow db migrate`` creates or
+upgrades the metadata database (the FAB tables included), and ``airflow users create`` adds
+the ``admin`` user only when it does not exist. The admin's password is generated once,
+written to ``<home>/credentials`` (mode 0600) and shown once, on the run that created it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from mlwp.errors import PlatformError
+from mlwp.platform.secrets import write_private
+from mlwp.platform.supervisor import tail
+from mlwp.settings import REPO_ROOT, Settings
+
+ADMIN_ROLE = "Admin"
+
+
+class Credentials(BaseModel):
+    """The initial admin login, as stored in ``<home>/credentials``."""
+
+    username: str
+    password: str
+    url: str
+
+
+@dataclass(frozen=True)
+class AdminUser:
+    """Outcome of ensuring the admin user: whether it was created now, and its login."""
+
+    username: str
+    password: str | None
+    created: bool
+
+
+def read_credentials(path: Path) -> Credentials | None:
+    """Return the stored admin login, or None when there is none."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return Credentials.model_validate(orjson.loads(data))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise PlatformError(f"{path}: not a valid credentials file ({exc})") from exc
+
+
+def write_credentials(path: Path, credentials: Credentials) -> None:
+    write_private(path, orjson.dumps(credentials.model_dump(), option=orjson.OPT_INDENT_2))
+
+
+def _run_logged(step: str, argv: list[str], env: Mapping[str, str], log: Path) -> str:
+    """Run a one-shot command with its output appended to ``log``; return its output."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        argv, env=dict(env), cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    output = result.stdout + result.stderr
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n===== {' '.join(argv[:3])} ...\n{output}")
+    if result.returncode != 0:
+        raise PlatformError(
+            f"{step} failed with code {result.returncode} (log: {log}):\n{tail(log)}",
+            code="bootstrap_failed",
+        )
+    return output
+
+
+def migrate_database(airflow: str, env: Mapping[str, str], log: Path) -> None:
+    """Create or upgrade Airflow's metadata database, FAB tables included."""
+    _run_logged("airflow db migrate", [airflow, "db", "migrate"], env, log)
+
+
+def ensure_admin(settings: Settings, airflow: str, env: Mapping[str, str], log: Path) -> AdminUser:
+    """Create the admin user when it does not exist; keep an existing one untouched.
+
+    The password comes from ``MLWP_ADMIN_PASSWORD``, else from the credentials file, else is
+    generated; it is written to the credentials file only when this call created the user,
+    so the file never claims a password the database does not have.
+    """
+    stored = read_credentials(settings.credentials_file)
+    if settings.admin_password is not None:
+        password = settings.admin_password.get_secret_value()
+    elif stored is not None and stored.username == settings.admin_username:
+        password = stored.password
+    else:
+        password = secrets.token_urlsafe(18)
+    output = _run_logged(
+        "creating the admin user",
+        [
+            airflow,
+            "users",
+            "create",
+            "--username",
+            settings.admin_username,
+            "--password",
+            password,
+            "--role",
+            ADMIN_ROLE,
+            "--firstname",
+            "mlwp",
+            "--lastname",
+            "admin",
+            "--email",
+            f"{settings.admin_username}@mlwp.invalid",
+        ],
+        env,
+        log,
+    )
+    created = "created with role" in output
+    if created:
+        write_credentials(
+            settings.credentials_file,
+            Credentials(
+                username=settings.admin_username, password=password, url=settings.airflow_url
+            ),
+        )
+        return AdminUser(settings.admin_username, password, created=True)
+    known = stored is not None and stored.username == settings.admin_username
+    return AdminUser(settings.admin_username, password if known else None, created=False)
+
+
+def sync_roles(env: Mapping[str, str], log: Path) -> None:
+    """Create the platform and project roles (``mlwp roles sync``) before DAGs are parsed.
+
+    Generated DAGs grant their project's role through ``access_control``; Airflow refuses a
+    DAG naming a role that does not exist yet, so the roles come first.
+    """
+    from mlwp.platform.processes import executable
+
+    _run_logged(
+        "syncing roles (mlwp roles sync)",
+        [executable("mlwp"), "roles", "sync"],
+        {**env, "MLWP_ACTOR": "mlwp-up"},
+        log,
+    )

@@ -1,0 +1,200 @@
+"""The platform's processes: how each is started and how each is known to be ready.
+
+Airflow runs as its four components (api-server, scheduler, dag-processor, triggerer), never
+as ``airflow standalone``, which forces the simple auth manager; all four get the same
+environment from :func:`mlwp.platform.airflow_config.airflow_environment`. MLflow runs its
+tracking server, serving runs under uvicorn. Only command lines and HTTP probes live here:
+nothing imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+
+from mlwp.errors import ConfigurationError
+from mlwp.platform.airflow_config import airflow_environment
+from mlwp.platform.preflight import PortRequest
+from mlwp.platform.supervisor import ProcessSpec, ReadinessProbe
+from mlwp.settings import REPO_ROOT, Settings
+
+# Airflow components that report a heartbeat through the api-server's monitor endpoint.
+AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+
+# Stop order: what accepts work first, then what does it, then what stores its results.
+STAGE_FRONT, STAGE_WORKERS, STAGE_STORAGE = 0, 1, 2
+
+# Processes that do not need Airflow's database, so they can start before its migration.
+INDEPENDENT = ("mlflow", "serving")
+
+
+def executable(name: str) -> str:
+    """Find a console script of this environment (beside the running Python) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigurationError(
+            f"'{name}' is not installed in this environment; run `uv sync --frozen` (or make sync)"
+        )
+    return found
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment of every platform process: the caller's, plus Airflow's generated one."""
+    env = dict(os.environ)
+    env.update(airflow_environment(settings))
+    env["PYTHONUNBUFFERED"] = "1"
+    # The serving service and mlwp code in tasks find the repository's packages.
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
+    )
+    return env
+
+
+def _get(url: str) -> httpx.Response | str:
+    try:
+        return httpx.get(url, timeout=3.0)
+    except httpx.HTTPError as exc:
+        return f"{url}: {type(exc).__name__}"
+
+
+def http_ok(url: str) -> ReadinessProbe:
+    """A probe that is satisfied when ``url`` answers 200."""
+
+    def probe() -> str | None:
+        response = _get(url)
+        if isinstance(response, str):
+            return response
+        return None if response.status_code == 200 else f"{url}: HTTP {response.status_code}"
+
+    return probe
+
+
+def airflow_health(base_url: str) -> ReadinessProbe:
+    """A probe satisfied when the api-server reports every component healthy.
+
+    The monitor endpoint reports the scheduler's, dag-processor's and triggerer's latest
+    heartbeats, so this one probe also tells that those three processes are alive and working.
+    """
+    url = f"{base_url}/api/v2/monitor/health"
+
+    def probe() -> str | None:
+        response = _get(url)
+        if isinstance(response, str):
+            return response
+        if response.status_code != 200:
+            return f"{url}: HTTP {response.status_code}"
+        body = response.json()
+        waiting = [
+            part for part in AIRFLOW_COMPONENTS if (body.get(part) or {}).get("status") != "healthy"
+        ]
+        return f"waiting for {', '.join(waiting)}" if waiting else None
+
+    return probe
+
+
+def port_requests(settings: Settings) -> list[PortRequest]:
+    """The ports ``mlwp up`` will bind, with the process that binds each."""
+    return [
+        PortRequest("airflow api-server", settings.host, settings.airflow_port),
+        PortRequest("mlflow server", settings.host, settings.mlflow_port),
+        PortRequest("serving", settings.host, settings.serving_port),
+    ]
+
+
+def platform_processes(settings: Settings) -> list[ProcessSpec]:
+    """Describe every long-running process of the embedded platform."""
+    env = child_environment(settings)
+    airflow = executable("airflow")
+    mlflow_url = f"http://{settings.host}:{settings.mlflow_port}"
+    # MLflow's job runner (huey consumers for GenAI scoring jobs) is not used by mlwp; off, it
+    # saves two processes and lets the server stop promptly on SIGTERM.
+    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return [
+        ProcessSpec(
+            name="api-server",
+            argv=[
+                airflow,
+                "api-server",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.airflow_port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            ready=airflow_health(settings.airflow_url),
+            stop_stage=STAGE_FRONT,
+            url=settings.airflow_url,
+        ),
+        ProcessSpec(
+            name="serving",
+            argv=[
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "serving.main:app",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.serving_port),
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+            ready=http_ok(f"{settings.serving_url}/health/ready"),
+            stop_stage=STAGE_FRONT,
+            url=settings.serving_url,
+        ),
+        # Logs are read from the shared local folder, so no log-serving ports are opened.
+        ProcessSpec(
+            name="scheduler",
+            argv=[airflow, "scheduler", "--skip-serve-logs"],
+            env=env,
+            cwd=REPO_ROOT,
+            stop_stage=STAGE_WORKERS,
+        ),
+        ProcessSpec(
+            name="dag-processor",
+            argv=[airflow, "dag-processor"],
+            env=env,
+            cwd=REPO_ROOT,
+            stop_stage=STAGE_WORKERS,
+        ),
+        ProcessSpec(
+            name="triggerer",
+            argv=[airflow, "triggerer", "--skip-serve-logs"],
+            env=env,
+            cwd=REPO_ROOT,
+            stop_stage=STAGE_WORKERS,
+        ),
+        ProcessSpec(
+            name="mlflow",
+            argv=[
+                executable("mlflow"),
+                "server",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                settings.mlflow_backend_uri,
+                "--artifacts-destination",
+                settings.mlflow_artifacts_uri,
+            ],
+            env=mlflow_env,
+            cwd=settings.home,
+            ready=http_ok(f"{mlflow_url}/health"),
+            stop_stage=STAGE_STORAGE,
+            url=mlflow_url,
+        ),
+    ]
