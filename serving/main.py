@@ -1,19 +1,168 @@
-"""The mlwp serving service: a FastAPI application exposing ``app``."""
+"""The mlwp serving service: FastAPI app assembled from settings, routes and services.
+
+``uvicorn serving.main:app`` serves it; ``create_app(settings)`` builds one for tests.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
 
-app = FastAPI(title="mlwp serving")
+from serving.api.errors import install_error_handlers
+from serving.api.middleware import ServingMiddleware
+from serving.api.routes import admin, health, metrics, models, predict
+from serving.core.config import ServingSettings, get_settings
+from serving.core.logging import configure_logging
+from serving.core.state import Services
+
+log = structlog.get_logger("mlwp.serving")
+
+DESCRIPTION = """Predictions from the models the mlwp pipeline registered in MLflow, routed
+between champion and challenger by the model's traffic split.
+
+Authenticate with `Authorization: Bearer <key>` (keys come from `mlwp keys create`). Send
+`X-Routing-Key` (or `routing_key` in the body) to keep a user on the same variant."""
 
 
-@app.get("/health/live")
-def live() -> dict[str, str]:
-    """Report that the process is up."""
-    return {"status": "ok"}
+async def _poll(services: Services) -> None:
+    """Sync at start (so readiness turns true), then every poll interval."""
+    interval = services.settings.poll_interval_seconds
+    while True:
+        try:
+            await run_in_threadpool(services.models.sync)
+        except Exception as exc:  # the poller must survive anything; sync reports its own errors
+            log.error("sync_failed", error=repr(exc))
+        if interval <= 0:
+            return
+        await asyncio.sleep(interval)
 
 
-@app.get("/health/ready")
-def ready() -> dict[str, str]:
-    """Report that the service is ready to answer predictions."""
-    return {"status": "ok"}
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    """Build the application for ``settings`` (read from the environment when omitted)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    services = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        poller = asyncio.create_task(_poll(services))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            await services.close()
+
+    app = FastAPI(
+        title="mlwp serving",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    for module in (health, predict, models, admin, metrics):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-Routing-Key"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(
+        ServingMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes
+    )
+    _install_openapi(app, services)
+    return app
+
+
+def _install_openapi(app: FastAPI, services: Services) -> None:
+    """Add one concrete predict path per served model, with its record schema (from the
+    model's feature list: names, types, an example). Rebuilt when the served versions
+    change."""
+    cache: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        states = services.models.states
+        fingerprint = repr(
+            sorted((n, s.champion.version if s.champion else None) for n, s in states.items())
+        )
+        if cache.get("fingerprint") == fingerprint:
+            schema: dict[str, Any] = cache["schema"]
+            return schema
+        from serving.api.schemas import PredictRequest
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["PredictRequest"] = PredictRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        generic = schema["paths"].get("/v1/models/{model}/predict", {}).get("post")
+        for name, state in sorted(states.items()):
+            record = state.schema
+            if record is None or generic is None:
+                continue
+            ref = f"Record_{_schema_name(name)}"
+            components[ref] = {"title": f"{name} record", **record.json_schema()}
+            body_ref = f"PredictRequest_{_schema_name(name)}"
+            components[body_ref] = {
+                "title": f"{name} predict request",
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": services.settings.max_rows,
+                        "items": {"$ref": f"#/components/schemas/{ref}"},
+                    },
+                    services.settings.routing_field: {"type": "string"},
+                },
+                "example": {"data": [record.example_record()]},
+            }
+            operation = copy.deepcopy(generic)
+            operation["operationId"] = f"predict_{_schema_name(name)}"
+            operation["summary"] = f"Predict with {name}"
+            operation["parameters"] = [
+                p for p in operation.get("parameters", []) if p.get("name") != "model"
+            ]
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body_ref}"}}
+                },
+            }
+            schema["paths"][f"/v1/models/{name}/predict"] = {"post": operation}
+        cache["fingerprint"] = fingerprint
+        cache["schema"] = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _schema_name(model: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in model)
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn serving.main:app` builds the app on first access, not on every import
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,265 @@
+"""Predictions: ``POST /v1/models/{model}/predict`` and ``POST /predict`` (the default model).
+
+The hot path reads the raw body, parses it with orjson and checks the rows against the
+model's compiled feature list; no pydantic model is built per row. Small batches are scored
+on the event loop (a thread hop costs more than an XGBoost call on a few rows), larger ones
+in the thread pool.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from serving.api.deps import ApiKeyDep, ServicesDep
+from serving.api.responses import OrjsonResponse, now_iso
+from serving.api.schemas import ERROR_RESPONSES, PredictResponse
+from serving.core.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
+from serving.core.state import Services
+from serving.models.manager import ModelState, Variant
+from serving.services.cache import cache_key
+
+log = structlog.get_logger("mlwp.serving.predict")
+router = APIRouter(tags=["predictions"])
+
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+        },
+    }
+}
+
+
+@router.post(
+    "/v1/models/{model}/predict",
+    response_model=PredictResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_BODY,
+)
+async def predict_model(
+    model: str, request: Request, services: ServicesDep, key: ApiKeyDep
+) -> OrjsonResponse:
+    """Score rows with the model's A/B-routed variant."""
+    if not key.allows_model(model):
+        raise Forbidden(f"this API key may not use model {model!r}", code="model_scope_required")
+    return await _predict(services, request, model)
+
+
+@router.post(
+    "/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=_BODY
+)
+async def predict_default(
+    request: Request, services: ServicesDep, key: ApiKeyDep
+) -> OrjsonResponse:
+    """Score rows with the default model's A/B-routed variant."""
+    model = services.models.default_model
+    if model is None:
+        raise Unavailable("no model is loaded yet", code="model_not_loaded")
+    if not key.allows_model(model):
+        raise Forbidden(f"this API key may not use model {model!r}", code="model_scope_required")
+    return await _predict(services, request, model)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"request body exceeds {limit} bytes", details={"max_body_bytes": limit}
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _state(services: Services, model: str) -> ModelState:
+    state = services.models.get(model)
+    if state is None or state.router is None:
+        if model in services.settings.models or (state is not None):
+            raise Unavailable(
+                f"model {model!r} is not loaded yet",
+                code="model_not_loaded",
+                headers={"Retry-After": "5"},
+            )
+        raise NotFound(
+            f"unknown model {model!r}",
+            code="unknown_model",
+            details={"models": sorted(services.models.states)},
+        )
+    return state
+
+
+def _parse(body: bytes, max_rows: int, routing_field: str) -> tuple[list[Any], str | None]:
+    if not body:
+        raise BadRequest(
+            'empty body: send {"data": [{feature: value, ...}, ...]}', code="empty_body"
+        )
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(
+            "body must be an object with a 'data' list of records",
+            details=[{"row": None, "field": "data"}],
+        )
+    data = payload.get("data")
+    if not isinstance(data, list):
+        raise InvalidInput(
+            "field 'data' must be a list of records", details=[{"row": None, "field": "data"}]
+        )
+    if not data:
+        raise InvalidInput(
+            "field 'data' is empty: send at least one record",
+            details=[{"row": None, "field": "data"}],
+        )
+    if len(data) > max_rows:
+        raise PayloadTooLarge(
+            f"{len(data)} rows exceed the limit of {max_rows} per request",
+            code="too_many_rows",
+            details={"rows": len(data), "max_rows": max_rows},
+        )
+    routing = payload.get(routing_field)
+    if routing is not None and not isinstance(routing, str | int):
+        raise InvalidInput(
+            f"field {routing_field!r} must be a string",
+            details=[{"row": None, "field": routing_field}],
+        )
+    return data, None if routing is None else str(routing)
+
+
+def _score(variant: Variant, data: list[Any]) -> dict[str, Any]:
+    from mlwp.model import RecordError
+
+    try:
+        result = variant.model.predict(data)
+    except RecordError as exc:
+        raise InvalidInput(
+            str(exc),
+            details=[
+                {
+                    "row": getattr(exc, "row", None),
+                    "field": getattr(exc, "field", None),
+                    "message": str(exc),
+                }
+            ],
+        ) from None
+    return {
+        "predictions": _plain(result.predictions),
+        "probabilities": _plain(result.probabilities),
+    }
+
+
+def _plain(values: Any) -> Any:
+    if values is None:
+        return None
+    tolist = getattr(values, "tolist", None)
+    return tolist() if tolist is not None else values
+
+
+async def _predict(services: Services, request: Request, model: str) -> OrjsonResponse:
+    settings = services.settings
+    state = _state(services, model)
+    body = await _read_body(request, settings.max_body_bytes)
+    data, routing = _parse(body, settings.max_rows, settings.routing_field)
+    routing = request.headers.get("x-routing-key") or routing
+    alias = state.router.choose(routing) if state.router is not None else "champion"
+    variant = state.variants[alias]
+    problems = variant.schema.errors(data)
+    if problems:
+        raise InvalidInput(problems[0]["message"], details=problems)
+
+    metrics = services.metrics
+    request_id: str = request.scope["state"]["request_id"]
+    key = None
+    scored: dict[str, Any] | None = None
+    if services.cache is not None:
+        key = cache_key(model, variant.version, data)
+        scored = await services.cache.get(key)
+    cached = scored is not None
+    if scored is None:
+        started = time.perf_counter()
+        if len(data) <= settings.inline_rows:
+            scored = _score(variant, data)
+        else:
+            scored = await run_in_threadpool(_score, variant, data)
+        metrics.prediction_seconds.labels(model, alias).observe(time.perf_counter() - started)
+        if key is not None and services.cache is not None:
+            await services.cache.set(key, scored)
+    metrics.prediction_requests.labels(model, alias).inc()
+    metrics.predictions.labels(model, alias, variant.version).inc(len(data))
+
+    response = {
+        "predictions": scored["predictions"],
+        "probabilities": scored["probabilities"],
+        "model": model,
+        "model_version": variant.version,
+        "variant": alias,
+        "request_id": request_id,
+        "timestamp": now_iso(),
+        "cached": cached,
+    }
+    task = None
+    shadow = state.shadow
+    log_it = services.prediction_log.sampled()
+    if shadow is not None or log_it:
+        task = BackgroundTask(_after, services, model, shadow, data, response, log_it)
+    return OrjsonResponse(response, background=task)
+
+
+async def _after(  # noqa: PLR0917 - a background task takes its inputs positionally
+    services: Services,
+    model: str,
+    shadow: Variant | None,
+    data: list[Any],
+    response: dict[str, Any],
+    log_it: bool,
+) -> None:
+    """After the response is sent: score the shadow variant, write the prediction log."""
+    shadow_result = None
+    if shadow is not None:
+        try:
+            shadow_result = await run_in_threadpool(_score, shadow, data)
+        except Exception as exc:  # the shadow must never affect serving; count and log it
+            services.metrics.shadow_errors.labels(model).inc()
+            log.warning("shadow_failed", model=model, version=shadow.version, error=repr(exc))
+        else:
+            services.metrics.shadow_predictions.labels(model, shadow.version).inc(len(data))
+            differing = sum(
+                1
+                for a, b in zip(shadow_result["predictions"], response["predictions"], strict=False)
+                if a != b
+            )
+            if differing:
+                services.metrics.shadow_disagreements.labels(model, shadow.version).inc(differing)
+    if log_it:
+        entry = {
+            "request_id": response["request_id"],
+            "timestamp": response["timestamp"],
+            "model": model,
+            "variant": response["variant"],
+            "model_version": response["model_version"],
+            "cached": response["cached"],
+            "inputs": data,
+            "predictions": response["predictions"],
+            "probabilities": response["probabilities"],
+        }
+        if shadow_result is not None and shadow is not None:
+            entry["shadow"] = {"model_version": shadow.version, **shadow_result}
+        await services.prediction_log.write(entry)

@@ -1,0 +1,78 @@
+"""Request and response schemas as shown in OpenAPI (the hot path does not build them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PredictRequest(BaseModel):
+    """Rows to score, as records of raw features."""
+
+    data: list[dict[str, Any]] = Field(description="Records: one object of features per row.")
+    routing_key: str | None = Field(
+        default=None,
+        description="Optional sticky routing key (same as the X-Routing-Key header).",
+    )
+
+
+class PredictResponse(BaseModel):
+    """Scores of the rows, in order, with the variant and version that produced them."""
+
+    predictions: list[Any]
+    probabilities: list[Any] | None = None
+    model: str
+    model_version: str
+    variant: str
+    request_id: str
+    timestamp: str
+    cached: bool = False
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+    request_id: str | None = None
+    timestamp: str
+
+
+class ErrorResponse(BaseModel):
+    """The error body of every failed request."""
+
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: str
+    detail: dict[str, Any] | None = None
+
+
+class ModelsResponse(BaseModel):
+    """Every served model: variants, versions, traffic, signature and load errors."""
+
+    models: list[dict[str, Any]]
+    default_model: str | None
+    registry_error: str | None
+    last_sync: str | None
+
+
+class ReloadResponse(BaseModel):
+    registry_error: str | None
+    models: dict[str, Any]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Malformed request",
+        401: "Missing or invalid API key",
+        403: "The key's scopes do not cover this model or route",
+        404: "Unknown model",
+        413: "Body too large or too many rows",
+        422: "A row or field is invalid",
+        429: "Rate limit exceeded (see Retry-After)",
+        503: "The model is not loaded yet",
+    }.items()
+}

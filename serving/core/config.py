@@ -1,0 +1,148 @@
+"""Settings of the serving service, read from ``MLWP_SERVING_*`` environment variables.
+
+Secrets have no default. A secret set to a well-known placeholder is refused outside the
+``development`` environment, the way fastapi/full-stack-fastapi-template does it.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret", "password"})
+DEFAULT_HOME = Path(__file__).resolve().parent.parent.parent / ".mlwp"
+
+
+class ServingSettings(BaseSettings):
+    """Every knob of the serving service, with the embedded defaults of ``mlwp up``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLWP_SERVING_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "staging", "production"] = "development"
+    home: Path = Field(
+        default=DEFAULT_HOME,
+        validation_alias=AliasChoices("MLWP_SERVING_HOME", "MLWP_HOME"),
+        description="State folder; the API-key database and the prediction log live here.",
+    )
+    mlflow_tracking_uri: str = Field(
+        default="http://127.0.0.1:5000",
+        validation_alias=AliasChoices(
+            "MLWP_SERVING_MLFLOW_TRACKING_URI", "MLWP_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"
+        ),
+        description="MLflow tracking server holding the model registry.",
+    )
+    models: list[str] = Field(
+        default_factory=list,
+        description="Registered models to serve; empty means every model with a traffic tag.",
+    )
+    default_model: str | None = Field(
+        default=None, description="Model served by POST /predict; the first served when unset."
+    )
+    traffic_tag: str = "mlwp.traffic"
+    poll_interval_seconds: float = Field(default=30.0, ge=0, description="0 disables polling.")
+    mlflow_timeout_seconds: float = Field(default=5.0, gt=0)
+    model_cache_dir: Path | None = Field(
+        default=None, description="Where model versions are downloaded; under home when unset."
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="API-key database (SQLAlchemy URL); SQLite under home when unset.",
+    )
+    auth_enabled: bool = Field(
+        default=True, description="Require an API key; may be turned off in development only."
+    )
+    key_pepper: SecretStr | None = Field(
+        default=None,
+        description="Optional HMAC key mixed into stored key hashes; no default on purpose.",
+    )
+    key_cache_seconds: float = Field(
+        default=5.0, ge=0, description="How long a looked-up key is trusted before re-reading."
+    )
+
+    redis_url: SecretStr | None = Field(
+        default=None, description="Redis for the cache, rate limits and prediction log."
+    )
+    redis_timeout_seconds: float = Field(default=0.05, gt=0)
+    redis_retry_seconds: float = Field(
+        default=5.0, ge=0, description="After a Redis failure, bypass Redis for this long."
+    )
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = Field(default=300, ge=1)
+
+    rate_limit: str = Field(default="1000/second", description="Default per-key limit.")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_rows: int = Field(default=1000, ge=1)
+    inline_rows: int = Field(
+        default=64, ge=0, description="Batches up to this size are scored on the event loop."
+    )
+    predict_threads: int = Field(
+        default=1, ge=1, description="XGBoost threads per prediction (nthread of the booster)."
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+    routing_field: str = Field(
+        default="routing_key", description="Body field that may carry the routing key."
+    )
+
+    prediction_log_sample_rate: float = Field(default=0.01, ge=0, le=1)
+    prediction_log_stream: str = "mlwp:predictions"
+    prediction_log_maxlen: int = Field(default=100_000, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> ServingSettings:
+        if self.environment == "development":
+            return self
+        if self.key_pepper is not None and (
+            self.key_pepper.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+        ):
+            raise ValueError(
+                f"MLWP_SERVING_KEY_PEPPER is a placeholder; set a real secret for "
+                f"environment {self.environment!r}"
+            )
+        if not self.auth_enabled:
+            raise ValueError(
+                f"MLWP_SERVING_AUTH_ENABLED=false is allowed in development only, "
+                f"not in {self.environment!r}"
+            )
+        return self
+
+    @property
+    def key_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'serving.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache_dir or self.home / "serving-models"
+
+    @property
+    def prediction_log_file(self) -> Path:
+        return self.home / "logs" / "predictions.jsonl"
+
+    @property
+    def redis(self) -> str | None:
+        return self.redis_url.get_secret_value() if self.redis_url else None
+
+
+@lru_cache
+def get_settings() -> ServingSettings:
+    """The settings of this process (cached; tests build their own instances instead)."""
+    return ServingSettings()
+
+
+def configure_mlflow_client(settings: ServingSettings) -> None:
+    """Make MLflow's HTTP client fail fast, so an unreachable registry never stalls serving."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.mlflow_timeout_seconds)))

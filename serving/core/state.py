@@ -1,0 +1,74 @@
+"""The service's long-lived parts, built once per application from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.core.config import ServingSettings
+from serving.core.metrics import Metrics
+from serving.keys.store import KeyStore, migrate
+from serving.models.manager import ModelManager
+from serving.services.cache import PredictionCache
+from serving.services.prediction_log import PredictionLog
+from serving.services.ratelimit import RateLimiter
+from serving.services.redis_link import RedisLink
+
+
+@dataclass
+class Services:
+    """Everything a request may need, reachable as ``request.app.state.services``."""
+
+    settings: ServingSettings
+    metrics: Metrics
+    models: ModelManager
+    keys: KeyStore | None
+    limiter: RateLimiter
+    cache: PredictionCache | None
+    prediction_log: PredictionLog
+    redis: RedisLink | None
+
+    @classmethod
+    def build(cls, settings: ServingSettings) -> Services:
+        metrics = Metrics()
+        link = None
+        if settings.redis:
+            link = RedisLink(
+                settings.redis,
+                timeout=settings.redis_timeout_seconds,
+                retry_seconds=settings.redis_retry_seconds,
+                metrics=metrics,
+            )
+        keys = None
+        if settings.auth_enabled:
+            migrate(settings.key_database_url)
+            keys = KeyStore(
+                settings.key_database_url,
+                pepper=settings.key_pepper.get_secret_value() if settings.key_pepper else None,
+                cache_seconds=settings.key_cache_seconds,
+            )
+        cache = None
+        if link is not None and settings.cache_enabled:
+            cache = PredictionCache(link, settings.cache_ttl_seconds, metrics)
+        return cls(
+            settings=settings,
+            metrics=metrics,
+            models=ModelManager(settings, metrics),
+            keys=keys,
+            limiter=RateLimiter(settings.rate_limit, metrics, link),
+            cache=cache,
+            prediction_log=PredictionLog(
+                sample_rate=settings.prediction_log_sample_rate,
+                metrics=metrics,
+                link=link,
+                stream=settings.prediction_log_stream,
+                maxlen=settings.prediction_log_maxlen,
+                file=settings.prediction_log_file,
+            ),
+            redis=link,
+        )
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
+        if self.keys is not None:
+            self.keys.close()

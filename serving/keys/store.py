@@ -1,0 +1,246 @@
+"""API keys: created, listed, revoked and verified; stored hashed in SQL (SQLAlchemy 2).
+
+A key looks like ``mlwp_<key id>_<secret>``. Only the key id and a SHA-256 digest of the
+secret (an HMAC when a pepper is configured) are stored; the secret is shown once, at
+creation. Verification looks the key up by id and compares digests in constant time.
+
+Scopes: ``admin`` (every route, including ``/admin/*``), ``model:<name>`` (predictions of
+one model) and ``model:*`` (predictions of every model).
+
+The schema is owned by Alembic migrations beside this module, with their own version table
+(``mlwp_serving_alembic_version``) so the keys can share the platform database with Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import JSON, DateTime, String
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from serving.core.errors import KeyStoreError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "mlwp_serving_alembic_version"
+TOKEN_PREFIX = "mlwp"  # noqa: S105 - a prefix, not a secret
+ADMIN_SCOPE = "admin"
+_SCOPE = re.compile(r"^(admin|model:(\*|[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}))$")
+_TOKEN = re.compile(r"^mlwp_([0-9a-f]{16})_([A-Za-z0-9_\-]{32,128})$")
+_RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKeyRow(Base):
+    """One API key (the table ``mlwp_api_keys``)."""
+
+    __tablename__ = "mlwp_api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    rate_limit: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What the service knows about a key once verified (never the secret)."""
+
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+    rate_limit: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_SCOPE in self.scopes
+
+    def allows_model(self, model: str) -> bool:
+        """Whether this key may ask ``model`` for predictions."""
+        return self.is_admin or "model:*" in self.scopes or f"model:{model}" in self.scopes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "rate_limit": self.rate_limit,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+def validate_scopes(scopes: list[str]) -> tuple[str, ...]:
+    """Check scope strings, naming the first bad one."""
+    if not scopes:
+        raise KeyStoreError("a key needs at least one scope (admin, model:<name> or model:*)")
+    for scope in scopes:
+        if not _SCOPE.match(scope):
+            raise KeyStoreError(
+                f"invalid scope {scope!r}: expected 'admin', 'model:<name>' or 'model:*'",
+                code="invalid_scope",
+            )
+    return tuple(dict.fromkeys(scopes))
+
+
+def validate_rate_limit(rate: str | None) -> str | None:
+    """Check a rate-limit string such as ``100/second`` (the ``limits`` library notation)."""
+    if rate is None:
+        return None
+    if not _RATE.match(rate):
+        raise KeyStoreError(
+            f"invalid rate limit {rate!r}: expected e.g. '100/second' or '5000 per minute'",
+            code="invalid_rate_limit",
+        )
+    return rate.strip()
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the key database at ``url`` to ``revision`` with Alembic."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("version_table", VERSION_TABLE)
+    engine = _engine(url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+class KeyStore:
+    """The API-key table, with a short-lived in-process cache of verified keys."""
+
+    def __init__(self, url: str, *, pepper: str | None = None, cache_seconds: float = 5.0):
+        self.url = url
+        self._engine = _engine(url)
+        self._pepper = pepper.encode() if pepper else None
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, ApiKeyRow | None]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _digest(self, secret: str) -> str:
+        if self._pepper is None:
+            return hashlib.sha256(secret.encode()).hexdigest()
+        return hmac.new(self._pepper, secret.encode(), hashlib.sha256).hexdigest()
+
+    def create(
+        self, name: str, scopes: list[str], *, rate_limit: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns it and the token, which is never shown again."""
+        name = name.strip()
+        if not name or len(name) > 128:
+            raise KeyStoreError("a key needs a name of 1 to 128 characters", code="invalid_name")
+        checked = validate_scopes(scopes)
+        rate = validate_rate_limit(rate_limit)
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        row = ApiKeyRow(
+            key_id=key_id,
+            name=name,
+            secret_hash=self._digest(secret),
+            scopes=list(checked),
+            rate_limit=rate,
+            created_at=datetime.now(UTC),
+            revoked_at=None,
+        )
+        with sa.orm.Session(self._engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            key = _to_key(row)
+        return key, f"{TOKEN_PREFIX}_{key_id}_{secret}"
+
+    def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
+        """Every key, oldest first."""
+        query = sa.select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+        if not include_revoked:
+            query = query.where(ApiKeyRow.revoked_at.is_(None))
+        with sa.orm.Session(self._engine) as session:
+            return [_to_key(row) for row in session.scalars(query)]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Revoke a key by id (the part after ``mlwp_``); revoking twice is an error."""
+        with sa.orm.Session(self._engine) as session, session.begin():
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                raise KeyStoreError(f"no API key with id {key_id!r}", code="unknown_key")
+            if row.revoked_at is not None:
+                raise KeyStoreError(
+                    f"API key {key_id!r} was already revoked at {row.revoked_at.isoformat()}",
+                    code="already_revoked",
+                )
+            row.revoked_at = datetime.now(UTC)
+            key = _to_key(row)
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return key
+
+    def verify(self, token: str) -> ApiKey | None:
+        """The key a bearer token belongs to, or None when unknown, wrong or revoked."""
+        match = _TOKEN.match(token)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        row = self._lookup(key_id)
+        # Always compare, even for an unknown id, so timing says nothing about which ids exist.
+        expected = row.secret_hash if row is not None else "0" * 64
+        if not hmac.compare_digest(self._digest(secret), expected) or row is None:
+            return None
+        if row.revoked_at is not None:
+            return None
+        return _to_key(row)
+
+    def _lookup(self, key_id: str) -> ApiKeyRow | None:
+        now = time.monotonic()
+        cached = self._cache.get(key_id)
+        if cached is not None and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        with sa.orm.Session(self._engine, expire_on_commit=False) as session:
+            row = session.get(ApiKeyRow, key_id)
+            if row is not None:
+                session.expunge(row)
+        with self._lock:
+            self._cache[key_id] = (now, row)
+        return row
+
+
+def _to_key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        key_id=row.key_id,
+        name=row.name,
+        scopes=tuple(row.scopes),
+        rate_limit=row.rate_limit,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
