@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -32,7 +33,15 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from mlwp.definitions.problems import DefinitionError, PathPart, Problem, did_you_mean
-from mlwp.definitions.schema import TASK_MODELS, TASK_TYPES, Project
+from mlwp.definitions.schema import (
+    ASSET_NAME_PATTERN,
+    CALLABLE_PATTERN,
+    NAME_PATTERN,
+    TASK_ID_PATTERN,
+    TASK_MODELS,
+    TASK_TYPES,
+    Project,
+)
 
 try:  # libyaml is ~10x faster; the pure-Python parser gives the same nodes and marks
     from yaml import CSafeLoader as _BaseLoader
@@ -40,6 +49,13 @@ except ImportError:  # pragma: no cover - wheels of PyYAML ship libyaml
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 DEFINITION_FILENAME = "workflow.yaml"
+
+_PATTERN_HINTS = {
+    NAME_PATTERN: "a name is lowercase letters, digits, '_' or '-', starting with a letter",
+    TASK_ID_PATTERN: "a task id is letters, digits, '_' or '-', not starting with a digit",
+    ASSET_NAME_PATTERN: "an asset name is '<project>.<workflow>.<task>'",
+    CALLABLE_PATTERN: "a callable is 'package.module:function'",
+}
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
@@ -252,6 +268,9 @@ def _schema_problem(ctx: _Context, error: ErrorDetails) -> None:
     elif kind == "literal_error":
         expected = _expected_values(str(error_ctx.get("expected", "")))
         ctx.add(path, f"{error['msg']}, got {value!r}{did_you_mean(str(value), expected)}")
+    elif kind == "string_pattern_mismatch":
+        pattern = str(error_ctx.get("pattern", ""))
+        ctx.add(path, f"{_PATTERN_HINTS.get(pattern, 'does not match ' + pattern)}, got {value!r}")
     elif kind in ("value_error", "assertion_error"):
         message = str(error_ctx.get("error", error["msg"]))
         ctx.add(path, message)
@@ -382,6 +401,8 @@ def _cycle_in(graph: Mapping[str, list[str]], component: set[str]) -> list[str]:
 
 def module_resolvable(name: str) -> bool:
     """Tell whether module ``name`` can be imported, without importing it or its packages."""
+    if name in sys.modules:
+        return True
     parts = name.split(".")
     try:
         spec = importlib.util.find_spec(parts[0])

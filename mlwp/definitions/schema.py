@@ -163,6 +163,14 @@ def _to_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _one_or_many(item: dict[str, Any], min_items: int = 0) -> WithJsonSchema:
+    """JSON Schema of a list field that also accepts a single item (see ``_to_list``)."""
+    array: dict[str, Any] = {"type": "array", "items": item}
+    if min_items:
+        array["minItems"] = min_items
+    return WithJsonSchema({"anyOf": [item, array]})
+
+
 class StrictModel(BaseModel):
     """Base of every definition model: unknown keys are errors, instances are frozen."""
 
@@ -188,8 +196,8 @@ class SlackWebhookNotifierSpec(StrictModel):
 class EmailNotifierSpec(StrictModel):
     """Send an e-mail through an SMTP connection (``SmtpNotifier``)."""
 
-    email: Annotated[list[str], BeforeValidator(_to_list)] = Field(
-        min_length=1, description="Recipients."
+    email: Annotated[list[str], BeforeValidator(_to_list), _one_or_many({"type": "string"}, 1)] = (
+        Field(min_length=1, description="Recipients.")
     )
     conn: str = Field(default="smtp_default", description="Airflow connection id of type smtp.")
 
@@ -286,7 +294,11 @@ class ParamSpec(StrictModel):
 class AssetSchedule(StrictModel):
     """Run a workflow whenever datasets produced by other workflows are updated."""
 
-    assets: Annotated[list[AssetName], BeforeValidator(_to_list)] = Field(
+    assets: Annotated[
+        list[AssetName],
+        BeforeValidator(_to_list),
+        _one_or_many({"type": "string", "pattern": ASSET_NAME_PATTERN}, 1),
+    ] = Field(
         min_length=1,
         description="Asset names '<project>.<workflow>.<task>' of dataset-producing tasks.",
     )
@@ -298,9 +310,11 @@ class AssetSchedule(StrictModel):
 class TaskBase(StrictModel):
     """Fields common to every task type."""
 
-    after: Annotated[list[TaskId], BeforeValidator(_to_list)] = Field(
-        default_factory=list, description="Ids of the tasks that must finish first."
-    )
+    after: Annotated[
+        list[TaskId],
+        BeforeValidator(_to_list),
+        _one_or_many({"type": "string", "pattern": TASK_ID_PATTERN}),
+    ] = Field(default_factory=list, description="Ids of the tasks that must finish first.")
     retries: int | None = Field(default=None, ge=0, le=100)
     retry_delay: Duration | None = None
     timeout: Duration | None = None

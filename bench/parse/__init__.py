@@ -1,0 +1,1 @@
+"""Parse-time benchmark of YAML definitions (python -m bench.parse)."""
