@@ -37,7 +37,7 @@ RESERVED = frozenset(
 EVAL_METRICS = {
     "binary": ["logloss", "auc"],
     "multiclass": ["mlogloss", "merror"],
-    "regression": ["rmse", "mae"],
+    "regression": ["mae", "rmse"],
 }
 
 
