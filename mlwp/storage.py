@@ -231,7 +231,11 @@ class Storage:
 
     def write_json(self, uri: str, document: dict[str, Any]) -> None:
         self.write_bytes(
-            uri, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+            uri,
+            orjson.dumps(
+                document,
+                option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+            ),
         )
 
     def upload_folder(self, local_folder: str, uri: str) -> None:

@@ -86,11 +86,11 @@ class FailedExpectation:
         return {
             "expectation": self.expectation,
             "column": self.column,
-            "observed_value": _jsonable(self.observed_value),
+            "observed_value": jsonable(self.observed_value),
             "unexpected_count": self.unexpected_count,
             "unexpected_percent": self.unexpected_percent,
-            "unexpected_values": [_jsonable(v) for v in self.unexpected_values],
-            "kwargs": _jsonable(self.kwargs),
+            "unexpected_values": [jsonable(v) for v in self.unexpected_values],
+            "kwargs": jsonable(self.kwargs),
             "exception": self.exception,
         }
 
@@ -145,20 +145,22 @@ class ValidationReport:
         }
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Turn numpy scalars, NaN and other odd values into plain JSON values."""
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        return int(value)
     if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
+        return None if math.isnan(value) or math.isinf(value) else float(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     item = getattr(value, "item", None)
     if callable(item):
         try:
-            return _jsonable(item())
+            return jsonable(item())
         except (TypeError, ValueError):
             return str(value)
     return str(value)
@@ -296,11 +298,11 @@ def _failure_of(result: dict[str, Any]) -> FailedExpectation:
     return FailedExpectation(
         expectation=str(config.get("type")),
         column=kwargs.get("column") if isinstance(kwargs.get("column"), str) else None,
-        observed_value=_jsonable(details.get("observed_value")),
+        observed_value=jsonable(details.get("observed_value")),
         unexpected_count=details.get("unexpected_count"),
-        unexpected_percent=_jsonable(details.get("unexpected_percent")),
-        unexpected_values=[_jsonable(v) for v in unexpected[:UNEXPECTED_SAMPLE]],
-        kwargs={k: _jsonable(v) for k, v in kwargs.items() if k != "batch_id"},
+        unexpected_percent=jsonable(details.get("unexpected_percent")),
+        unexpected_values=[jsonable(v) for v in unexpected[:UNEXPECTED_SAMPLE]],
+        kwargs={k: jsonable(v) for k, v in kwargs.items() if k != "batch_id"},
         exception=message,
     )
 
@@ -344,7 +346,7 @@ def validate_frame(
     )
     outcome = checkpoint.run(batch_parameters={"dataframe": frame})
     (validation,) = outcome.run_results.values()
-    document = _jsonable(validation.to_json_dict())
+    document = jsonable(validation.to_json_dict())
     statistics = document.get("statistics") or {}
     failures = [_failure_of(r) for r in document.get("results", []) if not r.get("success")]
     return ValidationReport(
@@ -493,8 +495,8 @@ def suggest_suite(frame: pd.DataFrame, name: str) -> dict[str, Any]:
                         "type": "expect_column_values_to_be_between",
                         "kwargs": {
                             "column": name_,
-                            "min_value": _jsonable(values.min()),
-                            "max_value": _jsonable(values.max()),
+                            "min_value": jsonable(values.min()),
+                            "max_value": jsonable(values.max()),
                         },
                         "meta": {"notes": "observed range; widen it where the domain allows"},
                     }
@@ -513,7 +515,7 @@ def suggest_suite(frame: pd.DataFrame, name: str) -> dict[str, Any]:
 
 
 def _value_set(column: str, values: pd.Series) -> dict[str, Any]:
-    value_set = sorted({_jsonable(v) for v in values.unique()}, key=str)
+    value_set = sorted({jsonable(v) for v in values.unique()}, key=str)
     return {
         "type": "expect_column_values_to_be_in_set",
         "kwargs": {"column": column, "value_set": value_set},

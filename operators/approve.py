@@ -1,0 +1,111 @@
+"""ApproveOperator: a human (Airflow 3 human-in-the-loop) or automatic promotion gate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+from operators._common import MlwpOperator, check_choice
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+MODES = ("human", "auto")
+
+
+def comparison_markdown(registration: dict[str, Any]) -> str:
+    """Render the new version's metrics beside the champion's as a Markdown table."""
+    model = registration.get("model", "?")
+    version = registration.get("version", "?")
+    new = registration.get("metrics") or {}
+    champion = registration.get("champion") or {}
+    old = champion.get("metrics") or {}
+    gate = registration.get("gate") or {}
+    lines = [
+        f"### Promote `{model}` version {version}?",
+        "",
+        f"- MLflow run: `{registration.get('run_id', '?')}`",
+        f"- dataset: `{registration.get('dataset_uri', '?')}`",
+        f"- gate: {gate.get('summary', 'none')}",
+        "",
+    ]
+    if champion:
+        lines.append(f"Current champion: version {champion.get('version', '?')}")
+    else:
+        lines.append("There is no champion yet: this version would be the first.")
+    lines += ["", "| metric | new | champion | change |", "| --- | --- | --- | --- |"]
+    for name in sorted(set(new) | set(old)):
+        new_value, old_value = new.get(name), old.get(name)
+        change = (
+            f"{new_value - old_value:+.4f}"
+            if isinstance(new_value, int | float) and isinstance(old_value, int | float)
+            else ""
+        )
+        lines.append(f"| {name} | {_fmt(new_value)} | {_fmt(old_value)} | {change} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+class ApproveOperator(MlwpOperator, ApprovalOperator):
+    """Approve the promotion of the version registered upstream.
+
+    ``mode: human`` waits for an Approve/Reject answer in the Airflow UI (the standard
+    provider's ApprovalOperator: the task waits in ``awaiting_input``); the request shows the
+    new version's metrics against the champion's. ``mode: auto`` approves at once: the
+    register task's gate already decided. A rejection skips the deploy tasks downstream, so
+    aliases stay untouched. ``approvers`` are shown in the request (see docs/pipeline.md for
+    how they relate to Airflow users).
+    """
+
+    template_fields: Sequence[str] = ("subject", "body", "approvers")
+    ui_color = "#fcf3cf"
+
+    def __init__(
+        self,
+        *,
+        mode: str = "human",
+        approvers: list[str] | None = None,
+        input: str | None = None,
+        subject: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_choice(str(kwargs.get("task_id")), "mode", mode, MODES)
+        project = kwargs.get("project", "")
+        super().__init__(
+            subject=subject or f"Promote the new {project} model?",
+            body=None,
+            **kwargs,
+        )
+        self.mode = mode
+        self.approvers = list(approvers or [])
+        self.input = input
+
+    def execute(self, context: Context) -> Any:
+        registration = self.upstream_document(context, "version", self.input)
+        body = comparison_markdown(registration)
+        if self.approvers:
+            body += "\n\nApprovers: " + ", ".join(self.approvers)
+        context["ti"].xcom_push(key="registration", value=registration)
+        if self.mode == "auto":
+            self.log.info("Automatic approval (the register gate passed):\n%s", body)
+            self.stat("incr", "approve.auto")
+            return {**registration, "approved": True, "approved_by": "auto"}
+        self.body = body
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        answer = super().execute_complete(context, event)
+        registration = context["ti"].xcom_pull(task_ids=self.task_id, key="registration") or {}
+        chosen = (answer or {}).get("chosen_options") or []
+        approved = chosen[:1] == [self.APPROVE]
+        self.stat("incr", "approve.approved" if approved else "approve.rejected")
+        return {
+            **registration,
+            "approved": approved,
+            "approved_by": (answer or {}).get("responded_by_user"),
+        }
