@@ -32,3 +32,7 @@ app.add_typer(_definitions.app)  # top-level commands: validate, schema
 from mlwp.cli import platform as _platform  # noqa: E402
 
 app.add_typer(_platform.app)  # top-level commands: up, down, status, airflow
+
+from mlwp.cli import expectations as _expectations  # noqa: E402
+
+app.add_typer(_expectations.app, name="expectations")
