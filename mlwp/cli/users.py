@@ -24,6 +24,24 @@ def _run(command: str, request: dict[str, Any]) -> dict[str, Any]:
         raise typer.Exit(1) from exc
 
 
+def _mlflow_users() -> Any:
+    """Return MLflow's user API when MLflow admin credentials are configured, else None.
+
+    With ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` set (the MLflow server runs
+    its basic-auth app), platform users are kept in step in MLflow.
+    """
+    import os
+
+    from mlwp.security.mlflow_auth import MlflowUsers
+    from mlwp.settings import get_settings
+
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not username or not password:
+        return None
+    return MlflowUsers(get_settings().mlflow_url, username, password)
+
+
 def _audit(action: str, target: str, details: dict[str, Any]) -> None:
     from mlwp.audit import record
     from mlwp.cli.roles import current_actor
@@ -65,6 +83,17 @@ def add_command(
     }
     answer = _run("user_add", request)
     _audit("user.add", username, {"role": role, "projects": answer["user"]["projects"]})
+    mlflow = _mlflow_users()
+    if mlflow is not None:
+        from mlwp.security.mlflow_auth import MlflowAuthError
+
+        try:
+            with mlflow:
+                outcome = mlflow.sync_user(username, password, admin=role == "Admin")
+        except MlflowAuthError as exc:
+            typer.echo(f"error: Airflow user created, MLflow user not: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"MLflow user {username!r} {outcome}")
     typer.echo(f"user {username!r} created: role {role}, projects {answer['user']['projects']}")
 
 
@@ -73,6 +102,16 @@ def remove_command(username: Annotated[str, typer.Argument(help="Login name.")])
     """Delete a user."""
     answer = _run("user_remove", {"username": username})
     _audit("user.remove", username, {"roles": answer["user"]["roles"]})
+    mlflow = _mlflow_users()
+    if mlflow is not None:
+        from mlwp.security.mlflow_auth import MlflowAuthError
+
+        try:
+            with mlflow:
+                mlflow.delete_user(username)
+        except MlflowAuthError as exc:
+            typer.echo(f"error: Airflow user removed, MLflow user not: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
     typer.echo(f"user {username!r} removed")
 
 
