@@ -58,10 +58,6 @@ class MissingOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         base = {key: kwargs.pop(key) for key in list(kwargs) if key in _BASE_OPERATOR_ARGS}
-        # A field whose name BaseOperator also uses (train's `params`) stays a task field.
-        for name in _TASK_FIELD_NAMES.get(task_type, ()):
-            if name in base and name not in ("task_id",):
-                kwargs[name] = base.pop(name)
         super().__init__(**base)
         self.mlwp_task_type = task_type
         self.operator_path = operator_path
@@ -77,18 +73,6 @@ class MissingOperator(BaseOperator):
             f"cannot be imported ({self.reason}). This task fails on purpose instead of "
             "pretending to succeed."
         )
-
-
-def _task_field_names() -> dict[str, frozenset[str]]:
-    from mlwp.definitions import TASK_MODELS
-
-    return {
-        name: frozenset(model.model_fields) - model.COMMON_FIELDS
-        for name, model in TASK_MODELS.items()
-    }
-
-
-_TASK_FIELD_NAMES = _task_field_names()
 
 
 @functools.cache

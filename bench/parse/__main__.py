@@ -131,7 +131,9 @@ def generate(root: Path, n: int) -> dict[str, Path]:
     return {"plain": plain_dir, "mlwp": mlwp_dir, "dagfactory": factory_dir, "_exp": expectations}
 
 
-def _write_plain(path: Path, dag_id: str, doc: str, tags: list[str], access: dict, tasks: list) -> None:
+def _write_plain(
+    path: Path, dag_id: str, doc: str, tags: list[str], access: dict, tasks: list
+) -> None:
     classes = sorted({class_path for _, class_path, _, _, _ in tasks})
     lines = [
         "# airflow DAG written by hand (benchmark floor)",
@@ -170,7 +172,9 @@ def _write_plain(path: Path, dag_id: str, doc: str, tags: list[str], access: dic
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_factory(path: Path, dag_id: str, doc: str, tags: list[str], access: dict, tasks: list) -> None:
+def _write_factory(
+    path: Path, dag_id: str, doc: str, tags: list[str], access: dict, tasks: list
+) -> None:
     import yaml
 
     config = {
@@ -194,7 +198,9 @@ def _write_factory(path: Path, dag_id: str, doc: str, tags: list[str], access: d
         if after:
             task["dependencies"] = after
         if outlet:
-            task["outlets"] = [{"__type__": "airflow.sdk.Asset", "name": outlet[0], "uri": outlet[1]}]
+            task["outlets"] = [
+                {"__type__": "airflow.sdk.Asset", "name": outlet[0], "uri": outlet[1]}
+            ]
         config["tasks"][task_id] = task
     path.write_text(yaml.safe_dump({dag_id: config}, sort_keys=False))
 
@@ -203,13 +209,19 @@ PARSE_SCRIPT = """
 import json, resource, sys, time
 from airflow.dag_processing.dagbag import DagBag
 import airflow.sdk
-start = time.perf_counter()
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+start, start_cpu = time.perf_counter(), cpu()
 bag = DagBag(dag_folder=sys.argv[1])
-seconds = time.perf_counter() - start
-heavy = [m for m in ("xgboost", "great_expectations", "mlflow", "sagemaker", "boto3") if m in sys.modules]
-print(json.dumps({"seconds": seconds, "dags": len(bag.dags), "errors": len(bag.import_errors),
-                  "first_error": next(iter(bag.import_errors.values()), None),
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "heavy": heavy}))
+seconds, cpu_seconds = time.perf_counter() - start, cpu() - start_cpu
+heavy = [m for m in ("xgboost", "great_expectations", "mlflow", "sagemaker", "boto3")
+         if m in sys.modules]
+print(json.dumps({
+    "seconds": seconds, "cpu": cpu_seconds, "dags": len(bag.dags),
+    "errors": len(bag.import_errors), "first_error": next(iter(bag.import_errors.values()), None),
+    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "heavy": heavy,
+}))
 """
 
 
@@ -228,7 +240,9 @@ def parse_in_fresh_process(folder: Path, env: dict[str, str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.parse", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.parse", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--n", type=int, default=1000, help="number of workflows (default 1000)")
     parser.add_argument("--keep", action="store_true", help="keep the generated folders")
     args = parser.parse_args(argv)
@@ -253,20 +267,24 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"DagBag parse of {args.n} workflows x 7 tasks, each in a fresh process")
-    print(f"{'variant':<12}{'seconds':>10}{'peak RSS MB':>14}{'DAGs':>8}{'errors':>8}")
+    print(f"{'variant':<12}{'wall s':>9}{'CPU s':>9}{'peak RSS MB':>13}{'DAGs':>7}{'errors':>8}")
     for name, result in results.items():
         print(
-            f"{name:<12}{result['seconds']:>10.2f}{result['rss_mb']:>14.0f}"
-            f"{result['dags']:>8}{result['errors']:>8}"
+            f"{name:<12}{result['seconds']:>9.2f}{result['cpu']:>9.2f}{result['rss_mb']:>13.0f}"
+            f"{result['dags']:>7}{result['errors']:>8}"
         )
         if result["first_error"]:
             print(f"  first error: {result['first_error'][:500]}")
     floor, ours, factory = results["plain"], results["mlwp"], results["dagfactory"]
-    print(f"mlwp / plain Python:  {ours['seconds'] / floor['seconds']:.2f}x  (target <= 1.3x)")
-    print(f"dag-factory / mlwp:   {factory['seconds'] / ours['seconds']:.2f}x faster  (target >= 3.5x)")
+    # CPU time is the fairer measure on a shared machine; wall time is printed beside it.
+    for label, key in (("CPU", "cpu"), ("wall", "seconds")):
+        print(
+            f"{label:>4}: mlwp / plain Python {ours[key] / floor[key]:.2f}x (target <= 1.3x); "
+            f"dag-factory / mlwp {factory[key] / ours[key]:.2f}x faster (target >= 3.5x)"
+        )
     print(
         f"peak RSS mlwp / dag-factory: {ours['rss_mb']:.0f} / {factory['rss_mb']:.0f} MB "
-        f"(target <= 1.0x: {ours['rss_mb'] / factory['rss_mb']:.2f}x)"
+        f"= {ours['rss_mb'] / factory['rss_mb']:.2f}x (target <= 1.0x)"
     )
     if ours["heavy"]:
         print(f"heavy modules imported while parsing mlwp DAGs: {', '.join(ours['heavy'])}")

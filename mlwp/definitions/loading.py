@@ -203,7 +203,7 @@ def _clean_location(
         path.append(part)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             parent = annotation
-            field_info = annotation.model_fields.get(str(part))
+            field_info = _field_by_key(annotation, str(part))
             annotation = field_info.annotation if field_info is not None else None
             if field_info is not None:
                 annotation = _with_metadata(field_info.annotation, field_info.metadata)
@@ -218,6 +218,13 @@ def _clean_location(
                 annotation = None
             parent = None
     return tuple(path), parent
+
+
+def _field_by_key(model: type[BaseModel], key: str) -> Any:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return info
+    return None
 
 
 def _with_metadata(annotation: Any, metadata: list[Any]) -> Any:
@@ -242,7 +249,11 @@ def _schema_problem(ctx: _Context, error: ErrorDetails) -> None:
     error_ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         key = path[-1] if path else ""
-        known = list(parent.model_fields) if parent is not None else []
+        known = (
+            [info.alias or name for name, info in parent.model_fields.items()]
+            if parent is not None
+            else []
+        )
         ctx.add(
             path,
             f"unknown key '{key}'{did_you_mean(str(key), known)}",

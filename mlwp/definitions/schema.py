@@ -462,6 +462,8 @@ class TrainTask(TaskBase):
     target: str = Field(description="Name of the label column.")
     objective: Literal["binary", "multiclass", "regression"] = "binary"
     backend: Literal["local", "sagemaker"] = "local"
+    # `params` is also BaseOperator's argument (Airflow merges the DAG's params into it);
+    # TrainOperator separates the two (operators.train.task_params).
     params: dict[str, Any] = Field(default_factory=dict, description="XGBoost parameters.")
     num_boost_round: int = Field(default=100, ge=1)
     early_stopping_rounds: int | None = Field(default=None, ge=1)

@@ -53,7 +53,13 @@ def test_churn_definition_is_valid_and_typed() -> None:
     train = project.workflows["train"]
     assert train.schedule == "@weekly"
     assert list(train.tasks) == [
-        "extract", "validate", "features", "train", "register", "approve", "deploy"
+        "extract",
+        "validate",
+        "features",
+        "train",
+        "register",
+        "approve",
+        "deploy",
     ]
     extract = train.tasks["extract"]
     assert isinstance(extract, ExtractTask)
@@ -89,7 +95,9 @@ def test_invalid_fixtures_report_each_expected_problem(path: Path) -> None:
     if path.stem == "many_problems":
         # one run reports everything, nothing else, in file order
         assert len(problems) == len(expected)
-        assert [(p.line, p.column) for p in problems] == sorted((p.line, p.column) for p in problems)
+        assert [(p.line, p.column) for p in problems] == sorted(
+            (p.line, p.column) for p in problems
+        )
 
 
 def test_load_project_raises_with_every_problem() -> None:
@@ -235,7 +243,9 @@ def test_json_schema_accepts_valid_and_rejects_unknown_keys() -> None:
     broken["workflows"]["train"]["tasks"]["train"]["epochs"] = 3
     assert list(validator.iter_errors(broken))
     committed = json.loads((REPO_ROOT / "docs" / "workflow.schema.json").read_text())
-    assert committed == json.loads(json.dumps(schema)), "run: mlwp schema -o docs/workflow.schema.json"
+    assert committed == json.loads(json.dumps(schema)), (
+        "run: mlwp schema -o docs/workflow.schema.json"
+    )
 
 
 def test_cli_validate_reports_and_exits_non_zero() -> None:
