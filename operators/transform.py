@@ -80,8 +80,8 @@ class TransformOperator(MlwpOperator):
             "input": {"uri": dataset["uri"], "sha256": dataset["sha256"]},
             "rows_in": result.rows_in,
             "rows_filtered": result.rows_filtered,
-            "validation": dataset.get("validation")
-            or storage.read_sidecar(dataset["uri"]).get("validation"),
+            # Per suite: success, statistics, result and data docs URIs (from the sidecar).
+            "validation": storage.read_sidecar(dataset["uri"]).get("validation") or {},
             "task_id": self.task_id,
         }
         self.emit_dataset_event(

@@ -1,0 +1,95 @@
+"""EvaluateOperator: metrics of the new model and of the champion on the same test split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from operators._common import MlwpOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def evaluation_document(
+    operator: MlwpOperator,
+    training: dict[str, Any],
+    metrics: list[str] | None,
+    model_name: str | None,
+) -> dict[str, Any]:
+    """Score the trained model, and the champion of ``model_name`` if any, on the test split."""
+    from operators import _registry
+
+    splits = training["splits"]
+    split = "test" if "test" in splits else ("validation" if "validation" in splits else "train")
+    frame = operator.storage().read_dataset(splits[split]["uri"])
+    new = _registry.evaluate_model(_registry.load_model(training["model_uri"]), frame, metrics)
+    champion: dict[str, Any] | None = None
+    if model_name:
+        version = _registry.alias_version(model_name, "champion")
+        if version is not None:
+            model = _registry.load_model(f"models:/{model_name}@champion")
+            champion = {
+                "version": str(version.version),
+                "metrics": _registry.evaluate_model(model, frame, metrics),
+            }
+    return {
+        "split": split,
+        "dataset_uri": splits[split]["uri"],
+        "dataset_sha256": splits[split]["sha256"],
+        "metrics": new,
+        "champion": champion,
+    }
+
+
+class EvaluateOperator(MlwpOperator):
+    """Compute ``metrics`` of the trained model on the held-out test split.
+
+    When a downstream register task names a model with a champion, the champion is scored
+    on the same rows, so the gate and the approver compare like with like. The metrics are
+    also logged to the training's MLflow run as ``eval_<metric>``.
+    """
+
+    template_fields: Sequence[str] = ("metrics", "input")
+    ui_color = "#fadbd8"
+
+    def __init__(
+        self,
+        *,
+        metrics: list[str] | None = None,
+        input: str | None = None,
+        model: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.metrics = list(metrics or [])
+        self.input = input
+        self.model = model
+
+    def _model_name(self) -> str | None:
+        if self.model:
+            return self.model
+        for task in self.get_flat_relatives(upstream=False):
+            name = getattr(task, "model", None)
+            if type(task).__name__ == "RegisterOperator" and isinstance(name, str):
+                return name
+        return None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from operators import _registry
+
+        training = self.upstream_document(context, "model_uri", self.input)
+        evaluation = evaluation_document(self, training, self.metrics or None, self._model_name())
+        mlflow_client = _registry.client()
+        for name, value in evaluation["metrics"].items():
+            mlflow_client.log_metric(training["run_id"], f"eval_{name}", value)
+        self.log.info(
+            "New model on %s (%s): %s; champion: %s",
+            evaluation["split"],
+            evaluation["dataset_uri"],
+            evaluation["metrics"],
+            evaluation["champion"],
+        )
+        for name, value in evaluation["metrics"].items():
+            self.stat("gauge", f"evaluate.{name}", value)
+        return {**training, "evaluation": evaluation}

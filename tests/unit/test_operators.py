@@ -1,0 +1,109 @@
+"""Operators: arguments checked at parse time, template fields, XCom document plumbing."""
+
+from __future__ import annotations
+
+import importlib
+from datetime import UTC, datetime
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+CONTEXT = {"project": "churn", "workflow": "train", "project_dir": "/tmp/churn"}
+
+# One valid construction per task type: the definition's fields, as the compiler passes them.
+CASES = {
+    "extract": (
+        {"source": "data/x.csv", "read_options": {"sep": ","}},
+        {"source", "query", "read_options"},
+    ),
+    "validate": ({"suite": "telco_churn_raw"}, {"suite", "input"}),
+    "transform": ({"steps": [{"op": "drop", "columns": ["x"]}]}, {"steps", "input"}),
+    "train": (
+        {"target": "churn", "params": {"max_depth": 3}},
+        {"target", "hyperparameters", "tuning", "input"},
+    ),
+    "evaluate": ({"metrics": ["roc_auc"]}, {"metrics", "input"}),
+    "register": (
+        {"model": "churn", "gate": {"metric": "roc_auc", "min": 0.8}},
+        {"model", "gate", "input"},
+    ),
+    "approve": ({"mode": "auto"}, {"subject", "body", "approvers"}),
+    "deploy": (
+        {"model": "churn", "traffic": {"champion": 90, "challenger": 10}},
+        {"model", "alias", "traffic"},
+    ),
+    "batch_predict": ({"model": "churn"}, {"model", "alias", "input", "output_path"}),
+}
+
+
+def operator_class(task_type: str) -> type:
+    from operators.task_types import OPERATORS
+
+    module, _, name = OPERATORS[task_type].rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("task_type", sorted(CASES))
+def test_template_fields_and_construction(task_type: str) -> None:
+    from airflow.sdk import DAG
+
+    fields, expected = CASES[task_type]
+    with DAG("churn.train", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)):
+        operator = operator_class(task_type)(task_id=task_type, **fields, **CONTEXT)
+    assert expected <= set(operator.template_fields)
+    for name in operator.template_fields:
+        assert hasattr(operator, name), name
+    assert operator.project == "churn" and operator.workflow == "train"
+
+
+@pytest.mark.parametrize(
+    ("task_type", "fields", "message"),
+    [
+        ("extract", {}, "exactly one of 'source' or 'query'"),
+        ("extract", {"query": "select 1"}, "needs 'conn_id'"),
+        ("extract", {"source": "x", "format": "json"}, "format must be one of csv, parquet"),
+        ("transform", {"steps": [{"columns": ["x"]}]}, r"steps\[0\] needs an 'op'"),
+        ("train", {"target": "y", "objective": "ranking"}, "objective must be one of"),
+        ("train", {"target": "y", "backend": "emr"}, "backend must be one of local, sagemaker"),
+        ("approve", {"mode": "maybe"}, "mode must be one of human, auto"),
+        ("deploy", {"model": "m", "traffic": {"champion": 90, "challenger": 20}}, "sum to 100"),
+        ("deploy", {"model": "m", "alias": "shadow"}, "alias must be one of"),
+    ],
+)
+def test_bad_arguments_are_named(task_type: str, fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        operator_class(task_type)(task_id="t", **fields, **CONTEXT)
+
+
+def test_train_keeps_dag_params_apart_from_xgboost_params() -> None:
+    from airflow.sdk import DAG, Param
+
+    with DAG(
+        "churn.train",
+        schedule=None,
+        start_date=datetime(2024, 1, 1, tzinfo=UTC),
+        params={"min_roc_auc": Param(0.8, type="number")},
+    ):
+        train = operator_class("train")(
+            task_id="train", target="churn", params={"max_depth": 4, "eta": 0.1}, **CONTEXT
+        )
+    assert train.hyperparameters == {"max_depth": 4, "eta": 0.1}
+    assert "min_roc_auc" in train.params
+
+
+def test_compiled_churn_dag_uses_the_real_operators() -> None:
+    from mlwp.definitions.loading import load_project
+    from mlwp.settings import REPO_ROOT
+    from operators.compiler import build_dag
+
+    folder = REPO_ROOT / "dags" / "projects" / "churn"
+    project = load_project(folder / "workflow.yaml")
+    dag = build_dag(project, "train", project_dir=folder)
+    kinds = {task.task_id: type(task).__name__ for task in dag.tasks}
+    assert kinds["extract"] == "ExtractOperator"
+    assert kinds["validate"] == "ValidateOperator"
+    assert kinds["features"] == "TransformOperator"
+    assert kinds["train"] == "TrainOperator"
+    assert "MissingOperator" not in kinds.values()
+    assert [a.name for a in dag.get_task("features").outlets] == ["churn.train.features"]
