@@ -1,0 +1,363 @@
+"""The SageMaker training backend: ``backend: sagemaker`` on a train task.
+
+A train task with this backend compiles to three tasks (see :func:`sagemaker_train_tasks`):
+
+``<id>_request``  stages the splits as S3 channels, uploads the entry point's source tarball
+                  and builds the CreateTrainingJob (or CreateHyperParameterTuningJob) request;
+``<id>_job``      the Amazon provider's SageMakerTrainingOperator or SageMakerTuningOperator,
+                  deferrable, submitting that request and waiting on the triggerer;
+``<id>``          fetches model.tar.gz of the (best) job and logs it to MLflow exactly as the
+                  local backend does, adding the job's name, ARN, instance type and billable
+                  seconds. Downstream tasks see the same XCom document as with ``local``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from operators._common import MlwpOperator, mlflow_tracking_uri
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator, Context
+
+    from mlwp.storage import Storage
+
+DEFAULT_AWS_CONN_ID = "aws_default"
+# Where an execution role is found when the definition does not name one.
+ROLE_EXTRA_KEY = "sagemaker_role_arn"
+MODEL_ARCHIVE = "model.tar.gz"
+
+
+def _s3_storage(operator: MlwpOperator) -> Storage:
+    storage = operator.storage()
+    if not storage.root.startswith("s3://"):
+        raise AirflowFailException(
+            f"task {operator.task_id!r}: backend sagemaker reads its channels from S3, but the "
+            f"storage root is {storage.root!r}; set the project's storage root (or "
+            "MLWP_STORAGE_ROOT) to an s3:// URI"
+        )
+    return storage
+
+
+class SageMakerRequestOperator(MlwpOperator):
+    """Stage the channels and code on S3 and return the SageMaker request for the job task."""
+
+    template_fields: Sequence[str] = ("target", "hyperparameters", "sagemaker", "tuning")
+    template_fields_renderers = {"hyperparameters": "json", "sagemaker": "json", "tuning": "json"}
+    ui_color = "#ffe5cc"
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        objective: str,
+        hyperparameters: dict[str, Any],
+        sagemaker: dict[str, Any] | None = None,
+        tuning: dict[str, Any] | None = None,
+        input: str | None = None,
+        aws_conn_id: str = DEFAULT_AWS_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.target = target
+        self.objective = objective
+        self.hyperparameters = hyperparameters
+        self.sagemaker = dict(sagemaker or {})
+        self.tuning = tuning
+        self.input = input
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        from mlwp import sagemaker as sm
+        from mlwp.training.metrics import METRICS_BY_OBJECTIVE
+
+        storage = _s3_storage(self)
+        features = self.upstream_document(context, "splits", self.input)
+        hook = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sagemaker")
+        region = hook.region_name or "us-east-1"
+        lineage = self.lineage(context)
+        train_task = self.task_id.removesuffix("_request")
+        run_hash = hashlib.sha256(lineage["run_id"].encode()).hexdigest()[:8]
+        name = sm.job_name(
+            "mlwp", self.project, train_task, run_hash, str(lineage["try_number"])
+        )
+        base = f"{storage.root}/{self.project}/sagemaker/{name}"
+
+        channels: dict[str, str] = {}
+        for split, document in features["splits"].items():
+            uri = f"{base}/input/{split}/data.parquet"
+            storage.write_bytes(uri, storage.read_bytes(document["uri"]))
+            channels[split] = uri.rsplit("/", 1)[0]
+        if features.get("preprocessing_uri"):
+            storage.write_bytes(
+                f"{channels['train']}/preprocessing.json",
+                storage.read_bytes(features["preprocessing_uri"]),
+            )
+        code = sm.source_tarball()
+        code_uri = (
+            f"{storage.root}/{self.project}/code/{hashlib.sha256(code).hexdigest()}/"
+            f"{sm.SOURCE_TARBALL}"
+        )
+        if not storage.exists(code_uri):
+            storage.write_bytes(code_uri, code)
+
+        settings = self.sagemaker
+        role_arn = settings.get("role_arn") or hook.conn_config.extra_config.get(ROLE_EXTRA_KEY)
+        if not role_arn:
+            raise AirflowFailException(
+                f"task {self.task_id!r}: no SageMaker execution role: set sagemaker.role_arn in "
+                f"the definition or '{ROLE_EXTRA_KEY}' in the extra of connection "
+                f"{self.aws_conn_id!r}"
+            )
+        spec = sm.SageMakerJobSpec(
+            role_arn=role_arn,
+            image_uri=settings.get("image_uri") or sm.xgboost_image_uri(region),
+            source_uri=code_uri,
+            output_uri=f"{base}/output",
+            instance_type=settings.get("instance_type", "ml.m5.large"),
+            instance_count=int(settings.get("instance_count", 1)),
+            volume_size_gb=int(settings.get("volume_size_gb", 30)),
+            max_runtime_seconds=int(settings.get("max_runtime_seconds", 7200)),
+            spot=bool(settings.get("spot", False)),
+            max_wait_seconds=settings.get("max_wait_seconds"),
+            checkpoint_uri=f"{base}/checkpoints" if settings.get("spot") else None,
+            subnets=tuple(settings.get("subnets") or ()),
+            security_group_ids=tuple(settings.get("security_group_ids") or ()),
+            tags={
+                "mlwp:project": self.project,
+                "mlwp:workflow": self.workflow,
+                "mlwp:dag_id": lineage["dag_id"],
+                "mlwp:task_id": train_task,
+            },
+        )
+        metrics = [f"validation:{m}" for m in METRICS_BY_OBJECTIVE[self.objective]]
+        try:
+            if self.tuning:
+                tuning = self.tuning
+                request = sm.tuning_job_request(
+                    name=name,
+                    spec=spec,
+                    static_hyperparameters=self.hyperparameters,
+                    channels=channels,
+                    metrics=metrics,
+                    objective_metric=f"validation:{tuning.get('metric', 'roc_auc')}",
+                    direction=tuning.get("direction", "maximize"),
+                    ranges=tuning["ranges"],
+                    max_jobs=int(tuning.get("trials", 10)),
+                    max_parallel_jobs=int(tuning.get("parallel", 1)),
+                    strategy=tuning.get("strategy", "bayesian"),
+                    seed=self.hyperparameters.get("seed"),
+                )
+            else:
+                request = sm.training_job_request(
+                    name=name,
+                    spec=spec,
+                    hyperparameters=self.hyperparameters,
+                    channels=channels,
+                    metrics=metrics,
+                )
+        except sm.SageMakerRequestError as exc:
+            raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+        self.log.info("SageMaker %s job %s, channels %s", "tuning" if self.tuning else
+                      "training", name, channels)
+        return request
+
+
+class SageMakerModelOperator(MlwpOperator):
+    """Fetch the job's model.tar.gz and log it to MLflow like the local backend does."""
+
+    template_fields: Sequence[str] = ("job_task_id",)
+    ui_color = "#e8daef"
+
+    def __init__(
+        self,
+        *,
+        job_task_id: str,
+        objective: str,
+        target: str,
+        hyperparameters: dict[str, Any],
+        experiment: str | None = None,
+        aws_conn_id: str = DEFAULT_AWS_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.job_task_id = job_task_id
+        self.objective = objective
+        self.target = target
+        self.hyperparameters = hyperparameters
+        self.experiment = experiment
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import mlflow
+        from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+        from mlwp.training.tracking import log_model_run
+
+        result = context["ti"].xcom_pull(task_ids=self.job_task_id) or {}
+        hook = SageMakerHook(aws_conn_id=self.aws_conn_id)
+        if "Tuning" in result:
+            best = result["Tuning"].get("BestTrainingJob") or {}
+            if not best.get("TrainingJobName"):
+                raise AirflowFailException(
+                    f"task {self.task_id!r}: tuning job "
+                    f"{result['Tuning'].get('HyperParameterTuningJobName')!r} has no best "
+                    "training job"
+                )
+            job = hook.describe_training_job(best["TrainingJobName"])
+        elif "Training" in result:
+            job = result["Training"]
+        else:
+            raise AirflowFailException(
+                f"task {self.task_id!r}: task {self.job_task_id!r} returned no SageMaker job"
+            )
+        storage = _s3_storage(self)
+        artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
+        model_dir = Path(tempfile.mkdtemp(prefix="mlwp-sagemaker-model-"))
+        extract_model_archive(storage.read_bytes(artifact), model_dir)
+
+        features = self.upstream_document(context, "splits")
+        splits = {n: storage.read_dataset(d["uri"]) for n, d in features["splits"].items()}
+        metrics = {m["MetricName"]: float(m["Value"]) for m in job.get("FinalMetricDataList", [])}
+        lineage = self.lineage(context)
+        train_split = features["splits"]["train"]
+        tags = {
+            "mlwp.backend": "sagemaker",
+            "mlwp.project": self.project,
+            "mlwp.workflow": self.workflow,
+            "mlwp.dag_id": lineage["dag_id"],
+            "mlwp.airflow_run_id": lineage["run_id"],
+            "mlwp.task_id": self.task_id,
+            "mlwp.dataset_uri": train_split["uri"],
+            "mlwp.dataset_sha256": train_split["sha256"],
+            "mlwp.sagemaker.job_name": job["TrainingJobName"],
+            "mlwp.sagemaker.job_arn": job.get("TrainingJobArn", ""),
+            "mlwp.sagemaker.instance_type": job.get("ResourceConfig", {}).get("InstanceType", ""),
+            "mlwp.sagemaker.billable_seconds": str(job.get("BillableTimeInSeconds", "")),
+            "mlwp.sagemaker.model_artifact": artifact,
+        }
+        mlflow.set_tracking_uri(mlflow_tracking_uri())
+        client = mlflow.MlflowClient()
+        experiment = self.experiment or lineage["dag_id"]
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run = client.create_run(
+            experiment_id, run_name=f"{lineage['run_id']}.{self.task_id}", tags=tags
+        )
+        try:
+            tracked = log_model_run(
+                run.info.run_id, model_dir, splits=splits, metrics=metrics,
+                params=self.hyperparameters,
+            )
+        except BaseException:
+            client.set_terminated(run.info.run_id, status="FAILED")
+            raise
+        client.set_terminated(run.info.run_id)
+        # Same shape as TrainOperator's document, so evaluate/register do not care.
+        return {
+            "run_id": tracked.run_id,
+            "experiment_id": tracked.experiment_id,
+            "model_uri": tracked.model_uri,
+            "model_id": tracked.model_id,
+            "metrics": metrics,
+            "hyperparameters": self.hyperparameters,
+            "objective": self.objective,
+            "target": self.target,
+            "backend": "sagemaker",
+            "sagemaker": {
+                "job_name": job["TrainingJobName"],
+                "job_arn": job.get("TrainingJobArn"),
+                "instance_type": tags["mlwp.sagemaker.instance_type"],
+                "billable_seconds": job.get("BillableTimeInSeconds"),
+            },
+            "tuning": None,
+            "splits": features["splits"],
+            "preprocessing_uri": features.get("preprocessing_uri"),
+            "input": features.get("input"),
+            "validation": features.get("validation"),
+            "task_id": self.task_id,
+        }
+
+
+def extract_model_archive(archive: bytes, destination: Path) -> None:
+    """Unpack SageMaker's model.tar.gz, refusing members that would land outside it."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(destination, filter="data")
+
+
+def sagemaker_train_tasks(
+    *,
+    task_id: str,
+    target: str,
+    objective: str,
+    hyperparameters: dict[str, Any],
+    sagemaker: dict[str, Any] | None,
+    tuning: dict[str, Any] | None,
+    input: str | None,
+    project: str,
+    workflow: str | None = None,
+    project_dir: str | None = None,
+    aws_conn_id: str = DEFAULT_AWS_CONN_ID,
+    **base: Any,
+) -> tuple[BaseOperator, BaseOperator]:
+    """Build the request -> job -> model tasks of a SageMaker train task; return (head, tail).
+
+    ``base`` holds the usual BaseOperator arguments (dag, retries, execution_timeout...).
+    The tail keeps ``task_id``, so downstream tasks and their XCom lookups are unchanged.
+    """
+    from airflow.providers.amazon.aws.operators.sagemaker import (
+        SageMakerTrainingOperator,
+        SageMakerTuningOperator,
+    )
+
+    context = {"project": project, "workflow": workflow, "project_dir": project_dir}
+    base.pop("outlets", None)
+    request = SageMakerRequestOperator(
+        task_id=f"{task_id}_request",
+        target=target,
+        objective=objective,
+        hyperparameters=hyperparameters,
+        sagemaker=sagemaker,
+        tuning=tuning,
+        input=input,
+        aws_conn_id=aws_conn_id,
+        **context,
+        **base,
+    )
+    job_args: dict[str, Any] = {
+        "task_id": f"{task_id}_job",
+        "config": request.output,
+        "aws_conn_id": aws_conn_id,
+        "wait_for_completion": True,
+        "deferrable": True,
+        **{k: v for k, v in base.items() if k != "doc_md"},
+    }
+    if tuning:
+        job: BaseOperator = SageMakerTuningOperator(**job_args)
+    else:
+        # A retried job task starts a new, timestamped job instead of failing on the name.
+        job = SageMakerTrainingOperator(
+            **job_args, check_if_job_exists=True, action_if_job_exists="timestamp"
+        )
+    model = SageMakerModelOperator(
+        task_id=task_id,
+        job_task_id=job.task_id,
+        objective=objective,
+        target=target,
+        hyperparameters=hyperparameters,
+        aws_conn_id=aws_conn_id,
+        **context,
+        **base,
+    )
+    request >> job >> model
+    return request, model
