@@ -43,7 +43,7 @@ def run_training_job(request: dict[str, Any], s3: Any, workdir: Path) -> dict[st
         target.mkdir(parents=True, exist_ok=True)
         listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
         for item in listing.get("Contents", []):
-            relative = item["Key"][len(prefix):].lstrip("/") or Path(item["Key"]).name
+            relative = item["Key"][len(prefix) :].lstrip("/") or Path(item["Key"]).name
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, item["Key"], str(target / relative))
     config = input_dir / "config"
@@ -59,23 +59,29 @@ def run_training_job(request: dict[str, Any], s3: Any, workdir: Path) -> dict[st
 
     model_dir = workdir / "model"
     env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("SM_", "PYTHONPATH"))
+        key: value for key, value in os.environ.items() if not key.startswith(("SM_", "PYTHONPATH"))
     }
-    env.update({
-        "SM_INPUT_CONFIG_DIR": str(config),
-        "SM_MODEL_DIR": str(model_dir),
-        "SM_OUTPUT_DATA_DIR": str(workdir / "output" / "data"),
-        "SM_OUTPUT_DIR": str(workdir / "output"),
-        **{
-            f"SM_CHANNEL_{c['ChannelName'].upper()}": str(input_dir / "data" / c["ChannelName"])
-            for c in request["InputDataConfig"]
-        },
-    })
+    env.update(
+        {
+            "SM_INPUT_CONFIG_DIR": str(config),
+            "SM_MODEL_DIR": str(model_dir),
+            "SM_OUTPUT_DATA_DIR": str(workdir / "output" / "data"),
+            "SM_OUTPUT_DIR": str(workdir / "output"),
+            **{
+                f"SM_CHANNEL_{c['ChannelName'].upper()}": str(input_dir / "data" / c["ChannelName"])
+                for c in request["InputDataConfig"]
+            },
+        }
+    )
     # `python -I` style isolation is too strict (site-packages are the container's image);
     # running the script from its folder puts the tarball's mlwp/ first on sys.path.
     proc = subprocess.run(
-        [sys.executable, program], cwd=code_dir, env=env, capture_output=True, text=True,
+        [sys.executable, program],
+        check=False,
+        cwd=code_dir,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     if proc.returncode != 0:

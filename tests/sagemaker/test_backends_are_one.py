@@ -31,16 +31,31 @@ STEPS = [
     {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
     {"op": "cast", "columns": {"total_charges": "float"}},
     {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
-    {"op": "onehot", "columns": [
-        "multiple_lines", "internet_service", "online_security", "online_backup",
-        "device_protection", "tech_support", "streaming_tv", "streaming_movies", "contract",
-        "payment_method",
-    ]},
+    {
+        "op": "onehot",
+        "columns": [
+            "multiple_lines",
+            "internet_service",
+            "online_security",
+            "online_backup",
+            "device_protection",
+            "tech_support",
+            "streaming_tv",
+            "streaming_movies",
+            "contract",
+            "payment_method",
+        ],
+    },
     {"op": "split", "test_size": 0.2, "validation_size": 0.2, "stratify": "churn", "seed": 7},
 ]
 HYPERPARAMETERS = {
-    "target": "churn", "objective": "binary", "num_boost_round": 40,
-    "early_stopping_rounds": 5, "seed": 7, "max_depth": 3, "eta": 0.2,
+    "target": "churn",
+    "objective": "binary",
+    "num_boost_round": 40,
+    "early_stopping_rounds": 5,
+    "seed": 7,
+    "max_depth": 3,
+    "eta": 0.2,
 }
 
 
@@ -49,20 +64,24 @@ def test_sagemaker_request_trains_the_same_model_as_the_local_backend(
 ) -> None:
     frame = pd.read_csv(DATA)
     result = run_transform(frame, STEPS)
-    local = train_local(result.splits, result.preprocessing, HYPERPARAMETERS,
-                        workdir=tmp_path / "local")
+    local = train_local(
+        result.splits, result.preprocessing, HYPERPARAMETERS, workdir=tmp_path / "local"
+    )
 
     # Stage channels and code as SageMakerRequestOperator does.
     s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)
-    base = f"churn/sagemaker/job-1"
+    base = "churn/sagemaker/job-1"
     channels = {}
     for split, split_frame in result.splits.items():
         key = f"{base}/input/{split}/data.parquet"
         s3.put_object(Bucket=BUCKET, Key=key, Body=split_frame.to_parquet(index=False))
         channels[split] = f"s3://{BUCKET}/{base}/input/{split}"
-    s3.put_object(Bucket=BUCKET, Key=f"{base}/input/train/preprocessing.json",
-                  Body=result.preprocessing.to_json())
+    s3.put_object(
+        Bucket=BUCKET,
+        Key=f"{base}/input/train/preprocessing.json",
+        Body=result.preprocessing.to_json(),
+    )
     code = sm.source_tarball()
     code_key = f"churn/code/{hashlib.sha256(code).hexdigest()}/{sm.SOURCE_TARBALL}"
     s3.put_object(Bucket=BUCKET, Key=code_key, Body=code)
@@ -73,7 +92,9 @@ def test_sagemaker_request_trains_the_same_model_as_the_local_backend(
         output_uri=f"s3://{BUCKET}/{base}/output",
     )
     request = sm.training_job_request(
-        name="mlwp-churn-train-1", spec=spec, hyperparameters=HYPERPARAMETERS,
+        name="mlwp-churn-train-1",
+        spec=spec,
+        hyperparameters=HYPERPARAMETERS,
         channels=channels,
         metrics=[f"validation:{m}" for m in METRICS_BY_OBJECTIVE["binary"]],
     )
@@ -88,12 +109,14 @@ def test_sagemaker_request_trains_the_same_model_as_the_local_backend(
     ).read_bytes()
     # The metric definitions pick up the same numbers the local backend parsed.
     reported = {m["MetricName"]: m["Value"] for m in remote["metrics"]}
-    assert reported["validation:roc_auc"] == pytest.approx(local.metrics["validation:roc_auc"],
-                                                           abs=1e-6)
+    assert reported["validation:roc_auc"] == pytest.approx(
+        local.metrics["validation:roc_auc"], abs=1e-6
+    )
     # Served the same: identical predictions on raw records.
     records = result.splits["test"].drop(columns=["churn"]).head(20).to_dict("records")
-    assert load(remote["model_dir"]).predict(records).probabilities == load(
-        local.model_dir
-    ).predict(records).probabilities
+    assert (
+        load(remote["model_dir"]).predict(records).probabilities
+        == load(local.model_dir).predict(records).probabilities
+    )
     # The container imported mlwp from the tarball, not from this checkout.
     assert (remote["imported_from"] / "mlwp" / "training" / "entrypoint.py").is_file()

@@ -124,11 +124,15 @@ def test_tuning_request_passes_botocore_validation() -> None:
     _validate("CreateHyperParameterTuningJob", request)
     config = request["HyperParameterTuningJobConfig"]
     assert config["HyperParameterTuningJobObjective"] == {
-        "Type": "Maximize", "MetricName": "validation:roc_auc"
+        "Type": "Maximize",
+        "MetricName": "validation:roc_auc",
     }
     ranges = config["ParameterRanges"]
     assert ranges["IntegerParameterRanges"][0] == {
-        "Name": "max_depth", "MinValue": "2", "MaxValue": "8", "ScalingType": "Auto"
+        "Name": "max_depth",
+        "MinValue": "2",
+        "MaxValue": "8",
+        "ScalingType": "Auto",
     }
     assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
     # A tuned parameter is not also static.
@@ -152,11 +156,18 @@ def test_bad_settings_name_the_field(call, message: str) -> None:  # type: ignor
 
 
 def test_bad_tuning_strategy_names_allowed_values() -> None:
-    with pytest.raises(sm.SageMakerRequestError, match="tuning.strategy.*'annealing'"):
+    with pytest.raises(sm.SageMakerRequestError, match=r"tuning.strategy.*'annealing'"):
         sm.tuning_job_request(
-            name="job", spec=_spec(), static_hyperparameters={}, channels=CHANNELS,
-            metrics=METRICS, objective_metric="validation:roc_auc", direction="maximize",
-            ranges={"eta": {"min": 0.1, "max": 0.2}}, max_jobs=2, max_parallel_jobs=1,
+            name="job",
+            spec=_spec(),
+            static_hyperparameters={},
+            channels=CHANNELS,
+            metrics=METRICS,
+            objective_metric="validation:roc_auc",
+            direction="maximize",
+            ranges={"eta": {"min": 0.1, "max": 0.2}},
+            max_jobs=2,
+            max_parallel_jobs=1,
             strategy="annealing",
         )
 
