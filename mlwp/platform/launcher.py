@@ -180,7 +180,9 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         names = supervisor.start()
         echo("mlwp: starting " + ", ".join(names) + " ...")
         write_state(settings.state_file, _state(settings, supervisor, "starting"))
-        if not supervisor.wait_ready(settings.start_timeout_seconds, stop.is_set):
+        # The start timeout covers the whole start, set-up steps included.
+        remaining = settings.start_timeout_seconds - (time.monotonic() - started)
+        if not supervisor.wait_ready(max(remaining, 1.0), stop.is_set):
             return UpResult(0, "stopped during start")
         admin = _wait_future(admin_future, stop, supervisor)
         if admin is None:
@@ -295,7 +297,7 @@ def platform_status(settings: Settings) -> PlatformStatus:
     probes = {
         "api-server": processes.airflow_health(state.urls["airflow"]),
         "mlflow": processes.http_ok(f"{state.urls['mlflow']}/health"),
-        "serving": processes.http_ok(f"{state.urls['serving']}/health/ready"),
+        "serving": processes.serving_health(state.urls["serving"]),
     }
     reported: list[ProcessStatus] = []
     for proc in state.processes:

@@ -76,6 +76,19 @@ def http_ok(url: str) -> ReadinessProbe:
     return probe
 
 
+def serving_health(base_url: str) -> ReadinessProbe:
+    """A status probe for serving: live, and whether it has loaded a model yet."""
+    live, ready = http_ok(f"{base_url}/health/live"), http_ok(f"{base_url}/health/ready")
+
+    def probe() -> str | None:
+        reason = live()
+        if reason is not None:
+            return reason
+        return None if ready() is None else "live, no model loaded yet (/health/ready is 503)"
+
+    return probe
+
+
 def airflow_health(base_url: str) -> ReadinessProbe:
     """A probe satisfied when the api-server reports every component healthy.
 
@@ -149,7 +162,9 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
             ],
             env=env,
             cwd=REPO_ROOT,
-            ready=http_ok(f"{settings.serving_url}/health/ready"),
+            # /health/ready means "models loaded" (a load balancer's question); a new platform
+            # has no model yet, so the platform waits for the process to answer at all.
+            ready=http_ok(f"{settings.serving_url}/health/live"),
             stop_stage=STAGE_FRONT,
             url=settings.serving_url,
         ),
