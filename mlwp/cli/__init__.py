@@ -36,3 +36,7 @@ app.add_typer(_platform.app)  # top-level commands: up, down, status, airflow
 from mlwp.cli import expectations as _expectations  # noqa: E402
 
 app.add_typer(_expectations.app, name="expectations")
+
+from mlwp.cli import models as _models  # noqa: E402
+
+app.add_typer(_models.app, name="models")

@@ -1,0 +1,169 @@
+"""``mlwp models``: registered models, promotion, rollback and traffic, for people.
+
+Talks to the MLflow tracking server named by ``MLFLOW_TRACKING_URI`` (default: the platform's
+``MLWP_MLFLOW_TRACKING_URI`` or the embedded server). Every change is recorded in the audit
+trail.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlwp.errors import MlwpError
+
+app = typer.Typer(help="Registered models: list, promote, rollback, traffic.", no_args_is_help=True)
+
+
+def _connect() -> None:
+    import mlflow
+
+    from mlwp.settings import get_settings
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or get_settings().mlflow_url)
+
+
+def _actor() -> str:
+    from mlwp.cli.roles import current_actor
+
+    return current_actor()
+
+
+def _fail(exc: MlwpError) -> None:
+    typer.echo(f"error: {exc.message}", err=True)
+    raise typer.Exit(1)
+
+
+def _emit(data: Any, json_output: bool) -> bool:
+    if json_output:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    return json_output
+
+
+@app.command("list")
+def list_command(
+    name: Annotated[str | None, typer.Argument(help="Show this model's versions.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List registered models, or one model's versions with aliases and lineage."""
+    from mlwp import registry
+
+    _connect()
+    console = Console()
+    try:
+        if name is None:
+            models = registry.list_models()
+            if _emit(models, json_output):
+                return
+            table = Table("model", "aliases", "traffic", "latest version")
+            for model in models:
+                table.add_row(
+                    model["name"],
+                    ", ".join(f"{a}=v{v}" for a, v in sorted(model["aliases"].items())),
+                    ", ".join(f"{a} {p}%" for a, p in model["traffic"].items()),
+                    str(model["latest_version"] or ""),
+                )
+            console.print(table)
+            return
+        if not registry.registered_model_exists(name):
+            raise registry.RegistryError(f"no registered model named {name!r}")
+        described = registry.describe(name)
+        if _emit(described, json_output):
+            return
+        console.print(
+            f"[bold]{name}[/bold] traffic: "
+            + ", ".join(f"{a} {p}%" for a, p in described["traffic"].items())
+        )
+        table = Table("version", "aliases", "dag run", "dataset sha256", "test metrics")
+        for version in described["versions"]:
+            metrics = version["test_metrics"] or {}
+            table.add_row(
+                version["version"],
+                ", ".join(version["aliases"]),
+                version["airflow_run_id"] or "",
+                (version["dataset_sha256"] or "")[:12],
+                ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+            )
+        console.print(table)
+    except MlwpError as exc:
+        _fail(exc)
+
+
+@app.command("promote")
+def promote_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[
+        str | None, typer.Option(help="Version to promote; default: the challenger.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Make a version (default: the challenger) the champion with 100% of the traffic."""
+    from mlwp import audit, registry
+
+    _connect()
+    try:
+        after = registry.promote(name, version)
+    except MlwpError as exc:
+        _fail(exc)
+        return
+    audit.record(_actor(), "model.promote", name, after)
+    if not _emit(after, json_output):
+        typer.echo(f"{name}: champion is now v{after['aliases'].get('champion')}")
+
+
+@app.command("rollback")
+def rollback_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Restore the aliases and traffic from before the last promotion."""
+    from mlwp import audit, registry
+
+    _connect()
+    try:
+        after = registry.rollback(name)
+    except MlwpError as exc:
+        _fail(exc)
+        return
+    audit.record(_actor(), "model.rollback", name, after)
+    if not _emit(after, json_output):
+        typer.echo(f"{name}: rolled back; aliases {after['aliases']}, traffic {after['traffic']}")
+
+
+@app.command("traffic")
+def traffic_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    split: Annotated[
+        list[str] | None,
+        typer.Argument(help="New split as alias=percent pairs, e.g. champion=90 challenger=10."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show, or set, the traffic split between champion and challenger."""
+    from mlwp import audit, registry
+
+    _connect()
+    try:
+        if not split:
+            current = registry.get_traffic(name)
+            if not _emit(current, json_output):
+                typer.echo(", ".join(f"{a} {p}%" for a, p in current.items()))
+            return
+        traffic: dict[str, Any] = {}
+        for pair in split:
+            alias, sep, percent = pair.partition("=")
+            if not sep or not percent.strip().isdigit():
+                raise registry.RegistryError(f"expected alias=percent, got {pair!r}")
+            traffic[alias.strip()] = int(percent)
+        result = registry.set_traffic(name, traffic)
+    except MlwpError as exc:
+        _fail(exc)
+        return
+    audit.record(_actor(), "traffic.set", name, {"traffic": result})
+    if not _emit(result, json_output):
+        typer.echo(f"{name}: traffic " + ", ".join(f"{a} {p}%" for a, p in result.items()))
