@@ -178,7 +178,9 @@ def _dataset_step(frame: pd.DataFrame, spec: Mapping[str, Any], index: int) -> p
         raise TransformError(f"{where}: 'callable' must be 'module:function', got {target!r}")
     module_name, _, function_name = target.partition(":")
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
+        function: Any = importlib.import_module(module_name)
+        for part in function_name.split("."):
+            function = getattr(function, part)
     except (ImportError, AttributeError) as exc:
         raise TransformError(f"{where}: cannot import {target!r}: {exc}") from exc
     result = function(frame, **dict(spec.get("kwargs") or {}))
