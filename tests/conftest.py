@@ -156,7 +156,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        wait_for_http(f"{url}/health", timeout=120, proc=proc)
+        wait_for_http(f"{url}/health", timeout=300, proc=proc)
     except Exception:
         proc.kill()
         raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
