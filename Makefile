@@ -3,16 +3,20 @@
 
 SHELL := /bin/bash
 PYTHON ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else the one pip installs for $(PYTHON) (run as `python -m uv`, wherever pip put it).
+UV := $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: up down status test test-fast lint typecheck bench sync clean
+.PHONY: up down status test test-fast lint typecheck bench sync clean uv
 
-$(UV):
-	$(PYTHON) -m pip install --user --quiet uv || $(PYTHON) -m pip install --quiet uv
+uv:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet uv \
+	  || $(PYTHON) -m pip install --quiet uv \
+	  || $(PYTHON) -m pip install --user --quiet --break-system-packages uv
 
-.venv/.synced: pyproject.toml uv.lock | $(UV)
+.venv/.synced: pyproject.toml uv.lock
+	@$(MAKE) --no-print-directory uv
 	$(UV) sync --frozen
 	@touch $@
 
