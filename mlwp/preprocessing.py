@@ -740,8 +740,8 @@ def _fill_value(array: Array, strategy: str, value: Any, name: str, where: str) 
             return 0.0
         return float(np.median(present) if strategy == "median" else present.mean())
     if strategy == "mode":
-        if not present.size:
-            raise PreprocessingError(f"{where}: column {name!r} has no values to take a mode of")
+        if not present.size:  # nothing seen in training: a neutral value, as median does
+            return "" if array.dtype == object else 0.0
         values, counts = np.unique(
             present.astype(str) if array.dtype == object else present, return_counts=True
         )

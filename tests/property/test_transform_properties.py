@@ -1,0 +1,109 @@
+"""Hypothesis properties of the transform: rows are never lost by non-filter steps, and the
+fitted preprocessing gives, at serving time (records, numpy only), exactly the rows the
+transform produced at training time (DataFrame)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlwp.transform import run_transform
+
+pytestmark = [pytest.mark.property, pytest.mark.slow]
+
+CATEGORIES = ["a", "b", "c", "d e", "f<g"]
+
+
+@st.composite
+def datasets(draw: st.DrawFn) -> pd.DataFrame:
+    n = draw(st.integers(min_value=1, max_value=40))
+    finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+    x = draw(st.lists(st.one_of(finite, st.just(math.nan)), min_size=n, max_size=n))
+    k = draw(st.lists(st.integers(min_value=-5, max_value=50), min_size=n, max_size=n))
+    color = draw(
+        st.lists(st.one_of(st.sampled_from(CATEGORIES), st.none()), min_size=n, max_size=n)
+    )
+    label = draw(st.lists(st.sampled_from(["yes", "no"]), min_size=n, max_size=n))
+    return pd.DataFrame(
+        {
+            "x": pd.Series(x, dtype="float64"),
+            "k": pd.Series(k, dtype="int64"),
+            "color": pd.Series(color, dtype="str"),
+            "label": pd.Series(label, dtype="str"),
+        }
+    )
+
+
+FEATURE_STEPS = [
+    {"op": "fill_missing", "columns": ["x"], "strategy": "median"},
+    {"op": "fill_missing", "columns": {"color": "mode"}},
+    {"op": "onehot", "columns": ["color"]},
+    {"op": "ordinal", "columns": {"label": ["no", "yes"]}},
+    {"op": "scale", "columns": ["k"]},
+    {"op": "derive", "column": "xk", "expression": "x * k - k / (abs(x) + 1)"},
+    {"op": "cast", "columns": {"k": "int"}},
+    {"op": "rename", "columns": {"x": "x2"}},
+]
+
+
+@st.composite
+def step_lists(draw: st.DrawFn) -> list[dict]:
+    chosen = draw(st.lists(st.sampled_from(range(len(FEATURE_STEPS))), unique=True, max_size=6))
+    steps = [FEATURE_STEPS[i] for i in sorted(chosen)]
+    # rename must stay last: later steps name the original column
+    steps = [s for s in steps if s["op"] != "rename"] + [s for s in steps if s["op"] == "rename"]
+    if draw(st.booleans()):
+        split = {
+            "op": "split",
+            "test_size": draw(st.sampled_from([0.0, 0.2, 0.5])),
+            "validation_size": draw(st.sampled_from([0.0, 0.1, 0.3])),
+            "seed": draw(st.integers(0, 10)),
+        }
+        if draw(st.booleans()):
+            split["stratify"] = "label"
+        steps.insert(draw(st.integers(0, len(steps))), split)
+    return steps
+
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(frame=datasets(), steps=step_lists())
+def test_no_row_is_lost_without_filters(frame: pd.DataFrame, steps: list[dict]) -> None:
+    result = run_transform(frame, steps)
+    assert result.rows_filtered == 0
+    assert sum(len(split) for split in result.splits.values()) == len(frame)
+    for name, split in result.splits.items():
+        assert len(result.features(name)) == len(split)
+
+
+@SETTINGS
+@given(frame=datasets(), steps=step_lists())
+def test_serving_reproduces_training_rows(frame: pd.DataFrame, steps: list[dict]) -> None:
+    steps = (
+        [*steps, {"op": "onehot", "columns": ["color"]}]
+        if not any(s["op"] == "onehot" for s in steps)
+        else steps
+    )
+    result = run_transform(frame, steps)
+    target = "label"
+    pre = result.preprocessing.with_target(target)
+    for name, split in result.splits.items():
+        expected = result.features(name).drop(columns=target).to_numpy(dtype=np.float64)
+        from_frame = pre.transform_frame(split)
+        from_records = pre.transform_records(split.to_dict(orient="records"))
+        assert np.array_equal(from_frame, expected, equal_nan=True)
+        assert np.array_equal(from_records, expected, equal_nan=True)
+
+
+@SETTINGS
+@given(frame=datasets(), threshold=st.integers(-5, 50))
+def test_filter_keeps_exactly_the_matching_rows(frame: pd.DataFrame, threshold: int) -> None:
+    result = run_transform(frame, [{"op": "filter", "expression": f"k >= {threshold}"}])
+    assert result.splits["train"].k.tolist() == frame.k[frame.k >= threshold].tolist()
