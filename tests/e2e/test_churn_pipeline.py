@@ -1,0 +1,251 @@
+"""The churn training workflow end to end: the YAML definition compiled to a DAG, run with
+``dag.test()`` against a real MLflow tracking server, real GX, real XGBoost, storage in a
+temporary folder.
+
+- good data: a registered version with the lineage tags, the alias and traffic set, the
+  artifacts present, ROC AUC >= 0.80 on the telco test split; the dataset is an asset event;
+- re-running the same DAG run registers nothing new (idempotent registration);
+- corrupted data (nulls, out-of-range values, an unknown category) fails at validation,
+  names those expectations, and registers nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mlwp.settings import REPO_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHURN = REPO_ROOT / "dags" / "projects" / "churn"
+MODEL = "churn"
+
+
+def churn_dag(project_dir: Path) -> Any:
+    """The churn train DAG from its YAML, with automatic approval and a short tuning."""
+    from mlwp.definitions import Alerts
+    from mlwp.definitions.loading import load_project
+    from operators.compiler import build_dag
+
+    project = load_project(CHURN / "workflow.yaml")
+    workflow = project.workflows["train"]
+    tasks = dict(workflow.tasks)
+    tasks["approve"] = tasks["approve"].model_copy(update={"mode": "auto"})
+    train = tasks["train"]
+    assert train.tuning is not None
+    tasks["train"] = train.model_copy(
+        update={"tuning": train.tuning.model_copy(update={"trials": 3}), "num_boost_round": 120}
+    )
+    project = project.model_copy(
+        update={
+            # No SMTP or Slack here: the notifiers are the compiler's concern, tested there.
+            "alerts": Alerts(),
+            "workflows": {
+                **project.workflows,
+                "train": workflow.model_copy(update={"tasks": tasks}),
+            },
+        }
+    )
+    return build_dag(project, "train", project_dir=project_dir)
+
+
+@pytest.fixture
+def pipeline_env(
+    tmp_path: Path, mlflow_tracking: str, airflow_db: None, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    storage = tmp_path / "storage"
+    monkeypatch.setenv("MLWP_STORAGE_ROOT", storage.as_uri())
+    # Nothing listens there: deploy must log the unreachable serving service and go on.
+    monkeypatch.setenv("MLWP_SERVING_PORT", str(unused_port()))
+    return storage
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def xcom(run: Any, task_id: str, key: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == run.dag_id,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def states(run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def versions(client: Any) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{MODEL}'"))
+    except MlflowException:
+        return []
+
+
+def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> None:
+    import mlflow
+
+    from mlwp.model import load
+    from mlwp.storage import Storage
+    from mlwp.training.core import dataset, predict_raw
+    from mlwp.training.metrics import compute_metrics
+
+    client = mlflow.MlflowClient(mlflow_tracking)
+    dag = churn_dag(CHURN)
+    run = dag.test()
+    assert states(run) == {
+        task: "success"
+        for task in (
+            "extract",
+            "validate",
+            "features",
+            "train",
+            "evaluate",
+            "register",
+            "approve",
+            "deploy",
+        )
+    }, states(run)
+
+    # One registered version, carrying the lineage of contract 4.
+    (version,) = versions(client)
+    tags = version.tags
+    storage = Storage(pipeline_env.as_uri())
+    (extracted,) = storage.versions("churn", "extract")
+    assert tags["mlwp.project"] == "churn"
+    assert tags["mlwp.workflow"] == "train"
+    assert tags["mlwp.dag_id"] == "churn.train"
+    assert tags["mlwp.airflow_run_id"] == run.run_id
+    assert tags["mlwp.dataset_uri"] == extracted["uri"]
+    assert tags["mlwp.dataset_sha256"] == extracted["sha256"]
+    assert tags["mlwp.gx_success"] == "true"
+    assert '"unsuccessful":0' in tags["mlwp.gx_statistics"]
+    assert tags["mlwp.backend"] == "local"
+    assert tags["mlwp.code_version"]
+    assert tags["mlwp.mlflow_run_id"] == version.run_id
+
+    # Deploy set the alias and the traffic split; nothing else got an alias.
+    model = client.get_registered_model(MODEL)
+    assert model.aliases == {"challenger": version.version}
+    assert model.tags["mlwp.traffic"] == '{"champion":90,"challenger":10}'
+
+    # The validation result and data docs sit beside the raw dataset, recorded in its sidecar.
+    validation = extracted["validation"]["telco_churn_raw"]
+    assert validation["success"] is True
+    assert storage.exists(validation["result_uri"]) and storage.exists(validation["docs_uri"])
+
+    # Artifacts: plots on the run, the two-flavour model with the mlwp files.
+    artifacts = {a.path for a in client.list_artifacts(version.run_id, "plots")}
+    assert "plots/feature_importance.png" in artifacts
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version.version}"))
+    for name in ("MLmodel", "model.ubj", "mlwp.json", "preprocessing.json"):
+        assert (local / name).is_file(), name
+    mlmodel = (local / "MLmodel").read_text()
+    assert "xgboost" in mlmodel and "mlwp.model" in mlmodel
+
+    # ROC AUC on the held-out telco test split, recomputed from the registered model.
+    (test_split,) = storage.versions("churn", "features-test")
+    test = storage.read_dataset(test_split["uri"])
+    served = load(local)
+    data = dataset(served.preprocessing, test, served.objective, served.classes, "test")
+    auc = compute_metrics("binary", data.labels, predict_raw(served.booster, data.matrix))[
+        "roc_auc"
+    ]
+    assert auc >= 0.80, auc
+    # ... and the served path (raw records) agrees with the matrix path.
+    records = test.drop(columns=["churn"]).head(50).to_dict(orient="records")
+    assert served.predict(records).predictions[:5] == served.predict(records[:5]).predictions
+
+    # The extracted dataset is an Airflow asset event carrying the sidecar metadata.
+    events = asset_events("mlwp://churn/train/extract")
+    assert events and events[-1]["sha256"] == extracted["sha256"]
+    assert events[-1]["rows"] == 7043
+
+    # Re-running the same DAG run (a retry of everything) registers nothing new.
+    again = dag.test(logical_date=run.logical_date)
+    assert again.run_id == run.run_id
+    assert states(again)["register"] == "success"
+    assert [v.version for v in versions(client)] == [version.version]
+
+
+def asset_events(uri: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == uri)
+            .order_by(AssetEvent.id)
+        ).all()
+        return [dict(row.extra or {}) for row in rows]
+
+
+def test_corrupted_data_fails_at_validation_and_registers_nothing(
+    pipeline_env: Path, mlflow_tracking: str, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from mlwp.storage import Storage
+
+    project_dir = tmp_path / "churn"
+    shutil.copytree(CHURN, project_dir)
+    csv = project_dir / "data" / "telco_churn.csv"
+    frame = pd.read_csv(csv)
+    frame.loc[0:29, "monthly_charges"] = None  # nulls
+    frame.loc[30:34, "tenure"] = 999  # out of range
+    frame.loc[35:36, "contract"] = "Three year"  # unknown category
+    frame.to_csv(csv, index=False)
+    before = {v.version for v in versions(mlflow.MlflowClient(mlflow_tracking))}
+
+    run = churn_dag(project_dir).test()
+    result = states(run)
+    assert result["extract"] == "success"
+    assert result["validate"] == "failed"
+    assert all(
+        result[t] == "upstream_failed" for t in ("features", "train", "register", "deploy")
+    ), result
+    assert {v.version for v in versions(mlflow.MlflowClient(mlflow_tracking))} == before
+
+    # The failure names each broken expectation, with a few unexpected values (XCom
+    # "validation" is pushed before the task fails with the same summary).
+    summary = xcom(run, "validate", "validation")
+    assert summary["success"] is False
+    failed = {(f["expectation"], f["column"]): f for f in summary["failures"]}
+    assert (
+        failed[("expect_column_values_to_not_be_null", "monthly_charges")]["unexpected_count"] == 30
+    )
+    assert failed[("expect_column_values_to_be_between", "tenure")]["unexpected_values"][:1] == [
+        999
+    ]
+    assert failed[("expect_column_values_to_be_in_set", "contract")]["unexpected_values"][:1] == [
+        "Three year"
+    ]
+    # The sidecar of the stored (corrupted) dataset records the failed validation too.
+    storage = Storage(pipeline_env.as_uri())
+    (sidecar,) = [
+        s for s in storage.versions("churn", "extract") if s["uri"] == summary["dataset_uri"]
+    ]
+    assert sidecar["validation"]["telco_churn_raw"]["success"] is False
