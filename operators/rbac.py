@@ -220,7 +220,25 @@ def membership(request: dict[str, Any]) -> dict[str, Any]:
         return {"user": _user_view(user), **report}
 
 
+def roles_show(request: dict[str, Any]) -> dict[str, Any]:
+    """Return each role's permissions as ``[action, resource]`` pairs (all roles, or the named)."""
+    wanted = set(request.get("roles") or [])
+    with _security_manager() as sm:
+        return {
+            "roles": {
+                role.name: sorted(
+                    [p.action.name, p.resource.name]
+                    for p in role.permissions
+                    if p.action and p.resource
+                )
+                for role in sm.get_all_roles()
+                if not wanted or role.name in wanted
+            }
+        }
+
+
 COMMANDS = {
+    "roles_show": roles_show,
     "sync": sync,
     "user_add": user_add,
     "user_remove": user_remove,
