@@ -1,0 +1,1 @@
+"""Pipeline benchmark: the churn training workflow through Airflow vs called directly."""

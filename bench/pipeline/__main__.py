@@ -1,0 +1,270 @@
+"""Pipeline benchmark: the churn training workflow's wall time through Airflow vs directly.
+
+    python -m bench.pipeline                      # floor, dag.test, scheduler; 3 trials
+    python -m bench.pipeline --modes floor,dag_test --trials 2
+
+Modes, each in a fresh process against one real MLflow server and its own storage:
+
+- ``floor``: the same steps (extract, validate, transform, train with tuning, evaluate,
+  register, deploy) called directly in one Python process;
+- ``dag_test``: the churn YAML's train workflow compiled to a DAG and run with ``dag.test()``;
+- ``scheduler``: the same DAG under a real api-server, scheduler (LocalExecutor) and
+  dag-processor on free ports, triggered with the CLI; wall time is trigger to run end.
+
+Prints each wall time, the overhead ratio against the floor and each task's queued-to-start
+latency. Goal (issue #4): scheduler overhead <= 1.5x the floor. Never a CI gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.pipeline.workflow import REPO_ROOT
+
+VENV_BIN = Path(sys.executable).parent
+DAG_FILE = '''"""Benchmark loader (airflow dag): the churn train workflow for bench.pipeline."""
+from bench.pipeline.workflow import bench_dag
+
+dag = bench_dag({model!r}, {trials})
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def environment(home: Path, mlflow_url: str, port: int, dags: Path | None = None) -> dict[str, str]:
+    from mlwp.platform.airflow_config import airflow_environment
+    from mlwp.settings import Settings
+
+    settings = Settings(
+        home=home,
+        airflow_port=port,
+        dags_folder=dags or home / "dags",
+        mlflow_tracking_uri=mlflow_url,
+        storage_root=(home / "storage").as_uri(),
+    )
+    env = {**os.environ, **airflow_environment(settings)}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["GX_ANALYTICS_ENABLED"] = "false"
+    env["MLWP_SERVING_PORT"] = str(free_port())  # nothing listens: deploy logs and goes on
+    return env
+
+
+def run_worker(mode: str, env: dict[str, str], model: str, trials: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.pipeline.worker", mode, model, str(trials)],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            return json.loads(line.removeprefix("BENCH-RESULT "))  # type: ignore[no-any-return]
+    raise RuntimeError(f"{mode} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+def run_scheduler(home: Path, mlflow_url: str, model: str, trials: int) -> dict[str, Any]:
+    dags = home / "dags"
+    dags.mkdir(parents=True)
+    (dags / "bench_churn.py").write_text(DAG_FILE.format(model=model, trials=trials))
+    port = free_port()
+    env = environment(home, mlflow_url, port, dags)
+    env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] = "5"
+    env["AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL"] = "5"
+    airflow = str(VENV_BIN / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    procs = []
+    try:
+        for name, argv in (
+            ("api-server", [airflow, "api-server", "--port", str(port), "--workers", "1"]),
+            ("scheduler", [airflow, "scheduler", "--skip-serve-logs"]),
+            ("dag-processor", [airflow, "dag-processor"]),
+        ):
+            handle = (logs / f"{name}.log").open("wb")
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd=REPO_ROOT,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 300)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            listed = subprocess.run(
+                [airflow, "dags", "list", "-o", "json"],
+                check=False,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if "churn.train" in listed.stdout:
+                break
+            time.sleep(2)
+        else:
+            raise TimeoutError("the dag-processor never parsed churn.train")
+        subprocess.run(
+            [airflow, "dags", "unpause", "churn.train"], env=env, check=True, capture_output=True
+        )
+        started = time.monotonic()
+        subprocess.run(
+            [airflow, "dags", "trigger", "churn.train"], env=env, check=True, capture_output=True
+        )
+        query = (
+            "import json,sys\n"
+            "from airflow.models.dagrun import DagRun\n"
+            "from bench.pipeline.worker import task_latencies\n"
+            "runs=DagRun.find(dag_id='churn.train')\n"
+            "r=runs[-1] if runs else None\n"
+            "print('STATE', json.dumps({'state': str(r.state) if r else None, "
+            "'run_id': r.run_id if r else None}))\n"
+            "if r and str(r.state) in ('success','failed'):\n"
+            "    print('TASKS', json.dumps(task_latencies('churn.train', r.run_id)))\n"
+        )
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [sys.executable, "-c", query],
+                check=False,
+                env=env,
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+            ).stdout
+            state_line = next((x for x in out.splitlines() if x.startswith("STATE ")), None)
+            state = json.loads(state_line[6:])["state"] if state_line else None
+            if state in ("success", "failed"):
+                wall = time.monotonic() - started
+                tasks_line = next(x for x in out.splitlines() if x.startswith("TASKS "))
+                return {
+                    "wall_seconds": round(wall, 3),
+                    "state": state,
+                    "tasks": json.loads(tasks_line[6:]),
+                    "note": "wall includes ~2 s polling granularity",
+                }
+            time.sleep(1)
+        raise TimeoutError("the scheduled run did not finish within 30 minutes")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="floor,dag_test,scheduler")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="Keep the temporary folder.")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - {"floor", "dag_test", "scheduler"})
+    if unknown:
+        parser.error(f"unknown modes {unknown}; modes are floor, dag_test, scheduler")
+    root = Path(tempfile.mkdtemp(prefix="mlwp-bench-pipeline-"))
+    mlflow_port = free_port()
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    log = (root / "mlflow.log").open("wb")
+    mlflow = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            (root / "artifacts").as_uri(),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        wait_http(f"{mlflow_url}/health", 300)
+        for mode in modes:
+            home = root / mode
+            home.mkdir()
+            print(f"running {mode} ...", flush=True)
+            if mode == "scheduler":
+                results[mode] = run_scheduler(home, mlflow_url, f"churn-bench-{mode}", args.trials)
+            else:
+                env = environment(home, mlflow_url, free_port())
+                results[mode] = run_worker(mode, env, f"churn-bench-{mode}", args.trials)
+    finally:
+        mlflow.terminate()
+        try:
+            mlflow.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mlflow.kill()
+        log.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    report(results, args.trials)
+
+
+def report(results: dict[str, dict[str, Any]], trials: int) -> None:
+    print(f"\nchurn training workflow, {trials} tuning trials")
+    floor = results.get("floor", {}).get("wall_seconds")
+    for mode, result in results.items():
+        wall = result["wall_seconds"]
+        ratio = f"  {wall / floor:.2f}x floor" if floor and mode != "floor" else ""
+        print(f"  {mode:<10} {wall:8.1f} s{ratio}  {result.get('state', '')}")
+        if "steps" in result:
+            print("    steps: " + ", ".join(f"{k} {v:.1f}s" for k, v in result["steps"].items()))
+        for task, info in result.get("tasks", {}).items():
+            print(
+                f"    {task:<10} queued->start {info['queued_to_start']} s, "
+                f"ran {info['duration']} s ({info['state']})"
+            )
+    if floor and "scheduler" in results:
+        ratio = results["scheduler"]["wall_seconds"] / floor
+        verdict = "meets" if ratio <= 1.5 else "misses"
+        print(f"\nscheduler overhead {ratio:.2f}x the floor: {verdict} the 1.5x goal")
+
+
+if __name__ == "__main__":
+    main()

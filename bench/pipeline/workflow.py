@@ -1,0 +1,43 @@
+"""The benchmarked workflow: the churn YAML's train workflow, auto-approved, short tuning.
+
+Shared by the dag.test worker and by the DAG file the real scheduler parses, so both run
+the very same DAG; the floor calls the same library functions the operators call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHURN = REPO_ROOT / "dags" / "projects" / "churn"
+
+
+def bench_project(model: str, trials: int) -> Any:
+    """The churn project with auto approval, ``trials`` tuning trials and model ``model``."""
+    from mlwp.definitions import Alerts
+    from mlwp.definitions.loading import load_project
+
+    project = load_project(CHURN / "workflow.yaml")
+    workflow = project.workflows["train"]
+    tasks = dict(workflow.tasks)
+    tasks["approve"] = tasks["approve"].model_copy(update={"mode": "auto"})
+    train = tasks["train"]
+    tuning = train.tuning.model_copy(update={"trials": trials}) if train.tuning else None
+    tasks["train"] = train.model_copy(update={"tuning": tuning})
+    for name in ("register", "deploy"):
+        tasks[name] = tasks[name].model_copy(update={"model": model})
+    return project.model_copy(
+        update={
+            "alerts": Alerts(),
+            "defaults": project.defaults.model_copy(update={"retries": 0}),
+            "workflows": {"train": workflow.model_copy(update={"tasks": tasks})},
+        }
+    )
+
+
+def bench_dag(model: str, trials: int) -> Any:
+    """The Airflow DAG ``churn.train`` of :func:`bench_project`."""
+    from operators.compiler import build_dag
+
+    return build_dag(bench_project(model, trials), "train", project_dir=CHURN)
