@@ -145,4 +145,5 @@ def get_settings() -> ServingSettings:
 def configure_mlflow_client(settings: ServingSettings) -> None:
     """Make MLflow's HTTP client fail fast, so an unreachable registry never stalls serving."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.mlflow_timeout_seconds)))

@@ -362,8 +362,9 @@ class ModelManager:
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
+        source = self._mlflow().get_model_version_download_uri(name, version)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}",
+            artifact_uri=source,
             dst_path=str(target),
             tracking_uri=self.settings.mlflow_tracking_uri,
         )

@@ -9,9 +9,9 @@ from functools import lru_cache
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
-from limits.storage import storage_from_string
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
+from limits.storage import storage_from_string
 
 from serving.core.errors import RateLimited
 from serving.core.metrics import Metrics

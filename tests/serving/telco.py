@@ -15,16 +15,28 @@ FEATURE_STEPS: list[dict[str, Any]] = [
     {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
     {"op": "cast", "columns": {"total_charges": "float"}},
     {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
-    {"op": "onehot", "columns": ["multiple_lines", "internet_service", "online_security",
-                                  "online_backup", "device_protection", "tech_support",
-                                  "streaming_tv", "streaming_movies", "contract",
-                                  "payment_method"]},
+    {
+        "op": "onehot",
+        "columns": [
+            "multiple_lines",
+            "internet_service",
+            "online_security",
+            "online_backup",
+            "device_protection",
+            "tech_support",
+            "streaming_tv",
+            "streaming_movies",
+            "contract",
+            "payment_method",
+        ],
+    },
     {"op": "split", "test_size": 0.2, "stratify": "churn", "seed": 42},
 ]
 
 
-def train_model_dir(target_dir: Path, *, rounds: int = 20, max_depth: int = 3,
-                    seed: int = 0) -> Path:
+def train_model_dir(
+    target_dir: Path, *, rounds: int = 20, max_depth: int = 3, seed: int = 0
+) -> Path:
     """Train a small XGBoost churn model through mlwp's transform and save an mlwp model
     directory with an MLmodel file (python_function via mlwp.model, plus xgboost)."""
     import pandas as pd
@@ -42,16 +54,32 @@ def train_model_dir(target_dir: Path, *, rounds: int = 20, max_depth: int = 3,
     labels = preprocessing.transform_label(train["churn"].to_numpy(dtype=object))
     dtrain = xgboost.DMatrix(matrix, label=labels, feature_names=preprocessing.outputs)
     booster = xgboost.train(
-        {"objective": "binary:logistic", "max_depth": max_depth, "eta": 0.3, "seed": seed,
-         "nthread": 1},
-        dtrain, num_boost_round=rounds,
+        {
+            "objective": "binary:logistic",
+            "max_depth": max_depth,
+            "eta": 0.3,
+            "seed": seed,
+            "nthread": 1,
+        },
+        dtrain,
+        num_boost_round=rounds,
     )
-    root = mlwp_model.save(target_dir, booster, preprocessing, objective="binary",
-                           classes=preprocessing.label_classes or ["No", "Yes"])
+    root = mlwp_model.save(
+        target_dir,
+        booster,
+        preprocessing,
+        objective="binary",
+        classes=preprocessing.label_classes or ["No", "Yes"],
+    )
     mlmodel = MlflowModel()
     mlmodel.add_flavor("python_function", loader_module="mlwp.model", python_version="3.11")
-    mlmodel.add_flavor("xgboost", xgb_version=xgboost.__version__, data=mlwp_model.MODEL_FILE,
-                       model_class="xgboost.core.Booster", model_format="ubj")
+    mlmodel.add_flavor(
+        "xgboost",
+        xgb_version=xgboost.__version__,
+        data=mlwp_model.MODEL_FILE,
+        model_class="xgboost.core.Booster",
+        model_format="ubj",
+    )
     mlmodel.save(str(root / "MLmodel"))
     return root
 
@@ -60,14 +88,15 @@ def sample_records(count: int = 5, offset: int = 0) -> list[dict[str, Any]]:
     """Raw telco rows as a client would send them (no id, no label)."""
     import pandas as pd
 
-    frame = pd.read_csv(TELCO_CSV).iloc[offset:offset + count]
+    frame = pd.read_csv(TELCO_CSV).iloc[offset : offset + count]
     frame = frame.drop(columns=["customer_id", "churn"])
     records: list[dict[str, Any]] = json.loads(frame.to_json(orient="records"))
     return records
 
 
-def register_version(tracking_uri: str, name: str, model_dir: Path, *,
-                     aliases: tuple[str, ...] = ()) -> str:
+def register_version(
+    tracking_uri: str, name: str, model_dir: Path, *, aliases: tuple[str, ...] = ()
+) -> str:
     """Log ``model_dir`` as a run's ``model`` artifact and register it; returns the version."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -78,8 +107,9 @@ def register_version(tracking_uri: str, name: str, model_dir: Path, *,
     except mlflow.exceptions.MlflowException:
         client.create_registered_model(name)
     experiment = client.get_experiment_by_name("serving-tests")
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment("serving-tests"))
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment("serving-tests")
+    )
     run = client.create_run(experiment_id)
     client.log_artifacts(run.info.run_id, str(model_dir), "model")
     client.set_terminated(run.info.run_id)

@@ -1,0 +1,123 @@
+"""Run the serving app in-process (with its lifespan) behind an httpx client."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def start_mlflow(root: Path, *, port: int | None = None, timeout: float = 600) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite + local artifacts) as a subprocess."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    root.mkdir(parents=True, exist_ok=True)
+    log = (root / "server.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            (root / "artifacts").as_uri(),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError((root / "server.log").read_text()[-3000:])
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"MLflow did not start within {timeout} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+class Service:
+    """A running in-process service: its app, an HTTP client and an admin key."""
+
+    def __init__(self, app: Any, client: httpx.AsyncClient, admin_token: str | None) -> None:
+        self.app = app
+        self.client = client
+        self.admin_token = admin_token
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    def key(self, *scopes: str, rate_limit: str | None = None) -> str:
+        _, token = self.services.keys.create("test", list(scopes), rate_limit=rate_limit)
+        return str(token)
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.admin_token}"}
+
+
+@asynccontextmanager
+async def running(settings: Any, *, wait_ready: bool = True) -> AsyncIterator[Service]:
+    from asgi_lifespan import LifespanManager
+
+    from serving.main import create_app
+
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+            admin = None
+            if app.state.services.keys is not None:
+                _, admin = app.state.services.keys.create("admin", ["admin"])
+            service = Service(app, client, admin)
+            if wait_ready:
+                for _ in range(600):
+                    if (await client.get("/health/ready")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise TimeoutError("service not ready within 60 s")
+            yield service
