@@ -38,18 +38,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Rights of a project's role on each of its DAGs. The FAB auth manager accepts, for "DAG Runs",
-# only can_read, can_create, can_delete and menu_access (RESOURCE_DETAILS_MAP): "can_edit"
-# would be refused when permissions are synced, so it is not listed there.
-DAG_PERMISSIONS: dict[str, set[str]] = {
-    "DAGs": {"can_read", "can_edit", "can_delete"},
-    "DAG Runs": {"can_read", "can_create", "can_delete"},
-}
-
 
 def access_control(project: Project) -> dict[str, dict[str, set[str]]]:
-    """Return the ``access_control`` of a project's DAGs: its role gets them all."""
-    return {project.role: {resource: set(actions) for resource, actions in DAG_PERMISSIONS.items()}}
+    """Return the ``access_control`` of a project's DAGs: what its role may do on them.
+
+    The permission set comes from ``mlwp.security.roles`` (the one table that ``mlwp roles
+    sync`` and the role-by-action matrix also use). The role must exist before the DAG
+    processor serializes the DAGs (``mlwp roles sync`` creates it): FAB refuses access_control
+    naming an unknown role.
+    """
+    from mlwp.security.roles import project_access_control
+
+    return project_access_control(project.project)
 
 
 def _schedule(project: Project, workflow: Workflow) -> Any:
@@ -353,7 +353,6 @@ def problems_text(problems: dict[Path, list[Problem]]) -> str:
 
 
 __all__ = [
-    "DAG_PERMISSIONS",
     "LoadResult",
     "access_control",
     "build_dag",

@@ -87,7 +87,7 @@ def _operator_reference(task_type: str) -> tuple[str, dict[str, str]]:
 def generate(root: Path, n: int) -> dict[str, Path]:
     """Write the three DAG folders under ``root``; return them by variant name."""
     from mlwp.definitions import load_project
-    from operators.compiler import DAG_PERMISSIONS, doc_md
+    from operators.compiler import access_control, doc_md
 
     mlwp_dir, plain_dir, factory_dir = root / "mlwp", root / "plain", root / "dagfactory"
     expectations = root / "expectations"
@@ -124,7 +124,10 @@ def generate(root: Path, n: int) -> dict[str, Path]:
             if task.PRODUCES_DATASET:
                 outlet = (f"{dag_id}.{task_id}", f"x-mlwp://{project.project}/train/{task_id}")
             tasks.append((task_id, path, kwargs, list(task.after), outlet))
-        access = {project.role: {k: sorted(v) for k, v in DAG_PERMISSIONS.items()}}
+        access = {
+            role: {k: sorted(v) for k, v in perms.items()}
+            for role, perms in access_control(project).items()
+        }
         tags = ["mlwp", project.role, *project.tags]
         _write_plain(plain_dir / f"dag_{index:05d}.py", dag_id, doc, tags, access, tasks)
         _write_factory(factory_dir / f"dag_{index:05d}.yaml", dag_id, doc, tags, access, tasks)

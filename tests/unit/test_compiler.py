@@ -16,7 +16,6 @@ from airflow.sdk.exceptions import AirflowException
 from mlwp.definitions import load_project
 from operators import task_types
 from operators.compiler import (
-    DAG_PERMISSIONS,
     access_control,
     build_dag,
     build_dags,
@@ -58,12 +57,7 @@ def test_churn_train_dag_matches_its_definition(churn) -> None:
     assert dag.owner == "alice"
     assert dag.schedule == "@weekly"
     assert set(dag.tags) == {"mlwp", "project:churn", "churn", "telco"}
-    assert dag.access_control == {
-        "project:churn": {
-            "DAGs": {"can_read", "can_edit", "can_delete"},
-            "DAG Runs": {"can_read", "can_create", "can_delete"},
-        }
-    }
+    assert dag.access_control == {"project:churn": {"DAGs": {"can_read", "can_edit"}}}
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.start_date.isoformat().startswith("2024-01-01")
     retries = {t.task_id: t.retries for t in dag.tasks}
@@ -154,7 +148,9 @@ def test_access_control_uses_only_actions_fab_accepts(churn) -> None:
 
     for resource, actions in access_control(churn)["project:churn"].items():
         assert actions <= RESOURCE_DETAILS_MAP[resource]["actions"], resource
-    assert set(DAG_PERMISSIONS) == {"DAGs", "DAG Runs"}
+    from mlwp.security.roles import project_access_control
+
+    assert access_control(churn) == project_access_control("churn")
 
 
 def test_missing_operator_fails_loudly_when_run(churn, monkeypatch: pytest.MonkeyPatch) -> None:
