@@ -40,3 +40,7 @@ app.add_typer(_expectations.app, name="expectations")
 from mlwp.cli import models as _models  # noqa: E402
 
 app.add_typer(_models.app, name="models")
+
+from mlwp.cli import keys as _keys  # noqa: E402
+
+app.add_typer(_keys.app, name="keys")

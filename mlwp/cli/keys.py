@@ -1,0 +1,125 @@
+"""``mlwp keys``: create, list and revoke the serving service's API keys.
+
+The key store lives in ``serving.keys.store`` (the serving image needs it without the CLI);
+mlwp may import serving, never the reverse for Airflow. Each change is recorded in the audit
+trail (never the secret).
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import TYPE_CHECKING, Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from serving.keys.store import KeyStore
+
+app = typer.Typer(help="API keys of the serving service.", no_args_is_help=True)
+
+
+def _store() -> KeyStore:
+    from serving.core.config import ServingSettings
+    from serving.keys.store import KeyStore, migrate
+
+    settings = ServingSettings()
+    migrate(settings.key_database_url)
+    pepper = settings.key_pepper.get_secret_value() if settings.key_pepper else None
+    return KeyStore(settings.key_database_url, pepper=pepper, cache_seconds=0)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("create")
+def create_command(
+    name: Annotated[str, typer.Argument(help="Who or what uses the key (e.g. 'checkout-app').")],
+    *,
+    scope: Annotated[
+        list[str],
+        typer.Option("--scope", "-s", help="admin, model:<name> or model:*; repeatable."),
+    ],
+    rate_limit: Annotated[
+        str | None, typer.Option(help="Per-key limit such as '100/second'; default setting.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a key and print its token once (it is stored only as a hash)."""
+    from mlwp.audit import record
+    from serving.core.errors import KeyStoreError
+
+    store = _store()
+    try:
+        key, token = store.create(name, scope, rate_limit=rate_limit)
+    except KeyStoreError as exc:
+        _fail(exc.message)
+        return
+    finally:
+        store.close()
+    record(
+        getpass.getuser(),
+        "apikey.create",
+        key.key_id,
+        {"name": key.name, "scopes": list(key.scopes), "rate_limit": key.rate_limit},
+    )
+    if json_output:
+        typer.echo(orjson.dumps({**key.as_dict(), "token": token}).decode())
+        return
+    typer.echo(f"created key {key.key_id} ({key.name}) scopes={','.join(key.scopes)}")
+    typer.echo("token (shown once, store it now):")
+    typer.echo(token)
+
+
+@app.command("list")
+def list_command(
+    *,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List keys (never their secrets)."""
+    store = _store()
+    try:
+        keys = store.list(include_revoked=all_keys)
+    finally:
+        store.close()
+    if json_output:
+        for key in keys:
+            typer.echo(orjson.dumps(key.as_dict()).decode())
+        return
+    table = Table("key id", "name", "scopes", "rate limit", "created", "revoked")
+    for key in keys:
+        info = key.as_dict()
+        table.add_row(
+            key.key_id,
+            key.name,
+            ", ".join(key.scopes),
+            key.rate_limit or "default",
+            info["created_at"],
+            info["revoked_at"] or "",
+        )
+    Console().print(table)
+
+
+@app.command("revoke")
+def revoke_command(
+    key_id: Annotated[str, typer.Argument(help="The key id (the part after 'mlwp_').")],
+) -> None:
+    """Revoke a key; the service refuses it within its key cache time (5 s by default)."""
+    from mlwp.audit import record
+    from serving.core.errors import KeyStoreError
+
+    store = _store()
+    try:
+        key = store.revoke(key_id)
+    except KeyStoreError as exc:
+        _fail(exc.message)
+        return
+    finally:
+        store.close()
+    record(getpass.getuser(), "apikey.revoke", key.key_id, {"name": key.name})
+    typer.echo(f"revoked key {key.key_id} ({key.name})")
