@@ -97,6 +97,7 @@ def test_pyfunc_loader_takes_a_dataframe(trained: tuple[Path, dict]) -> None:
     assert np.allclose(out["probability_Yes"], [p[1] for p in direct.probabilities])
 
 
+@pytest.mark.slow
 def test_mlflow_model_has_both_flavours(trained: tuple[Path, dict], tmp_path: Path) -> None:
     import mlflow.pyfunc
     import mlflow.xgboost
