@@ -107,3 +107,45 @@ def test_compiled_churn_dag_uses_the_real_operators() -> None:
     assert kinds["train"] == "TrainOperator"
     assert "MissingOperator" not in kinds.values()
     assert [a.name for a in dag.get_task("features").outlets] == ["churn.train.features"]
+
+
+def test_gate_decision_both_ways() -> None:
+    from operators._registry import gate_decision
+
+    gate = {"metric": "roc_auc", "min": 0.8, "beat": "champion", "margin": 0.01}
+    first = gate_decision(gate, {"roc_auc": 0.84}, None)
+    assert first["passed"] and "no champion to beat" in first["reasons"]
+    beats = gate_decision(gate, {"roc_auc": 0.86}, {"roc_auc": 0.84})
+    assert beats["passed"]
+    short = gate_decision(gate, {"roc_auc": 0.845}, {"roc_auc": 0.84})
+    assert not short["passed"] and "does not beat" in short["summary"]
+    low = gate_decision(gate, {"roc_auc": 0.7}, None)
+    assert not low["passed"] and "0.7000 >= 0.8: no" in low["summary"]
+    missing = gate_decision({"metric": "f1"}, {"roc_auc": 0.9}, None)
+    assert not missing["passed"] and "'f1' was not computed" in missing["reasons"][0]
+    # Lower is better: `min` bounds the error from above.
+    assert gate_decision({"metric": "rmse", "min": 10}, {"rmse": 8.0}, None)["passed"]
+    assert not gate_decision({"metric": "rmse", "beat": "champion"}, {"rmse": 9.0}, {"rmse": 8.0})[
+        "passed"
+    ]
+
+
+def test_approval_body_compares_with_the_champion() -> None:
+    from operators.approve import comparison_markdown
+
+    body = comparison_markdown(
+        {
+            "model": "churn",
+            "version": "3",
+            "run_id": "abc",
+            "metrics": {"roc_auc": 0.85, "accuracy": 0.8},
+            "champion": {"version": "2", "metrics": {"roc_auc": 0.83, "accuracy": 0.79}},
+            "gate": {"summary": "roc_auc 0.8500 >= 0.8: yes"},
+        }
+    )
+    assert "Promote `churn` version 3?" in body
+    assert "| roc_auc | 0.8500 | 0.8300 | +0.0200 |" in body
+    assert "Current champion: version 2" in body
+    assert "no champion yet" in comparison_markdown(
+        {"model": "m", "version": "1", "metrics": {"r2": 0.5}}
+    )
