@@ -58,12 +58,28 @@ def write_credentials(path: Path, credentials: Credentials) -> None:
     write_private(path, orjson.dumps(credentials.model_dump(), option=orjson.OPT_INDENT_2))
 
 
+# A set-up step that takes longer is stuck (a database lock, a hung connection), not slow.
+STEP_TIMEOUT_SECONDS = 600.0
+
+
 def _run_logged(step: str, argv: list[str], env: Mapping[str, str], log: Path) -> str:
     """Run a one-shot command with its output appended to ``log``; return its output."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        argv, env=dict(env), cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    )
+    try:
+        result = subprocess.run(
+            argv,
+            env=dict(env),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=STEP_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PlatformError(
+            f"{step} did not finish within {STEP_TIMEOUT_SECONDS:.0f}s (log: {log})",
+            code="bootstrap_timeout",
+        ) from exc
     output = result.stdout + result.stderr
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"\n===== {' '.join(argv[:3])} ...\n{output}")

@@ -169,11 +169,14 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         _run_step(pool, stop, supervisor, migrate)
         if stop.is_set():
             return UpResult(0, "stopped during start")
-        echo("mlwp: creating the admin user and the project roles ...")
         write_webserver_config(settings)
+        names = supervisor.start(processes.AFTER_MIGRATION)
+        echo("mlwp: starting " + ", ".join(names) + "; creating the admin user and roles ...")
+        write_state(settings.state_file, _state(settings, supervisor, "starting"))
         admin_future = pool.submit(bootstrap.ensure_admin, settings, airflow, env, init_log)
         roles_future = pool.submit(bootstrap.sync_roles, env, init_log)
-        # Project roles must exist before DAGs naming them in access_control are parsed.
+        # Project roles must exist before DAGs naming them in access_control are parsed, so
+        # the dag-processor waits for the sync.
         _wait_future(roles_future, stop, supervisor)
         if stop.is_set():
             return UpResult(0, "stopped during start")
@@ -299,12 +302,15 @@ def platform_status(settings: Settings) -> PlatformStatus:
         "mlflow": processes.http_ok(f"{state.urls['mlflow']}/health"),
         "serving": processes.serving_health(state.urls["serving"]),
     }
+    heartbeats = processes.airflow_components(state.urls["airflow"])
     reported: list[ProcessStatus] = []
     for proc in state.processes:
         alive = process_matches(proc.pid, proc.create_time)
         probe = probes.get(proc.name)
         if not alive:
             health = "down"
+        elif proc.name in heartbeats:
+            health = heartbeats[proc.name]
         elif probe is None:
             health = "running"
         else:

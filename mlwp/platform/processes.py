@@ -25,11 +25,16 @@ from mlwp.settings import REPO_ROOT, Settings
 # Airflow components that report a heartbeat through the api-server's monitor endpoint.
 AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
 
+# Processes whose health the api-server reports from their heartbeats.
+HEARTBEATS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
+
 # Stop order: what accepts work first, then what does it, then what stores its results.
 STAGE_FRONT, STAGE_WORKERS, STAGE_STORAGE = 0, 1, 2
 
 # Processes that do not need Airflow's database, so they can start before its migration.
 INDEPENDENT = ("mlflow", "serving")
+# Processes that need the migrated database but not the roles (which the dag-processor needs).
+AFTER_MIGRATION = ("api-server", "scheduler", "triggerer")
 
 
 def executable(name: str) -> str:
@@ -110,6 +115,18 @@ def airflow_health(base_url: str) -> ReadinessProbe:
         return f"waiting for {', '.join(waiting)}" if waiting else None
 
     return probe
+
+
+def airflow_components(base_url: str) -> dict[str, str]:
+    """Map scheduler/dag-processor/triggerer to the status the api-server reports for them."""
+    response = _get(f"{base_url}/api/v2/monitor/health")
+    if isinstance(response, str) or response.status_code != 200:
+        return {}
+    body = response.json()
+    return {
+        process: str((body.get(part) or {}).get("status") or "unknown")
+        for process, part in HEARTBEATS.items()
+    }
 
 
 def port_requests(settings: Settings) -> list[PortRequest]:

@@ -1,0 +1,268 @@
+"""`mlwp up` for real: Airflow (FAB), MLflow and serving as child processes, then a clean stop.
+
+Runs the command a new user runs, in a subprocess with a fresh ``MLWP_HOME`` and free ports,
+once on the embedded SQLite defaults (stopped with Ctrl-C, i.e. SIGINT) and once
+production-shaped on PostgreSQL with a separate MLflow database (stopped with ``mlwp down``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import orjson
+import psutil
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+# Generous: this checks behaviour, not speed, on machines shared with other test runs.
+READY_TIMEOUT = 660.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_environment(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a new user's shell: none of this test session's Airflow/MLWP setup."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AIRFLOW", "MLWP_", "MLFLOW_"))
+    }
+    env.update(
+        MLWP_HOME=str(home),
+        MLWP_AIRFLOW_PORT=str(free_port()),
+        MLWP_MLFLOW_PORT=str(free_port()),
+        MLWP_SERVING_PORT=str(free_port()),
+        MLWP_START_TIMEOUT_SECONDS="600",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class RunningPlatform:
+    proc: subprocess.Popen[str]
+    env: dict[str, str]
+    home: Path
+    lines: list[str] = field(default_factory=list)
+
+    def url(self, part: str) -> str:
+        return f"http://127.0.0.1:{self.env[f'MLWP_{part.upper()}_PORT']}"
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def mlwp(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / "mlwp"), *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def start_platform(env: dict[str, str], home: Path) -> RunningPlatform:
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlwp"), "up"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    platform = RunningPlatform(proc, env, home)
+    assert proc.stdout is not None
+    stream = proc.stdout
+
+    def read() -> None:
+        for line in stream:
+            platform.lines.append(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not any("mlwp is ready" in line for line in platform.lines):
+        if proc.poll() is not None:
+            time.sleep(0.5)
+            pytest.fail(f"mlwp up exited with {proc.returncode}:\n{platform.output()}")
+        if time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+            pytest.fail(f"mlwp up not ready after {READY_TIMEOUT}s:\n{platform.output()}")
+        time.sleep(0.5)
+    return platform
+
+
+def token(platform: RunningPlatform) -> str:
+    credentials_file = platform.home / "credentials"
+    assert credentials_file.stat().st_mode & 0o777 == 0o600
+    credentials = orjson.loads(credentials_file.read_bytes())
+    assert credentials["username"] == "admin"
+    # The password is shown once, on the run that created the user.
+    assert credentials["password"] in platform.output()
+    response = httpx.post(
+        f"{platform.url('airflow')}/auth/token",
+        json={"username": credentials["username"], "password": credentials["password"]},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    access_token: str = response.json()["access_token"]
+    return access_token
+
+
+def is_churn(dag: dict[str, object]) -> bool:
+    tags = {tag["name"] for tag in dag["tags"]}  # type: ignore[attr-defined]
+    return str(dag["dag_id"]).startswith("churn.") or "project:churn" in tags
+
+
+def wait_for_churn_dag(platform: RunningPlatform, headers: dict[str, str]) -> list[str]:
+    base = platform.url("airflow")
+    deadline = time.monotonic() + 120
+    while True:
+        response = httpx.get(f"{base}/api/v2/dags", params={"limit": 100}, headers=headers)
+        assert response.status_code == 200, response.text
+        churn = [dag["dag_id"] for dag in response.json()["dags"] if is_churn(dag)]
+        if churn:
+            return churn
+        if time.monotonic() > deadline:
+            errors = httpx.get(f"{base}/api/v2/importErrors", headers=headers).json()
+            pytest.fail(f"no churn DAG after 120s; import errors: {errors}")
+        time.sleep(2)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
+    """Database settings: embedded SQLite, or PostgreSQL for Airflow plus one for MLflow."""
+    if request.param == "sqlite":
+        yield "sqlite", {}
+        return
+    import sqlalchemy
+
+    airflow_url: str = request.getfixturevalue("postgres_database")
+    admin_url: str = request.getfixturevalue("postgres_admin_url")
+    name = f"mlwp_mlflow_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    mlflow_url = urlparse(admin_url)._replace(path=f"/{name}").geturl()
+    yield (
+        "postgres",
+        {
+            "MLWP_DATABASE_URL": airflow_url,
+            "MLWP_MLFLOW_BACKEND_STORE_URI": mlflow_url,
+        },
+    )
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_up_serves_airflow_mlflow_and_serving_then_stops_cleanly(
+    backend: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    kind, database_env = backend
+    home = tmp_path / "home"
+    platform = start_platform(clean_environment(home, **database_env), home)
+    children: list[psutil.Process] = []
+    try:
+        children = psutil.Process(platform.proc.pid).children(recursive=True)
+        names = {" ".join(child.cmdline()) for child in children if child.is_running()}
+        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
+            assert any(component in name for name in names), (component, names)
+        assert not any("standalone" in name for name in names)
+
+        # Airflow: the FAB login page, a JWT for the admin, the churn DAG in the DAG list.
+        login_page = httpx.get(f"{platform.url('airflow')}/auth/login/", timeout=30)
+        assert login_page.status_code == 200
+        assert "Sign In" in login_page.text
+        headers = {"Authorization": f"Bearer {token(platform)}"}
+        assert wait_for_churn_dag(platform, headers)
+        health = httpx.get(f"{platform.url('airflow')}/api/v2/monitor/health").json()
+        assert health["scheduler"]["status"] == "healthy"
+        assert health["dag_processor"]["status"] == "healthy"
+
+        # MLflow's REST API and the serving service's health.
+        experiments = httpx.post(
+            f"{platform.url('mlflow')}/api/2.0/mlflow/experiments/search",
+            json={"max_results": 10},
+            timeout=30,
+        )
+        assert experiments.status_code == 200, experiments.text
+        assert any(e["name"] == "Default" for e in experiments.json()["experiments"])
+        assert httpx.get(f"{platform.url('serving')}/health/live").status_code == 200
+
+        # Another terminal: status sees everything; a second `up` is refused.
+        status = platform.mlwp("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        report = orjson.loads(status.stdout)
+        assert report["running"] is True
+        assert {p["name"] for p in report["processes"] if p["alive"]} == {
+            "api-server", "scheduler", "dag-processor", "triggerer", "mlflow", "serving",
+        }  # fmt: skip
+        second = platform.mlwp("up", timeout=60)
+        assert second.returncode == 1
+        assert "already running" in second.stderr
+
+        if kind == "postgres":
+            down = platform.mlwp("down")
+            assert down.returncode == 0, down.stderr
+            assert "mlwp stopped" in down.stdout
+        else:
+            platform.proc.send_signal(signal.SIGINT)
+        assert platform.proc.wait(timeout=120) == 0, platform.output()
+    finally:
+        if platform.proc.poll() is None:
+            platform.proc.send_signal(signal.SIGTERM)
+            platform.proc.wait(timeout=120)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive if p.is_running()]
+    assert not (home / "platform.json").exists()
+    after = platform.mlwp("status")
+    assert after.returncode == 1
+    assert "not running" in after.stdout
+
+
+@pytest.mark.integration
+def test_unreachable_database_is_a_one_line_cause_and_starts_nothing(tmp_path: Path) -> None:
+    closed = free_port()
+    home = tmp_path / "home"
+    env = clean_environment(
+        home, MLWP_DATABASE_URL=f"postgresql+psycopg2://airflow:hidden@127.0.0.1:{closed}/airflow"
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "mlwp"), "up"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mlwp: Airflow (MLWP_DATABASE_URL) database ")
+    assert f"127.0.0.1:{closed}/airflow is unreachable" in lines[0]
+    assert "hidden" not in result.stderr
+    assert not (home / "logs").exists()
