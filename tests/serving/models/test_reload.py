@@ -1,0 +1,133 @@
+"""Reload: atomic swaps under load, broken versions, A/B and shadow through HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from serving_harness import running
+from telco import corrupt_model_dir, register_version, set_traffic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
+
+
+def _set_alias(uri: str, name: str, alias: str, version: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=uri).set_registered_model_alias(name, alias, version)
+
+
+async def test_version_swap_under_concurrent_load_fails_no_request(
+    make_settings: Any, mlflow_server: str, model_dirs: Any, model_name: str, records: Any
+) -> None:
+    v1 = register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
+    async with running(make_settings(models=[model_name])) as svc:
+        token = svc.key(f"model:{model_name}")
+        statuses: Counter[int] = Counter()
+        versions: list[str] = []
+        stop = asyncio.Event()
+
+        async def client_loop() -> None:
+            while not stop.is_set():
+                response = await svc.client.post(
+                    f"/v1/models/{model_name}/predict",
+                    json={"data": records[:2]},
+                    headers=svc.auth(token),
+                )
+                statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    versions.append(response.json()["model_version"])
+
+        workers = [asyncio.create_task(client_loop()) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        v2 = await asyncio.to_thread(register_version, mlflow_server, model_name, model_dirs["v2"])
+        await asyncio.to_thread(_set_alias, mlflow_server, model_name, "champion", v2)
+        reload = await svc.client.post("/admin/reload", headers=svc.auth())
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["models"][model_name]["variants"] == {"champion": v2}
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*workers)
+
+        assert set(statuses) == {200}, statuses
+        assert v1 in versions and v2 in versions
+        # once v2 is seen, v1 never comes back: the swap is one step
+        first_v2 = versions.index(v2)
+        assert v1 not in versions[first_v2:]
+
+
+async def test_corrupted_new_version_leaves_the_old_one_serving(
+    make_settings: Any, mlflow_server: str, model_dirs: Any, model_name: str, records: Any
+) -> None:
+    v1 = register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
+    async with running(make_settings(models=[model_name])) as svc:
+        bad = register_version(mlflow_server, model_name, corrupt_model_dir(model_dirs["v1"]))
+        _set_alias(mlflow_server, model_name, "champion", bad)
+        reload = await svc.client.post("/admin/reload", headers=svc.auth())
+        assert reload.status_code == 200
+        (error,) = reload.json()["models"][model_name]["load_errors"]
+        assert error["alias"] == "champion" and error["version"] == bad
+        assert error["serving_version"] == v1
+        assert f"{model_name} version {bad}:" in error["error"]
+
+        response = await svc.client.post(
+            f"/v1/models/{model_name}/predict", json={"data": records}, headers=svc.auth()
+        )
+        assert response.status_code == 200
+        assert response.json()["model_version"] == v1
+
+        listed = (await svc.client.get("/v1/models", headers=svc.auth())).json()
+        assert listed["models"][0]["load_errors"][0]["version"] == bad
+        metrics = (await svc.client.get("/metrics")).text
+        assert (
+            f'mlwp_serving_model_load_failed{{alias="champion",model="{model_name}"}} 1.0'
+            in metrics
+        )
+        assert (
+            f'mlwp_serving_model_load_failures_total{{alias="champion",model="{model_name}"}}'
+            f" 1.0" in metrics
+        )
+
+
+async def test_ab_split_is_sticky_per_routing_key_and_shadow_never_answers(
+    make_settings: Any, mlflow_server: str, model_dirs: Any, model_name: str, records: Any
+) -> None:
+    v1 = register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
+    v2 = register_version(
+        mlflow_server, model_name, model_dirs["v2"], aliases=("challenger", "shadow")
+    )
+    set_traffic(mlflow_server, model_name, {"champion": 50, "challenger": 50})
+    async with running(make_settings(models=[model_name])) as svc:
+        url = f"/v1/models/{model_name}/predict"
+        seen: dict[str, str] = {}
+        counts: Counter[str] = Counter()
+        for i in range(200):
+            key = f"user-{i}"
+            for attempt in range(2):
+                headers = {**svc.auth(), "X-Routing-Key": key} if attempt == 0 else svc.auth()
+                body: dict[str, Any] = {"data": records[:1]}
+                if attempt == 1:
+                    body["routing_key"] = key  # the body field routes like the header
+                response = await svc.client.post(url, json=body, headers=headers)
+                assert response.status_code == 200
+                payload = response.json()
+                assert payload["variant"] in {"champion", "challenger"}
+                expected_version = v1 if payload["variant"] == "champion" else v2
+                assert payload["model_version"] == expected_version
+                if attempt == 0:
+                    seen[key] = payload["variant"]
+                    counts[payload["variant"]] += 1
+                else:
+                    assert payload["variant"] == seen[key], key
+        # 200 keys at 50/50: each side within 5 sigma (~35) of 100
+        assert abs(counts["champion"] - 100) <= 35, counts
+        await asyncio.sleep(0.5)  # shadow scoring runs after each response
+        metrics = (await svc.client.get("/metrics")).text
+        assert f'mlwp_serving_shadow_predictions_total{{model="{model_name}",version="{v2}"}}' in (
+            metrics
+        )
+        described = (await svc.client.get("/v1/models", headers=svc.auth())).json()["models"][0]
+        assert described["shadow"]["version"] == v2
+        assert described["effective_traffic"] == {"champion": 50.0, "challenger": 50.0}
