@@ -1,10 +1,9 @@
-"""The churn training workflow written in Python with the mlwp operators (an Airflow DAG).
+"""The churn training workflow written as a Python Airflow DAG with the mlwp operators.
 
-It is the same pipeline as ``dags/projects/churn/workflow.yaml`` (workflow ``train``),
-for teams that prefer to author DAGs in Python: each operator takes the same fields as the
-YAML task type, plus the project context. Its dag_id is ``churn.train_python`` so that both
-can be loaded side by side. Parsing imports nothing heavy: the operators import XGBoost,
-Great Expectations and MLflow only when their task runs.
+It is equivalent to ``workflow: train`` in ``dags/projects/churn/workflow.yaml`` (same tasks,
+fields, edges, defaults, tags and access_control) and shows how to author a DAG in Python with
+the same building blocks. Its dag_id is ``examples.churn_train`` so it can sit next to the YAML
+one. To turn a definition object into a DAG from Python, call ``operators.compiler.build_dag``.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param
 
+from mlwp.security.roles import project_access_control
 from operators.approve import ApproveOperator
 from operators.deploy import DeployOperator
 from operators.evaluate import EvaluateOperator
@@ -23,42 +23,33 @@ from operators.train import TrainOperator
 from operators.transform import TransformOperator
 from operators.validate import ValidateOperator
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent / "projects" / "churn"
-CONTEXT = {"project": "churn", "workflow": "train_python", "project_dir": str(PROJECT_DIR)}
-ONEHOT = [
-    "multiple_lines",
-    "internet_service",
-    "online_security",
-    "online_backup",
-    "device_protection",
-    "tech_support",
-    "streaming_tv",
-    "streaming_movies",
-    "contract",
-    "payment_method",
-]
-
-
-def dataset_asset(task_id: str) -> Asset:
-    """The asset of a dataset-producing task, named as the compiler names them."""
-    return Asset(name=f"churn.train_python.{task_id}", uri=f"mlwp://churn/train_python/{task_id}")
-
+PROJECT_DIR = str(Path(__file__).resolve().parent.parent / "projects" / "churn")
+CONTEXT = {"project": "churn", "workflow": "train", "project_dir": PROJECT_DIR}
 
 with DAG(
-    dag_id="churn.train_python",
-    description="Telco churn training, authored in Python with the mlwp operators.",
-    schedule=None,
+    dag_id="examples.churn_train",
+    description="Extract, validate, featurise, train, register, approve and deploy.",
+    schedule="@weekly",
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "alice", "retries": 2, "retry_delay": timedelta(minutes=5)},
-    params={"min_roc_auc": Param(0.8, type="number")},
-    tags=["mlwp", "project:churn", "example"],
-) as dag:
+    default_args={
+        "owner": "alice",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(hours=2),
+    },
+    tags=["mlwp", "project:churn", "churn", "telco", "example"],
+    access_control=project_access_control("churn"),
+    params={"min_roc_auc": Param(0.8, type="number", description="Registration gate.")},
+    doc_md=__doc__,
+):
     extract = ExtractOperator(
         task_id="extract",
         source="data/telco_churn.csv",
-        outlets=[dataset_asset("extract")],
+        outlets=[
+            Asset(name="examples.churn_train.extract", uri="x-mlwp://examples/churn_train/extract")
+        ],
         **CONTEXT,
     )
     validate = ValidateOperator(task_id="validate", suite="telco_churn_raw", **CONTEXT)
@@ -70,7 +61,21 @@ with DAG(
             {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
             {"op": "cast", "columns": {"total_charges": "float"}},
             {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
-            {"op": "onehot", "columns": ONEHOT},
+            {
+                "op": "onehot",
+                "columns": [
+                    "multiple_lines",
+                    "internet_service",
+                    "online_security",
+                    "online_backup",
+                    "device_protection",
+                    "tech_support",
+                    "streaming_tv",
+                    "streaming_movies",
+                    "contract",
+                    "payment_method",
+                ],
+            },
             {
                 "op": "split",
                 "test_size": 0.2,
@@ -79,13 +84,18 @@ with DAG(
                 "seed": 42,
             },
         ],
-        outlets=[dataset_asset("features")],
+        outlets=[
+            Asset(
+                name="examples.churn_train.features", uri="x-mlwp://examples/churn_train/features"
+            )
+        ],
         **CONTEXT,
     )
     train = TrainOperator(
         task_id="train",
         target="churn",
         objective="binary",
+        backend="local",
         params={"max_depth": 4, "eta": 0.1, "subsample": 0.9},
         num_boost_round=200,
         early_stopping_rounds=20,
@@ -107,7 +117,7 @@ with DAG(
     register = RegisterOperator(
         task_id="register",
         model="churn",
-        gate={"metric": "roc_auc", "min": 0.8, "beat": "champion"},
+        gate={"metric": "roc_auc", "min": 0.8, "beat": "champion", "margin": 0.0},
         **CONTEXT,
     )
     approve = ApproveOperator(task_id="approve", mode="human", approvers=["alice"], **CONTEXT)
@@ -118,5 +128,4 @@ with DAG(
         traffic={"champion": 90, "challenger": 10},
         **CONTEXT,
     )
-
     extract >> validate >> features >> train >> evaluate >> register >> approve >> deploy

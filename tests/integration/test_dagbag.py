@@ -234,3 +234,36 @@ def test_a_task_without_operator_fails_the_run(
     captured = capfd.readouterr()
     assert "task type 'approve' has no operator yet" in captured.out + captured.err + caplog.text
     assert dag.default_args["retry_delay"] == timedelta(minutes=5)
+
+
+def test_python_example_is_equivalent_to_the_churn_yaml(dagbag) -> None:
+    """dags/examples/churn_python.py mirrors workflow `train` of the churn YAML (fields the
+    Python version leaves out take the schema's defaults, as the operators do)."""
+    from mlwp.definitions import Tuning
+
+    yaml_dag = dagbag.dags["churn.train"]
+    python_dag = dagbag.dags["examples.churn_train"]
+
+    def shape(dag):
+        return {
+            t.task_id: (
+                type(t).__name__,
+                sorted(t.upstream_task_ids),
+                t.retries,
+                t.execution_timeout,
+                {
+                    f: Tuning.model_validate(getattr(t, f)) if f == "tuning" else getattr(t, f)
+                    for f in t.template_fields
+                    if f != "hyperparameters"
+                },
+            )
+            for t in dag.tasks
+        }
+
+    assert shape(python_dag) == shape(yaml_dag)
+    assert (
+        python_dag.get_task("train").hyperparameters == yaml_dag.get_task("train").hyperparameters
+    )
+    assert python_dag.access_control == yaml_dag.access_control
+    assert python_dag.schedule == yaml_dag.schedule
+    assert python_dag.owner == yaml_dag.owner
