@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mlwp.definitions import parse_definition
 
-pytestmark = pytest.mark.property
+pytestmark = [pytest.mark.property, pytest.mark.slow]
 
 # Task types whose fields need no file on disk, with their minimal fields in flow style.
 MINIMAL_FIELDS = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -52,15 +51,16 @@ def test_churn_definition_is_valid_and_typed() -> None:
     assert project.owner == "alice"
     train = project.workflows["train"]
     assert train.schedule == "@weekly"
-    assert list(train.tasks) == [
+    # every task type of the training workflow (DESIGN.md contract 1) is there
+    assert {task.type for task in train.tasks.values()} >= {
         "extract",
         "validate",
-        "features",
+        "transform",
         "train",
         "register",
         "approve",
         "deploy",
-    ]
+    }
     extract = train.tasks["extract"]
     assert isinstance(extract, ExtractTask)
     assert extract.resolved_format == "csv"
@@ -211,19 +211,20 @@ def test_operator_kwargs_are_the_type_fields_only() -> None:
     json.dumps(kwargs)  # JSON-compatible, so it serialises with the DAG
 
 
-def test_module_resolution_does_not_import(tmp_path: Path) -> None:
-    code = (
-        "import sys\n"
-        "from mlwp.definitions.loading import module_resolvable\n"
-        "assert module_resolvable('xgboost.sklearn')\n"
-        "assert module_resolvable('json')\n"
-        "assert not module_resolvable('xgboost.no_such_module')\n"
-        "assert not module_resolvable('no_such_top_level_xyz')\n"
-        "print(sorted(m for m in ('xgboost', 'xgboost.sklearn') if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+def test_module_resolution_does_not_import(tmp_path: Path, monkeypatch) -> None:
+    package = tmp_path / "noisy_pkg_for_resolution"
+    (package / "sub").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "tasks.py").write_text("def run(): return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert module_resolvable("noisy_pkg_for_resolution.sub.tasks")
+    assert not module_resolvable("noisy_pkg_for_resolution.sub.nothing")
+    assert not module_resolvable("no_such_top_level_xyz")
     assert module_resolvable("os.path")
+    assert not marker.exists(), "resolving a module imported its package"
+    assert "noisy_pkg_for_resolution" not in sys.modules
 
 
 def test_json_schema_accepts_valid_and_rejects_unknown_keys() -> None:
