@@ -46,12 +46,14 @@ class BatchPredictOperator(MlwpOperator):
         self.output_path = output
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from mlwp import registry
         from mlwp.etl import resolve_source
         from mlwp.model import RecordError
         from mlwp.storage import frame_to_parquet_bytes
         from operators import _registry
 
-        version = _registry.alias_version(self.model, self.alias)
+        _registry.use_tracking_server()
+        version = registry.alias_version(self.model, self.alias)
         if version is None:
             raise AirflowFailException(
                 f"task {self.task_id!r}: model {self.model!r} has no {self.alias!r} alias yet"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from operators._common import MlwpOperator, check_choice
 
@@ -58,6 +58,7 @@ class DeployOperator(MlwpOperator):
         self.serving_url = serving_url
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from mlwp import registry
         from operators import _registry
 
         registration = self.upstream_document(context, "version", self.input)
@@ -70,21 +71,41 @@ class DeployOperator(MlwpOperator):
                 self.model,
             )
         version = str(registration["version"])
-        previous = _registry.set_alias(self.model, self.alias, version)
-        self.log.info(
-            "%s@%s -> version %s (was %s)", self.model, self.alias, version, previous or "unset"
+        alias, traffic = self.alias, self.traffic
+        _registry.use_tracking_server()
+        current = (
+            registry.aliases(self.model) if registry.registered_model_exists(self.model) else {}
         )
-        if self.traffic is not None:
-            _registry.set_traffic(self.model, self.traffic)
-            self.log.info("Traffic of %s: %s", self.model, self.traffic)
+        if alias == "challenger" and "champion" not in current:
+            # Serving needs a champion: the first version deployed becomes it, with all traffic.
+            self.log.info(
+                "%s has no champion yet: version %s becomes the champion (not the challenger)",
+                self.model,
+                version,
+            )
+            alias, traffic = "champion", {"champion": 100}
+        try:
+            snapshot = registry.deploy(self.model, version, alias, traffic)
+        except registry.RegistryError as exc:
+            raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+        self.log.info(
+            "%s@%s -> version %s (was %s); aliases now %s, traffic %s",
+            self.model,
+            alias,
+            version,
+            current.get(alias, "unset"),
+            snapshot["aliases"],
+            snapshot["traffic"],
+        )
         reloaded = self._reload_serving()
-        self.stat("incr", f"deploy.{self.alias}")
+        self.stat("incr", f"deploy.{alias}")
         return {
             "model": self.model,
-            "alias": self.alias,
+            "alias": alias,
             "version": version,
-            "previous_version": previous,
-            "traffic": self.traffic,
+            "previous_version": current.get(alias),
+            "aliases": snapshot["aliases"],
+            "traffic": snapshot["traffic"],
             "serving_reloaded": reloaded,
         }
 

@@ -17,27 +17,32 @@ def evaluation_document(
     metrics: list[str] | None,
     model_name: str | None,
 ) -> dict[str, Any]:
-    """Score the trained model, and the champion of ``model_name`` if any, on the test split."""
+    """Score the trained model, and the champion of ``model_name`` if any, on the test split.
+
+    ``metrics`` holds every metric computed (the gate may use any); ``shown`` those asked for.
+    """
+    from mlwp import registry
     from operators import _registry
 
     splits = training["splits"]
     split = "test" if "test" in splits else ("validation" if "validation" in splits else "train")
     frame = operator.storage().read_dataset(splits[split]["uri"])
-    new = _registry.evaluate_model(_registry.load_model(training["model_uri"]), frame, metrics)
-    champion: dict[str, Any] | None = None
+    model = _registry.load_model(training["model_uri"])
     if model_name:
-        version = _registry.alias_version(model_name, "champion")
-        if version is not None:
-            model = _registry.load_model(f"models:/{model_name}@champion")
-            champion = {
-                "version": str(version.version),
-                "metrics": _registry.evaluate_model(model, frame, metrics),
-            }
+        comparison = registry.compare_with_champion(model_name, model, frame)
+    else:
+        comparison = registry.Comparison(registry.evaluate(model, frame))
+    champion = (
+        None
+        if comparison.champion is None
+        else {"version": comparison.champion_version, "metrics": comparison.champion}
+    )
     return {
         "split": split,
         "dataset_uri": splits[split]["uri"],
         "dataset_sha256": splits[split]["sha256"],
-        "metrics": new,
+        "metrics": comparison.new,
+        "shown": _registry.only(comparison.new, metrics),
         "champion": champion,
     }
 
@@ -76,20 +81,22 @@ class EvaluateOperator(MlwpOperator):
         return None
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from mlwp import registry
         from operators import _registry
 
+        _registry.use_tracking_server()
         training = self.upstream_document(context, "model_uri", self.input)
         evaluation = evaluation_document(self, training, self.metrics or None, self._model_name())
-        mlflow_client = _registry.client()
-        for name, value in evaluation["metrics"].items():
+        mlflow_client = registry.client()
+        for name, value in evaluation["shown"].items():
             mlflow_client.log_metric(training["run_id"], f"eval_{name}", value)
         self.log.info(
             "New model on %s (%s): %s; champion: %s",
             evaluation["split"],
             evaluation["dataset_uri"],
-            evaluation["metrics"],
+            evaluation["shown"],
             evaluation["champion"],
         )
-        for name, value in evaluation["metrics"].items():
+        for name, value in evaluation["shown"].items():
             self.stat("gauge", f"evaluate.{name}", value)
         return {**training, "evaluation": evaluation}

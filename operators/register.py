@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from airflow.sdk.exceptions import AirflowSkipException
 
 from operators._common import MlwpOperator
@@ -47,18 +47,18 @@ class RegisterOperator(MlwpOperator):
         self.input = input
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from mlwp import registry
         from operators import _registry
         from operators.evaluate import evaluation_document
 
+        _registry.use_tracking_server()
         training = self.upstream_document(context, "model_uri", self.input)
         evaluation = training.get("evaluation") or evaluation_document(
             self, training, None, self.model
         )
         champion = evaluation.get("champion")
-        decision = _registry.gate_decision(
-            self.gate, evaluation["metrics"], (champion or {}).get("metrics")
-        )
-        lineage = self.lineage(context)
+        decision = self._decide(evaluation)
+        lineage = self._lineage(context, training)
         base = {
             "model": self.model,
             "run_id": training["run_id"],
@@ -66,65 +66,84 @@ class RegisterOperator(MlwpOperator):
             "metrics": evaluation["metrics"],
             "champion": champion,
             "gate": decision,
-            "dataset_uri": (training.get("input") or {}).get("uri"),
+            "dataset_uri": lineage.dataset_uri,
         }
         context["ti"].xcom_push(key="gate", value=decision)
         if not decision["passed"]:
             self.log.warning(
-                "Gate failed for %s: %s. Nothing is registered; aliases are untouched.",
-                self.model,
-                decision["summary"],
+                "%s. Nothing is registered; aliases are untouched.", decision["summary"]
             )
             self.stat("incr", "register.gate_failed")
-            raise AirflowSkipException(f"gate failed: {decision['summary']}")
-        identity = {
-            "mlwp.dag_id": lineage["dag_id"],
-            "mlwp.airflow_run_id": lineage["run_id"],
-            "mlwp.task_id": self.task_id,
-        }
-        existing = _registry.find_version(self.model, identity)
-        if existing is not None:
+            raise AirflowSkipException(decision["summary"])
+        registration = registry.register(
+            self.model,
+            training["model_uri"],
+            lineage,
+            test_metrics=evaluation["metrics"],
+            description=f"{lineage.dag_id} run {lineage.airflow_run_id}: {decision['summary']}",
+        )
+        if registration.created:
+            self.log.info(
+                "Registered %s version %s from %s; %s",
+                self.model,
+                registration.version,
+                training["model_uri"],
+                decision["summary"],
+            )
+            self.stat("incr", "register.registered")
+        else:
             self.log.info(
                 "Version %s of %s was already registered by this DAG run; reusing it",
-                existing.version,
+                registration.version,
                 self.model,
             )
-            return {**base, "version": str(existing.version), "reused": True}
-        tags = {**identity, **self._lineage_tags(training, evaluation)}
-        version = _registry.register(self.model, training["model_uri"], training["run_id"], tags)
-        self.log.info(
-            "Registered %s version %s (%s); gate: %s",
-            self.model,
-            version.version,
-            training["model_uri"],
-            decision["summary"],
+        return {**base, "version": registration.version, "reused": not registration.created}
+
+    def _decide(self, evaluation: dict[str, Any]) -> dict[str, Any]:
+        from mlwp import registry
+
+        if not self.gate:
+            return {"passed": True, "reasons": ["no gate"], "summary": "no gate"}
+        champion = evaluation.get("champion") or {}
+        comparison = registry.Comparison(
+            evaluation["metrics"], champion.get("metrics"), champion.get("version")
         )
-        self.stat("incr", "register.registered")
-        return {**base, "version": str(version.version), "reused": False}
+        decision = registry.gate(
+            comparison,
+            str(self.gate["metric"]),
+            minimum=self.gate.get("min"),
+            beat_champion=self.gate.get("beat") == "champion",
+            margin=float(self.gate.get("margin") or 0.0),
+        )
+        return {**decision.to_dict(), "summary": decision.summary}
 
-    def _lineage_tags(self, training: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, str]:
-        from operators import _registry
+    def _lineage(self, context: Context, training: dict[str, Any]) -> Any:
+        from mlwp import registry
 
+        ids = self.lineage(context)
         source = training.get("input") or {}
-        train_split = (training.get("splits") or {}).get("train") or {}
+        # Per suite (from the dataset's sidecar): success and statistics.
         validation = training.get("validation") or {}
-        # The sidecar keeps one entry per suite; report them all in one tag each.
-        gx_success = all(v.get("success") for v in validation.values()) if validation else None
-        tags = {
-            "mlwp.project": self.project,
-            "mlwp.workflow": self.workflow,
-            "mlwp.mlflow_run_id": training["run_id"],
-            "mlwp.dataset_uri": source.get("uri", ""),
-            "mlwp.dataset_sha256": source.get("sha256", ""),
-            "mlwp.train_dataset_uri": train_split.get("uri", ""),
-            "mlwp.train_dataset_sha256": train_split.get("sha256", ""),
-            "mlwp.gx_success": "" if gx_success is None else str(gx_success).lower(),
-            "mlwp.gx_statistics": orjson.dumps(
+        return registry.Lineage(
+            project=self.project,
+            workflow=self.workflow,
+            dag_id=ids["dag_id"],
+            airflow_run_id=ids["run_id"],
+            task_id=self.task_id,
+            mlflow_run_id=training["run_id"],
+            dataset_uri=source.get("uri"),
+            dataset_sha256=source.get("sha256"),
+            gx_success=(
+                all(bool(v.get("success")) for v in validation.values()) if validation else None
+            ),
+            gx_statistics=(
                 {suite: v.get("statistics") for suite, v in validation.items()}
-            ).decode(),
-            "mlwp.code_version": _registry.code_version(self.project_dir),
-            "mlwp.backend": str(training.get("backend", "local")),
-            "mlwp.training_job": f"{training['run_id']}",
-            "mlwp.test_metrics": orjson.dumps(evaluation["metrics"]).decode(),
-        }
-        return {key: value for key, value in tags.items() if value != ""}
+                if validation
+                else None
+            ),
+            code_version=registry.code_version(Path(self.project_dir))
+            if self.project_dir
+            else None,
+            backend=str(training.get("backend", "local")),
+            job_name=f"{ids['run_id']}.{training.get('task_id', 'train')}",
+        )

@@ -16,7 +16,7 @@ from bench.pipeline.workflow import CHURN, bench_dag, bench_project
 
 def floor(model: str, trials: int) -> dict[str, Any]:
     """The same steps as the DAG's tasks, called directly in this process."""
-    from mlwp import etl
+    from mlwp import etl, registry
     from mlwp.preprocessing import Preprocessing
     from mlwp.storage import default_storage
     from mlwp.training.pipeline import hyperparameters_of, train_model
@@ -69,23 +69,38 @@ def floor(model: str, trials: int) -> dict[str, Any]:
         tuning=train.tuning.model_dump() if train.tuning else None,
     )
     mark = lap("train", mark)
-    metrics = _registry.evaluate_model(
-        _registry.load_model(outcome.model_uri), splits["test"], tasks["evaluate"].metrics
-    )
+    model_obj = _registry.load_model(outcome.model_uri)
+    comparison = registry.compare_with_champion(model, model_obj, splits["test"])
+    metrics = comparison.new
     mark = lap("evaluate", mark)
     gate = tasks["register"].gate
-    decision = _registry.gate_decision(gate.model_dump() if gate else None, metrics, None)
-    version = _registry.register(model, outcome.model_uri, outcome.run_id, {"mlwp.bench": "floor"})
+    decision = registry.gate(
+        comparison,
+        gate.metric if gate else "roc_auc",
+        minimum=gate.min if gate else None,
+        beat_champion=bool(gate and gate.beat == "champion"),
+        margin=gate.margin if gate else 0.0,
+    )
+    registration = registry.register(
+        model,
+        outcome.model_uri,
+        registry.Lineage(
+            project="churn",
+            mlflow_run_id=outcome.run_id,
+            dataset_uri=ref.uri,
+            dataset_sha256=ref.sha256,
+            backend="local",
+        ),
+        test_metrics=metrics,
+    )
     mark = lap("register", mark)
-    deploy = tasks["deploy"]
-    _registry.set_alias(model, deploy.alias, str(version.version))
-    if deploy.traffic:
-        _registry.set_traffic(model, deploy.traffic)
+    # As the deploy task: the first version becomes the champion.
+    registry.deploy(model, registration.version, "champion", {"champion": 100})
     lap("deploy", mark)
     return {
         "wall_seconds": round(time.monotonic() - started, 3),
         "steps": steps,
-        "gate_passed": decision["passed"],
+        "gate_passed": decision.passed,
         "roc_auc": metrics.get("roc_auc"),
     }
 

@@ -109,27 +109,6 @@ def test_compiled_churn_dag_uses_the_real_operators() -> None:
     assert [a.name for a in dag.get_task("features").outlets] == ["churn.train.features"]
 
 
-def test_gate_decision_both_ways() -> None:
-    from operators._registry import gate_decision
-
-    gate = {"metric": "roc_auc", "min": 0.8, "beat": "champion", "margin": 0.01}
-    first = gate_decision(gate, {"roc_auc": 0.84}, None)
-    assert first["passed"] and "no champion to beat" in first["reasons"]
-    beats = gate_decision(gate, {"roc_auc": 0.86}, {"roc_auc": 0.84})
-    assert beats["passed"]
-    short = gate_decision(gate, {"roc_auc": 0.845}, {"roc_auc": 0.84})
-    assert not short["passed"] and "does not beat" in short["summary"]
-    low = gate_decision(gate, {"roc_auc": 0.7}, None)
-    assert not low["passed"] and "0.7000 >= 0.8: no" in low["summary"]
-    missing = gate_decision({"metric": "f1"}, {"roc_auc": 0.9}, None)
-    assert not missing["passed"] and "'f1' was not computed" in missing["reasons"][0]
-    # Lower is better: `min` bounds the error from above.
-    assert gate_decision({"metric": "rmse", "min": 10}, {"rmse": 8.0}, None)["passed"]
-    assert not gate_decision({"metric": "rmse", "beat": "champion"}, {"rmse": 9.0}, {"rmse": 8.0})[
-        "passed"
-    ]
-
-
 def test_approval_body_compares_with_the_champion() -> None:
     from operators.approve import comparison_markdown
 
