@@ -26,6 +26,7 @@ from mlwp.platform.preflight import (
 from mlwp.platform.state import (
     AlreadyRunning,
     PlatformState,
+    ProcessState,
     SupervisorLock,
     read_state,
     write_state,
@@ -345,3 +346,38 @@ def test_down_when_nothing_runs(tmp_path: Path) -> None:
     result = launcher.run_down(Settings(home=tmp_path / "home"))
     assert not result.running
     assert "not running" in result.message
+
+
+def test_down_after_a_killed_supervisor_stops_its_orphans(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    orphans = Supervisor(
+        [spec("scheduler", python("import time; time.sleep(600)"), tmp_path)], tmp_path / "logs"
+    )
+    orphans.start()
+    child = orphans.children["scheduler"]
+    # The state a SIGKILLed supervisor leaves behind: its pid is gone, its lock released.
+    write_state(
+        settings.state_file,
+        PlatformState(
+            supervisor_pid=child.pid,
+            supervisor_create_time=child.create_time - 100,
+            started_at="2026-01-01T00:00:00Z",  # type: ignore[arg-type]
+            status="ready",
+            home=str(settings.home),
+            urls={},
+            ports={},
+            processes=[
+                ProcessState(
+                    name="scheduler", pid=child.pid, create_time=child.create_time, log="x"
+                )
+            ],
+        ),
+    )
+    try:
+        result = launcher.run_down(settings, timeout=10)
+        assert result.running
+        assert result.message == "stopped processes of a dead supervisor: scheduler"
+        assert child.popen.wait(timeout=10) is not None
+        assert not settings.state_file.exists()
+    finally:
+        orphans.stop()
