@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,20 +65,34 @@ def start_mlflow(root: Path, *, port: int | None = None, timeout: float = 600) -
             if time.monotonic() > deadline:
                 raise TimeoutError(f"MLflow did not start within {timeout} s")
             time.sleep(0.5)
+        _MLFLOW_PROCS[url] = proc
         yield url
     finally:
+        _MLFLOW_PROCS.pop(url, None)
         stop_process(proc)
         log.close()
 
 
+_MLFLOW_PROCS: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def stop_mlflow(url: str) -> None:
+    """Stop a server started by ``start_mlflow`` before its block ends (an outage)."""
+    stop_process(_MLFLOW_PROCS[url])
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=20)
+    """Stop a process started with ``start_new_session=True`` and its children (its group)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        proc.wait(timeout=20)
 
 
 class Service:

@@ -1,0 +1,129 @@
+"""schemathesis against the running service's OpenAPI schema (a real uvicorn process with a
+real model): no generated request may get a 5xx answer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from serving_harness import free_port, stop_process
+from telco import register_version
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def live_service(
+    mlflow_server: str, model_dirs: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """``uvicorn serving.main:app`` serving a real churn model; yields its URL and a key."""
+    from serving.keys.store import KeyStore, migrate
+
+    home = tmp_path_factory.mktemp("fuzz-home")
+    name = f"churn-fuzz-{os.getpid()}"
+    register_version(mlflow_server, name, model_dirs["v1"], aliases=("champion",))
+    url_db = f"sqlite:///{home / 'serving.db'}"
+    migrate(url_db)
+    store = KeyStore(url_db)
+    _, token = store.create("fuzz", ["admin"], rate_limit="100000/second")
+    store.close()
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLWP_SERVING_HOME": str(home),
+        "MLWP_SERVING_MLFLOW_TRACKING_URI": mlflow_server,
+        "MLWP_SERVING_MODELS": f'["{name}"]',
+        "MLWP_SERVING_POLL_INTERVAL_SECONDS": "0",
+        "MLWP_SERVING_LOG_LEVEL": "WARNING",
+    }
+    log = (home / "uvicorn.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "serving.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((home / "uvicorn.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield {"url": base, "token": token, "model": name}
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_generated_request_gets_a_5xx(live_service: dict[str, str], mode: Any) -> None:
+    schema = schemathesis.openapi.from_url(f"{live_service['url']}/openapi.json")
+    headers = {"Authorization": f"Bearer {live_service['token']}"}
+    exercised: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        exercised.append(operation.label)
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def call(case: Any) -> None:
+            response = case.call(base_url=live_service["url"], headers=headers)
+            assert response.status_code < 500, (
+                case.method,
+                case.formatted_path,
+                response.status_code,
+                response.text[:500],
+            )
+
+        try:
+            call()
+        except Unsatisfiable:
+            # GET routes without parameters have nothing a negative case could break
+            if mode is not GenerationMode.NEGATIVE:
+                raise
+    assert f"POST /v1/models/{live_service['model']}/predict" in exercised
+    assert "POST /predict" in exercised and "GET /v1/models" in exercised
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_schema_shows_the_model_request(live_service: dict[str, str]) -> None:
+    spec = httpx.get(f"{live_service['url']}/openapi.json").json()
+    path = f"/v1/models/{live_service['model']}/predict"
+    assert path in spec["paths"]
+    record = spec["components"]["schemas"][f"Record_{live_service['model'].replace('-', '_')}"]
+    assert record["properties"]["monthly_charges"]["anyOf"][0] == {"type": "number"}
+    assert "contract" in record["required"]
