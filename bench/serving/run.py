@@ -1,0 +1,353 @@
+"""Serving benchmark: mlflow models serve vs the mlwp service vs a bare FastAPI floor.
+
+All three serve the same registered churn model (trained on the telco data), one uvicorn
+worker each, on loopback. The same closed-loop load (N client threads, keep-alive
+connections, bounded by time and count) runs at concurrency 1 and 8 with 1-row and 100-row
+bodies; the table prints req/s, p50, p99 and the ratio to mlflow. A last run measures cache
+hits (mlwp with Redis, the same body repeated).
+
+    .venv/bin/python bench/serving/run.py [--mlflow-url URL] [--seconds 8] [--redis-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import importlib.util
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _load(name: str, path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+telco = _load("telco", REPO / "tests" / "serving" / "telco.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+
+
+def wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-2000:])
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def drive(
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+) -> dict[str, float]:
+    """Closed-loop load: ``concurrency`` threads, each with one keep-alive connection."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    count = [0]
+
+    def worker(offset: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        i = offset
+        while time.perf_counter() < stop_at:
+            with lock:
+                if count[0] >= max_requests:
+                    break
+                count[0] += 1
+            body = bodies[i % len(bodies)]
+            i += concurrency
+            started = time.perf_counter()
+            conn.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
+            )
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - started)
+            if response.status != 200:
+                with lock:
+                    errors[0] += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    # warm-up
+    drive_threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    began = time.perf_counter()
+    for t in drive_threads:
+        t.start()
+    for t in drive_threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "requests": n,
+        "errors": errors[0],
+        "rps": n / elapsed if elapsed else 0.0,
+        "p50_ms": statistics.median(latencies) * 1000 if n else float("nan"),
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mlflow-url", help="reuse a running MLflow server")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--max-requests", type=int, default=50_000)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--out", type=Path, help="write the results as JSON")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mlwp-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        stack.callback(lambda: [stop(p) for p in procs])
+        mlflow_url = args.mlflow_url
+        if not mlflow_url:
+            port = free_port()
+            mlflow_url = f"http://127.0.0.1:{port}"
+            proc = start(
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"sqlite:///{work / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    (work / "artifacts").as_uri(),
+                ],
+                {},
+                work / "mlflow.log",
+            )
+            procs.append(proc)
+            print(f"starting MLflow at {mlflow_url} ...", flush=True)
+            wait(f"{mlflow_url}/health", proc, work / "mlflow.log")
+        name = f"churn-bench-{int(time.time())}"
+        print("training and registering the churn model ...", flush=True)
+        model_dir = telco.train_model_dir(work / "model", rounds=100, max_depth=5)
+        version = telco.register_version(mlflow_url, name, model_dir, aliases=("champion",))
+
+        # mlflow models serve
+        mlflow_port = free_port()
+        proc = start(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{name}/{version}",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(mlflow_port),
+                "-w",
+                "1",
+            ],
+            {"MLFLOW_TRACKING_URI": mlflow_url},
+            work / "serve.log",
+        )
+        procs.append(proc)
+        # the mlwp service
+        from serving.keys.store import KeyStore, migrate
+
+        home = work / "home"
+        db = f"sqlite:///{home / 'serving.db'}"
+        migrate(db)
+        store = KeyStore(db)
+        _, token = store.create("bench", [f"model:{name}"], rate_limit="1000000/second")
+        store.close()
+        mlwp_env = {
+            "MLWP_SERVING_HOME": str(home),
+            "MLWP_SERVING_MLFLOW_TRACKING_URI": mlflow_url,
+            "MLWP_SERVING_MODELS": json.dumps([name]),
+            "MLWP_SERVING_POLL_INTERVAL_SECONDS": "30",
+            "MLWP_SERVING_LOG_LEVEL": "WARNING",
+        }
+        mlwp_port = free_port()
+        uvicorn = [
+            str(BIN / "uvicorn"),
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        proc = start(
+            [*uvicorn, "serving.main:app", "--port", str(mlwp_port)], mlwp_env, work / "mlwp.log"
+        )
+        procs.append(proc)
+        floor_port = free_port()
+        floor = start(
+            [
+                *uvicorn,
+                "floor_app:app",
+                "--app-dir",
+                str(REPO / "bench" / "serving"),
+                "--port",
+                str(floor_port),
+            ],
+            {"MLWP_BENCH_MODEL_DIR": str(model_dir)},
+            work / "floor.log",
+        )
+        procs.append(floor)
+        print("waiting for the three servers ...", flush=True)
+        wait(f"http://127.0.0.1:{mlflow_port}/health", procs[-3], work / "serve.log")
+        wait(f"http://127.0.0.1:{mlwp_port}/health/ready", procs[-2], work / "mlwp.log")
+        wait(f"http://127.0.0.1:{floor_port}/docs", floor, work / "floor.log")
+
+        pool = telco.sample_records(1000)
+        bodies = {
+            rows: {
+                "mlflow": [
+                    json.dumps({"dataframe_records": pool[i : i + rows]}).encode()
+                    for i in range(0, 1000 - rows + 1, max(1, rows // 4))
+                ][:200],
+                "mlwp": [
+                    json.dumps({"data": pool[i : i + rows]}).encode()
+                    for i in range(0, 1000 - rows + 1, max(1, rows // 4))
+                ][:200],
+            }
+            for rows in (1, 100)
+        }
+        auth = {"Authorization": f"Bearer {token}"}
+        targets = {
+            "mlflow": (mlflow_port, "/invocations", "mlflow", {}),
+            "mlwp": (mlwp_port, f"/v1/models/{name}/predict", "mlwp", auth),
+            "floor": (floor_port, "/predict", "mlwp", {}),
+        }
+        results: list[dict[str, Any]] = []
+        for rows in (1, 100):
+            for concurrency in (1, 8):
+                row: dict[str, Any] = {"rows": rows, "concurrency": concurrency}
+                for server, (port, path, kind, headers) in targets.items():
+                    drive(port, path, bodies[rows][kind][:20], headers, concurrency, 1.0, 2000)
+                    row[server] = drive(
+                        port,
+                        path,
+                        bodies[rows][kind],
+                        headers,
+                        concurrency,
+                        args.seconds,
+                        args.max_requests,
+                    )
+                results.append(row)
+                _print_row(row)
+
+        cache = None
+        try:
+            import redis
+
+            redis.Redis.from_url(args.redis_url, socket_connect_timeout=1).ping()
+        except Exception as exc:  # the cache run is optional
+            print(f"cache run skipped: Redis unreachable at {args.redis_url} ({exc})")
+        else:
+            cache_port = free_port()
+            proc = start(
+                [*uvicorn, "serving.main:app", "--port", str(cache_port)],
+                {**mlwp_env, "MLWP_SERVING_REDIS_URL": args.redis_url},
+                work / "mlwp-cache.log",
+            )
+            procs.append(proc)
+            wait(f"http://127.0.0.1:{cache_port}/health/ready", proc, work / "mlwp-cache.log")
+            body = [bodies[1]["mlwp"][0]]
+            drive(cache_port, f"/v1/models/{name}/predict", body, auth, 8, 1.0, 2000)
+            cache = drive(
+                cache_port,
+                f"/v1/models/{name}/predict",
+                body,
+                auth,
+                8,
+                args.seconds,
+                args.max_requests,
+            )
+            print(
+                f"cache hits (1 row, c=8): {cache['rps']:.0f} req/s, "
+                f"p50 {cache['p50_ms']:.2f} ms, p99 {cache['p99_ms']:.2f} ms, "
+                f"errors {cache['errors']}"
+            )
+        if args.out:
+            args.out.write_text(json.dumps({"results": results, "cache_hits": cache}, indent=2))
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    base = row["mlflow"]["rps"] or float("nan")
+    print(f"\n{row['rows']} row(s), concurrency {row['concurrency']}")
+    print(f"  {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x mlflow':>9} {'errors':>7}")
+    for server in ("mlflow", "mlwp", "floor"):
+        r = row[server]
+        print(
+            f"  {server:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['rps'] / base:>9.1f} {r['errors']:>7}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
