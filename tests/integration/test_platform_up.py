@@ -187,10 +187,8 @@ def test_up_serves_airflow_mlflow_and_serving_then_stops_cleanly(
     children: list[psutil.Process] = []
     try:
         children = psutil.Process(platform.proc.pid).children(recursive=True)
-        names = {" ".join(child.cmdline()) for child in children if child.is_running()}
-        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
-            assert any(component in name for name in names), (component, names)
-        assert not any("standalone" in name for name in names)
+        commands = [" ".join(child.cmdline()) for child in children if child.is_running()]
+        assert not any("standalone" in command for command in commands), commands
 
         # Airflow: the FAB login page, a JWT for the admin, the churn DAG in the DAG list.
         login_page = httpx.get(f"{platform.url('airflow')}/auth/login/", timeout=30)
@@ -220,6 +218,11 @@ def test_up_serves_airflow_mlflow_and_serving_then_stops_cleanly(
         assert {p["name"] for p in report["processes"] if p["alive"]} == {
             "api-server", "scheduler", "dag-processor", "triggerer", "mlflow", "serving",
         }  # fmt: skip
+        # Each is a real child process of `mlwp up` (separate components, not standalone).
+        assert {p["pid"] for p in report["processes"]} <= {child.pid for child in children}
+        healthy = {p["name"]: p["health"] for p in report["processes"]}
+        assert healthy["scheduler"] == "healthy", healthy
+        assert healthy["api-server"] == "healthy", healthy
         second = platform.mlwp("up", timeout=60)
         assert second.returncode == 1
         assert "already running" in second.stderr
