@@ -267,3 +267,59 @@ def test_python_example_is_equivalent_to_the_churn_yaml(dagbag) -> None:
     assert python_dag.access_control == yaml_dag.access_control
     assert python_dag.schedule == yaml_dag.schedule
     assert python_dag.owner == yaml_dag.owner
+
+
+@pytest.mark.slow
+def test_real_dag_processor_lists_the_broken_definition(tmp_path: Path, airflow_db: None) -> None:
+    """One pass of `airflow dag-processor` over a bundle with a good and a broken project."""
+    import os
+
+    from airflow.models.dag import DagModel
+    from airflow.models.errors import ParseImportError
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dags = _dag_folder_with_broken_project(tmp_path)
+    ensure_role("project:churn")
+    bundle = f"proc-{tmp_path.name[-12:]}"
+    config = [
+        {
+            "name": bundle,
+            "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(dags), "refresh_interval": 0},
+        }
+    ]
+    env = {
+        **os.environ,
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(config),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "dag-processor", "-n", "1", "-B", bundle],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with create_session() as session:
+        errors = {
+            e.filename: e.stacktrace
+            for e in session.scalars(
+                select(ParseImportError).where(ParseImportError.bundle_name == bundle)
+            )
+        }
+        models = {
+            m.dag_id: m
+            for m in session.scalars(select(DagModel).where(DagModel.bundle_name == bundle))
+        }
+    assert list(errors) == ["projects/broken/workflow.yaml"]
+    assert (
+        "workflow.yaml:7:34: workflows.w.tasks.b.after[0]: unknown task 'aa'"
+        in (errors["projects/broken/workflow.yaml"])
+    )
+    assert {"churn.train", "churn.score"} <= set(models)
+    assert not any(
+        models[d].is_stale or models[d].has_import_errors for d in ("churn.train", "churn.score")
+    )
