@@ -84,6 +84,33 @@ for _project in ({OWN_PROJECT!r}, {OTHER_PROJECT!r}):
     globals()[_project] = _dag
 '''
 
+# Creates a run whose "approve" task waits for a human answer (a pending HITL approval), the
+# state a HITL operator leaves behind, without running a scheduler.
+PENDING_APPROVAL = """
+import sys
+from airflow._shared.timezones import timezone
+from airflow.models.hitl import HITLDetail
+from airflow.models.serialized_dag import SerializedDagModel
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState, TaskInstanceState
+from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+with create_session() as session:
+    for dag_id in sys.argv[1:]:
+        run = SerializedDagModel.get_dag(dag_id, session=session).create_dagrun(
+            run_id="pending",
+            run_after=timezone.utcnow(),
+            run_type=DagRunType.MANUAL,
+            triggered_by=DagRunTriggeredByType.TEST,
+            state=DagRunState.RUNNING,
+            session=session,
+        )
+        ti = run.get_task_instance("approve", session=session)
+        ti.state = TaskInstanceState.DEFERRED
+        session.add(HITLDetail(ti_id=ti.id, options=["Approve", "Reject"],
+                               subject="Promote the challenger?", multiple=False, params={}))
+"""
+
 USERS: dict[ActorKind, tuple[str, str, list[str]]] = {
     ActorKind.ADMIN: ("root", "Admin", []),
     ActorKind.MEMBER: ("alice", "DataScientist", [OWN_PROJECT]),
@@ -153,6 +180,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         }
         run_rbac("user_add", request, settings)
     _run([airflow, "dags", "reserialize"], env, log)
+    _run([sys.executable, "-c", PENDING_APPROVAL, OWN_DAG, OTHER_DAG], env, log)
 
     server_log = (home / "api-server.log").open("wb")
     proc = subprocess.Popen(
@@ -328,3 +356,41 @@ def test_triggers_are_in_airflows_audit_log(server: Server) -> None:
     assert logs.status_code == 200
     events = {entry["event"] for entry in logs.json()["event_logs"]}
     assert any("trigger" in event for event in events), events
+
+
+def test_answering_a_pending_approval(server: Server) -> None:
+    def answer(actor: ActorKind, dag_id: str) -> httpx.Response:
+        headers = {}
+        if actor is not ActorKind.ANONYMOUS:
+            headers["Authorization"] = f"Bearer {server.tokens[actor]}"
+        return HTTP.patch(
+            f"{server.url}{_hitl_path(dag_id, 'pending')}",
+            json={"chosen_options": ["Approve"]},
+            headers=headers,
+        )
+
+    assert answer(ActorKind.ANONYMOUS, OWN_DAG).status_code == 401
+    assert answer(ActorKind.VIEWER, OWN_DAG).status_code == 403
+    assert answer(ActorKind.NON_MEMBER, OWN_DAG).status_code == 403
+    assert answer(ActorKind.MEMBER, OTHER_DAG).status_code == 403
+    answered = answer(ActorKind.MEMBER, OWN_DAG)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["chosen_options"] == ["Approve"]
+    assert answered.json()["responded_by"]["name"] == "alice"
+    # An approval is answered once; the Viewer can see who answered it.
+    assert answer(ActorKind.ADMIN, OWN_DAG).status_code == 409
+    seen = HTTP.get(
+        f"{server.url}{_hitl_path(OWN_DAG, 'pending')}",
+        headers={"Authorization": f"Bearer {server.tokens[ActorKind.VIEWER]}"},
+    )
+    assert seen.status_code == 200
+    assert seen.json()["responded_by"]["name"] == "alice"
+    # Airflow's audit log records the answer with the user.
+    logs = HTTP.get(
+        f"{server.url}/api/v2/eventLogs",
+        params={"dag_id": OWN_DAG, "owner": "alice", "limit": 100},
+        headers={"Authorization": f"Bearer {server.tokens[ActorKind.ADMIN]}"},
+    )
+    assert logs.status_code == 200
+    events = {entry["event"] for entry in logs.json()["event_logs"]}
+    assert any("hitl" in event for event in events), events

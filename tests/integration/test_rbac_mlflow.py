@@ -74,11 +74,14 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 600  # shared CI machines start slowly
     try:
         while True:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "server.log").read_text()[-4000:])
+                state = f"exited {proc.returncode}" if proc.poll() is not None else "timed out"
+                raise RuntimeError(
+                    f"mlflow server {state}:\n" + (root / "server.log").read_text()[-4000:]
+                )
             try:
                 if HTTP.get(f"{url}/health", timeout=2).status_code == 200:
                     break
