@@ -55,6 +55,7 @@ class ModelsResponse(BaseModel):
     models: list[dict[str, Any]]
     default_model: str | None
     registry_error: str | None
+    missing_models: dict[str, str] = {}
     last_sync: str | None
 
 

@@ -22,7 +22,11 @@ class ServingSettings(BaseSettings):
     """Every knob of the serving service, with the embedded defaults of ``mlwp up``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MLWP_SERVING_", env_file=".env", extra="ignore", frozen=True
+        env_prefix="MLWP_SERVING_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
     )
 
     environment: Literal["development", "staging", "production"] = "development"

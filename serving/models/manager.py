@@ -161,6 +161,7 @@ class ModelManager:
         self.registry_error: str | None = None
         self.last_sync: str | None = None
         self.synced_once = False
+        self.missing: dict[str, str] = {}
         self._sync_lock = threading.Lock()
         self._client: Any = None
         configure_mlflow_client(settings)
@@ -200,7 +201,20 @@ class ModelManager:
     def _targets(self) -> dict[str, Any]:
         client = self._mlflow()
         if self.settings.models:
-            return {name: client.get_registered_model(name) for name in self.settings.models}
+            from mlflow.exceptions import MlflowException
+
+            found: dict[str, Any] = {}
+            for name in self.settings.models:
+                try:
+                    found[name] = client.get_registered_model(name)
+                except MlflowException as exc:
+                    if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    self.missing[name] = f"no registered model named {name!r} in the registry"
+                    log.warning("model_not_registered", model=name)
+                else:
+                    self.missing.pop(name, None)
+            return found
         found = {}
         for registered in client.search_registered_models(max_results=1000):
             if self.settings.traffic_tag in (registered.tags or {}):

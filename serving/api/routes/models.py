@@ -24,6 +24,7 @@ async def list_models(services: ServicesDep, key: ApiKeyDep) -> OrjsonResponse:
             ],
             "default_model": manager.default_model,
             "registry_error": manager.registry_error,
+            "missing_models": dict(manager.missing),
             "last_sync": manager.last_sync,
         }
     )
