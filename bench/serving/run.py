@@ -51,7 +51,7 @@ def free_port() -> int:
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cmd,
-        env={**os.environ, **env},
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
         cwd=REPO,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
