@@ -1,0 +1,87 @@
+"""The assembled app without models: CORS allow-list, security headers, error schema,
+readiness before any model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.core.config import ServingSettings
+from serving.main import create_app
+
+pytestmark = pytest.mark.unit
+
+
+def _client(tmp_path: Path, **overrides: object) -> TestClient:
+    settings = ServingSettings(
+        home=tmp_path,
+        poll_interval_seconds=0,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        **overrides,
+    )
+    return TestClient(create_app(settings))  # no lifespan: no registry sync
+
+
+def test_cors_allows_only_listed_origins(tmp_path: Path) -> None:
+    client = _client(tmp_path, cors_origins=["https://app.example.com"])
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    allowed = client.options("/predict", headers={"Origin": "https://app.example.com", **preflight})
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    refused = client.options("/predict", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in refused.headers
+
+
+def test_unknown_route_and_method_answer_in_the_error_schema(tmp_path: Path) -> None:
+    client = _client(tmp_path)
+    response = client.get("/nope", headers={"X-Request-ID": "abc"})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "not_found" and error["request_id"] == "abc"
+    assert client.get("/predict").json()["error"]["code"] == "method_not_allowed"
+    # a malformed incoming request id is replaced, never echoed
+    odd = client.get("/health/live", headers={"X-Request-ID": "<script>"})
+    assert odd.headers["x-request-id"] != "<script>" and len(odd.headers["x-request-id"]) == 32
+
+
+def test_security_headers_and_not_ready_without_models(tmp_path: Path) -> None:
+    client = _client(tmp_path)
+    live = client.get("/health/live")
+    assert live.status_code == 200
+    assert live.headers["x-frame-options"] == "DENY"
+    assert live.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "content-security-policy" not in client.get("/docs").headers
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "loading"
+
+
+@pytest.mark.slow  # imports MLflow's client
+def test_registry_unreachable_at_start_is_reported_not_fatal(tmp_path: Path) -> None:
+    settings = ServingSettings(
+        home=tmp_path,
+        poll_interval_seconds=0,
+        models=["churn"],
+        mlflow_tracking_uri="http://127.0.0.1:9",
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        summary = app.state.services.models.sync()
+        assert summary["registry_error"]
+        response = client.post(
+            "/v1/models/churn/predict", json={"data": [{}]}, headers={"Authorization": "Bearer x"}
+        )
+        assert response.status_code == 401
+        _, token = app.state.services.keys.create("t", ["admin"])
+        response = client.post(
+            "/v1/models/churn/predict",
+            json={"data": [{}]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "model_not_loaded"
+        assert response.headers["retry-after"] == "5"
+        assert client.get("/health/ready").json()["detail"]["registry_error"]
