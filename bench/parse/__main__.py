@@ -97,6 +97,7 @@ def generate(root: Path, n: int) -> dict[str, Path]:
         json.dumps({"name": "bench_suite", "expectations": [], "meta": {}})
     )
     shutil.copy(REPO_ROOT / "dags" / "mlwp_projects.py", mlwp_dir / "mlwp_projects.py")
+    shutil.copy(REPO_ROOT / "dags" / ".airflowignore", mlwp_dir / ".airflowignore")
     references = {task_type: _operator_reference(task_type) for task_type in TASK_TYPES}
     factory_loader = (
         '"""dag-factory loader (airflow dag)."""\n'
