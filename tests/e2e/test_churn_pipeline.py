@@ -52,18 +52,31 @@ def churn_dag(project_dir: Path) -> Any:
             },
         }
     )
-    dag = build_dag(project, "train", project_dir=project_dir)
-    # The project role that access_control names is created by `mlwp roles sync` on a real
-    # platform; this test database has none, and Airflow refuses to store a DAG naming an
-    # unknown role (its assets would then be unknown too).
-    dag.access_control = None
-    return dag
+    return build_dag(project, "train", project_dir=project_dir)
+
+
+def ensure_project_roles(*names: str) -> None:
+    """Create the FAB project roles that `mlwp roles sync` creates on a real platform.
+
+    dag.test() stores the DAG folder's DAGs first, and Airflow refuses to store a DAG whose
+    access_control names an unknown role; without the stored DAG its assets are unknown
+    and asset events would be dropped.
+    """
+    from airflow.providers.fab.auth_manager.models import Role
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        for name in names:
+            if session.scalar(select(Role).where(Role.name == name)) is None:
+                session.add(Role(name=name))
 
 
 @pytest.fixture
 def pipeline_env(
     tmp_path: Path, mlflow_tracking: str, airflow_db: None, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
+    ensure_project_roles("project:churn", "project:credit")
     storage = tmp_path / "storage"
     monkeypatch.setenv("MLWP_STORAGE_ROOT", storage.as_uri())
     # Nothing listens there: deploy must log the unreachable serving service and go on.
@@ -185,7 +198,7 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     assert served.predict(records).predictions[:5] == served.predict(records[:5]).predictions
 
     # The extracted dataset is an Airflow asset event carrying the sidecar metadata.
-    events = asset_events("mlwp://churn/train/extract")
+    events = asset_events("churn.train.extract")
     assert events and events[-1]["sha256"] == extracted["sha256"]
     assert events[-1]["rows"] == 7043
 
@@ -202,7 +215,7 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     assert gate["passed"] is True and "champion" in gate["summary"]
 
 
-def asset_events(uri: str) -> list[dict[str, Any]]:
+def asset_events(name: str) -> list[dict[str, Any]]:
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -211,7 +224,7 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
         rows = session.scalars(
             select(AssetEvent)
             .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .where(AssetModel.uri == uri)
+            .where(AssetModel.name == name)
             .order_by(AssetEvent.id)
         ).all()
         return [dict(row.extra or {}) for row in rows]
