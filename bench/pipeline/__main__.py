@@ -92,10 +92,16 @@ def run_worker(mode: str, env: dict[str, str], model: str, trials: int) -> dict[
     raise RuntimeError(f"{mode} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
 
 
-def run_scheduler(home: Path, mlflow_url: str, model: str, trials: int) -> dict[str, Any]:
+def write_dag_folder(home: Path, model: str, trials: int) -> Path:
+    """A DAG folder holding only the benchmark DAG (dag.test stores the folder's DAGs too)."""
     dags = home / "dags"
-    dags.mkdir(parents=True)
+    dags.mkdir(parents=True, exist_ok=True)
     (dags / "bench_churn.py").write_text(DAG_FILE.format(model=model, trials=trials))
+    return dags
+
+
+def run_scheduler(home: Path, mlflow_url: str, model: str, trials: int) -> dict[str, Any]:
+    dags = write_dag_folder(home, model, trials)
     port = free_port()
     env = environment(home, mlflow_url, port, dags)
     env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] = "5"
@@ -232,8 +238,10 @@ def main() -> None:
             if mode == "scheduler":
                 results[mode] = run_scheduler(home, mlflow_url, f"churn-bench-{mode}", args.trials)
             else:
-                env = environment(home, mlflow_url, free_port())
-                results[mode] = run_worker(mode, env, f"churn-bench-{mode}", args.trials)
+                model = f"churn-bench-{mode}"
+                dags = write_dag_folder(home, model, args.trials)
+                env = environment(home, mlflow_url, free_port(), dags)
+                results[mode] = run_worker(mode, env, model, args.trials)
     finally:
         mlflow.terminate()
         try:
