@@ -31,6 +31,9 @@ class Credentials(BaseModel):
     username: str
     password: str
     url: str
+    # Whether `mlwp up` has printed the password yet: it is printed once, by the first start
+    # that gets as far as "ready" (a first start that fails later has not shown it).
+    shown: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class AdminUser:
     username: str
     password: str | None
     created: bool
+    show_password: bool = False
 
 
 def read_credentials(path: Path) -> Credentials | None:
@@ -140,9 +144,19 @@ def ensure_admin(settings: Settings, airflow: str, env: Mapping[str, str], log: 
                 username=settings.admin_username, password=password, url=settings.airflow_url
             ),
         )
-        return AdminUser(settings.admin_username, password, created=True)
-    known = stored is not None and stored.username == settings.admin_username
-    return AdminUser(settings.admin_username, password if known else None, created=False)
+        return AdminUser(settings.admin_username, password, created=True, show_password=True)
+    if stored is not None and stored.username == settings.admin_username:
+        return AdminUser(
+            settings.admin_username, password, created=False, show_password=not stored.shown
+        )
+    return AdminUser(settings.admin_username, None, created=False)
+
+
+def mark_password_shown(path: Path) -> None:
+    """Record that the admin password has been printed, so later starts do not print it."""
+    stored = read_credentials(path)
+    if stored is not None and not stored.shown:
+        write_credentials(path, stored.model_copy(update={"shown": True}))
 
 
 def sync_roles(env: Mapping[str, str], log: Path) -> None:

@@ -108,7 +108,7 @@ def _ready_banner(settings: Settings, admin: bootstrap.AdminUser, seconds: float
         f"  MLflow    http://{settings.host}:{settings.mlflow_port}",
         f"  serving   {settings.serving_url}   (docs: {settings.serving_url}/docs)",
     ]
-    if admin.created:
+    if admin.show_password:
         lines.append(
             f"  login     {admin.username} / {admin.password}   "
             f"(shown once; kept in {settings.credentials_file})"
@@ -193,6 +193,8 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         write_state(settings.state_file, _state(settings, supervisor, "ready"))
         for line in _ready_banner(settings, admin, time.monotonic() - started):
             echo(line)
+        if admin.show_password:
+            bootstrap.mark_password_shown(settings.credentials_file)
         supervisor.watch(stop)
         return UpResult(0, "stopped")
     except ProcessDied as exc:
@@ -315,6 +317,11 @@ def platform_status(settings: Settings) -> PlatformStatus:
             health = "running"
         else:
             reason = probe()
-            health = "healthy" if reason is None else f"unhealthy: {reason}"
+            if reason is None:
+                health = "healthy"
+            elif reason.startswith(processes.LIVE_PREFIX):
+                health = reason
+            else:
+                health = f"unhealthy: {reason}"
         reported.append(ProcessStatus(proc.name, proc.pid, alive, proc.url, health))
     return PlatformStatus(True, state, reported)

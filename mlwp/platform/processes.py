@@ -25,6 +25,9 @@ from mlwp.settings import REPO_ROOT, Settings
 # Airflow components that report a heartbeat through the api-server's monitor endpoint.
 AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
 
+# A status reason meaning "up and answering, just not fully ready" (serving without a model).
+LIVE_PREFIX = "live,"
+
 # Processes whose health the api-server reports from their heartbeats.
 HEARTBEATS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
@@ -89,7 +92,7 @@ def serving_health(base_url: str) -> ReadinessProbe:
         reason = live()
         if reason is not None:
             return reason
-        return None if ready() is None else "live, no model loaded yet (/health/ready is 503)"
+        return None if ready() is None else f"{LIVE_PREFIX} no model loaded yet"
 
     return probe
 

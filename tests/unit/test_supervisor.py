@@ -381,3 +381,25 @@ def test_down_after_a_killed_supervisor_stops_its_orphans(tmp_path: Path) -> Non
         assert not settings.state_file.exists()
     finally:
         orphans.stop()
+
+
+def test_admin_password_is_printed_until_a_start_has_shown_it(tmp_path: Path) -> None:
+    from mlwp.platform import bootstrap
+
+    settings = Settings(home=tmp_path / "home")
+    bootstrap.write_credentials(
+        settings.credentials_file,
+        bootstrap.Credentials(username="admin", password="pa55-word", url=settings.airflow_url),
+    )
+    admin = bootstrap.AdminUser("admin", "pa55-word", created=False, show_password=True)
+    banner = "\n".join(launcher._ready_banner(settings, admin, 42.0))
+    assert "admin / pa55-word" in banner
+    assert settings.credentials_file.stat().st_mode & 0o777 == 0o600
+
+    bootstrap.mark_password_shown(settings.credentials_file)
+    stored = bootstrap.read_credentials(settings.credentials_file)
+    assert stored is not None and stored.shown and stored.password == "pa55-word"
+    later = bootstrap.AdminUser("admin", "pa55-word", created=False, show_password=False)
+    later_banner = "\n".join(launcher._ready_banner(settings, later, 42.0))
+    assert "pa55-word" not in later_banner
+    assert f"password in {settings.credentials_file}" in later_banner
