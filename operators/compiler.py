@@ -143,7 +143,8 @@ def build_dag(
         "workflow": workflow_name,
         "project_dir": str(project_dir),
     }
-    tasks: dict[str, BaseOperator] = {}
+    tasks: dict[str, BaseOperator] = {}  # the task that carries each definition task's id
+    heads: dict[str, BaseOperator] = {}  # where its upstream edges land (the same, but SageMaker)
     for task_id, task in workflow.tasks.items():
         base: dict[str, Any] = {"task_id": task_id, "dag": dag}
         if task.retries is not None:
@@ -161,11 +162,20 @@ def build_dag(
                     uri=asset_uri(project.project, workflow_name, task_id),
                 )
             ]
+        if task.type == "train" and task.backend == "sagemaker":
+            # One definition task, three Airflow tasks (request -> provider job -> model);
+            # the last keeps the task id, so downstream wiring and XCom lookups are unchanged.
+            from operators.sagemaker import sagemaker_tasks_for
+
+            heads[task_id], tasks[task_id] = sagemaker_tasks_for(
+                task, task_id=task_id, context=context, base=base
+            )
+            continue
         factory = operator_factory(task.type)
-        tasks[task_id] = factory(**task.operator_kwargs(), **context, **base)
+        tasks[task_id] = heads[task_id] = factory(**task.operator_kwargs(), **context, **base)
     for task_id, task in workflow.tasks.items():
         for upstream in task.after:
-            tasks[upstream] >> tasks[task_id]
+            tasks[upstream] >> heads[task_id]
     return dag
 
 

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from mlwp.definitions import SageMakerSettings
 from operators._common import MlwpOperator, mlflow_tracking_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
 
+    from mlwp.definitions import TrainTask
     from mlwp.storage import Storage
 
 DEFAULT_AWS_CONN_ID = "aws_default"
@@ -88,9 +90,7 @@ class SageMakerRequestOperator(MlwpOperator):
         lineage = self.lineage(context)
         train_task = self.task_id.removesuffix("_request")
         run_hash = hashlib.sha256(lineage["run_id"].encode()).hexdigest()[:8]
-        name = sm.job_name(
-            "mlwp", self.project, train_task, run_hash, str(lineage["try_number"])
-        )
+        name = sm.job_name("mlwp", self.project, train_task, run_hash, str(lineage["try_number"]))
         base = f"{storage.root}/{self.project}/sagemaker/{name}"
 
         channels: dict[str, str] = {}
@@ -168,8 +168,12 @@ class SageMakerRequestOperator(MlwpOperator):
                 )
         except sm.SageMakerRequestError as exc:
             raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
-        self.log.info("SageMaker %s job %s, channels %s", "tuning" if self.tuning else
-                      "training", name, channels)
+        self.log.info(
+            "SageMaker %s job %s, channels %s",
+            "tuning" if self.tuning else "training",
+            name,
+            channels,
+        )
         return request
 
 
@@ -256,7 +260,10 @@ class SageMakerModelOperator(MlwpOperator):
         )
         try:
             tracked = log_model_run(
-                run.info.run_id, model_dir, splits=splits, metrics=metrics,
+                run.info.run_id,
+                model_dir,
+                splits=splits,
+                metrics=metrics,
                 params=self.hyperparameters,
             )
         except BaseException:
@@ -361,3 +368,45 @@ def sagemaker_train_tasks(
     )
     request >> job >> model
     return request, model
+
+
+def sagemaker_tasks_for(
+    task: TrainTask, *, task_id: str, context: dict[str, Any], base: dict[str, Any]
+) -> tuple[BaseOperator, BaseOperator]:
+    """The compiler's entry: the three tasks of a definition's ``backend: sagemaker`` train."""
+    from mlwp.training.pipeline import hyperparameters_of
+
+    settings = task.sagemaker or SageMakerSettings()
+    base = {key: value for key, value in base.items() if key != "task_id"}
+    request_settings: dict[str, Any] = {
+        "instance_type": settings.instance_type,
+        "instance_count": settings.instance_count,
+        "volume_size_gb": settings.volume_size_gb,
+        "max_runtime_seconds": int(settings.max_runtime.total_seconds()),
+        "role_arn": settings.role_arn,
+        "image_uri": settings.image_uri,
+        "spot": settings.spot,
+        "max_wait_seconds": int(settings.max_wait.total_seconds()) if settings.max_wait else None,
+        "subnets": list(settings.subnets),
+        "security_group_ids": list(settings.security_group_ids),
+    }
+    hyperparameters = hyperparameters_of(
+        target=task.target,
+        objective=task.objective,
+        params=task.params,
+        num_boost_round=task.num_boost_round,
+        early_stopping_rounds=task.early_stopping_rounds,
+        seed=task.seed,
+    )
+    return sagemaker_train_tasks(
+        task_id=task_id,
+        target=task.target,
+        objective=task.objective,
+        hyperparameters=hyperparameters,
+        sagemaker={k: v for k, v in request_settings.items() if v is not None},
+        tuning=task.tuning.model_dump(mode="json") if task.tuning else None,
+        input=task.input,
+        aws_conn_id=settings.aws_conn_id,
+        **context,
+        **base,
+    )

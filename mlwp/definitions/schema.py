@@ -444,15 +444,35 @@ class Tuning(StrictModel):
 
 
 class SageMakerSettings(StrictModel):
-    """Where a SageMaker training job runs."""
+    """Where a SageMaker training job runs (see docs/sagemaker.md)."""
 
     instance_type: str = "ml.m5.large"
     instance_count: int = Field(default=1, ge=1)
     volume_size_gb: int = Field(default=30, ge=1)
     max_runtime: Duration = timedelta(hours=2)
-    role_arn: str | None = None
-    image_uri: str | None = None
+    role_arn: str | None = Field(
+        default=None,
+        pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+        description="Execution role; else 'sagemaker_role_arn' in the AWS connection's extra.",
+    )
+    image_uri: str | None = Field(
+        default=None, description="Training image; the AWS XGBoost 3.2-0 image when unset."
+    )
     spot: bool = False
+    max_wait: Duration | None = Field(
+        default=None, description="Spot training: how long to wait for capacity (>= max_runtime)."
+    )
+    subnets: list[str] = Field(default_factory=list)
+    security_group_ids: list[str] = Field(default_factory=list)
+    aws_conn_id: str = "aws_default"
+
+    @model_validator(mode="after")
+    def _vpc_and_spot(self) -> SageMakerSettings:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("a VPC needs both 'subnets' and 'security_group_ids'")
+        if self.max_wait is not None and self.max_wait < self.max_runtime:
+            raise ValueError("'max_wait' must be at least 'max_runtime'")
+        return self
 
 
 class TrainTask(TaskBase):

@@ -1,0 +1,133 @@
+"""A whole DAG with ``backend: sagemaker`` through dag.test(), with AWS played by moto.
+
+S3 and SageMaker are a moto server reached over HTTP through the Airflow AWS connection;
+the training container is played by ``sagemaker_emulator`` (the documented script-mode
+contract); MLflow is a real tracking server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from sagemaker_emulator import install_into_moto
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+BUCKET = "mlwp-dag-test"
+STEPS = [
+    {"op": "drop", "columns": ["customer_id"]},
+    {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
+    {"op": "cast", "columns": {"total_charges": "float"}},
+    {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
+    {
+        "op": "onehot",
+        "columns": [
+            "multiple_lines",
+            "internet_service",
+            "online_security",
+            "online_backup",
+            "device_protection",
+            "tech_support",
+            "streaming_tv",
+            "streaming_movies",
+            "contract",
+            "payment_method",
+        ],
+    },
+    {"op": "split", "test_size": 0.2, "validation_size": 0.2, "stratify": "churn", "seed": 7},
+]
+
+
+@pytest.fixture
+def sagemaker_on_moto(
+    aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    monkeypatch.setenv("MLWP_STORAGE_ROOT", f"s3://{BUCKET}/storage")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        '{"conn_type": "aws", "login": "testing", "password": "testing", "extra": '
+        f'{{"region_name": "us-east-1", "endpoint_url": "{aws_env}", '
+        '"sagemaker_role_arn": "arn:aws:iam::123456789012:role/mlwp-sagemaker"}}',
+    )
+    undo = install_into_moto(
+        lambda: boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1"),
+        tmp_path / "containers",
+    )
+    yield aws_env
+    undo()
+
+
+def test_churn_dag_trains_on_sagemaker_and_registers_like_local(
+    sagemaker_on_moto: str, mlflow_tracking: str, dag_runner: Any
+) -> None:
+    import mlflow
+    from airflow.sdk import DAG
+    from airflow.utils.state import DagRunState
+
+    from operators.extract import ExtractOperator
+    from operators.register import RegisterOperator
+    from operators.sagemaker import sagemaker_train_tasks
+    from operators.transform import TransformOperator
+
+    context = {"project": "churn", "workflow": "train_sm", "project_dir": str(DATA_DIR)}
+    with DAG("churn.train_sm", schedule=None, catchup=False) as dag:
+        extract = ExtractOperator(task_id="extract", source="telco_churn_sample.csv", **context)
+        features = TransformOperator(task_id="features", steps=STEPS, **context)
+        head, train = sagemaker_train_tasks(
+            task_id="train",
+            target="churn",
+            objective="binary",
+            hyperparameters={
+                "target": "churn",
+                "objective": "binary",
+                "num_boost_round": 40,
+                "early_stopping_rounds": 5,
+                "seed": 7,
+                "max_depth": 3,
+            },
+            sagemaker={"instance_type": "ml.m5.xlarge"},
+            tuning=None,
+            input=None,
+            **context,
+        )
+        register = RegisterOperator(task_id="register", model="churn_sm", **context)
+        extract >> features >> head
+        train >> register
+
+    job_task = dag.get_task("train_job")
+    assert job_task.deferrable is True  # waits on the triggerer, not in a worker slot
+    run = dag_runner(dag)
+    assert run.state == DagRunState.SUCCESS
+
+    client = mlflow.MlflowClient(mlflow_tracking)
+    versions = client.search_model_versions("name = 'churn_sm'")
+    assert len(versions) == 1
+    tags = versions[0].tags
+    run_tags = client.get_run(versions[0].run_id).data.tags
+    assert run_tags["mlwp.backend"] == "sagemaker"
+    job_name = run_tags["mlwp.sagemaker.job_name"]
+    assert job_name.startswith("mlwp-churn-train-")
+    assert run_tags["mlwp.sagemaker.instance_type"] == "ml.m5.xlarge"
+    assert run_tags["mlwp.sagemaker.job_arn"].startswith("arn:aws:sagemaker:")
+    assert tags.get("mlwp.project", run_tags.get("mlwp.project")) == "churn"
+
+    # The job really ran the entry point: its metric lines became SageMaker metrics,
+    # and the model it wrote is what MLflow now serves.
+    sagemaker = boto3.client("sagemaker", endpoint_url=sagemaker_on_moto, region_name="us-east-1")
+    job = sagemaker.describe_training_job(TrainingJobName=job_name)
+    metrics = {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
+    assert metrics.get("validation:roc_auc", 0) > 0.7, job["FinalMetricDataList"]
+    logged = client.get_run(versions[0].run_id).data.metrics
+    assert logged["validation_roc_auc"] == pytest.approx(metrics["validation:roc_auc"], abs=1e-6)
+    model = mlflow.pyfunc.load_model(f"models:/churn_sm/{versions[0].version}")
+    import pandas as pd
+
+    raw = pd.read_csv(DATA_DIR / "telco_churn_sample.csv").drop(columns=["churn", "customer_id"])
+    assert len(model.predict(raw.head(5))) == 5
