@@ -85,8 +85,7 @@ def train_model(
     import mlflow
 
     client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = _experiment_id(client, experiment)
     run = client.create_run(
         experiment_id,
         run_name=run_name,
@@ -124,6 +123,21 @@ def train_model(
         hyperparameters=hyper,
         tuning=tuning_summary,
     )
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    """The experiment's id, created if needed (two tasks may race to create it)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    return str(client.get_experiment_by_name(name).experiment_id)
 
 
 def _tune(
