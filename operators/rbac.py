@@ -23,6 +23,7 @@ from mlwp.security.roles import (
     DAG_PREFIX,
     DAG_RUN_PREFIX,
     MEMBER_ROLES,
+    MIN_PASSWORD_LENGTH,
     PROJECT_ROLE_PREFIX,
     SecurityError,
     check_project_name,
@@ -155,8 +156,8 @@ def user_add(request: dict[str, Any]) -> dict[str, Any]:
         raise SecurityError(
             f"--project needs role {' or '.join(sorted(MEMBER_ROLES))}, not {role_name!r}"
         )
-    if not request.get("password"):
-        raise SecurityError("a password is required")
+    if len(request.get("password") or "") < MIN_PASSWORD_LENGTH:
+        raise SecurityError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     report: dict[str, list[str]] = {"created_roles": [], "memberships": []}
     with _security_manager() as sm:
         if sm.find_user(username=username) is not None:

@@ -51,6 +51,9 @@ USERS = "Users"
 ROLES = "Roles"
 
 PROJECT_ROLE_PREFIX = "project:"
+# MLflow's basic-auth app refuses shorter passwords; the platform applies the same rule to
+# Airflow users so that one password works for both.
+MIN_PASSWORD_LENGTH = 12
 _PROJECT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 # FAB maps REST methods to actions this way (``get_fab_action_from_method_map``).

@@ -384,7 +384,9 @@ def test_answering_a_pending_approval(server: Server) -> None:
         headers={"Authorization": f"Bearer {server.tokens[ActorKind.VIEWER]}"},
     )
     assert seen.status_code == 200
-    assert seen.json()["responded_by"]["name"] == "alice"
+    assert seen.json()["response_received"] is True
+    assert seen.json()["responded_by_user"]["name"] == "alice"
+    assert seen.json()["chosen_options"] == ["Approve"]
     # Airflow's audit log records the answer with the user.
     logs = HTTP.get(
         f"{server.url}/api/v2/eventLogs",

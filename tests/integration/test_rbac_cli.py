@@ -63,6 +63,13 @@ def test_roles_and_users_lifecycle(cli: CliRunner, platform_home: Path) -> None:
     assert {tuple(p) for p in shown["DataScientist"]} == DATA_SCIENTIST_PERMISSIONS
     assert {tuple(p) for p in shown["Viewer"]} == VIEWER_PERMISSIONS
 
+    short = cli.invoke(
+        app,
+        ["users", "add", "alice", "--email", "alice@example.org"],
+        env={"MLWP_NEW_USER_PASSWORD": "too-short"},
+    )
+    assert short.exit_code == 1
+    assert "the password must have at least 12 characters" in short.output
     assert "created" in _ok(cli, "users", "add", "alice", "--email", "alice@example.org")
     refused = cli.invoke(
         app, ["users", "add", "vera", "--email", "v@example.org", "--role", "Viewer", "-p", "churn"]

@@ -119,7 +119,7 @@ def test_users_in_step_with_the_platform(mlflow_auth_server: str) -> None:
     with MlflowUsers(url, *ADMIN) as users:
         assert users.sync_user("alice", "alice-pass-1", admin=False) == "created"
         assert users.sync_user("alice", "alice-pass-2", admin=False) == "updated"
-        assert users.sync_user("root", "root-pass-1", admin=True) == "created"
+        assert users.sync_user("root", "root-password-1", admin=True) == "created"
 
     alice = ("alice", "alice-pass-2")
     # The old password went with the update; a wrong one gets the same 401 as no user at all.
@@ -138,7 +138,7 @@ def test_users_in_step_with_the_platform(mlflow_auth_server: str) -> None:
     as_admin = HTTP.post(
         f"{url}{API}/runs/create",
         json={"experiment_id": experiment_id},
-        auth=("root", "root-pass-1"),
+        auth=("root", "root-password-1"),
     )
     assert as_admin.status_code == 200
 
@@ -156,4 +156,4 @@ def test_wrong_admin_credentials_are_a_clear_error(mlflow_auth_server: str) -> N
         MlflowUsers(mlflow_auth_server, ADMIN[0], "wrong") as users,
         pytest.raises(MlflowAuthError, match="refused the admin credentials"),
     ):
-        users.sync_user("bob", "bob-pass-1", admin=False)
+        users.sync_user("bob", "bob-password-1", admin=False)
