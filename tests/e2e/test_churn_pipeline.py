@@ -203,7 +203,7 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     assert events[-1]["rows"] == 7043
 
     # Re-running the same DAG run (a retry of everything) registers nothing new.
-    again = dag.test(logical_date=run.logical_date)
+    again = dag.test(run_after=run.run_after, logical_date=run.logical_date)
     assert again.run_id == run.run_id
     assert set(states(again).values()) == {"success"}, states(again)
     assert [v.version for v in versions(client)] == [version.version]
