@@ -39,6 +39,7 @@ class MlwpOperator(BaseOperator):
         workflow: str | None = None,
         project_dir: str | None = None,
         storage_root: str | None = None,
+        aws_conn_id: str = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -48,14 +49,22 @@ class MlwpOperator(BaseOperator):
         self.workflow = workflow or (self.dag_id.split(".", 1)[-1] if self.has_dag() else "")
         self.project_dir = project_dir
         self.storage_root = storage_root
+        self.aws_conn_id = aws_conn_id
 
     # ------------------------------------------------------------------ shared resources
 
     def storage(self) -> Storage:
-        """The storage of this task: ``storage_root`` if given, else the platform's."""
-        from mlwp.storage import default_storage
+        """The storage of this task: ``storage_root`` if given, else the platform's.
 
-        return default_storage(self.storage_root)
+        An ``s3://`` root is reached with the credentials, region and endpoint of the Airflow
+        AWS connection ``aws_conn_id`` (``aws_default``), like every Amazon provider operator.
+        """
+        from mlwp.storage import Storage, default_storage
+
+        storage = default_storage(self.storage_root)
+        if storage.root.startswith("s3://"):
+            return Storage(storage.root, **s3_storage_options(self.aws_conn_id))
+        return storage
 
     def lineage(self, context: Context) -> dict[str, Any]:
         """Identifiers tying what this task produces to the Airflow run that produced it."""
@@ -144,6 +153,29 @@ def _shape(document: Any) -> str:
     if isinstance(document, dict):
         return "keys " + ", ".join(sorted(document)) if document else "an empty document"
     return "nothing" if document is None else type(document).__name__
+
+
+def s3_storage_options(aws_conn_id: str) -> dict[str, Any]:
+    """fsspec (s3fs) options from an Airflow AWS connection: credentials, region, endpoint.
+
+    With no explicit credentials (IRSA on EKS, an instance profile), only region and endpoint
+    are passed and s3fs uses the default credential chain, as boto3 would.
+    """
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="s3")
+    client_kwargs: dict[str, Any] = {}
+    if hook.region_name:
+        client_kwargs["region_name"] = hook.region_name
+    if hook.conn_config.endpoint_url:
+        client_kwargs["endpoint_url"] = hook.conn_config.endpoint_url
+    options: dict[str, Any] = {"client_kwargs": client_kwargs} if client_kwargs else {}
+    credentials = hook.get_credentials()
+    if credentials is not None and credentials.access_key:
+        options.update(key=credentials.access_key, secret=credentials.secret_key)
+        if credentials.token:
+            options["token"] = credentials.token
+    return options
 
 
 def check_choice(task_id: str, field: str, value: Any, allowed: Iterable[str]) -> None:

@@ -76,7 +76,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_http(
+    url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll ``url`` until it answers below 500, the process dies, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -148,12 +150,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(
         [
-            str(VENV_BIN / "mlflow"), "server",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", (root / "artifacts").as_uri(),
+            str(VENV_BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            (root / "artifacts").as_uri(),
         ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_http(f"{url}/health", timeout=300, proc=proc)

@@ -15,6 +15,7 @@ contract, with nothing borrowed from mlwp's local backend:
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -121,14 +122,21 @@ def install_into_moto(s3_factory: Any, workdir: Path) -> Any:
     original = SageMakerModelBackend.create_training_job
 
     def create_training_job(self: Any, training_job_name: str, **kwargs: Any) -> Any:
+        # Copy the request first: moto overwrites AlgorithmSpecification.MetricDefinitions
+        # in place with a canned definition.
+        request = copy.deepcopy(
+            {
+                "TrainingJobName": training_job_name,
+                "HyperParameters": kwargs["hyper_parameters"],
+                "InputDataConfig": kwargs["input_data_config"],
+                "OutputDataConfig": kwargs["output_data_config"],
+                "AlgorithmSpecification": kwargs["algorithm_specification"],
+            }
+        )
         job = original(self, training_job_name, **kwargs)
-        request = {
-            "TrainingJobName": training_job_name,
-            "HyperParameters": kwargs["hyper_parameters"],
-            "InputDataConfig": kwargs["input_data_config"],
-            "OutputDataConfig": kwargs["output_data_config"],
-            "AlgorithmSpecification": kwargs["algorithm_specification"],
-        }
+        job.algorithm_specification["MetricDefinitions"] = request["AlgorithmSpecification"].get(
+            "MetricDefinitions", []
+        )
         outcome = run_training_job(request, s3_factory(), workdir / training_job_name)
         job.final_metric_data_list = outcome["metrics"]
         return job

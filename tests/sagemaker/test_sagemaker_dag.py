@@ -43,13 +43,26 @@ STEPS = [
 ]
 
 
+def _client(service: str, endpoint: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 @pytest.fixture
 def sagemaker_on_moto(
     aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    s3 = boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1")
+    s3 = _client("s3", aws_env)
     s3.create_bucket(Bucket=BUCKET)
     monkeypatch.setenv("MLWP_STORAGE_ROOT", f"s3://{BUCKET}/storage")
+    # From here on, S3 and SageMaker are reached only through the Airflow AWS connection.
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT",
         '{"conn_type": "aws", "login": "testing", "password": "testing", "extra": '
@@ -57,7 +70,7 @@ def sagemaker_on_moto(
         '"sagemaker_role_arn": "arn:aws:iam::123456789012:role/mlwp-sagemaker"}}',
     )
     undo = install_into_moto(
-        lambda: boto3.client("s3", endpoint_url=aws_env, region_name="us-east-1"),
+        lambda: _client("s3", aws_env),
         tmp_path / "containers",
     )
     yield aws_env
@@ -120,7 +133,7 @@ def test_churn_dag_trains_on_sagemaker_and_registers_like_local(
 
     # The job really ran the entry point: its metric lines became SageMaker metrics,
     # and the model it wrote is what MLflow now serves.
-    sagemaker = boto3.client("sagemaker", endpoint_url=sagemaker_on_moto, region_name="us-east-1")
+    sagemaker = _client("sagemaker", sagemaker_on_moto)
     job = sagemaker.describe_training_job(TrainingJobName=job_name)
     metrics = {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
     assert metrics.get("validation:roc_auc", 0) > 0.7, job["FinalMetricDataList"]
