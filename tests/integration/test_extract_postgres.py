@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -10,15 +9,32 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+DAG_FILE = '''"""A one-task airflow dag: extract a Postgres query (tests/integration)."""
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG, Asset
+
+from operators.extract import ExtractOperator
+
+with DAG("crm.extract", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
+    ExtractOperator(
+        task_id="customers",
+        query="select id, plan, spend from customers where id <= {{ params.max_id }}",
+        conn_id="mlwp_test_pg",
+        params={"max_id": 2},
+        project="crm",
+        workflow="extract",
+        outlets=[Asset(name="crm.extract.customers", uri="x-mlwp://crm/extract/customers")],
+    )
+'''
+
 
 def test_extract_query_into_storage(
     postgres_database: str, airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sqlalchemy
-    from airflow.sdk import DAG, Asset
 
     from mlwp.storage import Storage
-    from operators.extract import ExtractOperator
 
     engine = sqlalchemy.create_engine(postgres_database)
     with engine.begin() as conn:
@@ -36,17 +52,21 @@ def test_extract_query_into_storage(
         f"postgresql://{parsed.username}@{parsed.hostname}:{parsed.port or 5432}{parsed.path}",
     )
     root = tmp_path / "storage"
-    with DAG("crm.extract", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
-        ExtractOperator(
-            task_id="customers",
-            query="select id, plan, spend from customers where id <= {{ params.max_id }}",
-            conn_id="mlwp_test_pg",
-            params={"max_id": 2},
-            project="crm",
-            workflow="extract",
-            storage_root=str(root),
-            outlets=[Asset(name="crm.extract.customers", uri="mlwp://crm/extract/customers")],
-        )
+    monkeypatch.setenv("MLWP_STORAGE_ROOT", root.as_uri())
+    # dag.test() runs only DAGs stored in the metadata database: store this one (as the
+    # dag-processor would) from a folder holding only it.
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "crm_extract.py").write_text(DAG_FILE)
+    bag = DagBag(dag_folder=str(dags))
+    assert not bag.import_errors, bag.import_errors
+    sync_bag_to_db(bag, "dags-folder", None)
+    dag = bag.dags["crm.extract"]
     run = dag.test()
     assert str(run.state) == "success"
     storage = Storage(str(root))
