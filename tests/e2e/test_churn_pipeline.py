@@ -214,6 +214,20 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     gate = xcom(again, "register", "gate")
     assert gate["passed"] is True and "champion" in gate["summary"]
 
+    # The score workflow scores the raw extract with the champion into storage.
+    from mlwp.definitions.loading import load_project
+    from operators.compiler import build_dag
+
+    score = build_dag(load_project(CHURN / "workflow.yaml"), "score", project_dir=CHURN)
+    scored = score.test()
+    assert states(scored) == {"extract": "success", "predict": "success"}, states(scored)
+    (predictions,) = storage.versions("churn", "predict")
+    assert predictions["rows"] == 7043
+    assert predictions["metadata"]["version"] == version.version
+    frame = storage.read_dataset(predictions["uri"])
+    assert set(frame["prediction"]) <= {"Yes", "No"}
+    assert frame["probability_Yes"].between(0, 1).all()
+
 
 def asset_events(name: str) -> list[dict[str, Any]]:
     from airflow.models.asset import AssetEvent, AssetModel
