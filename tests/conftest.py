@@ -76,6 +76,23 @@ def free_port() -> int:
         return port
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and every child it made."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+            os.killpg(proc.pid, 0)  # anything left in the group?
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+    proc.wait()
+
+
 def wait_for_http(
     url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
@@ -166,18 +183,16 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # MLflow 3.x otherwise starts a job runner with seven huey consumers per server.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     try:
         wait_for_http(f"{url}/health", timeout=300, proc=proc)
     except Exception:
-        proc.kill()
+        stop_process_group(proc)
         raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_process_group(proc)
     log.close()
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +51,8 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
         # The flask secret of the auth app (CSRF); any value will do for a test server.
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+        # No job runner (seven huey consumers) for a test server.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     log = (root / "server.log").open("wb")
     proc = subprocess.Popen(
@@ -90,12 +94,15 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # The server's workers live in its process group: stop them all.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=20)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         log.close()
 
 
