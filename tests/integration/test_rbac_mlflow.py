@@ -6,10 +6,10 @@ A real ``mlflow server --app-name basic-auth`` on a free port, configured by
 
 from __future__ import annotations
 
-import os
-import socket
 import contextlib
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
