@@ -31,8 +31,8 @@ down: sync
 status: sync
 	$(RUN) mlwp status
 
-test: sync  ## the whole suite, as CI runs it
-	$(RUN) pytest $(PYTEST_ARGS)
+test: sync  ## the whole suite, as CI runs it (two workers: most slow tests wait on servers)
+	$(RUN) pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-fast: sync  ## the inner loop: no slow tests
 	$(RUN) pytest -m "not slow" -n 2 $(PYTEST_ARGS)
@@ -42,8 +42,10 @@ lint: sync
 	$(RUN) ruff format --check mlwp serving operators
 	$(RUN) mypy
 
-bench: sync
-	$(RUN) python -m bench
+bench: sync  ## print ratios against the issues' anchors; never a CI gate
+	$(RUN) python -m bench.parse
+	$(RUN) python -m bench.pipeline
+	$(RUN) python bench/serving/run.py
 
 clean:
 	rm -rf .mlwp
