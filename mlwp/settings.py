@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default=None, description="Initial admin password; generated and saved when unset."
     )
     start_timeout_seconds: float = Field(default=180.0, gt=0)
+    secrets_manager_region: str | None = Field(
+        default=None,
+        description="When set, Airflow also reads connections and variables from AWS Secrets "
+        "Manager in this region (under mlwp/connections/ and mlwp/variables/).",
+    )
 
     @field_validator("home", "dags_folder", "plugins_folder", "expectations_folder")
     @classmethod

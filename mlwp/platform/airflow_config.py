@@ -54,6 +54,10 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("dag_processor", "refresh_interval"): "30",
         ("dag_processor", "min_file_process_interval"): "30",
     }
+    if settings.secrets_manager_region:
+        from mlwp.security.secrets_backend import secrets_manager_config
+
+        config.update(secrets_manager_config(region=settings.secrets_manager_region))
     return config
 
 

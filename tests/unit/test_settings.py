@@ -51,3 +51,17 @@ def test_bad_port_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MLWP_SERVING_PORT", "70000")
     with pytest.raises(ValueError, match="serving_port"):
         Settings(home=tmp_path)
+
+
+def test_secrets_manager_backend_is_off_by_default_and_on_by_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    assert "AIRFLOW__SECRETS__BACKEND" not in airflow_environment(Settings(home=tmp_path))
+    monkeypatch.setenv("MLWP_SECRETS_MANAGER_REGION", "eu-west-1")
+    env = airflow_environment(Settings(home=tmp_path))
+    assert env["AIRFLOW__SECRETS__BACKEND"].endswith("SecretsManagerBackend")
+    kwargs = json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])
+    assert kwargs["region_name"] == "eu-west-1"
+    assert kwargs["connections_prefix"] == "mlwp/connections"
