@@ -39,6 +39,8 @@ async def test_version_swap_under_concurrent_load_fails_no_request(
                 statuses[response.status_code] += 1
                 if response.status_code == 200:
                     versions.append(response.json()["model_version"])
+                # in-process calls may never suspend; let the reload coroutine run too
+                await asyncio.sleep(0)
 
         workers = [asyncio.create_task(client_loop()) for _ in range(8)]
         await asyncio.sleep(0.5)
