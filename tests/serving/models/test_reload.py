@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -29,8 +30,11 @@ async def test_version_swap_under_concurrent_load_fails_no_request(
         versions: list[str] = []
         stop = asyncio.Event()
 
+        # Bounded, so a swap that never completes fails the test instead of hanging it.
+        deadline = time.monotonic() + 120
+
         async def client_loop() -> None:
-            while not stop.is_set():
+            while not stop.is_set() and time.monotonic() < deadline:
                 response = await svc.client.post(
                     f"/v1/models/{model_name}/predict",
                     json={"data": records[:2]},
@@ -39,14 +43,16 @@ async def test_version_swap_under_concurrent_load_fails_no_request(
                 statuses[response.status_code] += 1
                 if response.status_code == 200:
                     versions.append(response.json()["model_version"])
-                # in-process calls may never suspend; let the reload coroutine run too
-                await asyncio.sleep(0)
+                # In-process calls never suspend on I/O: pause so the reload thread gets the GIL.
+                await asyncio.sleep(0.005)
 
         workers = [asyncio.create_task(client_loop()) for _ in range(8)]
         await asyncio.sleep(0.5)
         v2 = await asyncio.to_thread(register_version, mlflow_server, model_name, model_dirs["v2"])
         await asyncio.to_thread(_set_alias, mlflow_server, model_name, "champion", v2)
-        reload = await svc.client.post("/admin/reload", headers=svc.auth())
+        reload = await asyncio.wait_for(
+            svc.client.post("/admin/reload", headers=svc.auth()), timeout=90
+        )
         assert reload.status_code == 200, reload.text
         assert reload.json()["models"][model_name]["variants"] == {"champion": v2}
         await asyncio.sleep(0.5)
