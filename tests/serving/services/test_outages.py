@@ -4,6 +4,7 @@ answering 200. Each test starts its own server process and stops it; the shared 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -47,7 +48,10 @@ def _start_redis(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 stop_process(proc)
-                pytest.skip("could not start a private redis-server")
+                message = f"could not start a private redis-server on port {port}"
+                if os.environ.get("MLWP_REQUIRE_SERVICES") == "1":
+                    pytest.fail(f"{message} (MLWP_REQUIRE_SERVICES=1)", pytrace=False)
+                pytest.skip(message)
             time.sleep(0.1)
 
 
