@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
+from churn_steps import churn_steps
 from sagemaker_emulator import run_training_job
 
 from mlwp import sagemaker as sm
@@ -26,28 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "telco_churn_sample.csv"
 BUCKET = "mlwp-sagemaker-test"
-STEPS = [
-    {"op": "drop", "columns": ["customer_id"]},
-    {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
-    {"op": "cast", "columns": {"total_charges": "float"}},
-    {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
-    {
-        "op": "onehot",
-        "columns": [
-            "multiple_lines",
-            "internet_service",
-            "online_security",
-            "online_backup",
-            "device_protection",
-            "tech_support",
-            "streaming_tv",
-            "streaming_movies",
-            "contract",
-            "payment_method",
-        ],
-    },
-    {"op": "split", "test_size": 0.2, "validation_size": 0.2, "stratify": "churn", "seed": 7},
-]
+STEPS = churn_steps()
 HYPERPARAMETERS = {
     "target": "churn",
     "objective": "binary",

@@ -13,34 +13,14 @@ from typing import Any
 
 import boto3
 import pytest
+from churn_steps import churn_steps
 from sagemaker_emulator import install_into_moto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 BUCKET = "mlwp-dag-test"
-STEPS = [
-    {"op": "drop", "columns": ["customer_id"]},
-    {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
-    {"op": "cast", "columns": {"total_charges": "float"}},
-    {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
-    {
-        "op": "onehot",
-        "columns": [
-            "multiple_lines",
-            "internet_service",
-            "online_security",
-            "online_backup",
-            "device_protection",
-            "tech_support",
-            "streaming_tv",
-            "streaming_movies",
-            "contract",
-            "payment_method",
-        ],
-    },
-    {"op": "split", "test_size": 0.2, "validation_size": 0.2, "stratify": "churn", "seed": 7},
-]
+STEPS = churn_steps()
 
 
 def _client(service: str, endpoint: str) -> Any:
