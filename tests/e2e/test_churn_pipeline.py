@@ -12,112 +12,14 @@ temporary folder.
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-
-from mlwp.settings import REPO_ROOT
+from churn_workflow import CHURN, MODEL, churn_dag, states, versions, xcom
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-CHURN = REPO_ROOT / "dags" / "projects" / "churn"
-MODEL = "churn"
-
-
-def churn_dag(project_dir: Path) -> Any:
-    """The churn train DAG from its YAML, with automatic approval and a short tuning."""
-    from mlwp.definitions import Alerts
-    from mlwp.definitions.loading import load_project
-    from operators.compiler import build_dag
-
-    project = load_project(CHURN / "workflow.yaml")
-    workflow = project.workflows["train"]
-    tasks = dict(workflow.tasks)
-    tasks["approve"] = tasks["approve"].model_copy(update={"mode": "auto"})
-    train = tasks["train"]
-    assert train.tuning is not None
-    tasks["train"] = train.model_copy(
-        update={"tuning": train.tuning.model_copy(update={"trials": 3}), "num_boost_round": 120}
-    )
-    project = project.model_copy(
-        update={
-            # No SMTP or Slack here: the notifiers are the compiler's concern, tested there.
-            "alerts": Alerts(),
-            "workflows": {
-                **project.workflows,
-                "train": workflow.model_copy(update={"tasks": tasks}),
-            },
-        }
-    )
-    return build_dag(project, "train", project_dir=project_dir)
-
-
-def ensure_project_roles(*names: str) -> None:
-    """Create the FAB project roles that `mlwp roles sync` creates on a real platform.
-
-    dag.test() stores the DAG folder's DAGs first, and Airflow refuses to store a DAG whose
-    access_control names an unknown role; without the stored DAG its assets are unknown
-    and asset events would be dropped.
-    """
-    from airflow.providers.fab.auth_manager.models import Role
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        for name in names:
-            if session.scalar(select(Role).where(Role.name == name)) is None:
-                session.add(Role(name=name))
-
-
-@pytest.fixture
-def pipeline_env(
-    tmp_path: Path, mlflow_tracking: str, airflow_db: None, monkeypatch: pytest.MonkeyPatch
-) -> Path:
-    ensure_project_roles("project:churn", "project:credit")
-    storage = tmp_path / "storage"
-    monkeypatch.setenv("MLWP_STORAGE_ROOT", storage.as_uri())
-    # Nothing listens there: deploy must log the unreachable serving service and go on.
-    monkeypatch.setenv("MLWP_SERVING_PORT", str(unused_port()))
-    return storage
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def xcom(run: Any, task_id: str, key: str) -> Any:
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        row = session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == run.dag_id,
-                XComModel.run_id == run.run_id,
-                XComModel.task_id == task_id,
-                XComModel.key == key,
-            )
-        ).first()
-        return None if row is None else XComModel.deserialize_value(row)
-
-
-def states(run: Any) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-
-
-def versions(client: Any) -> list[Any]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return list(client.search_model_versions(f"name = '{MODEL}'"))
-    except MlflowException:
-        return []
 
 
 def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> None:

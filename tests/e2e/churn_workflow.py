@@ -1,0 +1,122 @@
+"""The churn train workflow for the e2e tests: its DAG from the example's YAML (automatic
+approval, short tuning) and readers of a DAG run's outcome. Test modules here import it by
+name (pytest puts this folder on ``sys.path``); fixtures live in ``conftest.py``."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from mlwp.settings import REPO_ROOT
+
+CHURN = REPO_ROOT / "dags" / "projects" / "churn"
+MODEL = "churn"
+
+
+def churn_dag(
+    project_dir: Path,
+    *,
+    model: str = MODEL,
+    trials: int = 3,
+    num_boost_round: int = 120,
+    approval: str = "auto",
+) -> Any:
+    """The churn train DAG from its YAML, with automatic approval and a short tuning.
+
+    ``model`` renames the registered model (register and deploy tasks), so that a test can
+    own its model in the session's shared MLflow server; ``approval="human"`` keeps the
+    definition's human approval.
+    """
+    return train_dag(
+        CHURN / "workflow.yaml",
+        project_dir,
+        model=model,
+        trials=trials,
+        num_boost_round=num_boost_round,
+        approval=approval,
+    )
+
+
+def train_dag(
+    definition: Path,
+    project_dir: Path,
+    *,
+    model: str | None = None,
+    trials: int,
+    num_boost_round: int,
+    approval: str | None = None,
+) -> Any:
+    """The ``train`` DAG of a project definition, shortened for a test.
+
+    The train task gets ``trials`` tuning trials and ``num_boost_round`` rounds; ``model``
+    (when given) renames the model of the register and deploy tasks; ``approval`` (when given)
+    sets the approve task's mode. Notifiers are dropped.
+    """
+    from mlwp.definitions import Alerts
+    from mlwp.definitions.loading import load_project
+    from operators.compiler import build_dag
+
+    project = load_project(definition)
+    workflow = project.workflows["train"]
+    tasks = dict(workflow.tasks)
+    if approval is not None:
+        tasks["approve"] = tasks["approve"].model_copy(update={"mode": approval})
+    train = tasks["train"]
+    assert train.tuning is not None
+    tasks["train"] = train.model_copy(
+        update={
+            "tuning": train.tuning.model_copy(update={"trials": trials}),
+            "num_boost_round": num_boost_round,
+        }
+    )
+    if model is not None:
+        for task_id in ("register", "deploy"):
+            tasks[task_id] = tasks[task_id].model_copy(update={"model": model})
+    project = project.model_copy(
+        update={
+            # No SMTP or Slack here: the notifiers are the compiler's concern, tested there.
+            "alerts": Alerts(),
+            "workflows": {
+                **project.workflows,
+                "train": workflow.model_copy(update={"tasks": tasks}),
+            },
+        }
+    )
+    return build_dag(project, "train", project_dir=project_dir)
+
+
+def xcom(run: Any, task_id: str, key: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == run.dag_id,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+        ).first()
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+def states(run: Any) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def versions(client: Any, model: str = MODEL) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{model}'"))
+    except MlflowException:
+        return []
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
