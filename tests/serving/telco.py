@@ -1,37 +1,31 @@
 """Tiny real churn models trained on the telco data, saved in the mlwp model format and
-registered in an MLflow server; shared by the serving tests and bench/serving."""
+registered in an MLflow server; shared by the serving tests and bench/serving. The features
+are the churn example's own transform steps (``tests/churn_steps.py``)."""
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TELCO_CSV = REPO_ROOT / "dags" / "projects" / "churn" / "data" / "telco_churn.csv"
-FEATURE_STEPS: list[dict[str, Any]] = [
-    {"op": "drop", "columns": ["customer_id"]},
-    {"op": "fill_missing", "columns": ["total_charges"], "value": 0},
-    {"op": "cast", "columns": {"total_charges": "float"}},
-    {"op": "ordinal", "columns": {"churn": ["No", "Yes"]}},
-    {
-        "op": "onehot",
-        "columns": [
-            "multiple_lines",
-            "internet_service",
-            "online_security",
-            "online_backup",
-            "device_protection",
-            "tech_support",
-            "streaming_tv",
-            "streaming_movies",
-            "contract",
-            "payment_method",
-        ],
-    },
-    {"op": "split", "test_size": 0.2, "stratify": "churn", "seed": 42},
-]
+
+
+def feature_steps() -> list[dict[str, Any]]:
+    """The churn example's transform steps, from ``tests/churn_steps.py``.
+
+    Under pytest ``tests/`` is on ``sys.path`` already; bench/serving loads this file by path
+    outside pytest, so it is added here when missing.
+    """
+    tests = str(REPO_ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.append(tests)
+    from churn_steps import churn_steps
+
+    return churn_steps()
 
 
 def train_model_dir(
@@ -47,7 +41,7 @@ def train_model_dir(
     from mlwp.transform import run_transform
 
     frame = pd.read_csv(TELCO_CSV)
-    result = run_transform(frame, FEATURE_STEPS)
+    result = run_transform(frame, feature_steps())
     preprocessing = result.preprocessing.with_target("churn")
     train = result.splits["train"]
     matrix = preprocessing.transform_frame(train)
