@@ -11,22 +11,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from serving.api.responses import OrjsonResponse, error_body
-from serving.core.errors import ServingError
+from serving.core.errors import HTTP_ERRORS, ServingError
 
 log = structlog.get_logger("mlwp.serving.errors")
 
 _HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
+    **{error.status: error.code for error in HTTP_ERRORS},
     405: "method_not_allowed",
     406: "not_acceptable",
-    413: "payload_too_large",
     415: "unsupported_media_type",
-    422: "invalid_input",
-    429: "rate_limited",
-    503: "unavailable",
 }
 
 

@@ -70,6 +70,20 @@ class Unavailable(ServingError):
     status = 503
 
 
+# Each status the service answers on purpose, with its default code. Starlette's own HTTP
+# errors (an unknown route's 404, for example) answer with the same codes.
+HTTP_ERRORS: tuple[type[ServingError], ...] = (
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    InvalidInput,
+    RateLimited,
+    Unavailable,
+)
+
+
 class ModelLoadError(MlwpError):
     """A model version could not be downloaded, loaded or warmed up."""
 

@@ -2,117 +2,110 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 class Metrics:
-    """Every metric the service exports (``GET /metrics``)."""
+    """Every metric the service exports (``GET /metrics``): name, help text, labels."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "mlwp_serving_requests",
-            "HTTP requests answered.",
-            ["route", "method", "status"],
-            registry=r,
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, documentation, labels, registry=registry)
+
+        def gauge(name: str, documentation: str, labels: Sequence[str]) -> Gauge:
+            return Gauge(name, documentation, labels, registry=registry)
+
+        def histogram(
+            name: str,
+            documentation: str,
+            labels: Sequence[str],
+            buckets: Sequence[float] = LATENCY_BUCKETS,
+        ) -> Histogram:
+            return Histogram(name, documentation, labels, buckets=buckets, registry=registry)
+
+        # HTTP
+        self.requests = counter(
+            "mlwp_serving_requests", "HTTP requests answered.", ("route", "method", "status")
         )
-        self.request_seconds = Histogram(
-            "mlwp_serving_request_seconds",
-            "HTTP request latency by route.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.request_seconds = histogram(
+            "mlwp_serving_request_seconds", "HTTP request latency by route.", ("route",)
         )
-        self.predictions = Counter(
+        # Predictions
+        self.predictions = counter(
             "mlwp_serving_predictions",
             "Rows scored, by model, variant and version.",
-            ["model", "variant", "version"],
-            registry=r,
+            ("model", "variant", "version"),
         )
-        self.prediction_requests = Counter(
+        self.prediction_requests = counter(
             "mlwp_serving_prediction_requests",
             "Prediction requests, by model and variant.",
-            ["model", "variant"],
-            registry=r,
+            ("model", "variant"),
         )
-        self.prediction_seconds = Histogram(
+        self.prediction_seconds = histogram(
             "mlwp_serving_prediction_seconds",
             "Scoring latency by model and variant.",
-            ["model", "variant"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("model", "variant"),
         )
-        self.shadow_predictions = Counter(
+        # Shadow variant
+        self.shadow_predictions = counter(
             "mlwp_serving_shadow_predictions",
             "Rows scored by the shadow variant.",
-            ["model", "version"],
-            registry=r,
+            ("model", "version"),
         )
-        self.shadow_disagreements = Counter(
+        self.shadow_disagreements = counter(
             "mlwp_serving_shadow_disagreements",
             "Rows where the shadow's prediction differed from the served one.",
-            ["model", "version"],
-            registry=r,
+            ("model", "version"),
         )
-        self.shadow_errors = Counter(
-            "mlwp_serving_shadow_errors",
-            "Shadow scorings that failed.",
-            ["model"],
-            registry=r,
+        self.shadow_errors = counter(
+            "mlwp_serving_shadow_errors", "Shadow scorings that failed.", ("model",)
         )
-        self.cache = Counter(
+        # Cache, rate limits, Redis
+        self.cache = counter(
             "mlwp_serving_cache",
             "Prediction cache lookups by result (hit, miss, error).",
-            ["result"],
-            registry=r,
+            ("result",),
         )
-        self.rate_limited = Counter(
-            "mlwp_serving_rate_limited",
-            "Requests refused by a rate limit.",
-            registry=r,
+        self.rate_limited = counter(
+            "mlwp_serving_rate_limited", "Requests refused by a rate limit."
         )
-        self.redis_errors = Counter(
+        self.redis_errors = counter(
             "mlwp_serving_redis_errors",
             "Redis operations that failed (then bypassed).",
-            ["operation"],
-            registry=r,
+            ("operation",),
         )
-        self.load_failures = Counter(
+        # Models and the registry
+        self.load_failures = counter(
             "mlwp_serving_model_load_failures",
             "Model versions that failed to load.",
-            ["model", "alias"],
-            registry=r,
+            ("model", "alias"),
         )
-        self.load_failed = Gauge(
+        self.load_failed = gauge(
             "mlwp_serving_model_load_failed",
             "1 while the latest load of the alias's version failed (the previous one serves).",
-            ["model", "alias"],
-            registry=r,
+            ("model", "alias"),
         )
-        self.load_seconds = Histogram(
+        self.load_seconds = histogram(
             "mlwp_serving_model_load_seconds",
             "Time to download, load and warm a version.",
-            ["model"],
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120),
-            registry=r,
+            ("model",),
+            buckets=LOAD_BUCKETS,
         )
-        self.model_info = Gauge(
+        self.model_info = gauge(
             "mlwp_serving_model_info",
             "1 for each version serving under an alias.",
-            ["model", "alias", "version"],
-            registry=r,
+            ("model", "alias", "version"),
         )
-        self.registry_errors = Counter(
-            "mlwp_serving_registry_errors",
-            "Registry syncs that failed (MLflow unreachable).",
-            registry=r,
+        self.registry_errors = counter(
+            "mlwp_serving_registry_errors", "Registry syncs that failed (MLflow unreachable)."
         )
-        self.predictions_logged = Counter(
-            "mlwp_serving_predictions_logged",
-            "Sampled predictions written to the log.",
-            ["sink"],
-            registry=r,
+        self.predictions_logged = counter(
+            "mlwp_serving_predictions_logged", "Sampled predictions written to the log.", ("sink",)
         )
