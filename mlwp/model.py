@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import numpy as np
 import orjson
 
 from mlwp.errors import MlwpError
+from mlwp.predictor import DensePredictor
 from mlwp.preprocessing import Feature, Preprocessing, RecordError
 
 if TYPE_CHECKING:
@@ -110,17 +112,21 @@ class Model:
         matrix = self.transform(records)
         return self.predict_matrix(matrix)
 
+    @cached_property
+    def predictor(self) -> DensePredictor:
+        return DensePredictor(self.booster)
+
     def predict_matrix(self, matrix: np.ndarray[Any, Any]) -> Prediction:
         """Score an already preprocessed feature matrix."""
         if matrix.shape[0] == 0:
             return Prediction([], None if self.objective == "regression" else [])
-        raw = np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
+        raw = np.asarray(self.predictor.predict(matrix), dtype=np.float64)
         return self.decide(raw)
 
     def decide(self, raw: np.ndarray[Any, Any]) -> Prediction:
         """Turn booster outputs into labels and class probabilities."""
         if self.objective == "regression":
-            return Prediction([float(v) for v in raw.reshape(-1)], None)
+            return Prediction(raw.reshape(-1).tolist(), None)
         classes = self.classes or []
         if self.objective == "binary":
             positive = raw.reshape(-1)
@@ -129,10 +135,7 @@ class Model:
         else:
             probabilities = raw.reshape(raw.shape[0], -1)
             chosen = np.argmax(probabilities, axis=1)
-        return Prediction(
-            [classes[int(i)] for i in chosen],
-            [[float(p) for p in row] for row in probabilities],
-        )
+        return Prediction([classes[i] for i in chosen.tolist()], probabilities.tolist())
 
 
 def load(path: str | Path) -> Model:

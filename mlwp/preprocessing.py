@@ -129,7 +129,7 @@ class Columns:
     def matrix(self, names: Sequence[str]) -> Array:
         if not names:
             return np.zeros((self.size, 0), dtype=np.float64)
-        return np.column_stack([self.data[name].astype(np.float64) for name in names])
+        return np.stack([self.data[name] for name in names], axis=1, dtype=np.float64)
 
 
 def _is_missing(value: Any) -> bool:
@@ -376,7 +376,37 @@ class Step:
         return str(self.spec["op"])
 
     def apply(self, columns: Columns, where: str) -> Columns:
-        return _APPLY[self.op](self.spec, columns, where)
+        return _APPLY[self.op](self, columns, where)
+
+    # What a step derives from its spec is computed once: serving applies the same steps to
+    # every request, and on one record these lookups cost more than the arithmetic.
+    @cached_property
+    def lookups(self) -> dict[str, dict[Any, int]]:
+        """onehot/ordinal: per column, category key -> position."""
+        return {
+            name: {category_key(c): i for i, c in enumerate(categories)}
+            for name, categories in self.spec["columns"].items()
+        }
+
+    @cached_property
+    def onehot_names(self) -> dict[str, list[str]]:
+        """onehot: per column, the names of its output columns."""
+        return {
+            name: [onehot_name(name, c) for c in categories]
+            for name, categories in self.spec["columns"].items()
+        }
+
+    @cached_property
+    def expression(self) -> Expression:
+        """derive: the parsed expression."""
+        return self.expression_at("derive")
+
+    def expression_at(self, where: str) -> Expression:
+        """derive: the parsed expression, reporting problems at ``where``."""
+        cache: dict[str, Expression] = self.__dict__.setdefault("_expressions", {})
+        if where not in cache:
+            cache[where] = Expression(str(self.spec["expression"]), where=where)
+        return cache[where]
 
     def reads(self) -> list[str]:
         """Columns this step needs to exist."""
@@ -384,24 +414,27 @@ class Step:
         if op in ("select", "drop"):
             return list(spec["columns"])
         if op == "derive":
-            return list(Expression(spec["expression"], where="derive").columns)
+            return list(self.expression.columns)
         return list(spec["columns"])
 
 
-def _apply_select(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
+def _apply_select(step: Step, columns: Columns, where: str) -> Columns:
+    spec = step.spec
     keep = list(spec["columns"])
     _require(columns, keep, where)
     return Columns(keep, {name: columns.data[name] for name in keep}, columns.size)
 
 
-def _apply_drop(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
+def _apply_drop(step: Step, columns: Columns, where: str) -> Columns:
+    spec = step.spec
     drop = set(spec["columns"])
     _require(columns, drop, where)
     keep = [name for name in columns.names if name not in drop]
     return Columns(keep, {name: columns.data[name] for name in keep}, columns.size)
 
 
-def _apply_rename(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
+def _apply_rename(step: Step, columns: Columns, where: str) -> Columns:
+    spec = step.spec
     mapping: dict[str, str] = dict(spec["columns"])
     _require(columns, mapping, where)
     names = [mapping.get(name, name) for name in columns.names]
@@ -452,7 +485,8 @@ def cast_array(array: Array, dtype: str, column: str) -> Array:
     return array.astype(np.float64)
 
 
-def _apply_cast(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
+def _apply_cast(step: Step, columns: Columns, where: str) -> Columns:
+    spec = step.spec
     mapping: dict[str, str] = dict(spec["columns"])
     _require(columns, mapping, where)
     data = dict(columns.data)
@@ -461,7 +495,8 @@ def _apply_cast(spec: Mapping[str, Any], columns: Columns, where: str) -> Column
     return Columns(list(columns.names), data, columns.size)
 
 
-def _apply_fill(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
+def _apply_fill(step: Step, columns: Columns, where: str) -> Columns:
+    spec = step.spec
     values: dict[str, Any] = dict(spec["values"])
     _require(columns, values, where)
     data = dict(columns.data)
@@ -491,49 +526,58 @@ def onehot_name(column: str, value: Any) -> str:
     return f"{column}={text}".translate(_NAME_UNSAFE)
 
 
-def _codes(array: Array, categories: Sequence[Any]) -> Array:
-    """Position of each value among ``categories``; -1 for unknown or missing."""
-    lookup = {category_key(c): i for i, c in enumerate(categories)}
-    out = np.full(array.shape[0], -1, dtype=np.int64)
-    for i, value in enumerate(array):
-        if _is_missing(value):
-            continue
-        out[i] = lookup.get(value if isinstance(value, str) else float(value), -1)
-    return out
+def _codes(array: Array, lookup: Mapping[Any, int]) -> Array:
+    """Position of each value in ``lookup`` (category key -> position); -1 for unknown or
+    missing. Text arrays hold str or None, numeric ones floats (NaN is never a key)."""
+    return np.fromiter(
+        (lookup.get(value, -1) for value in array.tolist()), dtype=np.int64, count=array.shape[0]
+    )
 
 
-def _apply_onehot(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
-    mapping: dict[str, list[Any]] = dict(spec["columns"])
+def _apply_onehot(step: Step, columns: Columns, where: str) -> Columns:
+    mapping: dict[str, list[Any]] = step.spec["columns"]
     _require(columns, mapping, where)
     names: list[str] = []
     data: dict[str, Array] = {}
+    outputs: list[str] = []  # every one-hot column of this step, in order
+    ones_at: list[int] = []  # (output column, row) of each 1
+    rows_of_ones: list[int] = []
     for name in columns.names:
         if name not in mapping:
             names.append(name)
             data[name] = columns.data[name]
             continue
-        codes = _codes(columns.data[name], mapping[name])
-        for i, category in enumerate(mapping[name]):
-            out_name = onehot_name(name, category)
-            names.append(out_name)
-            data[out_name] = (codes == i).astype(np.float64)
+        lookup = step.lookups[name]
+        base = len(outputs)
+        for row, value in enumerate(columns.data[name].tolist()):
+            code = lookup.get(value)  # None: unknown or missing, an all-zero block
+            if code is not None:
+                ones_at.append(base + code)
+                rows_of_ones.append(row)
+        produced = step.onehot_names[name]
+        outputs.extend(produced)
+        names.extend(produced)
+    block = np.zeros((len(outputs), columns.size), dtype=np.float64)
+    block[ones_at, rows_of_ones] = 1.0
+    data.update(zip(outputs, block, strict=True))
     if len(set(names)) != len(names):
         raise PreprocessingError(f"{where}: one-hot columns clash with existing columns")
     return Columns(names, data, columns.size)
 
 
-def _apply_ordinal(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
-    mapping: dict[str, list[Any]] = dict(spec["columns"])
+def _apply_ordinal(step: Step, columns: Columns, where: str) -> Columns:
+    mapping: dict[str, list[Any]] = step.spec["columns"]
     _require(columns, mapping, where)
     data = dict(columns.data)
-    for name, categories in mapping.items():
-        codes = _codes(columns.data[name], categories).astype(np.float64)
+    for name in mapping:
+        codes = _codes(columns.data[name], step.lookups[name]).astype(np.float64)
         codes[codes < 0] = np.nan
         data[name] = codes
     return Columns(list(columns.names), data, columns.size)
 
 
-def _apply_scale(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
+def _apply_scale(step: Step, columns: Columns, where: str) -> Columns:
+    spec = step.spec
     mapping: dict[str, Mapping[str, float]] = dict(spec["columns"])
     _require(columns, mapping, where)
     data = dict(columns.data)
@@ -545,16 +589,16 @@ def _apply_scale(spec: Mapping[str, Any], columns: Columns, where: str) -> Colum
     return Columns(list(columns.names), data, columns.size)
 
 
-def _apply_derive(spec: Mapping[str, Any], columns: Columns, where: str) -> Columns:
-    expression = Expression(str(spec["expression"]), where=where)
-    target = str(spec["column"])
+def _apply_derive(step: Step, columns: Columns, where: str) -> Columns:
+    expression = step.expression_at(where)
+    target = str(step.spec["column"])
     data = dict(columns.data)
     data[target] = expression.evaluate(columns)
     names = list(columns.names) if target in columns.data else [*columns.names, target]
     return Columns(names, data, columns.size)
 
 
-_APPLY: dict[str, Callable[[Mapping[str, Any], Columns, str], Columns]] = {
+_APPLY: dict[str, Callable[[Step, Columns, str], Columns]] = {
     "select": _apply_select,
     "drop": _apply_drop,
     "rename": _apply_rename,
@@ -798,12 +842,56 @@ def columns_from_frame(frame: pd.DataFrame, dtypes: Mapping[str, str] | None = N
     return Columns(names, data, len(frame))
 
 
+# Value types a column of records can be read with one numpy call (None is missing).
+_NONE = type(None)
+_FAST_TYPES: dict[str, frozenset[type]] = {
+    "str": frozenset({str, _NONE}),
+    "bool": frozenset({bool, _NONE}),
+    "number": frozenset({int, float, np.float64, np.float32, np.int64, np.int32, _NONE}),
+}
+
+
 def columns_from_records(
     records: Sequence[Mapping[str, Any]], features: Sequence[Feature]
 ) -> Columns:
     """Column arrays of raw records for the given input features (no pandas)."""
     if not isinstance(records, Sequence) or isinstance(records, str | bytes):
         raise RecordError("records must be a list of objects")
+    fast = _columns_of_clean_records(records, features)
+    if fast is not None:
+        return fast
+    return _columns_checked(records, features)
+
+
+def _columns_of_clean_records(
+    records: Sequence[Mapping[str, Any]], features: Sequence[Feature]
+) -> Columns | None:
+    """The columns in one pass per feature when every value has an accepted type (what a
+    well-formed request holds); None when anything needs the value-by-value path, which
+    also finds the row and field of a problem."""
+    data: dict[str, Array] = {}
+    for feature in features:
+        name = feature.name
+        try:
+            if feature.required:
+                values = [record[name] for record in records]
+            else:
+                values = [record.get(name) for record in records]
+        except (KeyError, TypeError, AttributeError):
+            return None
+        kind = feature.dtype if feature.dtype in ("str", "bool") else "number"
+        if not set(map(type, values)) <= _FAST_TYPES[kind]:
+            return None
+        if kind == "str":
+            column = np.empty(len(values), dtype=object)
+            column[:] = values
+            data[name] = column
+        else:
+            data[name] = np.array(values, dtype=np.float64)  # None -> NaN
+    return Columns([f.name for f in features], data, len(records))
+
+
+def _columns_checked(records: Sequence[Mapping[str, Any]], features: Sequence[Feature]) -> Columns:
     size = len(records)
     data: dict[str, Array] = {}
     for feature in features:
@@ -973,8 +1061,10 @@ class Preprocessing:
             names.append(current)
         return names
 
-    def _feature_steps(self) -> list[Step]:
-        """The steps with the label's columns taken out of them."""
+    @cached_property
+    def feature_steps(self) -> list[Step]:
+        """The steps with the label's columns taken out of them (computed once: serving
+        applies them to every request)."""
         lineage = self._target_lineage()
         out: list[Step] = []
         for step, label in zip(self.steps, lineage, strict=False):
@@ -1010,7 +1100,7 @@ class Preprocessing:
     def features(self) -> list[Feature]:
         """The raw input fields a record must (or may) carry: inputs the steps actually use."""
         live = set(self.outputs)
-        for step in reversed(self._feature_steps()):
+        for step in reversed(self.feature_steps):
             op, spec = step.op, step.spec
             if op == "rename":
                 inverse = {v: k for k, v in spec["columns"].items()}
@@ -1064,7 +1154,7 @@ class Preprocessing:
         if self.target is not None:
             example.names.remove(self.target)
             del example.data[self.target]
-        columns = self._apply(self._feature_steps(), example)
+        columns = self._apply(self.feature_steps, example)
         return list(columns.names)
 
     # -- transforming -------------------------------------------------------------------------
@@ -1092,7 +1182,7 @@ class Preprocessing:
     def transform_columns(self, columns: Columns) -> Columns:
         """Apply the feature steps to raw column arrays (the label, if any, is left out)."""
         columns = self._complete(columns)
-        columns = self._apply(self._feature_steps(), columns)
+        columns = self._apply(self.feature_steps, columns)
         for name in columns.names:
             if columns.data[name].dtype == object:
                 raise PreprocessingError(

@@ -6,6 +6,10 @@ connections, bounded by time and count) runs at concurrency 1 and 8 with 1-row a
 bodies; the table prints req/s, p50, p99 and the ratio to mlflow. A last run measures cache
 hits (mlwp with Redis, the same body repeated).
 
+The load comes from wrk (Debian package ``wrk``, driven by ``load.lua``) when it is
+installed: a C event loop costs the two cores far less than Python client threads, which
+otherwise take CPU from the servers being measured. ``--driver python`` forces the threads.
+
     .venv/bin/python bench/serving/run.py [--mlflow-url URL] [--seconds 8] [--redis-url URL]
 """
 
@@ -16,6 +20,7 @@ import http.client
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -87,7 +92,7 @@ def wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
     raise TimeoutError(url)
 
 
-def drive(
+def drive_threads(
     port: int,
     path: str,
     bodies: list[bytes],
@@ -129,11 +134,11 @@ def drive(
             latencies.extend(mine)
 
     # warm-up
-    drive_threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     began = time.perf_counter()
-    for t in drive_threads:
+    for t in threads:
         t.start()
-    for t in drive_threads:
+    for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
     latencies.sort()
@@ -147,6 +152,52 @@ def drive(
     }
 
 
+def drive_wrk(
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,  # unused: wrk is bounded by time only
+) -> dict[str, float]:
+    """The same closed loop from wrk: ``concurrency`` keep-alive connections, one thread."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as handle:
+        handle.write(b"\n".join(bodies) + b"\n")
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(Path(__file__).with_name("load.lua")),
+                f"http://127.0.0.1:{port}",
+                "--",
+                path,
+                handle.name,
+                headers.get("Authorization", ""),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(handle.name)
+    summary = json.loads(out.strip().splitlines()[-1])
+    n = summary["requests"]
+    return {
+        "requests": n,
+        "errors": summary["errors"],
+        "rps": n / (summary["duration_us"] / 1e6),
+        "p50_ms": summary["p50_us"] / 1000,
+        "p99_ms": summary["p99_us"] / 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlflow-url", help="reuse a running MLflow server")
@@ -154,7 +205,16 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=50_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--driver",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk when installed (auto), or Python threads",
+    )
     args = parser.parse_args()
+    use_wrk = args.driver == "wrk" or (args.driver == "auto" and shutil.which("wrk"))
+    drive = drive_wrk if use_wrk else drive_threads
+    print(f"load generator: {'wrk' if use_wrk else 'Python threads'}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="mlwp-bench-"))
     procs: list[subprocess.Popen[bytes]] = []

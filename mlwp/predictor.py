@@ -1,0 +1,112 @@
+"""Repeated in-place prediction of one XGBoost booster on small dense matrices.
+
+``Booster.inplace_predict`` is made for occasional large batches: every call re-encodes its
+arguments as JSON, re-checks the input type against a dozen libraries, and passes no proxy
+DMatrix, so XGBoost builds a new one, whose context reads the cgroup CPU quota from ``/sys``
+(two file opens per call). For a 1-row request that overhead is most of the prediction
+(about 250 of 300 µs measured here). :class:`DensePredictor` calls the same C entry point,
+``XGBoosterPredictFromDense``, with the arguments encoded once and one proxy DMatrix per
+thread (the proxy holds the input of the call in flight, so threads cannot share it).
+
+The results are the booster's own, bit for bit (a test compares them with
+``inplace_predict`` for every objective). If this XGBoost build lacks the C entry points,
+the predictor falls back to ``inplace_predict``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import xgboost
+
+Array = np.ndarray[Any, Any]
+
+
+class DensePredictor:
+    """``predict(matrix)`` = ``booster.inplace_predict(matrix)``, with less per-call work."""
+
+    def __init__(self, booster: xgboost.Booster) -> None:
+        self.booster = booster
+        self._local = threading.local()
+        try:
+            from xgboost import core
+
+            self._lib = core._LIB  # the ctypes handle of libxgboost (the documented C API)
+            self._check = core._check_call
+            self._ulong = core.c_bst_ulong
+            self._args = core.make_jcargs(
+                type=0,
+                training=False,
+                iteration_begin=0,
+                iteration_end=0,
+                missing=float("nan"),
+                strict_shape=False,
+                cache_id=0,
+            )
+            self._entry = self._lib.XGBoosterPredictFromDense
+        except (ImportError, AttributeError):  # another XGBoost layout: use the public call
+            self._entry = None
+
+    def predict(self, matrix: Array) -> Array:
+        """Raw booster output (float32; probabilities for binary and multiclass)."""
+        if self._entry is None:
+            return np.asarray(self.booster.inplace_predict(matrix))
+        data = np.ascontiguousarray(matrix, dtype=np.float32)
+        interface = _array_interface(data)
+        shape = ctypes.POINTER(self._ulong)()
+        dims = self._ulong()
+        preds = ctypes.POINTER(ctypes.c_float)()
+        self._check(
+            self._entry(
+                self.booster.handle,
+                interface,
+                self._args,
+                self._proxy(),
+                ctypes.byref(shape),
+                ctypes.byref(dims),
+                ctypes.byref(preds),
+            )
+        )
+        dimensions = [int(shape[i]) for i in range(dims.value)]
+        count = int(np.prod(dimensions)) if dimensions else 0
+        out = np.empty(count, dtype=np.float32)
+        if count:
+            # the buffer belongs to the booster's thread-local cache: copy it out now
+            ctypes.memmove(out.ctypes.data, preds, count * 4)
+        return out.reshape(dimensions)
+
+    def _proxy(self) -> ctypes.c_void_p:
+        proxy: _Proxy | None = getattr(self._local, "proxy", None)
+        if proxy is None:
+            proxy = _Proxy(self._lib, self._check)
+            self._local.proxy = proxy
+        return proxy.handle
+
+
+class _Proxy:
+    """One XGBoost proxy DMatrix, freed with its owner (the thread's local storage)."""
+
+    def __init__(self, lib: Any, check: Any) -> None:
+        self.handle = ctypes.c_void_p()
+        self._lib = lib
+        check(lib.XGProxyDMatrixCreate(ctypes.byref(self.handle)))
+
+    def __del__(self) -> None:
+        if self.handle:
+            self._lib.XGDMatrixFree(self.handle)
+
+
+def _array_interface(data: Array) -> bytes:
+    """The ``__array_interface__`` JSON XGBoost reads (C-contiguous float32 only)."""
+    pointer = data.ctypes.data
+    rows, columns = data.shape if data.ndim == 2 else (data.shape[0], 1)
+    return b'{"data":[%d,false],"shape":[%d,%d],"typestr":"<f4","version":3,"strides":null}' % (
+        pointer,
+        rows,
+        columns,
+    )
