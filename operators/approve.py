@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import BaseXCom
+from airflow.sdk.exceptions import DownstreamTasksSkipped
 
 from operators._common import MlwpOperator, check_choice
 
@@ -99,11 +101,29 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        answer = super().execute_complete(context, event)
         registration = context["ti"].xcom_pull(task_ids=self.task_id, key="registration") or {}
+        try:
+            answer = super().execute_complete(context, event)
+        except DownstreamTasksSkipped:
+            # A rejection: ApprovalOperator skips deploy through SkipMixin.skip, which in the
+            # task SDK *raises* DownstreamTasksSkipped, so nothing after super() would run and
+            # the task would end without its documented XCom and without counting the
+            # rejection. Record both, then let the task runner skip the downstream tasks.
+            context["ti"].xcom_push(
+                key=BaseXCom.XCOM_RETURN_KEY,
+                value=self._decision(registration, event, approved=False),
+            )
+            self.stat("incr", "approve.rejected")
+            raise
         chosen = (answer or {}).get("chosen_options") or []
         approved = chosen[:1] == [self.APPROVE]
         self.stat("incr", "approve.approved" if approved else "approve.rejected")
+        return self._decision(registration, answer, approved=approved)
+
+    @staticmethod
+    def _decision(
+        registration: dict[str, Any], answer: dict[str, Any] | None, *, approved: bool
+    ) -> dict[str, Any]:
         return {
             **registration,
             "approved": approved,

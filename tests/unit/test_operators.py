@@ -128,3 +128,46 @@ def test_approval_body_compares_with_the_champion() -> None:
     assert "no champion yet" in comparison_markdown(
         {"model": "m", "version": "1", "metrics": {"r2": 0.5}}
     )
+
+
+@pytest.mark.parametrize("answer", ["Approve", "Reject"])
+def test_human_answer_is_the_approve_tasks_document(answer: str) -> None:
+    # On Reject, ApprovalOperator skips deploy by raising DownstreamTasksSkipped: the task's
+    # document (approved: false, who answered) must be pushed before that.
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import DownstreamTasksSkipped
+
+    from operators.approve import ApproveOperator
+
+    with DAG("churn.train", schedule=None):
+        approve = ApproveOperator(task_id="approve", mode="human", **CONTEXT)
+        approve >> EmptyOperator(task_id="deploy")
+    pushed: dict[str, object] = {}
+
+    class TaskInstance:
+        map_index = -1
+
+        def xcom_pull(self, task_ids: str, key: str) -> dict[str, str]:
+            assert (task_ids, key) == ("approve", "registration")
+            return {"model": "churn", "version": "2"}
+
+        def xcom_push(self, key: str, value: object) -> None:
+            pushed[key] = value
+
+    alice = {"id": "1", "name": "alice"}
+    event = {
+        "chosen_options": [answer],
+        "params_input": {},
+        "responded_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "responded_by_user": alice,
+    }
+    context = {"ti": TaskInstance(), "task": approve}
+    expected = {"model": "churn", "version": "2", "approved": answer == "Approve"}
+    if answer == "Approve":
+        assert approve.execute_complete(context, event) == {**expected, "approved_by": alice}
+    else:
+        with pytest.raises(DownstreamTasksSkipped) as skipped:
+            approve.execute_complete(context, event)
+        assert skipped.value.tasks == ["deploy"]
+        assert pushed["return_value"] == {**expected, "approved_by": alice}
