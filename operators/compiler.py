@@ -153,6 +153,15 @@ def build_dag(
             base["retry_delay"] = task.retry_delay
         if task.timeout is not None:
             base["execution_timeout"] = task.timeout
+        if task.type == "approve":
+            # The workflow's `timeout` bounds compute, not how long people take to answer:
+            # HITLOperator turns an (inherited) execution_timeout into a response deadline
+            # (with a deprecation warning at every parse), so a human approval left unanswered
+            # for 2 h would fail, be retried and page people. Only the approve task's own
+            # `timeout` is its response deadline.
+            base["execution_timeout"] = None
+            if task.timeout is not None:
+                base["response_timeout"] = task.timeout
         if task.doc:
             base["doc_md"] = task.doc
         if task.PRODUCES_DATASET:

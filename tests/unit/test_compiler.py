@@ -282,3 +282,26 @@ def test_report_import_errors_outside_airflow_warns(tmp_path: Path) -> None:
     result = load_projects(projects, expectations_dir=EXPECTATIONS)
     with pytest.warns(UserWarning, match="unknown task 'aa'"):
         report_import_errors(result.problems, tmp_path / "loader.py")
+
+
+def test_human_approval_has_no_response_deadline_unless_its_task_sets_one(churn) -> None:
+    # The workflow's timeout (2 h for churn) must not become the approvers' deadline.
+    import warnings
+
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    with warnings.catch_warnings():
+        # HITLOperator warns when it is given an execution_timeout.
+        warnings.simplefilter("error", AirflowProviderDeprecationWarning)
+        approve = build_dag(churn, "train", project_dir=CHURN_DIR).get_task("approve")
+    assert approve.mode == "human"
+    assert approve.response_timeout is None and approve.execution_timeout is None
+    workflow = churn.workflows["train"]
+    tasks = dict(workflow.tasks)
+    tasks["approve"] = tasks["approve"].model_copy(update={"timeout": timedelta(days=2)})
+    project = churn.model_copy(
+        update={"workflows": {"train": workflow.model_copy(update={"tasks": tasks})}}
+    )
+    approve = build_dag(project, "train", project_dir=CHURN_DIR).get_task("approve")
+    assert approve.response_timeout == timedelta(days=2)
+    assert approve.execution_timeout is None
