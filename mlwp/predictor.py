@@ -33,12 +33,13 @@ class DensePredictor:
     def __init__(self, booster: xgboost.Booster) -> None:
         self.booster = booster
         self._local = threading.local()
+        self._entry: Any = None
         try:
             from xgboost import core
 
             self._lib = core._LIB  # the ctypes handle of libxgboost (the documented C API)
             self._check = core._check_call
-            self._ulong = core.c_bst_ulong
+            self._ulong = ctypes.c_uint64  # XGBoost's bst_ulong
             self._args = core.make_jcargs(
                 type=0,
                 training=False,
@@ -50,7 +51,7 @@ class DensePredictor:
             )
             self._entry = self._lib.XGBoosterPredictFromDense
         except (ImportError, AttributeError):  # another XGBoost layout: use the public call
-            self._entry = None
+            pass
 
     def predict(self, matrix: Array) -> Array:
         """Raw booster output (float32; probabilities for binary and multiclass)."""
