@@ -50,26 +50,32 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def require_key(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
-    """Authenticate the bearer API key and count the request against its rate limit."""
-    # services come from app.state directly: one dependency less on the hot path
+async def authenticate(request: Request) -> ApiKey:
+    """The request's bearer API key, verified and counted against its rate limit."""
     services: Services = request.app.state.services
     if services.keys is None:
         key = ANONYMOUS
     else:
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
             )
-        found = services.keys.verify(credentials.credentials)
+        found = services.keys.verify(token.strip())
         if found is None:
             raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
         key = found
     await services.limiter.hit(key.key_id, key.rate_limit)
     return key
+
+
+async def require_key(
+    request: Request,
+    # declared for OpenAPI's security scheme; authenticate() reads the header itself
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    """Authenticate the bearer API key and count the request against its rate limit."""
+    return await authenticate(request)
 
 
 ApiKeyDep = Annotated[ApiKey, Depends(require_key)]

@@ -1,6 +1,7 @@
 """Predictions: ``POST /v1/models/{model}/predict`` and ``POST /predict`` (the default model).
 
-The hot path reads the raw body, parses it with orjson and checks the rows against the
+The routes are :class:`~serving.api.keyed_route.KeyedRoute` s (no per-request dependency
+solving). The hot path reads the raw body, parses it with orjson and checks the rows against the
 model's compiled feature list; no pydantic model is built per row. Small batches are scored
 on the event loop (a thread hop costs more than an XGBoost call on a few rows), larger ones
 in the thread pool.
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mlwp.preprocessing import RecordError
 from serving.api.deps import ApiKeyDep
+from serving.api.keyed_route import KeyedRoute
 from serving.api.responses import OrjsonResponse, now_iso
 from serving.api.schemas import ERROR_RESPONSES, PredictResponse
 from serving.core.errors import (
@@ -34,7 +36,7 @@ from serving.models.manager import ModelState, Variant
 from serving.services.cache import cache_key
 
 log = structlog.get_logger("mlwp.serving.predict")
-router = APIRouter(tags=["predictions"])
+router = APIRouter(tags=["predictions"], route_class=KeyedRoute)
 
 _BODY = {
     "requestBody": {
