@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -100,6 +101,15 @@ def test_serving_reproduces_training_rows(frame: pd.DataFrame, steps: list[dict]
         from_records = pre.transform_records(split.to_dict(orient="records"))
         assert np.array_equal(from_frame, expected, equal_nan=True)
         assert np.array_equal(from_records, expected, equal_nan=True)
+        # the record-by-record encoder (serving's small batches), on the records as a JSON
+        # request carries them, gives the same rows
+        encoder = pre.record_encoder
+        assert (encoder is None) == any(s["op"] == "derive" for s in steps)
+        if encoder is not None:
+            request = orjson.loads(
+                orjson.dumps(split.to_dict(orient="records"), option=orjson.OPT_SERIALIZE_NUMPY)
+            )
+            assert np.array_equal(encoder.encode(request), expected, equal_nan=True)
 
 
 @SETTINGS

@@ -198,3 +198,50 @@ def test_target_used_in_a_feature_is_refused(frame: pd.DataFrame) -> None:
 def test_listed_categories_must_cover_the_data(frame: pd.DataFrame) -> None:
     with pytest.raises(PreprocessingError, match=r"'contract' has values .* not among"):
         fit(frame, [{"op": "ordinal", "columns": {"contract": ["One year"]}}])
+
+
+def test_record_encoder_equals_the_column_path_for_every_step_but_derive() -> None:
+    from mlwp import preprocessing
+
+    frame = pd.DataFrame(
+        {
+            "amount": ["1.5", "2", None, " 7 "],
+            "flag": ["yes", "no", "1", None],
+            "count": [3.7, -1.2, None, 2.0],
+            "code": [1.0, 2.0, 2.0, None],
+            "city": ["a", "b", None, "a"],
+            "unused": ["x", "y", "z", "w"],
+            "y": ["n", "y", "y", "n"],
+        }
+    )
+    steps = [
+        {"op": "drop", "columns": ["unused"]},
+        {"op": "cast", "columns": {"amount": "float", "flag": "bool", "count": "int"}},
+        {"op": "cast", "columns": {"code": "str"}},
+        {"op": "fill_missing", "columns": {"amount": 0, "city": "mode", "code": "9"}},
+        {"op": "ordinal", "columns": {"y": ["n", "y"]}},
+        {"op": "onehot", "columns": ["city", "code"]},
+        {"op": "scale", "columns": ["count"]},
+        {"op": "rename", "columns": {"flag": "is_flag"}},
+        {"op": "select", "columns": ["is_flag", "amount", "count", "city=a", "code=1", "code=9"]},
+    ]
+    pre = fit(frame, steps).with_target("y")
+    assert pre.record_encoder is not None
+    records = [
+        {"amount": "3.25", "flag": "Y", "count": 4, "code": 2.0, "city": "b"},
+        {"amount": None, "flag": None, "count": None, "code": None, "city": None},
+        {"amount": "", "flag": "false", "count": -0.5, "code": 1, "city": "zzz", "extra": 1},
+        {"flag": "no", "count": 1e6, "code": 9, "city": "a"},  # amount: optional (filled)
+    ]
+    encoded = pre.record_encoder.encode(records)
+    original = preprocessing.ENCODER_MAX_ROWS
+    preprocessing.ENCODER_MAX_ROWS = 0  # the column path
+    try:
+        columns = pre.transform_records(records)
+    finally:
+        preprocessing.ENCODER_MAX_ROWS = original
+    assert pre.outputs == ["is_flag", "amount", "count", "city=a", "code=1", "code=9"]
+    assert np.array_equal(encoded, columns, equal_nan=True)
+    # an unreadable value falls back to the column path, which names row and field
+    with pytest.raises(RecordError, match=r"row 1: field 'flag': cannot read 'maybe'"):
+        pre.transform_records([records[0], {**records[0], "flag": "maybe"}])
