@@ -16,6 +16,7 @@ the predictor falls back to ``inplace_predict``.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -74,12 +75,10 @@ class DensePredictor:
             )
         )
         dimensions = [int(shape[i]) for i in range(dims.value)]
-        count = int(np.prod(dimensions)) if dimensions else 0
-        out = np.empty(count, dtype=np.float32)
-        if count:
-            # the buffer belongs to the booster's thread-local cache: copy it out now
-            ctypes.memmove(out.ctypes.data, preds, count * 4)
-        return out.reshape(dimensions)
+        count = math.prod(dimensions)
+        # the buffer belongs to the booster's thread-local cache: copy it out now
+        copied = ctypes.string_at(preds, count * 4) if count else b""
+        return np.frombuffer(copied, dtype=np.float32).reshape(dimensions)
 
     def _proxy(self) -> ctypes.c_void_p:
         proxy: _Proxy | None = getattr(self._local, "proxy", None)
@@ -104,7 +103,7 @@ class _Proxy:
 
 def _array_interface(data: Array) -> bytes:
     """The ``__array_interface__`` JSON XGBoost reads (C-contiguous float32 only)."""
-    pointer = data.ctypes.data
+    pointer = data.__array_interface__["data"][0]
     rows, columns = data.shape if data.ndim == 2 else (data.shape[0], 1)
     return b'{"data":[%d,false],"shape":[%d,%d],"typestr":"<f4","version":3,"strides":null}' % (
         pointer,

@@ -16,7 +16,6 @@ import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from starlette.concurrency import run_in_threadpool
 
 from serving.api.errors import install_error_handlers
 from serving.api.middleware import ServingMiddleware
@@ -35,13 +34,16 @@ Authenticate with `Authorization: Bearer <key>` (keys come from `mlwp keys creat
 
 
 async def _poll(services: Services) -> None:
-    """Sync at start (so readiness turns true), then every poll interval."""
+    """Sync at start (so readiness turns true), then every poll interval. The syncs go
+    through the runner like ``POST /admin/reload``, so the two never run at once."""
     interval = services.settings.poll_interval_seconds
+    trigger = "start"
     while True:
         try:
-            await run_in_threadpool(services.models.sync)
+            await services.syncs.sync(trigger)
         except Exception as exc:  # the poller must survive anything; sync reports its own errors
             log.error("sync_failed", error=repr(exc))
+        trigger = "poll"
         if interval <= 0:
             return
         await asyncio.sleep(interval)
@@ -72,7 +74,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    for module in (health, predict, models, admin, metrics):
+    # predictions first: the router tries routes in order, and these take the traffic
+    for module in (predict, health, models, admin, metrics):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(

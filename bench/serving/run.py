@@ -410,26 +410,26 @@ def main() -> None:
             wait(f"http://127.0.0.1:{cache_port}/health/ready", proc, work / "mlwp-cache.log")
             body = [bodies[1]["mlwp"][0]]
             drive(cache_port, f"/v1/models/{name}/predict", body, auth, 8, 1.0, 2000)
-            cache_runs = sorted(
-                (
-                    drive(
-                        cache_port,
-                        f"/v1/models/{name}/predict",
-                        body,
-                        auth,
-                        8,
-                        args.seconds,
-                        args.max_requests,
-                    )
-                    for _ in range(args.repeats)
-                ),
-                key=lambda r: r["rps"],
-            )
+            cache_runs = []
+            for _ in range(args.repeats):
+                before = cpu_seconds(proc)
+                result = drive(
+                    cache_port,
+                    f"/v1/models/{name}/predict",
+                    body,
+                    auth,
+                    8,
+                    args.seconds,
+                    args.max_requests,
+                )
+                result["cpu_us"] = (cpu_seconds(proc) - before) / max(1, result["requests"]) * 1e6
+                cache_runs.append(result)
+            cache_runs.sort(key=lambda r: r["rps"])
             cache = cache_runs[len(cache_runs) // 2]
             print(
                 f"cache hits (1 row, c=8): {cache['rps']:.0f} req/s, "
                 f"p50 {cache['p50_ms']:.2f} ms, p99 {cache['p99_ms']:.2f} ms, "
-                f"errors {cache['errors']}"
+                f"cpu {cache['cpu_us']:.0f} us/req, errors {cache['errors']}"
             )
         if args.out:
             args.out.write_text(json.dumps({"results": results, "cache_hits": cache}, indent=2))

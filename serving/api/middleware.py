@@ -4,9 +4,9 @@ microseconds, not a task per request.)"""
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -14,7 +14,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.responses import error_body
-from serving.core.metrics import Metrics
+from serving.core.metrics import Metrics, child
 
 log = structlog.get_logger("mlwp.serving.access")
 
@@ -53,7 +53,7 @@ class ServingMiddleware:
                 incoming = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
@@ -81,8 +81,8 @@ class ServingMiddleware:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
-            self.metrics.request_seconds.labels(template).observe(elapsed)
+            child(self.metrics.requests, template, scope["method"], str(status)).inc()
+            child(self.metrics.request_seconds, template).observe(elapsed)
             if status >= 400:
                 log.info(
                     "request",

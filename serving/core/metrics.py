@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -109,3 +111,10 @@ class Metrics:
         self.predictions_logged = counter(
             "mlwp_serving_predictions_logged", "Sampled predictions written to the log.", ("sink",)
         )
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered: the hot path asks for the same few children
+    on every request, and ``labels()`` validates and locks each time."""
+    return metric.labels(*labels)

@@ -31,6 +31,7 @@ from serving.core.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from serving.core.metrics import child
 from serving.core.state import Services
 from serving.models.manager import ModelState, Variant
 from serving.services.cache import cache_key
@@ -191,11 +192,11 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
             scored = _score(variant, data)
         else:
             scored = await run_in_threadpool(_score, variant, data)
-        metrics.prediction_seconds.labels(model, alias).observe(time.perf_counter() - started)
+        child(metrics.prediction_seconds, model, alias).observe(time.perf_counter() - started)
         if key is not None and services.cache is not None:
             await services.cache.set(key, scored)
-    metrics.prediction_requests.labels(model, alias).inc()
-    metrics.predictions.labels(model, alias, variant.version).inc(len(data))
+    child(metrics.prediction_requests, model, alias).inc()
+    child(metrics.predictions, model, alias, variant.version).inc(len(data))
 
     response = {
         "predictions": scored["predictions"],
