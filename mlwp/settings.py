@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     statsd_host: str = "127.0.0.1"
     statsd_port: int = 9125
 
+    serving_admin_key: SecretStr | None = Field(
+        default=None,
+        description="API key (admin scope) the deploy task sends with POST /admin/reload.",
+    )
+    deploy_serving_timeout_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a deploy task waits for serving to show the deployed version "
+        "(0: ask for the reload, do not wait).",
+    )
+
     admin_username: str = "admin"
     admin_password: SecretStr | None = Field(
         default=None, description="Initial admin password; generated and saved when unset."

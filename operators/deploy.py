@@ -12,6 +12,8 @@ from operators._common import MlwpOperator, check_choice
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from mlwp.serving_client import ReloadOutcome
+
 ALIASES = ("champion", "challenger")
 
 
@@ -20,8 +22,11 @@ class DeployOperator(MlwpOperator):
 
     The registry is the whole contract with serving: the alias and the ``mlwp.traffic`` tag
     are what it reads. Afterwards the serving service is asked to reload
-    (``POST <serving url>/admin/reload``); when it is not reachable that is logged and
-    ignored, because serving also polls the registry.
+    (``POST <serving url>/admin/reload``, answered at once) and the task waits, at most
+    ``serving_timeout`` seconds (default ``MLWP_DEPLOY_SERVING_TIMEOUT_SECONDS``, 60), until
+    ``GET /v1/models`` shows the version under the alias (``mlwp.serving_client``). What it
+    saw is logged and returned; serving being unreachable, slow or failing to load never
+    fails the task, because the registry is the contract and serving also polls it.
     """
 
     template_fields: Sequence[str] = ("model", "alias", "traffic")
@@ -36,6 +41,7 @@ class DeployOperator(MlwpOperator):
         traffic: dict[str, int] | None = None,
         input: str | None = None,
         serving_url: str | None = None,
+        serving_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,6 +62,9 @@ class DeployOperator(MlwpOperator):
         self.traffic = traffic
         self.input = input
         self.serving_url = serving_url
+        if serving_timeout is not None and serving_timeout < 0:
+            raise ValueError(f"task {self.task_id!r}: serving_timeout must be >= 0")
+        self.serving_timeout = serving_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp import registry
@@ -97,7 +106,7 @@ class DeployOperator(MlwpOperator):
             snapshot["aliases"],
             snapshot["traffic"],
         )
-        reloaded = self._reload_serving()
+        serving = self._reload_serving(alias, version, snapshot["traffic"])
         self.stat("incr", f"deploy.{alias}")
         return {
             "model": self.model,
@@ -106,30 +115,29 @@ class DeployOperator(MlwpOperator):
             "previous_version": current.get(alias),
             "aliases": snapshot["aliases"],
             "traffic": snapshot["traffic"],
-            "serving_reloaded": reloaded,
+            "serving_reloaded": serving.state in ("serving", "requested"),
+            "serving": serving.as_dict(),
         }
 
-    def _reload_serving(self) -> bool:
-        import os
-
-        import httpx
-
+    def _reload_serving(
+        self, alias: str, version: str, traffic: dict[str, Any] | None
+    ) -> ReloadOutcome:
+        from mlwp.serving_client import reload_and_wait
         from mlwp.settings import get_settings
 
-        url = (self.serving_url or get_settings().serving_url).rstrip("/") + "/admin/reload"
-        headers = {}
-        key = os.environ.get("MLWP_SERVING_ADMIN_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        try:
-            response = httpx.post(url, headers=headers, timeout=10.0)
-        except httpx.HTTPError as exc:
-            self.log.info("Serving not reachable at %s (%s); it will pick up the change", url, exc)
-            return False
-        if response.status_code >= 400:
-            self.log.warning(
-                "Serving answered %s to %s: %s", response.status_code, url, response.text[:300]
-            )
-            return False
-        self.log.info("Serving reloaded: %s", response.text[:300])
-        return True
+        settings = get_settings()
+        key = settings.serving_admin_key
+        return reload_and_wait(
+            self.serving_url or settings.serving_url,
+            self.model,
+            alias,
+            version,
+            traffic,
+            api_key=key.get_secret_value() if key else None,
+            timeout=(
+                settings.deploy_serving_timeout_seconds
+                if self.serving_timeout is None
+                else self.serving_timeout
+            ),
+            log=self.log,
+        )

@@ -49,6 +49,19 @@ class HealthResponse(BaseModel):
     detail: dict[str, Any] | None = None
 
 
+class SyncInfo(BaseModel):
+    """One registry sync of the service."""
+
+    id: int
+    state: str = Field(description="queued, running or finished")
+    trigger: str = Field(description="start, poll or reload: what asked for it first")
+    requested_at: str
+    started_at: str | None
+    finished_at: str | None
+    joined: int = Field(description="How many later requests joined it")
+    error: str | None = Field(description="An unexpected failure of the sync itself")
+
+
 class ModelsResponse(BaseModel):
     """Every served model: variants, versions, traffic, signature and load errors."""
 
@@ -57,9 +70,17 @@ class ModelsResponse(BaseModel):
     registry_error: str | None
     missing_models: dict[str, str] = {}
     last_sync: str | None
+    syncs: dict[str, SyncInfo | None] = Field(
+        default_factory=dict, description="The running, queued and last finished sync"
+    )
 
 
 class ReloadResponse(BaseModel):
+    """The sync that will serve this request and what serves now (its result when done)."""
+
+    status: str = Field(description="started, queued (behind a running sync) or joined")
+    done: bool
+    sync: SyncInfo
     registry_error: str | None
     models: dict[str, Any]
 

@@ -8,6 +8,7 @@ from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
 from serving.keys.store import KeyStore, migrate
 from serving.models.manager import ModelManager
+from serving.models.syncs import SyncRunner
 from serving.services.cache import PredictionCache
 from serving.services.prediction_log import PredictionLog
 from serving.services.ratelimit import RateLimiter
@@ -21,6 +22,7 @@ class Services:
     settings: ServingSettings
     metrics: Metrics
     models: ModelManager
+    syncs: SyncRunner
     keys: KeyStore | None
     limiter: RateLimiter
     cache: PredictionCache | None
@@ -49,10 +51,12 @@ class Services:
         cache = None
         if link is not None and settings.cache_enabled:
             cache = PredictionCache(link, settings.cache_ttl_seconds, metrics)
+        models = ModelManager(settings, metrics)
         return cls(
             settings=settings,
             metrics=metrics,
-            models=ModelManager(settings, metrics),
+            models=models,
+            syncs=SyncRunner(models),
             keys=keys,
             limiter=RateLimiter(settings.rate_limit, metrics, link),
             cache=cache,
@@ -68,6 +72,7 @@ class Services:
         )
 
     async def close(self) -> None:
+        await self.syncs.close()
         if self.redis is not None:
             await self.redis.close()
         if self.keys is not None:

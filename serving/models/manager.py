@@ -5,9 +5,11 @@ model, the aliases ``champion``, ``challenger`` and optional ``shadow`` name ver
 registered-model tag ``mlwp.traffic`` holds the split (``{"champion": 90, "challenger": 10}``;
 champion 100 when absent).
 
-A sync reads the registry, loads versions it does not have yet (download, ``mlwp.model.load``,
-warm-up) and then swaps the model's whole state in one assignment, so a request sees either
-the old state or the new one, never a mix. A version that fails to load leaves the previous
+Syncs are requested through ``serving.models.syncs.SyncRunner`` (by the poller and
+``POST /admin/reload``), which runs one at a time in the background. A sync reads the
+registry, loads versions it does not have yet (download, ``mlwp.model.load``, warm-up) and
+then swaps the model's whole state in one assignment, so a request sees either the old state
+or the new one, never a mix. A version that fails to load leaves the previous
 one serving and is reported in ``/v1/models`` and the metrics. An unreachable registry
 leaves everything as it is.
 """
@@ -238,6 +240,10 @@ class ModelManager:
             self.last_sync = _now()
             self.synced_once = True
             return {"registry_error": None, "models": self._summary()}
+
+    def summary(self) -> dict[str, Any]:
+        """What serves now, in the shape ``sync`` returns."""
+        return {"registry_error": self.registry_error, "models": self._summary()}
 
     def _summary(self) -> dict[str, Any]:
         return {

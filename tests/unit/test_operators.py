@@ -69,11 +69,40 @@ def test_template_fields_and_construction(task_type: str) -> None:
         ("approve", {"mode": "maybe"}, "mode must be one of human, auto"),
         ("deploy", {"model": "m", "traffic": {"champion": 90, "challenger": 20}}, "sum to 100"),
         ("deploy", {"model": "m", "alias": "shadow"}, "alias must be one of"),
+        ("deploy", {"model": "m", "serving_timeout": -1}, "serving_timeout must be >= 0"),
     ],
 )
 def test_bad_arguments_are_named(task_type: str, fields: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         operator_class(task_type)(task_id="t", **fields, **CONTEXT)
+
+
+def test_deploy_waits_for_serving_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlwp import serving_client
+    from operators.deploy import DeployOperator
+
+    calls: list[tuple[tuple, dict]] = []
+
+    def fake(*args: object, **kwargs: object) -> serving_client.ReloadOutcome:
+        calls.append((args, kwargs))
+        return serving_client.ReloadOutcome("serving", "serving shows it", 1.5)
+
+    monkeypatch.setattr(serving_client, "reload_and_wait", fake)
+    monkeypatch.setenv("MLWP_SERVING_ADMIN_KEY", "mlwp_admin")
+    monkeypatch.setenv("MLWP_DEPLOY_SERVING_TIMEOUT_SECONDS", "7")
+    monkeypatch.setenv("MLWP_SERVING_PORT", "8123")
+    deploy = DeployOperator(task_id="deploy", model="churn", **CONTEXT)
+    outcome = deploy._reload_serving("champion", "3", {"champion": 100})
+    assert outcome.confirmed
+    ((args, kwargs),) = calls
+    assert args == ("http://127.0.0.1:8123", "churn", "champion", "3", {"champion": 100})
+    assert kwargs["api_key"] == "mlwp_admin" and kwargs["timeout"] == 7.0
+
+    calls.clear()
+    DeployOperator(
+        task_id="deploy", model="churn", serving_timeout=0, serving_url="http://s", **CONTEXT
+    )._reload_serving("champion", "3", None)
+    assert calls[0][0][0] == "http://s" and calls[0][1]["timeout"] == 0
 
 
 def test_train_keeps_dag_params_apart_from_xgboost_params() -> None:

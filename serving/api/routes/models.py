@@ -26,5 +26,6 @@ async def list_models(services: ServicesDep, key: ApiKeyDep) -> OrjsonResponse:
             "registry_error": manager.registry_error,
             "missing_models": dict(manager.missing),
             "last_sync": manager.last_sync,
+            "syncs": services.syncs.describe(),
         }
     )

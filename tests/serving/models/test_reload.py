@@ -51,7 +51,7 @@ async def test_version_swap_under_concurrent_load_fails_no_request(
         v2 = await asyncio.to_thread(register_version, mlflow_server, model_name, model_dirs["v2"])
         await asyncio.to_thread(_set_alias, mlflow_server, model_name, "champion", v2)
         reload = await asyncio.wait_for(
-            svc.client.post("/admin/reload", headers=svc.auth()), timeout=90
+            svc.client.post("/admin/reload?wait=true", headers=svc.auth()), timeout=90
         )
         assert reload.status_code == 200, reload.text
         assert reload.json()["models"][model_name]["variants"] == {"champion": v2}
@@ -66,6 +66,54 @@ async def test_version_swap_under_concurrent_load_fails_no_request(
         assert v1 not in versions[first_v2:]
 
 
+async def test_slow_load_answers_at_once_and_the_reload_still_lands(
+    make_settings: Any,
+    mlflow_server: str,
+    model_dirs: Any,
+    model_name: str,
+    records: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load slower than any caller waits: the reloads answer 202 at once, join at most one
+    follow-up sync, and the new version serves when the load ends (polling is off)."""
+    from serving.models import manager as manager_module
+
+    register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
+    async with running(make_settings(models=[model_name])) as svc:
+        v2 = await asyncio.to_thread(register_version, mlflow_server, model_name, model_dirs["v2"])
+        await asyncio.to_thread(_set_alias, mlflow_server, model_name, "champion", v2)
+        real_load = manager_module._load_mlwp_model
+        loads: list[str] = []
+
+        def slow_load(path: Any, threads: int) -> Any:
+            loads.append(str(path))
+            time.sleep(3)
+            return real_load(path, threads)
+
+        monkeypatch.setattr(manager_module, "_load_mlwp_model", slow_load)
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(svc.client.post("/admin/reload", headers=svc.auth()) for _ in range(4))
+        )
+        assert time.monotonic() - started < 3, "a reload waited for the load"
+        assert [a.status_code for a in answers] == [202] * 4
+        assert len({a.json()["sync"]["id"] for a in answers}) <= 2  # joined, not four syncs
+
+        deadline = time.monotonic() + 90
+        while True:
+            listed = (await svc.client.get("/v1/models", headers=svc.auth())).json()
+            variants = {v["alias"]: v["version"] for v in listed["models"][0]["variants"]}
+            if variants == {"champion": v2} and listed["syncs"]["running"] is None:
+                break
+            assert time.monotonic() < deadline, listed
+            await asyncio.sleep(0.2)
+        assert len(loads) == 1  # the follow-up sync reused the loaded version
+        response = await svc.client.post(
+            f"/v1/models/{model_name}/predict", json={"data": records}, headers=svc.auth()
+        )
+        assert response.status_code == 200 and response.json()["model_version"] == v2
+
+
 async def test_corrupted_new_version_leaves_the_old_one_serving(
     make_settings: Any, mlflow_server: str, model_dirs: Any, model_name: str, records: Any
 ) -> None:
@@ -73,7 +121,7 @@ async def test_corrupted_new_version_leaves_the_old_one_serving(
     async with running(make_settings(models=[model_name])) as svc:
         bad = register_version(mlflow_server, model_name, corrupt_model_dir(model_dirs["v1"]))
         _set_alias(mlflow_server, model_name, "champion", bad)
-        reload = await svc.client.post("/admin/reload", headers=svc.auth())
+        reload = await svc.client.post("/admin/reload?wait=true", headers=svc.auth())
         assert reload.status_code == 200
         (error,) = reload.json()["models"][model_name]["load_errors"]
         assert error["alias"] == "champion" and error["version"] == bad

@@ -120,7 +120,7 @@ async def test_mlflow_stopped_keeps_serving(
             from serving_harness import stop_mlflow
 
             stop_mlflow(uri)
-            reload = await svc.client.post("/admin/reload", headers=svc.auth())
+            reload = await svc.client.post("/admin/reload?wait=true", headers=svc.auth())
             assert reload.status_code == 200
             assert reload.json()["registry_error"]
             for _ in range(10):
