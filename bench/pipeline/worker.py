@@ -116,10 +116,18 @@ def task_latencies(dag_id: str, run_id: str) -> dict[str, Any]:
         rows = session.scalars(
             select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
         ).all()
+        previous_end = None
         for ti in sorted(rows, key=lambda t: t.start_date or t.queued_dttm):
             queued = ti.queued_dttm
             out[ti.task_id] = {
                 "state": str(ti.state),
+                # The scheduler's share before a task: the upstream task's end (the chain is
+                # linear) to this one being queued, then queued to started by a worker.
+                "upstream_end_to_queued": (
+                    round((queued - previous_end).total_seconds(), 3)
+                    if queued and previous_end
+                    else None
+                ),
                 "queued_to_start": (
                     round((ti.start_date - queued).total_seconds(), 3)
                     if queued and ti.start_date
@@ -127,6 +135,7 @@ def task_latencies(dag_id: str, run_id: str) -> dict[str, Any]:
                 ),
                 "duration": round(ti.duration, 3) if ti.duration is not None else None,
             }
+            previous_end = ti.end_date or previous_end
     return out
 
 
