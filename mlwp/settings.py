@@ -58,6 +58,12 @@ class Settings(BaseSettings):
 
     executor: str = Field(default="LocalExecutor")
     parallelism: int = Field(default=8, ge=1)
+    preload: bool = Field(
+        default=True,
+        description="LocalExecutor only: start task processes from a scheduler-side "
+        "forkserver that imported the ML stack once (mlwp.platform.airflow_config."
+        "PRELOAD_MODULES), so each task starts warm; false keeps Airflow's plain fork.",
+    )
     jwt_expiration_seconds: int = Field(default=3600, ge=60)
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"

@@ -12,6 +12,67 @@ from mlwp.settings import Settings
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 
+# What a task process of the shipped workflows imports: the heavy libraries first (imported
+# before Airflow configures logging, so GX's import-time chatter stays out of the scheduler
+# log), then Airflow's task runner and mlwp's own modules (which import the heavy libraries
+# lazily, inside functions, so the DAG processor stays light: they are listed for themselves).
+# Each entry costs memory once (shared copy-on-write by every task), not per task. A missing
+# module is skipped by multiprocessing; tests/unit/test_settings.py checks they all exist.
+PRELOAD_MODULES: tuple[str, ...] = (
+    "numpy",
+    "pandas",
+    "pyarrow.parquet",
+    "fsspec",
+    "sklearn.metrics",
+    "xgboost",
+    "optuna",
+    "matplotlib",
+    "mlflow",
+    "mlflow.models",
+    "mlflow.xgboost",
+    "great_expectations",
+    "airflow.sdk.execution_time.task_runner",
+    "airflow.executors.local_executor",
+    "operators.compiler",
+    "operators._registry",
+    "mlwp.etl",
+    "mlwp.storage",
+    "mlwp.validation",
+    "mlwp.transform",
+    "mlwp.registry",
+    "mlwp.training.pipeline",
+    "mlwp.training.tracking",
+    "mlwp.training.tuning",
+)
+
+
+def preload_config(settings: Settings) -> dict[tuple[str, str], str]:
+    """Start LocalExecutor tasks warm: Airflow's own forkserver preload, scheduler only.
+
+    On Linux the LocalExecutor forks its workers from the scheduler and each worker's
+    supervisor ``os.fork``s the task process, which then imports pandas, MLflow, XGBoost and
+    GX again: 5-15 s of every task on a laptop, paid once in a plain Python process. With
+    ``[scheduler] mp_start_method = forkserver`` the workers come from a forkserver process
+    the scheduler starts at its first task, and ``[scheduler] mp_forkserver_preload`` makes
+    that server import :data:`PRELOAD_MODULES` once (Airflow 3.3, ``airflow.utils.
+    process_utils.set_component_mp_start_method``), like gunicorn's ``--preload``. Workers,
+    then task processes, are forked from it and inherit the modules copy-on-write.
+
+    Why a forkserver rather than importing in the scheduler: the scheduler (its threads, its
+    database connections, its memory) stays as Airflow ships it, and the forkserver is a fresh
+    single-threaded process that only imports (no thread pool is started by these imports;
+    OpenBLAS's and jemalloc's native helper threads have fork handlers), so forking it is as
+    safe as gunicorn preloading a pandas app. The options are read with the ``[scheduler]``
+    section first, so the dag-processor and the triggerer keep plain ``fork`` and never
+    import the ML stack; the api-server has no executor. ``MLWP_PRELOAD=false`` turns it off.
+    """
+    if not settings.preload or settings.executor != "LocalExecutor":
+        return {}
+    return {
+        ("scheduler", "mp_start_method"): "forkserver",
+        ("scheduler", "mp_forkserver_preload"): ",".join(PRELOAD_MODULES),
+    }
+
 
 def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
     """Return Airflow options as ``{(section, key): value}`` for these settings."""
@@ -53,7 +114,15 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
         # A laptop should see new definitions quickly; production keeps Airflow's defaults.
         ("dag_processor", "refresh_interval"): "30",
         ("dag_processor", "min_file_process_interval"): "30",
+        # The scheduler loop sleeps this long when a pass found nothing to do, which is how it
+        # waits for a running task: the next task of a chain is queued on average half of it
+        # after its upstream ends. Airflow's 1 s costs ~0.5 s per task (about 4 s on the
+        # 8-task churn train workflow); 0.5 s halves that for a few more idle database
+        # queries a second, a fair trade on a laptop. (The scheduler does not parse DAG files
+        # in Airflow 3, and its heartbeat only records liveness: neither delays tasks.)
+        ("scheduler", "scheduler_idle_sleep_time"): "0.5",
     }
+    config.update(preload_config(settings))
     if settings.secrets_manager_region:
         from mlwp.security.secrets_backend import secrets_manager_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlwp.platform.airflow_config import FAB_AUTH_MANAGER, airflow_environment
+from mlwp.platform.airflow_config import FAB_AUTH_MANAGER, PRELOAD_MODULES, airflow_environment
 from mlwp.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -39,6 +39,11 @@ def test_airflow_uses_fab_and_no_examples(tmp_path: Path) -> None:
     assert env["AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME"] == "3600"
 
 
+def test_scheduler_queues_the_next_task_of_a_chain_promptly(tmp_path: Path) -> None:
+    env = airflow_environment(Settings(home=tmp_path))
+    assert float(env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"]) <= 0.5
+
+
 def test_secrets_are_private_and_stable(tmp_path: Path) -> None:
     first = airflow_environment(Settings(home=tmp_path))
     second = airflow_environment(Settings(home=tmp_path))
@@ -65,3 +70,39 @@ def test_secrets_manager_backend_is_off_by_default_and_on_by_setting(
     kwargs = json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])
     assert kwargs["region_name"] == "eu-west-1"
     assert kwargs["connections_prefix"] == "mlwp/connections"
+
+
+def test_local_executor_tasks_start_from_a_preloaded_forkserver(tmp_path: Path) -> None:
+    env = airflow_environment(Settings(home=tmp_path))
+    assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver"
+    assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(PRELOAD_MODULES)
+    # Scheduler only: the dag-processor and triggerer keep plain fork and a light import set.
+    assert "AIRFLOW__CORE__MP_START_METHOD" not in env
+    assert "AIRFLOW__CORE__MP_FORKSERVER_PRELOAD" not in env
+    assert not any(key.startswith("AIRFLOW__DAG_PROCESSOR__MP_") for key in env)
+    assert not any(key.startswith("AIRFLOW__TRIGGERER__MP_") for key in env)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("MLWP_PRELOAD", "false"), ("MLWP_EXECUTOR", "CeleryExecutor")]
+)
+def test_preload_can_be_turned_off_and_only_serves_the_local_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    env = airflow_environment(Settings(home=tmp_path))
+    assert "AIRFLOW__SCHEDULER__MP_START_METHOD" not in env
+    assert "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD" not in env
+
+
+def test_preloaded_modules_exist_without_importing_them() -> None:
+    # multiprocessing's forkserver silently skips a module it cannot import, so a typo would
+    # quietly bring the cold start back. PathFinder walks the packages without importing them.
+    from importlib.machinery import PathFinder
+
+    for name in PRELOAD_MODULES:
+        path = None
+        for part in name.split("."):
+            spec = PathFinder.find_spec(part, path)
+            assert spec is not None, name
+            path = spec.submodule_search_locations

@@ -79,6 +79,8 @@ def test_airflow_options_agree_with_the_generated_configuration(
         "AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME",
         "AIRFLOW__API_AUTH__JWT_ISSUER",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",
+        "AIRFLOW__SCHEDULER__MP_START_METHOD",
+        "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD",
         "AIRFLOW__METRICS__STATSD_PREFIX",
     ]
     for name in AIRFLOW_SERVICES:
