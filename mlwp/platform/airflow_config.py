@@ -51,18 +51,20 @@ def preload_config(settings: Settings) -> dict[tuple[str, str], str]:
 
     On Linux the LocalExecutor forks its workers from the scheduler and each worker's
     supervisor ``os.fork``s the task process, which then imports pandas, MLflow, XGBoost and
-    GX again: 5-15 s of every task on a laptop, paid once in a plain Python process. With
+    GX again: 3-7 s of every task on an idle two-core machine, paid once in one process. With
     ``[scheduler] mp_start_method = forkserver`` the workers come from a forkserver process
-    the scheduler starts at its first task, and ``[scheduler] mp_forkserver_preload`` makes
-    that server import :data:`PRELOAD_MODULES` once (Airflow 3.3, ``airflow.utils.
-    process_utils.set_component_mp_start_method``), like gunicorn's ``--preload``. Workers,
-    then task processes, are forked from it and inherit the modules copy-on-write.
+    (started with the scheduler by the ``mlwp_forkserver`` plugin, else at the first task),
+    and ``[scheduler] mp_forkserver_preload`` makes that server import
+    :data:`PRELOAD_MODULES` once (Airflow 3.3, ``airflow.utils.process_utils.
+    set_component_mp_start_method``), like gunicorn's ``--preload``. Workers, then task
+    processes, are forked from it and inherit the modules copy-on-write.
 
     Why a forkserver rather than importing in the scheduler: the scheduler (its threads, its
     database connections, its memory) stays as Airflow ships it, and the forkserver is a fresh
-    single-threaded process that only imports (no thread pool is started by these imports;
-    OpenBLAS's and jemalloc's native helper threads have fork handlers), so forking it is as
-    safe as gunicorn preloading a pandas app. The options are read with the ``[scheduler]``
+    interpreter (fork+exec) that only imports. No Python thread runs in it; the native helper
+    threads some libraries start at import (OpenBLAS, pyarrow's jemalloc) register fork
+    handlers, as for gunicorn preloading a pandas app. (Python 3.12+ warns when forking with
+    such threads; to re-check on that upgrade.) The options are read from the ``[scheduler]``
     section first, so the dag-processor and the triggerer keep plain ``fork`` and never
     import the ML stack; the api-server has no executor. ``MLWP_PRELOAD=false`` turns it off.
     """
