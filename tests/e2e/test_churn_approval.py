@@ -101,12 +101,17 @@ class Approver(threading.Thread):
             if pending:
                 (self.request,) = pending
                 ti = self.request["task_instance"]
-                answered = self.api.patch(
+                path = (
                     f"/api/v2/dags/{DAG_ID}/dagRuns/{ti['dag_run_id']}/taskInstances/"
-                    f"{ti['task_id']}/{ti['map_index']}/hitlDetails",
-                    json={"chosen_options": [self.answer]},
+                    f"{ti['task_id']}/{ti['map_index']}/hitlDetails"
                 )
-                assert answered.status_code == 200, answered.text
+                answered = self.api.patch(path, json={"chosen_options": [self.answer]})
+                for _ in range(5):  # once seen in CI (2 workers): a 403 here; retried, traced
+                    if answered.status_code != 403:
+                        break
+                    time.sleep(2)
+                    answered = self.api.patch(path, json={"chosen_options": [self.answer]})
+                assert answered.status_code == 200, (answered.text, _permissions(APPROVER))
                 self.response = answered.json()
                 return
             time.sleep(0.5)
@@ -126,6 +131,24 @@ class Approver(threading.Thread):
                 )
             ):
                 ti.state = TaskInstanceState.FAILED
+
+
+def _permissions(username: str) -> list[str]:
+    """The approver's roles and DAG/HITL permissions, to explain a refusal."""
+    from airflow.providers.fab.auth_manager.models import User
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            return [f"no user {username!r}"]
+        return sorted(
+            f"{role.name}: {perm.action.name} on {perm.resource.name}"
+            for role in user.roles
+            for perm in role.permissions
+            if "DAG" in perm.resource.name or "HITL" in perm.resource.name
+        )
 
 
 def run_with_approver(dag: Any, api: Any, answer: str) -> tuple[Any, Approver]:
