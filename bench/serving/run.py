@@ -258,7 +258,7 @@ def main() -> None:
                     "--artifacts-destination",
                     (work / "artifacts").as_uri(),
                 ],
-                {},
+                {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner to compete
                 work / "mlflow.log",
             )
             procs.append(proc)

@@ -51,6 +51,8 @@ def start_mlflow(root: Path, *, port: int | None = None, timeout: float = 600) -
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # MLflow 3 otherwise starts a job runner with seven huey consumers per server
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     try:
         deadline = time.monotonic() + timeout
