@@ -401,11 +401,6 @@ class Step:
             for name, categories in self.spec["columns"].items()
         }
 
-    @cached_property
-    def expression(self) -> Expression:
-        """derive: the parsed expression."""
-        return self.expression_at("derive")
-
     def expression_at(self, where: str) -> Expression:
         """derive: the parsed expression, reporting problems at ``where``."""
         cache: dict[str, Expression] = self.__dict__.setdefault("_expressions", {})
@@ -419,7 +414,7 @@ class Step:
         if op in ("select", "drop"):
             return list(spec["columns"])
         if op == "derive":
-            return list(self.expression.columns)
+            return list(self.expression_at("derive").columns)
         return list(spec["values" if op == "fill_missing" else "columns"])
 
 

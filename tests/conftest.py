@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import pytest
+from server_process import run_mlflow_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -67,50 +64,6 @@ def service_unavailable(name: str, url: str, exc: BaseException) -> None:
     if services_required():
         pytest.fail(f"{message} (MLWP_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Stop a process started with ``start_new_session=True`` and every child it made."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-            os.killpg(proc.pid, 0)  # anything left in the group?
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            continue
-    proc.wait()
-
-
-def wait_for_http(
-    url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
-) -> None:
-    """Poll ``url`` until it answers below 500, the process dies, or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code < 500:
-                return
-            last = response.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} did not answer within {timeout}s (last: {last})")
 
 
 @pytest.fixture(scope="session")
@@ -161,39 +114,8 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real MLflow tracking server (SQLite + local artifacts) on a free port; yields its URL."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            (root / "artifacts").as_uri(),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # MLflow 3.x otherwise starts a job runner with seven huey consumers per server.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    try:
-        wait_for_http(f"{url}/health", timeout=300, proc=proc)
-    except Exception:
-        stop_process_group(proc)
-        raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
-    yield url
-    stop_process_group(proc)
-    log.close()
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow"), timeout=300) as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -120,3 +120,28 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def assert_lineage(
+    tags: dict[str, str],
+    *,
+    project: str,
+    run: Any,
+    version: Any,
+    extracted: dict[str, Any],
+    metric: str,
+) -> None:
+    """The lineage tags of contract 4 on a version registered by ``run`` from ``extracted``."""
+    assert tags["mlwp.project"] == project
+    assert tags["mlwp.workflow"] == "train"
+    assert tags["mlwp.dag_id"] == f"{project}.train"
+    assert tags["mlwp.airflow_run_id"] == run.run_id
+    assert tags["mlwp.dataset_uri"] == extracted["uri"]
+    assert tags["mlwp.dataset_sha256"] == extracted["sha256"]
+    assert tags["mlwp.gx_success"] == "true"
+    assert '"unsuccessful":0' in tags["mlwp.gx_statistics"]
+    assert tags["mlwp.backend"] == "local"
+    assert tags["mlwp.code_version"]
+    assert tags["mlwp.mlflow_run_id"] == version.run_id
+    assert tags["mlwp.job_name"].startswith(run.run_id)
+    assert f'"{metric}"' in tags["mlwp.test_metrics"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from churn_workflow import CHURN, MODEL, churn_dag, states, versions, xcom
+from churn_workflow import CHURN, MODEL, assert_lineage, churn_dag, states, versions, xcom
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -52,19 +52,14 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     tags = version.tags
     storage = Storage(pipeline_env.as_uri())
     (extracted,) = storage.versions("churn", "extract")
-    assert tags["mlwp.project"] == "churn"
-    assert tags["mlwp.workflow"] == "train"
-    assert tags["mlwp.dag_id"] == "churn.train"
-    assert tags["mlwp.airflow_run_id"] == run.run_id
-    assert tags["mlwp.dataset_uri"] == extracted["uri"]
-    assert tags["mlwp.dataset_sha256"] == extracted["sha256"]
-    assert tags["mlwp.gx_success"] == "true"
-    assert '"unsuccessful":0' in tags["mlwp.gx_statistics"]
-    assert tags["mlwp.backend"] == "local"
-    assert tags["mlwp.code_version"]
-    assert tags["mlwp.mlflow_run_id"] == version.run_id
-    assert tags["mlwp.job_name"].startswith(run.run_id)
-    assert '"roc_auc"' in tags["mlwp.test_metrics"]
+    assert_lineage(
+        tags,
+        project="churn",
+        run=run,
+        version=version,
+        extracted=extracted,
+        metric="roc_auc",
+    )
 
     # The definition deploys a challenger at 10 %, but there is no champion yet: the first
     # version becomes the champion with all the traffic.

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from churn_workflow import states, train_dag, versions, xcom
+from churn_workflow import assert_lineage, states, train_dag, versions, xcom
 
 from mlwp.settings import REPO_ROOT
 
@@ -49,20 +49,15 @@ def test_credit_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) ->
     storage = Storage(pipeline_env.as_uri())
     (extracted,) = storage.versions("credit", "extract")
     assert extracted["rows"] == 4454
-    assert tags["mlwp.project"] == "credit"
-    assert tags["mlwp.workflow"] == "train"
-    assert tags["mlwp.dag_id"] == "credit.train"
-    assert tags["mlwp.airflow_run_id"] == run.run_id
+    assert_lineage(
+        tags,
+        project="credit",
+        run=run,
+        version=version,
+        extracted=extracted,
+        metric="r2",
+    )
     assert tags["mlwp.task_id"] == "register"
-    assert tags["mlwp.dataset_uri"] == extracted["uri"]
-    assert tags["mlwp.dataset_sha256"] == extracted["sha256"]
-    assert tags["mlwp.gx_success"] == "true"
-    assert '"unsuccessful":0' in tags["mlwp.gx_statistics"]
-    assert tags["mlwp.backend"] == "local"
-    assert tags["mlwp.code_version"]
-    assert tags["mlwp.mlflow_run_id"] == version.run_id
-    assert tags["mlwp.job_name"].startswith(run.run_id)
-    assert '"r2"' in tags["mlwp.test_metrics"]
 
     # The gate (test r2 >= 0.5, beat the champion: there is none) passed on a sane r2.
     gate = xcom(run, "register", "gate")

@@ -6,18 +6,11 @@ A real ``mlflow server --app-name basic-auth`` on a free port, configured by
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from server_process import run_mlflow_server
 
 from mlwp.security.mlflow_auth import MlflowAuthError, MlflowUsers, write_basic_auth_config
 
@@ -29,13 +22,6 @@ API = "/api/2.0/mlflow"
 HTTP = httpx.Client(timeout=120)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-auth")
@@ -44,66 +30,14 @@ def mlflow_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         database_uri=f"sqlite:///{root / 'auth.db'}",
         admin_username=ADMIN[0],
     )
-    port = _free_port()
     env = {
-        **os.environ,
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
         # The flask secret of the auth app (CSRF); any value will do for a test server.
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
-        # No job runner (seven huey consumers) for a test server.
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--app-name",
-            "basic-auth",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            (root / "artifacts").as_uri(),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600  # shared CI machines start slowly
-    try:
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                state = f"exited {proc.returncode}" if proc.poll() is not None else "timed out"
-                raise RuntimeError(
-                    f"mlflow server {state}:\n" + (root / "server.log").read_text()[-4000:]
-                )
-            try:
-                if HTTP.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+    with run_mlflow_server(root, app_name="basic-auth", env=env) as (url, _):
         yield url
-    finally:
-        # The server's workers live in its process group: stop them all.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=20)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
 
 
 def test_anonymous_reads_and_writes_are_refused(mlflow_auth_server: str) -> None:

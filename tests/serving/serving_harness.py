@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from server_process import run_mlflow_server
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -28,51 +28,14 @@ def free_port() -> int:
 
 @contextmanager
 def start_mlflow(root: Path, *, port: int | None = None, timeout: float = 600) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite + local artifacts) as a subprocess."""
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    root.mkdir(parents=True, exist_ok=True)
-    log = (root / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            (root / "artifacts").as_uri(),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # MLflow 3 otherwise starts a job runner with seven huey consumers per server
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((root / "server.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"MLflow did not start within {timeout} s")
-            time.sleep(0.5)
+    """A real MLflow tracking server (``server_process.run_mlflow_server``) that
+    ``stop_mlflow`` can stop before the block ends."""
+    with run_mlflow_server(root, port=port, timeout=timeout) as (url, proc):
         _MLFLOW_PROCS[url] = proc
-        yield url
-    finally:
-        _MLFLOW_PROCS.pop(url, None)
-        stop_process(proc)
-        log.close()
+        try:
+            yield url
+        finally:
+            _MLFLOW_PROCS.pop(url, None)
 
 
 _MLFLOW_PROCS: dict[str, subprocess.Popen[bytes]] = {}
