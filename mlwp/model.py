@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from mlwp.errors import MlwpError
-from mlwp.predictor import DensePredictor
+from mlwp.predictor import BoosterPredictor
 from mlwp.preprocessing import Feature, Preprocessing, RecordError
 
 if TYPE_CHECKING:
@@ -113,8 +113,16 @@ class Model:
         return self.predict_matrix(matrix)
 
     @cached_property
-    def predictor(self) -> DensePredictor:
-        return DensePredictor(self.booster)
+    def predictor(self) -> BoosterPredictor:
+        return BoosterPredictor(self.booster)
+
+    def compile_trees(self) -> str:
+        """Compile the trees for small batches (a service does it once at load; see
+        :mod:`mlwp.compiled_trees`); says for which batch sizes, or why not."""
+        rows = self.predictor.compile_trees(np.zeros((1, self.booster.num_features())))
+        if rows:
+            return f"compiled trees for batches of up to {rows} rows"
+        return f"XGBoost for every batch ({self.predictor.not_compiled})"
 
     def predict_matrix(self, matrix: np.ndarray[Any, Any]) -> Prediction:
         """Score an already preprocessed feature matrix."""
@@ -129,12 +137,15 @@ class Model:
             return Prediction(raw.reshape(-1).tolist(), None)
         classes = self.classes or []
         if self.objective == "binary":
-            positive = raw.reshape(-1)
-            probabilities = np.column_stack([1.0 - positive, positive])
-            chosen = (positive >= self.threshold).astype(np.int64)
-        else:
-            probabilities = raw.reshape(raw.shape[0], -1)
-            chosen = np.argmax(probabilities, axis=1)
+            # plain floats: for the few rows of a request numpy's calls cost more than this
+            negative, positive, threshold = classes[0], classes[1], self.threshold
+            scores = raw.reshape(-1).tolist()
+            return Prediction(
+                [positive if p >= threshold else negative for p in scores],
+                [[1.0 - p, p] for p in scores],
+            )
+        probabilities = raw.reshape(raw.shape[0], -1)
+        chosen = np.argmax(probabilities, axis=1)
         return Prediction([classes[i] for i in chosen.tolist()], probabilities.tolist())
 
 

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from serving.api.errors import install_error_handlers
+from serving.api.keyed_route import KeyedRoutes
 from serving.api.middleware import ServingMiddleware
 from serving.api.routes import admin, health, metrics, models, predict
 from serving.core.config import ServingSettings, get_settings
@@ -74,9 +75,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    # predictions first: the router tries routes in order, and these take the traffic
     for module in (predict, health, models, admin, metrics):
         app.include_router(module.router)
+    # the prediction routes, ahead of the router (the middleware added first is innermost)
+    app.add_middleware(KeyedRoutes, routes=app.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -54,6 +54,17 @@ def _configure_test_airflow() -> None:
 _configure_test_airflow()
 
 
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """Undo a test's structlog configuration: the serving app configures it process-wide,
+    and Airflow's task loggers (``self.log`` of an operator) need Airflow's own."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 def services_required() -> bool:
     return os.environ.get("MLWP_REQUIRE_SERVICES") == "1"
 

@@ -308,19 +308,11 @@ def main() -> None:
             "MLWP_SERVING_LOG_LEVEL": "WARNING",
         }
         mlwp_port = free_port()
-        uvicorn = [
-            str(BIN / "uvicorn"),
-            "--host",
-            "127.0.0.1",
-            "--workers",
-            "1",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-        proc = start(
-            [*uvicorn, "serving.main:app", "--port", str(mlwp_port)], mlwp_env, work / "mlwp.log"
-        )
+        options = ["--host", "127.0.0.1", "--workers", "1", "--no-access-log"]
+        options += ["--log-level", "warning"]
+        uvicorn = [str(BIN / "uvicorn"), *options]
+        serving = [sys.executable, "-m", "serving", *options]  # uvicorn with mlwp's protocol
+        proc = start([*serving, "--port", str(mlwp_port)], mlwp_env, work / "mlwp.log")
         procs.append(proc)
         floor_port = free_port()
         floor = start(
@@ -402,7 +394,7 @@ def main() -> None:
         else:
             cache_port = free_port()
             proc = start(
-                [*uvicorn, "serving.main:app", "--port", str(cache_port)],
+                [*serving, "--port", str(cache_port)],
                 {**mlwp_env, "MLWP_SERVING_REDIS_URL": args.redis_url},
                 work / "mlwp-cache.log",
             )

@@ -173,8 +173,7 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
             argv=[
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "serving.main:app",
+                "serving",
                 "--host",
                 settings.host,
                 "--port",

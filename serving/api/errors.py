@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Scope
 
 from serving.api.responses import OrjsonResponse, error_body
 from serving.core.errors import HTTP_ERRORS, ServingError
@@ -28,14 +29,19 @@ def request_id_of(request: Request) -> str | None:
     return rid
 
 
-def _serving_error(request: Request, exc: Exception) -> Response:
-    if not isinstance(exc, ServingError):  # pragma: no cover - registered for ServingError
-        raise exc
+def serving_error_response(scope: Scope, exc: ServingError) -> Response:
+    """The response to an error the service raised on purpose."""
     return OrjsonResponse(
-        error_body(exc.code, exc.message, request_id_of(request), exc.details),
+        error_body(exc.code, exc.message, scope.get("state", {}).get("request_id"), exc.details),
         status_code=exc.status,
         headers=exc.headers,
     )
+
+
+def _serving_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, ServingError):  # pragma: no cover - registered for ServingError
+        raise exc
+    return serving_error_response(request.scope, exc)
 
 
 def _http_error(request: Request, exc: Exception) -> Response:

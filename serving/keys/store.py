@@ -144,7 +144,8 @@ class KeyStore:
         self._engine = _engine(url)
         self._pepper = pepper.encode() if pepper else None
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, ApiKeyRow | None]] = {}
+        # key id -> (when read, the key, its secret's digest)
+        self._cache: dict[str, tuple[float, ApiKey | None, str | None]] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -212,27 +213,27 @@ class KeyStore:
         if match is None:
             return None
         key_id, secret = match.groups()
-        row = self._lookup(key_id)
+        key, secret_hash = self._lookup(key_id)
         # Always compare, even for an unknown id, so timing says nothing about which ids exist.
-        expected = row.secret_hash if row is not None else "0" * 64
-        if not hmac.compare_digest(self._digest(secret), expected) or row is None:
+        expected = secret_hash if secret_hash is not None else "0" * 64
+        if not hmac.compare_digest(self._digest(secret), expected) or key is None:
             return None
-        if row.revoked_at is not None:
+        if key.revoked_at is not None:
             return None
-        return _to_key(row)
+        return key
 
-    def _lookup(self, key_id: str) -> ApiKeyRow | None:
+    def _lookup(self, key_id: str) -> tuple[ApiKey | None, str | None]:
+        """The key and its secret's digest (None, None when unknown), cached briefly."""
         now = time.monotonic()
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self._cache_seconds:
-            return cached[1]
-        with sa.orm.Session(self._engine, expire_on_commit=False) as session:
+            return cached[1], cached[2]
+        with sa.orm.Session(self._engine) as session:
             row = session.get(ApiKeyRow, key_id)
-            if row is not None:
-                session.expunge(row)
+            found = (None, None) if row is None else (_to_key(row), row.secret_hash)
         with self._lock:
-            self._cache[key_id] = (now, row)
-        return row
+            self._cache[key_id] = (now, *found)
+        return found
 
 
 def _to_key(row: ApiKeyRow) -> ApiKey:

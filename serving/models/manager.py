@@ -62,6 +62,8 @@ class Model(Protocol):
 
     def predict(self, records: Any) -> PredictResult: ...
 
+    def compile_trees(self) -> str: ...
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -348,6 +350,7 @@ class ModelManager:
             model = _load_mlwp_model(path, self.settings.predict_threads)
             schema = RecordSchema.from_features(list(model.features))
             example = [schema.example_record()]
+            predictor = model.compile_trees()
             for _ in range(WARMUP_ROUNDS):
                 result = model.predict(example)
                 if len(result.predictions) != 1:
@@ -367,6 +370,7 @@ class ModelManager:
             alias=alias,
             version=version,
             seconds=round(time.perf_counter() - started, 3),
+            predictor=predictor,
         )
         return Variant(
             alias, version, model, schema, getattr(model_version, "run_id", None), _now()

@@ -72,7 +72,7 @@ class Serving:
 def serving(
     pipeline_env: Path, mlflow_tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Serving]:
-    """``uvicorn serving.main:app`` on a free port, reading MODEL from the MLflow server.
+    """``python -m serving`` on a free port, reading MODEL from the MLflow server.
 
     Its key database is made here: an admin key for the deploy task, and a key limited to
     MODEL for the client. The deploy task finds the service through the platform settings
@@ -106,7 +106,7 @@ def serving(
     log = home / "serving.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "serving.main:app", "--port", str(port)],
+            [sys.executable, "-m", "serving", "--port", str(port)],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,

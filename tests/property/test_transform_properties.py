@@ -117,3 +117,46 @@ def test_serving_reproduces_training_rows(frame: pd.DataFrame, steps: list[dict]
 def test_filter_keeps_exactly_the_matching_rows(frame: pd.DataFrame, threshold: int) -> None:
     result = run_transform(frame, [{"op": "filter", "expression": f"k >= {threshold}"}])
     assert result.splits["train"].k.tolist() == frame.k[frame.k >= threshold].tolist()
+
+
+@st.composite
+def raw_records(draw: st.DrawFn) -> dict:
+    """A record as a JSON request may carry it: ints and floats (NaN, infinities, -0.0)
+    for numbers, None, unknown and empty categories, optional fields left out."""
+    number = st.one_of(
+        st.none(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(2**70), max_value=2**70),
+    )
+    record = {
+        "x": draw(number),
+        "k": draw(number),
+        "color": draw(st.one_of(st.none(), st.sampled_from([*CATEGORIES, "zzz", ""]))),
+    }
+    for optional in ("x", "color"):  # both filled by a fill_missing step
+        if draw(st.booleans()):
+            del record[optional]
+    return record
+
+
+@SETTINGS
+@given(frame=datasets(), records=st.lists(raw_records(), max_size=40))
+def test_record_encoder_equals_the_column_path_bit_for_bit(
+    frame: pd.DataFrame, records: list[dict]
+) -> None:
+    from mlwp import preprocessing
+
+    steps = [s for s in FEATURE_STEPS if s["op"] not in ("derive", "rename")]
+    pre = run_transform(frame, steps).preprocessing.with_target("label")
+    encoder = pre.record_encoder
+    assert encoder is not None
+    encoded = encoder.encode(records)
+    original = preprocessing.ENCODER_MAX_ROWS
+    preprocessing.ENCODER_MAX_ROWS = -1  # the column path
+    try:
+        columns = pre.transform_records(records)
+    finally:
+        preprocessing.ENCODER_MAX_ROWS = original
+    assert encoded.dtype == columns.dtype == np.float64
+    assert encoded.shape == columns.shape == (len(records), len(pre.outputs))
+    assert encoded.tobytes() == columns.tobytes()

@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def live_service(
     mlflow_server: str, model_dirs: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
-    """``uvicorn serving.main:app`` serving a real churn model; yields its URL and a key."""
+    """``python -m serving`` serving a real churn model; yields its URL and a key."""
     from serving.keys.store import KeyStore, migrate
 
     home = tmp_path_factory.mktemp("fuzz-home")
@@ -52,8 +52,7 @@ def live_service(
         [
             sys.executable,
             "-m",
-            "uvicorn",
-            "serving.main:app",
+            "serving",
             "--host",
             "127.0.0.1",
             "--port",

@@ -245,3 +245,184 @@ def test_record_encoder_equals_the_column_path_for_every_step_but_derive() -> No
     # an unreadable value falls back to the column path, which names row and field
     with pytest.raises(RecordError, match=r"row 1: field 'flag': cannot read 'maybe'"):
         pre.transform_records([records[0], {**records[0], "flag": "maybe"}])
+
+
+def _column_path(pre: Preprocessing, records: list) -> np.ndarray:
+    """transform_records without the record encoder."""
+    from mlwp import preprocessing
+
+    original = preprocessing.ENCODER_MAX_ROWS
+    preprocessing.ENCODER_MAX_ROWS = -1
+    try:
+        return pre.transform_records(records)
+    finally:
+        preprocessing.ENCODER_MAX_ROWS = original
+
+
+def _edge_preprocessing() -> Preprocessing:
+    """Every step kind the encoder compiles, with the emitters it has: numeric chains,
+    one-hot blocks (text and numeric categories, some indicators not selected), an
+    indicator scaled after the one-hot step, columns selected twice."""
+    frame = pd.DataFrame(
+        {
+            "amount": [1.5, None, 3.0, 4.0],
+            "count": [1, 2, 3, 4],
+            "flag": [True, False, True, False],
+            "city": ["a", "b", None, "a"],
+            "level": [1.0, 2.0, 2.0, 3.0],
+            "note": ["x", None, "y", "x"],
+            "y": ["n", "y", "y", "n"],
+        }
+    )
+    steps = [
+        {"op": "fill_missing", "columns": {"amount": 0, "note": "x"}},
+        {"op": "ordinal", "columns": {"y": ["n", "y"], "note": ["x", "y"]}},
+        {"op": "onehot", "columns": ["city", "level"]},
+        {"op": "scale", "columns": ["count", "city=b"]},
+        {"op": "cast", "columns": {"flag": "float"}},
+        {
+            "op": "select",
+            "columns": [
+                "amount",
+                "count",
+                "flag",
+                "note",
+                "city=a",
+                "city=b",  # scaled after the one-hot step
+                "level=1",
+                "level=3",  # level=2 left out
+                "flag",  # selected twice
+                "level=1",  # an indicator selected twice
+            ],
+        },
+    ]
+    return fit(frame, steps).with_target("y")
+
+
+EDGE_RECORDS = [
+    {"amount": 2, "count": 3, "flag": True, "city": "a", "level": 1, "note": "y"},
+    # ints and floats of the same value, NaN and signed zeros in number fields
+    {"amount": float("nan"), "count": -0.0, "flag": False, "city": "b", "level": 3.0},
+    {"amount": 2**60 + 1, "count": 1e300, "flag": None, "city": None, "level": None},
+    # unknown categories; missing optional fields (amount, note); an unused field
+    {"count": 7, "flag": True, "city": "zzz", "level": 2.5, "other": [1]},
+    {"amount": None, "count": None, "flag": None, "city": "a", "level": 2, "note": None},
+]
+
+
+def test_record_encoder_equals_the_column_path_bit_for_bit_on_edge_values() -> None:
+    pre = _edge_preprocessing()
+    encoder = pre.record_encoder
+    assert encoder is not None
+    assert pre.outputs.count("flag") == pre.outputs.count("level=1") == 2
+    encoded = encoder.encode(EDGE_RECORDS)
+    columns = _column_path(pre, EDGE_RECORDS)
+    assert encoded.dtype == columns.dtype == np.float64
+    assert encoded.shape == columns.shape == (len(EDGE_RECORDS), len(pre.outputs))
+    assert encoded.tobytes() == columns.tobytes()
+    for record, row in zip(EDGE_RECORDS, encoded, strict=True):  # record by record too
+        assert encoder.encode([record]).tobytes() == row.tobytes()
+    assert encoder.encode([]).shape == (0, len(pre.outputs))
+    known = dict(zip(pre.outputs, encoded[0], strict=False))
+    assert known["city=a"] == 1.0 and known["level=1"] == 1.0 and known["note"] == 1.0
+    unknown = dict(zip(pre.outputs, encoded[3], strict=False))
+    assert [unknown[n] for n in ("city=a", "level=1", "level=3")] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # read by the value-by-value path only: 0/1 booleans, NaN text (missing)
+        ({"flag": 1}, None),
+        ({"city": float("nan")}, None),
+        ({"flag": 2}, r"row 1: field 'flag': expected a boolean"),
+        ({"count": True}, r"row 1: field 'count': expected an integer, got bool True"),
+        ({"city": 3}, r"row 1: field 'city': expected text"),
+        ({"level": "2"}, r"row 1: field 'level': expected a number"),
+    ],
+)
+def test_unusual_values_give_the_column_path_answer(change: dict, message: str | None) -> None:
+    pre = _edge_preprocessing()
+    records = [EDGE_RECORDS[0], {**EDGE_RECORDS[0], **change}]
+    if message is None:
+        assert pre.transform_records(records).tobytes() == _column_path(pre, records).tobytes()
+        return
+    with pytest.raises(RecordError, match=message):
+        pre.transform_records(records)
+    with pytest.raises(RecordError, match=message):
+        _column_path(pre, records)
+
+
+def test_record_encoder_reports_the_problem_a_whole_record_check_meets_first() -> None:
+    from mlwp.record_encoder import Fallback
+
+    frame = pd.DataFrame({"amount": ["1.5", "2"], "count": [1.0, 2.0], "y": [0, 1]})
+    pre = fit(frame, [{"op": "cast", "columns": {"amount": "float"}}]).with_target("y")
+    encoder = pre.record_encoder
+    assert encoder is not None
+    with pytest.raises(Fallback):  # an unreadable text: the column path names it
+        encoder.encode([{"amount": "1", "count": 1}, {"amount": "x", "count": 2}])
+    # amount is encoded before count is read, but a record is checked whole before any
+    # output is computed: the int too large for a float is what the encoder meets first
+    with pytest.raises(OverflowError):
+        encoder.encode([{"amount": "1", "count": 1}, {"amount": "x", "count": 10**400}])
+
+
+def test_onehot_columns_of_text_and_numbers() -> None:
+    frame = pd.DataFrame({"city": ["a", "b", None], "level": [1.0, 2.5, None], "y": [0, 1, 0]})
+    pre = fit(frame, [{"op": "onehot", "columns": ["city", "level"]}]).with_target("y")
+    assert pre.outputs == ["city=a", "city=b", "level=1", "level=2.5"]
+    rows = [
+        {"city": "b", "level": 1},
+        {"city": None, "level": 2.5},
+        {"city": "c", "level": float("nan")},
+        {"city": "a", "level": 3},
+    ]
+    expected = [[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]]
+    for matrix in (_column_path(pre, rows), pre.transform_records(rows)):
+        assert matrix.dtype == np.float64 and matrix.flags.c_contiguous
+        assert matrix.tolist() == expected
+    assert pre.transform_frame(pd.DataFrame(rows)).tolist() == expected
+
+
+def test_dict_reader_reads_what_the_per_feature_reading_reads() -> None:
+    from mlwp.preprocessing import DictReader, Feature, _columns_of_clean_records
+
+    features = [
+        Feature("n", "float"),
+        Feature("k", "int", required=False),
+        Feature("b", "bool"),
+        Feature("t", "str"),
+        Feature("u", "str", required=False),
+    ]
+    reader = DictReader(features)
+    good = [
+        {"n": 1, "k": 2.5, "b": True, "t": "x", "u": None},
+        {"n": np.float32(1.1), "b": None, "t": None, "extra": "ignored"},
+        {"n": None, "k": np.int64(3), "b": False, "t": "", "u": "y"},
+        {"n": 2**60 + 1, "k": -0.0, "b": True, "t": "z"},
+    ]
+    for records in (good, good[:1], good[1:2]):
+        fast, slow = reader.read(records), _columns_of_clean_records(records, features)
+        assert fast is not None and slow is not None
+        assert fast.names == slow.names and fast.size == slow.size
+        for name in fast.names:
+            a, b = fast.data[name], slow.data[name]
+            assert a.dtype == b.dtype
+            assert a.tolist() == b.tolist() if a.dtype == object else a.tobytes() == b.tobytes()
+    # whatever the per-feature reading does not read in one pass, the reader leaves to it
+    for change in ({"n": True}, {"b": 1}, {"t": 3}, {"u": 2.0}, {"k": "2"}, {"n": 10**400}):
+        assert reader.read([good[0], {**good[0], **change}]) is None
+    assert reader.read([good[0], {"k": 1, "b": True, "t": "x"}]) is None  # n is missing
+    assert DictReader([Feature("t", "str")]).read([{"t": "x"}, {"t": "y"}]) is not None
+
+
+def test_the_encoders_arithmetic_errors_are_answered_by_the_column_path() -> None:
+    frame = pd.DataFrame({"amount": [1.5, 2.0], "count": [1.0, 2.0], "y": [0, 1]})
+    pre = fit(frame, [{"op": "scale", "columns": ["amount"]}]).with_target("y")
+    assert pre.record_encoder is not None
+    records = [{"amount": 1.0, "count": 10**400}, {"amount": "x", "count": 1.0}]
+    # the same answer for a few records (the encoder's batches) as for many
+    for batch in (records, records + [{"amount": 1.0, "count": 1.0}] * 30):
+        with pytest.raises(RecordError, match=r"row 1: field 'amount': expected a number"):
+            pre.transform_records(batch)

@@ -17,6 +17,7 @@ import structlog
 from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from mlwp.preprocessing import RecordError
 from serving.api.deps import ApiKeyDep
@@ -78,16 +79,24 @@ async def predict_default(request: Request, key: ApiKeyDep) -> OrjsonResponse:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body from the ASGI messages (``request.stream()`` is an async generator, which
+    costs more than reading a one-message body)."""
+    receive = request.receive
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(
                 f"request body exceeds {limit} bytes", details={"max_body_bytes": limit}
             )
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _state(services: Services, model: str) -> ModelState:

@@ -48,6 +48,38 @@ def test_unknown_route_and_method_answer_in_the_error_schema(tmp_path: Path) -> 
     assert odd.headers["x-request-id"] != "<script>" and len(odd.headers["x-request-id"]) == 32
 
 
+def test_prediction_routes_keep_cors_headers_and_error_schema(tmp_path: Path) -> None:
+    # the prediction routes skip FastAPI's router (serving.api.keyed_route.KeyedRoutes)
+    client = _client(tmp_path, cors_origins=["https://app.example.com"])
+    response = client.post(
+        "/predict", json={"data": [{}]}, headers={"Origin": "https://app.example.com"}
+    )
+    assert response.status_code in (401, 503)
+    assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert set(response.json()["error"]) >= {"code", "message", "request_id"}
+
+
+def test_an_unexpected_error_in_a_prediction_is_a_500_in_the_schema(tmp_path: Path) -> None:
+    settings = ServingSettings(
+        home=tmp_path,
+        poll_interval_seconds=0,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        auth_enabled=False,
+    )
+    app = create_app(settings)
+
+    def broken(name: str) -> None:
+        raise RuntimeError("boom")
+
+    app.state.services.models.get = broken
+    client = TestClient(app, raise_server_exceptions=False)
+    response = client.post("/v1/models/m/predict", json={"data": [{}]})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "boom" not in response.text
+
+
 def test_security_headers_and_not_ready_without_models(tmp_path: Path) -> None:
     client = _client(tmp_path)
     live = client.get("/health/live")

@@ -1,0 +1,114 @@
+"""The compiled trees give XGBoost's own predictions, bit for bit, or refuse to compile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xgboost
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlwp.compiled_trees import CompiledTrees, Unsupported
+from mlwp.predictor import BoosterPredictor
+
+
+def train(
+    objective: str, classes: int = 1, *, seed: int = 0, **params: object
+) -> tuple[xgboost.Booster, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, 7))
+    x[rng.random(x.shape) < 0.15] = np.nan  # missing values take the default branches
+    x[:, 3] = np.round(x[:, 3])  # values exactly at thresholds
+    if classes > 1:
+        y = rng.integers(0, classes, size=400)
+    elif objective == "binary:logistic":
+        y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 3]) > 0).astype(float)
+    else:
+        y = rng.normal(size=400) * 10 + 3
+    config = {"objective": objective, "max_depth": 5, "nthread": 1, "seed": seed, **params}
+    if classes > 1:
+        config["num_class"] = classes
+    return xgboost.train(config, xgboost.DMatrix(x, label=y), num_boost_round=30), x
+
+
+@pytest.mark.parametrize(
+    ("objective", "classes", "params"),
+    [
+        ("binary:logistic", 1, {}),
+        ("binary:logistic", 1, {"base_score": 0.2, "max_depth": 9}),
+        ("multi:softprob", 3, {}),
+        ("multi:softprob", 4, {"num_parallel_tree": 2}),
+        ("reg:squarederror", 1, {}),
+        ("reg:logistic", 1, {}),
+    ],
+)
+def test_same_output_as_xgboost(objective: str, classes: int, params: dict[str, object]) -> None:
+    if objective == "reg:logistic":
+        model, x = train("binary:logistic", **params)
+        model.set_param({"objective": "reg:logistic"})
+    else:
+        model, x = train(objective, classes, **params)
+    compiled = CompiledTrees.compile(model)
+    expected = model.inplace_predict(x)
+    for start in (0, 1, 5, 100):
+        for rows in (1, 2, 3, 8):
+            got = compiled.predict(x[start : start + rows])
+            assert got.dtype == np.float32
+            assert got.shape == expected[start : start + rows].shape
+            assert np.array_equal(got, expected[start : start + rows])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), depth=st.integers(1, 8), data=st.data())
+def test_random_models_and_rows(seed: int, depth: int, data: st.DataObject) -> None:
+    model, _ = train("binary:logistic", seed=seed, max_depth=depth)
+    compiled = CompiledTrees.compile(model)
+    values = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([0.0, -1.0])
+    )
+    row = np.array([data.draw(st.lists(values, min_size=7, max_size=7))], dtype=np.float32)
+    assert np.array_equal(compiled.predict(row), model.inplace_predict(row))
+
+
+def test_refuses_what_it_does_not_reproduce() -> None:
+    dart, _ = train("binary:logistic", booster="dart", rate_drop=0.3)
+    with pytest.raises(Unsupported, match="dart"):
+        CompiledTrees.compile(dart)
+    poisson, _ = train("reg:squarederror")
+    poisson.set_param({"objective": "count:poisson"})
+    with pytest.raises(Unsupported, match="count:poisson"):
+        CompiledTrees.compile(poisson)
+
+
+def test_booster_predictor_uses_compiled_trees_for_small_batches_only() -> None:
+    model, x = train("binary:logistic")
+    predictor = BoosterPredictor(model)
+    assert predictor.compiled is None  # batch jobs never compile
+    rows = predictor.compile_trees(x[:1].astype(np.float32))
+    assert rows == predictor.compiled_rows
+    if rows:
+        assert predictor.compiled is not None
+    else:
+        assert predictor.not_compiled
+    for size in (1, rows, rows + 1, 50):
+        batch = x[: max(size, 1)]
+        assert np.array_equal(predictor.predict(batch), model.inplace_predict(batch))
+    # whatever the timing decided: up to compiled_rows the compiled trees answer, above XGBoost
+    predictor.compiled, predictor.compiled_rows = CompiledTrees.compile(model), 3
+
+    def no_xgboost(matrix: np.ndarray) -> np.ndarray:
+        raise AssertionError(f"XGBoost asked for {len(matrix)} rows")
+
+    predictor.dense.predict = no_xgboost  # type: ignore[method-assign]
+    assert np.array_equal(predictor.predict(x[:3]), model.inplace_predict(x[:3]))
+    with pytest.raises(AssertionError, match="4 rows"):
+        predictor.predict(x[:4])
+
+
+def test_booster_predictor_reports_why_it_did_not_compile() -> None:
+    model, x = train("reg:squarederror")
+    model.set_param({"objective": "count:poisson"})
+    predictor = BoosterPredictor(model)
+    assert predictor.compile_trees(x[:1]) == 0
+    assert "count:poisson" in predictor.not_compiled
+    assert np.array_equal(predictor.predict(x[:2]), model.inplace_predict(x[:2]))
