@@ -33,11 +33,18 @@ from mlwp.security.roles import (
 
 
 @contextmanager
-def _security_manager() -> Iterator[Any]:
-    """Yield FAB's security manager bound to the metadata database of this environment."""
+def _app_builder() -> Iterator[Any]:
+    """Yield FAB's application builder bound to the metadata database of this environment."""
     from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
 
     with get_application_builder() as appbuilder:
+        yield appbuilder
+
+
+@contextmanager
+def _security_manager() -> Iterator[Any]:
+    """Yield FAB's security manager bound to the metadata database of this environment."""
+    with _app_builder() as appbuilder:
         yield appbuilder.sm
 
 
@@ -109,7 +116,14 @@ def sync(request: dict[str, Any]) -> dict[str, Any]:
         "warnings": [],
     }
     projects: dict[str, dict[str, Any]] = request.get("projects", {})
-    with _security_manager() as sm:
+    with _app_builder() as appbuilder:
+        # FAB's own sync first, as `airflow sync-perm` does it: its views' permissions and
+        # its default roles. `mlwp up` runs this before anything else writes the FAB tables
+        # and starts the api-server with [fab] update_fab_perms off: concurrent syncs collide
+        # on the tables' unique constraints.
+        appbuilder.add_permissions(update_perms=True)
+        sm = appbuilder.sm
+        sm.sync_roles()
         for spec in BUILTIN_ROLES.values():
             # Admin keeps whatever else FAB grants it (FAB gives Admin every permission).
             _sync_role_permissions(sm, spec.name, spec.permissions, spec is not ADMIN, report)

@@ -1,9 +1,10 @@
 """First-run setup of the platform: Airflow's database and the initial admin user.
 
-Both steps are idempotent, so every ``mlwp up`` runs them: ``airflow db migrate`` creates or
-upgrades the metadata database (the FAB tables included), and ``airflow users create`` adds
-the ``admin`` user only when it does not exist. The admin's password is generated once,
-written to ``<home>/credentials`` (mode 0600) and shown once, on the run that created it.
+All steps are idempotent, so every ``mlwp up`` runs them: ``airflow db migrate`` creates or
+upgrades the metadata database (the FAB tables included), ``mlwp roles sync`` writes FAB's
+and the platform's roles, and the ``admin`` user is added only when it does not exist. The
+admin's password is generated once, written to ``<home>/credentials`` (mode 0600) and shown
+once, on the run that created it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from mlwp.errors import PlatformError
+from mlwp.platform.processes import executable
 from mlwp.platform.secrets import write_private
 from mlwp.platform.supervisor import tail
 from mlwp.settings import REPO_ROOT, Settings
@@ -100,13 +102,20 @@ def migrate_database(airflow: str, env: Mapping[str, str], log: Path) -> None:
     _run_logged("airflow db migrate", [airflow, "db", "migrate"], env, log)
 
 
-def ensure_admin(settings: Settings, airflow: str, env: Mapping[str, str], log: Path) -> AdminUser:
+def ensure_admin(settings: Settings, log: Path) -> AdminUser:
     """Create the admin user when it does not exist; keep an existing one untouched.
+
+    Runs after :func:`sync_roles`, which creates the Admin role and syncs FAB's permissions.
+    The user is created through ``operators.rbac`` with the password on stdin: never in a
+    process list, and a generated password starting with ``-`` is not taken for an option.
 
     The password comes from ``MLWP_ADMIN_PASSWORD``, else from the credentials file, else is
     generated; it is written to the credentials file only when this call created the user,
     so the file never claims a password the database does not have.
     """
+    from mlwp.security.client import run_rbac
+    from mlwp.security.roles import SecurityError
+
     stored = read_credentials(settings.credentials_file)
     if settings.admin_password is not None:
         password = settings.admin_password.get_secret_value()
@@ -114,29 +123,26 @@ def ensure_admin(settings: Settings, airflow: str, env: Mapping[str, str], log: 
         password = stored.password
     else:
         password = secrets.token_urlsafe(18)
-    output = _run_logged(
-        "creating the admin user",
-        [
-            airflow,
-            "users",
-            "create",
-            "--username",
-            settings.admin_username,
-            "--password",
-            password,
-            "--role",
-            ADMIN_ROLE,
-            "--firstname",
-            "mlwp",
-            "--lastname",
-            "admin",
-            "--email",
-            f"{settings.admin_username}@mlwp.invalid",
-        ],
-        env,
-        log,
-    )
-    created = "created with role" in output
+    request = {
+        "username": settings.admin_username,
+        "password": password,
+        "role": ADMIN_ROLE,
+        "first_name": "mlwp",
+        "last_name": "admin",
+        "email": f"{settings.admin_username}@mlwp.invalid",
+    }
+    try:
+        run_rbac("user_add", request, settings)
+        created = True
+    except SecurityError as exc:
+        if exc.code != "user_exists":
+            _log(log, f"creating the admin user {settings.admin_username!r} failed: {exc.message}")
+            raise PlatformError(
+                f"creating the admin user failed: {exc.message} (log: {log})",
+                code="bootstrap_failed",
+            ) from exc
+        created = False
+    _log(log, f"admin user {settings.admin_username!r}: {'created' if created else 'exists'}")
     if created:
         write_credentials(
             settings.credentials_file,
@@ -152,6 +158,12 @@ def ensure_admin(settings: Settings, airflow: str, env: Mapping[str, str], log: 
     return AdminUser(settings.admin_username, None, created=False)
 
 
+def _log(log: Path, line: str) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n===== {line}\n")
+
+
 def mark_password_shown(path: Path) -> None:
     """Record that the admin password has been printed, so later starts do not print it."""
     stored = read_credentials(path)
@@ -165,8 +177,6 @@ def sync_roles(env: Mapping[str, str], log: Path) -> None:
     Generated DAGs grant their project's role through ``access_control``; Airflow refuses a
     DAG naming a role that does not exist yet, so the roles come first.
     """
-    from mlwp.platform.processes import executable
-
     _run_logged(
         "syncing roles (mlwp roles sync)",
         [executable("mlwp"), "roles", "sync"],

@@ -173,13 +173,14 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         names = supervisor.start(processes.AFTER_MIGRATION)
         echo("mlwp: starting " + ", ".join(names) + "; creating the admin user and roles ...")
         write_state(settings.state_file, _state(settings, supervisor, "starting"))
-        admin_future = pool.submit(bootstrap.ensure_admin, settings, airflow, env, init_log)
+        # One writer of FAB's tables at a time: the roles sync (FAB's own sync included), then
+        # the admin user. Project roles must exist before DAGs naming them in access_control
+        # are parsed, so the dag-processor waits for the sync.
         roles_future = pool.submit(bootstrap.sync_roles, env, init_log)
-        # Project roles must exist before DAGs naming them in access_control are parsed, so
-        # the dag-processor waits for the sync.
         _wait_future(roles_future, stop, supervisor)
         if stop.is_set():
             return UpResult(0, "stopped during start")
+        admin_future = pool.submit(bootstrap.ensure_admin, settings, init_log)
         names = supervisor.start()
         echo("mlwp: starting " + ", ".join(names) + " ...")
         write_state(settings.state_file, _state(settings, supervisor, "starting"))

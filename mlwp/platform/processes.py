@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -63,6 +64,17 @@ def child_environment(settings: Settings) -> dict[str, str]:
         part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
     )
     return env
+
+
+def without_fab_sync(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a process that must not sync FAB's permissions as it starts.
+
+    Airflow's api-server syncs them by default as it starts; next to ``mlwp roles sync``
+    (which does FAB's own sync first, then the platform's roles) both would insert the same
+    rows and one fails on the FAB tables' unique constraints. ``mlwp up`` runs the roles sync
+    before anything else writes those tables.
+    """
+    return {**env, "AIRFLOW__FAB__UPDATE_FAB_PERMS": "False"}
 
 
 def _get(url: str) -> httpx.Response | str:
@@ -162,7 +174,7 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
                 "--workers",
                 "1",
             ],
-            env=env,
+            env=without_fab_sync(env),
             cwd=REPO_ROOT,
             ready=airflow_health(settings.airflow_url),
             stop_stage=STAGE_FRONT,

@@ -91,6 +91,14 @@ class Approver(threading.Thread):
 
     def _answer(self) -> None:
         deadline = time.monotonic() + self.timeout
+        # FAB's auth manager caches a user with its permissions for [fab] cache_ttl (30 s). A
+        # request made before dag.test() has synced the DAG's access_control would cache
+        # "no rights on this DAG" and the answer would be refused until the entry expires. A
+        # person only ever sees the DAG after its sync, so the approver waits for it too.
+        while not any(p.endswith(f"can_edit on DAG:{DAG_ID}") for p in _permissions(APPROVER)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{APPROVER} never got can_edit on DAG:{DAG_ID}")
+            time.sleep(0.5)
         while time.monotonic() < deadline:
             listed = self.api.get(
                 f"/api/v2/dags/{DAG_ID}/dagRuns/~/hitlDetails",
@@ -106,11 +114,6 @@ class Approver(threading.Thread):
                     f"{ti['task_id']}/{ti['map_index']}/hitlDetails"
                 )
                 answered = self.api.patch(path, json={"chosen_options": [self.answer]})
-                for _ in range(5):  # once seen in CI (2 workers): a 403 here; retried, traced
-                    if answered.status_code != 403:
-                        break
-                    time.sleep(2)
-                    answered = self.api.patch(path, json={"chosen_options": [self.answer]})
                 assert answered.status_code == 200, (answered.text, _permissions(APPROVER))
                 self.response = answered.json()
                 return
