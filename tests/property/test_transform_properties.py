@@ -110,6 +110,7 @@ def test_serving_reproduces_training_rows(frame: pd.DataFrame, steps: list[dict]
                 orjson.dumps(split.to_dict(orient="records"), option=orjson.OPT_SERIALIZE_NUMPY)
             )
             assert np.array_equal(encoder.encode(request), expected, equal_nan=True)
+            assert np.array_equal(encoder.encode_batch(request), expected, equal_nan=True)
 
 
 @SETTINGS
@@ -144,19 +145,13 @@ def raw_records(draw: st.DrawFn) -> dict:
 def test_record_encoder_equals_the_column_path_bit_for_bit(
     frame: pd.DataFrame, records: list[dict]
 ) -> None:
-    from mlwp import preprocessing
 
     steps = [s for s in FEATURE_STEPS if s["op"] not in ("derive", "rename")]
     pre = run_transform(frame, steps).preprocessing.with_target("label")
     encoder = pre.record_encoder
     assert encoder is not None
-    encoded = encoder.encode(records)
-    original = preprocessing.ENCODER_MAX_ROWS
-    preprocessing.ENCODER_MAX_ROWS = -1  # the column path
-    try:
-        columns = pre.transform_records(records)
-    finally:
-        preprocessing.ENCODER_MAX_ROWS = original
-    assert encoded.dtype == columns.dtype == np.float64
-    assert encoded.shape == columns.shape == (len(records), len(pre.outputs))
-    assert encoded.tobytes() == columns.tobytes()
+    columns = pre.transform_records_by_column(records)
+    for encoded in (encoder.encode(records), encoder.encode_batch(records)):
+        assert encoded.dtype == columns.dtype == np.float64
+        assert encoded.shape == columns.shape == (len(records), len(pre.outputs))
+        assert encoded.tobytes() == columns.tobytes()

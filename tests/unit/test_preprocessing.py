@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mlwp.preprocessing import (
+    ENCODER_MAX_ROWS,
     Expression,
     Preprocessing,
     PreprocessingError,
@@ -201,8 +202,6 @@ def test_listed_categories_must_cover_the_data(frame: pd.DataFrame) -> None:
 
 
 def test_record_encoder_equals_the_column_path_for_every_step_but_derive() -> None:
-    from mlwp import preprocessing
-
     frame = pd.DataFrame(
         {
             "amount": ["1.5", "2", None, " 7 "],
@@ -234,29 +233,13 @@ def test_record_encoder_equals_the_column_path_for_every_step_but_derive() -> No
         {"flag": "no", "count": 1e6, "code": 9, "city": "a"},  # amount: optional (filled)
     ]
     encoded = pre.record_encoder.encode(records)
-    original = preprocessing.ENCODER_MAX_ROWS
-    preprocessing.ENCODER_MAX_ROWS = 0  # the column path
-    try:
-        columns = pre.transform_records(records)
-    finally:
-        preprocessing.ENCODER_MAX_ROWS = original
+    columns = pre.transform_records_by_column(records)
     assert pre.outputs == ["is_flag", "amount", "count", "city=a", "code=1", "code=9"]
     assert np.array_equal(encoded, columns, equal_nan=True)
+    assert pre.record_encoder.encode_batch(records).tobytes() == encoded.tobytes()
     # an unreadable value falls back to the column path, which names row and field
     with pytest.raises(RecordError, match=r"row 1: field 'flag': cannot read 'maybe'"):
         pre.transform_records([records[0], {**records[0], "flag": "maybe"}])
-
-
-def _column_path(pre: Preprocessing, records: list) -> np.ndarray:
-    """transform_records without the record encoder."""
-    from mlwp import preprocessing
-
-    original = preprocessing.ENCODER_MAX_ROWS
-    preprocessing.ENCODER_MAX_ROWS = -1
-    try:
-        return pre.transform_records(records)
-    finally:
-        preprocessing.ENCODER_MAX_ROWS = original
 
 
 def _edge_preprocessing() -> Preprocessing:
@@ -316,13 +299,18 @@ def test_record_encoder_equals_the_column_path_bit_for_bit_on_edge_values() -> N
     assert encoder is not None
     assert pre.outputs.count("flag") == pre.outputs.count("level=1") == 2
     encoded = encoder.encode(EDGE_RECORDS)
-    columns = _column_path(pre, EDGE_RECORDS)
+    columns = pre.transform_records_by_column(EDGE_RECORDS)
     assert encoded.dtype == columns.dtype == np.float64
     assert encoded.shape == columns.shape == (len(EDGE_RECORDS), len(pre.outputs))
     assert encoded.tobytes() == columns.tobytes()
     for record, row in zip(EDGE_RECORDS, encoded, strict=True):  # record by record too
         assert encoder.encode([record]).tobytes() == row.tobytes()
     assert encoder.encode([]).shape == (0, len(pre.outputs))
+    # a field at a time (larger batches), in any order and size
+    assert encoder.encode_batch(EDGE_RECORDS).tobytes() == columns.tobytes()
+    many = EDGE_RECORDS[::-1] * 7
+    assert encoder.encode_batch(many).tobytes() == pre.transform_records_by_column(many).tobytes()
+    assert encoder.encode_batch([]).shape == (0, len(pre.outputs))
     known = dict(zip(pre.outputs, encoded[0], strict=False))
     assert known["city=a"] == 1.0 and known["level=1"] == 1.0 and known["note"] == 1.0
     unknown = dict(zip(pre.outputs, encoded[3], strict=False))
@@ -341,16 +329,21 @@ def test_record_encoder_equals_the_column_path_bit_for_bit_on_edge_values() -> N
         ({"level": "2"}, r"row 1: field 'level': expected a number"),
     ],
 )
-def test_unusual_values_give_the_column_path_answer(change: dict, message: str | None) -> None:
+@pytest.mark.parametrize("before", [1, ENCODER_MAX_ROWS + 3])  # record by record, batched
+def test_unusual_values_give_the_column_path_answer(
+    change: dict, message: str | None, before: int
+) -> None:
     pre = _edge_preprocessing()
-    records = [EDGE_RECORDS[0], {**EDGE_RECORDS[0], **change}]
+    records = [EDGE_RECORDS[0]] * before + [{**EDGE_RECORDS[0], **change}]
     if message is None:
-        assert pre.transform_records(records).tobytes() == _column_path(pre, records).tobytes()
+        expected = pre.transform_records_by_column(records)
+        assert pre.transform_records(records).tobytes() == expected.tobytes()
         return
+    message = message.replace("row 1", f"row {before}")
     with pytest.raises(RecordError, match=message):
         pre.transform_records(records)
     with pytest.raises(RecordError, match=message):
-        _column_path(pre, records)
+        pre.transform_records_by_column(records)
 
 
 def test_record_encoder_reports_the_problem_a_whole_record_check_meets_first() -> None:
@@ -379,7 +372,7 @@ def test_onehot_columns_of_text_and_numbers() -> None:
         {"city": "a", "level": 3},
     ]
     expected = [[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]]
-    for matrix in (_column_path(pre, rows), pre.transform_records(rows)):
+    for matrix in (pre.transform_records_by_column(rows), pre.transform_records(rows)):
         assert matrix.dtype == np.float64 and matrix.flags.c_contiguous
         assert matrix.tolist() == expected
     assert pre.transform_frame(pd.DataFrame(rows)).tolist() == expected
