@@ -292,9 +292,9 @@ _DICTS = {dict}
 class _BatchPlan:
     """:meth:`RecordEncoder.encode_batch`: the plan's fields in three groups.
 
-    - ``numbers``: required number fields written as they are (no operations), read with
+    - ``numbers``: required number fields whose operations all have array twins, read with
       one ``itemgetter`` per record, type-checked and converted by ``np.fromiter`` as one
-      block, stored with one column assignment;
+      block, their operations applied to its columns, stored with one column assignment;
     - ``categories``: required text fields one-hot encoded as they are, read the same way;
       each value is looked up in its own field's slots in the same C-level pass
       (``map(dict.get, cycle(slots), values)``), and only values that miss every category
@@ -310,13 +310,22 @@ class _BatchPlan:
         numbers: list[tuple[str, int]] = []
         categories: list[tuple[str, Mapping[Any, int]]] = []
         self.others: list[tuple[str, frozenset[type], bool, list[_Emitter]]] = []
+        # (column of the numbers block, its operations), for numbers that have some
+        self.number_ops: list[tuple[int, tuple[ScalarOp, ...]]] = []
         for name, entries in by_field.items():
             _, text, boolean, required, ops, slot, slots = entries[0]
-            if len(entries) == 1 and required and not ops:
-                if not text and not boolean and slots is None:
+            if len(entries) == 1 and required:
+                if (
+                    not text
+                    and not boolean
+                    and slots is None
+                    and all(hasattr(op, "over_array") for op in ops)
+                ):
                     numbers.append((name, slot))
+                    if ops:
+                        self.number_ops.append((len(numbers) - 1, ops))
                     continue
-                if text and slots and all(type(key) is str for key in slots):
+                if not ops and text and slots and all(type(key) is str for key in slots):
                     categories.append((name, slots))
                     continue
             accepted = _TEXT if text else _BOOL if boolean else _NUMBER
@@ -343,8 +352,13 @@ class _BatchPlan:
                     raise Fallback
                 block = np.fromiter(
                     self.numbers.values(rows), np.float64, size * len(self.number_slots)
-                )
-                out[:, self.number_slots] = block.reshape(size, -1)
+                ).reshape(size, -1)
+                for column, ops in self.number_ops:
+                    values = block[:, column]
+                    for op in ops:
+                        values = op.over_array(values)  # type: ignore[attr-defined]
+                    block[:, column] = values
+                out[:, self.number_slots] = block
             if self.categories is not None:
                 self._one_hot(records, cells, width)
             for name, accepted, required, emitters in self.others:
