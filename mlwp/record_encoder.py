@@ -71,7 +71,7 @@ def _cast_op(dtype: str, text: bool) -> ScalarOp:
         return lambda v: None if math.isnan(v) else _format_number(v)
     if text:
         return lambda v: _finish_cast(dtype, _parse(v, dtype))
-    return _vectorized(lambda v: _finish_cast(dtype, v), lambda a: _finish_cast_array(dtype, a))
+    return _vectorized(lambda v: _finish_cast(dtype, v), dtype)
 
 
 def _same(value: Any) -> Any:
@@ -105,14 +105,6 @@ def _finish_cast(dtype: str, value: float) -> float:
     return value
 
 
-def _finish_cast_array(dtype: str, values: Array) -> Array:
-    if dtype == "int":
-        return np.trunc(values)
-    if dtype == "bool":
-        return np.where(np.isnan(values), values, values != 0)
-    return values
-
-
 def _fill_op(fill: Any, text: bool) -> ScalarOp:
     if text:
         filler = fill if isinstance(fill, str) else _format_number(float(fill))
@@ -120,10 +112,7 @@ def _fill_op(fill: Any, text: bool) -> ScalarOp:
     if isinstance(fill, str):
         raise Fallback  # the column path reports this misfit
     number = float(fill)
-    return _vectorized(
-        lambda v: number if math.isnan(v) else v,
-        lambda a: np.where(np.isnan(a), number, a),
-    )
+    return _vectorized(lambda v: number if math.isnan(v) else v, "fill", number)
 
 
 def _ordinal_op(lookup: Mapping[Any, int]) -> ScalarOp:
@@ -140,14 +129,42 @@ def _indicator_op(lookup: Mapping[Any, int], position: int) -> ScalarOp:
 
 
 def _scale_op(mean: float, std: float) -> ScalarOp:
-    return _vectorized(lambda v: (v - mean) / std, lambda a: (a - mean) / std)
+    return _vectorized(lambda v: (v - mean) / std, "scale", mean, std)
 
 
-def _vectorized(op: ScalarOp, over_array: Callable[[Array], Array]) -> ScalarOp:
-    """``op`` with its twin on a float64 array (same arithmetic, so the same bits), which
-    :meth:`RecordEncoder.encode_batch` uses; an op without one runs value by value."""
-    op.over_array = over_array  # type: ignore[attr-defined]
+# The array twins of the numeric operations, for :meth:`RecordEncoder.encode_batch`: each
+# applies one kind of operation to a (records x fields) float64 block; ``p[i]`` holds the
+# i-th parameter of each field. Same arithmetic as the scalar operation, so the same bits.
+_ARRAY_OPS: dict[str, Callable[[Array, Array], Array]] = {
+    "fill": lambda block, p: np.where(np.isnan(block), p[0], block),
+    "float": lambda block, p: block,
+    "int": lambda block, p: np.trunc(block),
+    "bool": lambda block, p: np.where(np.isnan(block), block, block != 0),
+    "scale": lambda block, p: (block - p[0]) / p[1],
+}
+
+
+def _vectorized(op: ScalarOp, kind: str, *params: float) -> ScalarOp:
+    """``op``, marked as the operation ``kind`` of ``_ARRAY_OPS`` with these parameters;
+    an operation without a twin runs value by value in a batch too."""
+    op.twin = (kind, params)  # type: ignore[attr-defined]
     return op
+
+
+def _twin(op: ScalarOp) -> tuple[str, tuple[float, ...]] | None:
+    twin: tuple[str, tuple[float, ...]] | None = getattr(op, "twin", None)
+    return twin
+
+
+def _twins(ops: Sequence[ScalarOp]) -> list[str] | None:
+    """The kinds of the twins of ``ops``; None when one has none."""
+    kinds = []
+    for op in ops:
+        twin = _twin(op)
+        if twin is None:
+            return None
+        kinds.append(twin[0])
+    return kinds
 
 
 # -- compilation
@@ -292,47 +309,65 @@ _DICTS = {dict}
 class _BatchPlan:
     """:meth:`RecordEncoder.encode_batch`: the plan's fields in three groups.
 
-    - ``numbers``: required number fields whose operations all have array twins, read with
-      one ``itemgetter`` per record, type-checked and converted by ``np.fromiter`` as one
-      block, their operations applied to its columns, stored with one column assignment;
-    - ``categories``: required text fields one-hot encoded as they are, read the same way;
-      each value is looked up in its own field's slots in the same C-level pass
-      (``map(dict.get, cycle(slots), values)``), and only values that miss every category
-      have their type checked (the slots' keys are all text, so nothing else can match);
-    - ``others``: every other field, a column at a time, value by value where an operation
-      has no array twin.
+    - numbers: number fields written to one output each, whose operations all have array
+      twins (fill, cast, scale). The required ones are read with one ``itemgetter`` call per
+      record, the optional ones a field at a time; all are type-checked in one pass and
+      converted by one ``np.fromiter`` into a (fields x records) block. Fields with the same
+      kinds of operations in the same order form a group, whose operations run once over the
+      group's rows with a column of parameters (a fill value, a mean and a deviation per
+      field); the block is stored with one column assignment;
+    - categories: required text fields one-hot encoded as they are, read with one
+      ``itemgetter`` call per record; each value is looked up in its own field's slots in
+      the same C-level pass (``map(dict.get, cycle(slots), values)``), and only values that
+      miss every category have their type checked (the slots' keys are all text, so nothing
+      else can match);
+    - others: every other field, a column at a time, value by value where an operation has
+      no array twin.
     """
 
     def __init__(self, plan: Sequence[_Entry]) -> None:
         by_field: dict[str, list[_Entry]] = {}
         for entry in plan:
             by_field.setdefault(entry[0], []).append(entry)
-        numbers: list[tuple[str, int]] = []
+        required: list[tuple[str, int, tuple[ScalarOp, ...]]] = []
+        optional: list[tuple[str, int, tuple[ScalarOp, ...]]] = []
         categories: list[tuple[str, Mapping[Any, int]]] = []
         self.others: list[tuple[str, frozenset[type], bool, list[_Emitter]]] = []
-        # (column of the numbers block, its operations), for numbers that have some
-        self.number_ops: list[tuple[int, tuple[ScalarOp, ...]]] = []
         for name, entries in by_field.items():
-            _, text, boolean, required, ops, slot, slots = entries[0]
-            if len(entries) == 1 and required:
-                if (
-                    not text
-                    and not boolean
-                    and slots is None
-                    and all(hasattr(op, "over_array") for op in ops)
-                ):
-                    numbers.append((name, slot))
-                    if ops:
-                        self.number_ops.append((len(numbers) - 1, ops))
-                    continue
-                if not ops and text and slots and all(type(key) is str for key in slots):
-                    categories.append((name, slots))
-                    continue
+            _, text, boolean, is_required, ops, slot, slots = entries[0]
+            single = len(entries) == 1
+            if single and not text and not boolean and slots is None and _twins(ops) is not None:
+                (required if is_required else optional).append((name, slot, ops))
+                continue
+            text_keys = bool(slots) and all(type(key) is str for key in slots or ())
+            if single and is_required and not ops and text and text_keys:
+                categories.append((name, cast("Mapping[Any, int]", slots)))
+                continue
             accepted = _TEXT if text else _BOOL if boolean else _NUMBER
             emitters = [(name, e[4], e[5], e[6]) for e in entries if e[6] is not _CHECK_ONLY]
-            self.others.append((name, accepted, required, emitters))
-        self.numbers = _block([name for name, _ in numbers])
-        self.number_slots = [slot for _, slot in numbers]
+            self.others.append((name, accepted, is_required, emitters))
+        self.required = _block([name for name, _, _ in required])
+        self.optional = [name for name, _, _ in optional]
+        self.required_slots = [slot for _, slot, _ in required]
+        self.optional_slots = _index([slot for _, slot, _ in optional])
+        numbers = required + optional
+        twins = [[t for t in map(_twin, ops) if t and t[0] != "float"] for _, _, ops in numbers]
+        groups: dict[tuple[str, ...], list[int]] = {}  # float casts are identities: left out
+        for column, column_twins in enumerate(twins):
+            if column_twins:
+                groups.setdefault(tuple(kind for kind, _ in column_twins), []).append(column)
+        # per group: its output slots (one slot as an int: a view, not a copy) and, per
+        # operation, its kind and parameters
+        self.number_groups: list[tuple[int | list[int], list[tuple[str, Array]]]] = [
+            (
+                _index([numbers[c][1] for c in columns]),
+                [
+                    (kind, np.array([twins[c][i][1] for c in columns]).T)
+                    for i, kind in enumerate(kinds)
+                ],
+            )
+            for kinds, columns in groups.items()
+        ]
         self.categories = _block([name for name, _ in categories])
         self.category_slots = [cast("dict[Any, int]", slots) for _, slots in categories]
 
@@ -346,19 +381,8 @@ class _BatchPlan:
         cells = np.zeros(size * width + 1, dtype=np.float64)
         out = cells[:-1].reshape(size, width)
         try:
-            if self.numbers is not None:
-                rows = self.numbers.rows(records)
-                if not set(map(type, self.numbers.values(rows))) <= _NUMBER:
-                    raise Fallback
-                block = np.fromiter(
-                    self.numbers.values(rows), np.float64, size * len(self.number_slots)
-                ).reshape(size, -1)
-                for column, ops in self.number_ops:
-                    values = block[:, column]
-                    for op in ops:
-                        values = op.over_array(values)  # type: ignore[attr-defined]
-                    block[:, column] = values
-                out[:, self.number_slots] = block
+            if self.required is not None or self.optional:
+                self._numbers(records, out)
             if self.categories is not None:
                 self._one_hot(records, cells, width)
             for name, accepted, required, emitters in self.others:
@@ -366,6 +390,28 @@ class _BatchPlan:
         except (KeyError, TypeError):  # a missing required field, an unhashable value
             raise Fallback from None
         return out
+
+    def _numbers(self, records: Sequence[Mapping[str, Any]], out: Array) -> None:
+        """Write the number fields' outputs into ``out``, operations applied."""
+        size = len(records)
+        rows = self.required.rows(records) if self.required is not None else []
+        columns = [list(map(dict.get, records, repeat(name))) for name in self.optional]  # type: ignore[arg-type]
+        required = self.required.values(rows) if self.required is not None else ()
+        if not set(map(type, chain(required, *columns))) <= _NUMBER:
+            raise Fallback
+        if self.required is not None:
+            count = len(self.required_slots)
+            values = np.fromiter(self.required.values(rows), np.float64, size * count)
+            out[:, self.required_slots] = values.reshape(size, count)
+        if columns:
+            count = len(columns)
+            values = np.fromiter(chain.from_iterable(columns), np.float64, size * count)
+            out[:, self.optional_slots] = values if count == 1 else values.reshape(count, size).T
+        for slots, operations in self.number_groups:
+            part = out[:, slots]
+            for kind, parameters in operations:
+                part = _ARRAY_OPS[kind](part, parameters)
+            out[:, slots] = part
 
     def _one_hot(self, records: Sequence[Mapping[str, Any]], cells: Array, width: int) -> None:
         assert self.categories is not None
@@ -402,6 +448,11 @@ class _Block:
         return iter(rows) if self.single else chain.from_iterable(rows)
 
 
+def _index(slots: list[int]) -> int | list[int]:
+    """Output columns as an index: a single one as an int (numpy then gives a view)."""
+    return slots[0] if len(slots) == 1 else slots
+
+
 def _block(names: Sequence[str]) -> _Block | None:
     return _Block(names) if names else None
 
@@ -427,9 +478,10 @@ def _write_column(  # noqa: PLR0917 - the parts of one field of the batch plan
     for _, ops, slot, slots in emitters:
         column: Any = values if numbers is None else numbers
         for op in ops:
-            over_array = getattr(op, "over_array", None)
-            if over_array is not None and isinstance(column, np.ndarray):
-                column = over_array(column)
+            twin = _twin(op)
+            if twin is not None and isinstance(column, np.ndarray):
+                kind, parameters = twin
+                column = _ARRAY_OPS[kind](column, np.array(parameters))
             else:
                 column = list(
                     map(op, column.tolist() if isinstance(column, np.ndarray) else column)

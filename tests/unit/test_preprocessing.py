@@ -419,3 +419,49 @@ def test_the_encoders_arithmetic_errors_are_answered_by_the_column_path() -> Non
     for batch in (records, records + [{"amount": 1.0, "count": 1.0}] * 30):
         with pytest.raises(RecordError, match=r"row 1: field 'amount': expected a number"):
             pre.transform_records(batch)
+
+
+def test_batch_encoder_runs_each_kind_of_numeric_step_once_with_the_same_bits() -> None:
+    # Fields with the same chain of steps share one array operation per step in a batch
+    # (c and f: fill, scale; d and g: scale); other chains have a cast to int or to bool,
+    # a second scale, or no step at all.
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {
+            "a": rng.normal(size=40) * 10,
+            "b": rng.normal(size=40) * 10,
+            "c": rng.normal(size=40),
+            "d": rng.normal(size=40),
+            "e": rng.normal(size=40),
+            "f": rng.normal(size=40) * 3,
+            "g": rng.normal(size=40) + 5,
+            "y": rng.integers(0, 2, 40),
+        }
+    )
+    frame.loc[::5, ["a", "b", "c", "f"]] = None
+    steps = [
+        {"op": "fill_missing", "columns": {"a": 1.5, "b": -2, "c": 0, "f": 4}},
+        {"op": "cast", "columns": {"a": "int", "b": "bool"}},
+        {"op": "scale", "columns": ["a", "c", "d", "f", "g"]},
+        {"op": "scale", "columns": ["a"]},
+    ]
+    pre = fit(frame, steps).with_target("y")
+    encoder = pre.record_encoder
+    assert encoder is not None
+    assert sorted(len(np.atleast_1d(slots)) for slots, _ in encoder._batch.number_groups) == [
+        1,
+        1,
+        2,
+        2,
+    ]
+    values = [None, 0, -0.0, 3, 2.5, -7.75, float("nan"), float("inf"), 1e300, 2**60 + 1]
+    for size in (1, 7, 50):
+        records = [
+            {name: values[(i * 7 + j * 3) % len(values)] for j, name in enumerate("abcdefg")}
+            for i in range(size)
+        ]
+        for i in range(0, size, 3):  # optional fields left out
+            del records[i]["b"]
+        expected = pre.transform_records_by_column(records)
+        assert encoder.encode_batch(records).tobytes() == expected.tobytes()
+        assert encoder.encode(records).tobytes() == expected.tobytes()
