@@ -311,11 +311,11 @@ class _BatchPlan:
 
     - numbers: number fields written to one output each, whose operations all have array
       twins (fill, cast, scale). The required ones are read with one ``itemgetter`` call per
-      record, the optional ones a field at a time; all are type-checked in one pass and
-      converted by one ``np.fromiter`` into a (fields x records) block. Fields with the same
-      kinds of operations in the same order form a group, whose operations run once over the
-      group's rows with a column of parameters (a fill value, a mean and a deviation per
-      field); the block is stored with one column assignment;
+      record, the optional ones a field at a time; all are type-checked in one pass,
+      converted by ``np.fromiter`` and stored in their output columns. Fields with the same
+      kinds of operations in the same order form a group, whose operations then run once
+      over the group's columns, with a parameter per column (say a fill value, or a mean
+      and a deviation);
     - categories: required text fields one-hot encoded as they are, read with one
       ``itemgetter`` call per record; each value is looked up in its own field's slots in
       the same C-level pass (``map(dict.get, cycle(slots), values)``), and only values that
