@@ -80,6 +80,13 @@ class ServingSettings(BaseSettings):
     )
     cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=300, ge=1)
+    cache_local_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=0,
+        description="In-process copy of recent cache entries, in bytes (0: none). A repeated "
+        "request is answered without a Redis round trip; an entry is fixed by model version "
+        "and features, so a copy is never stale.",
+    )
 
     rate_limit: str = Field(default="1000/second", description="Default per-key limit.")
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

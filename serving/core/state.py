@@ -50,7 +50,9 @@ class Services:
             )
         cache = None
         if link is not None and settings.cache_enabled:
-            cache = PredictionCache(link, settings.cache_ttl_seconds, metrics)
+            cache = PredictionCache(
+                link, settings.cache_ttl_seconds, metrics, settings.cache_local_bytes
+            )
         models = ModelManager(settings, metrics)
         return cls(
             settings=settings,
