@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,32 +34,16 @@ from typing import Any
 
 from bench.pipeline.workflow import REPO_ROOT
 
+# the tests' way to run an MLflow server, find a port and wait for HTTP
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from server_process import free_port, run_mlflow_server, wait_for_http
+
 VENV_BIN = Path(sys.executable).parent
 DAG_FILE = '''"""Benchmark loader (airflow dag): the churn train workflow for bench.pipeline."""
 from bench.pipeline.workflow import bench_dag
 
 dag = bench_dag({model!r}, {trials})
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 def environment(home: Path, mlflow_url: str, port: int, dags: Path | None = None) -> dict[str, str]:
@@ -162,7 +145,7 @@ def run_scheduler(home: Path, mlflow_url: str, model: str, trials: int) -> dict[
                     start_new_session=True,
                 )
             )
-        wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 300)
+        wait_for_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", 300)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             listed = subprocess.run(
@@ -227,50 +210,21 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown modes {unknown}; modes are floor, dag_test, scheduler")
     root = Path(tempfile.mkdtemp(prefix="mlwp-bench-pipeline-"))
-    mlflow_port = free_port()
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
-    log = (root / "mlflow.log").open("wb")
-    mlflow = subprocess.Popen(
-        [
-            str(VENV_BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(mlflow_port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            (root / "artifacts").as_uri(),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
     results: dict[str, dict[str, Any]] = {}
     try:
-        wait_http(f"{mlflow_url}/health", 300)
-        for mode in modes:
-            home = root / mode
-            home.mkdir()
-            print(f"running {mode} ...", flush=True)
-            if mode == "scheduler":
-                results[mode] = run_scheduler(home, mlflow_url, f"churn-bench-{mode}", args.trials)
-            else:
+        with run_mlflow_server(root / "mlflow", timeout=300) as (mlflow_url, _):
+            for mode in modes:
+                home = root / mode
+                home.mkdir()
+                print(f"running {mode} ...", flush=True)
                 model = f"churn-bench-{mode}"
-                dags = write_dag_folder(home, model, args.trials)
-                env = environment(home, mlflow_url, free_port(), dags)
-                results[mode] = run_worker(mode, env, model, args.trials)
+                if mode == "scheduler":
+                    results[mode] = run_scheduler(home, mlflow_url, model, args.trials)
+                else:
+                    dags = write_dag_folder(home, model, args.trials)
+                    env = environment(home, mlflow_url, free_port(), dags)
+                    results[mode] = run_worker(mode, env, model, args.trials)
     finally:
-        mlflow.terminate()
-        try:
-            mlflow.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            mlflow.kill()
-        log.close()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     report(results, args.trials)

@@ -21,8 +21,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,12 +43,9 @@ def _load(name: str, path: Path) -> Any:
 
 
 telco = _load("telco", REPO / "tests" / "serving" / "telco.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# the tests' way to run an MLflow server, find a port, wait for HTTP and stop a process group
+processes = _load("server_process", REPO / "tests" / "server_process.py")
+free_port = processes.free_port
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -64,32 +59,12 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
     )
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-
-
 def wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text()[-2000:])
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
+    """Wait until ``url`` answers; a server that dies or never answers raises with its log."""
+    try:
+        processes.wait_for_http(url, timeout=timeout, proc=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n{log.read_text()[-2000:]}") from None
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
@@ -248,32 +223,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mlwp-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
-        stack.callback(lambda: [stop(p) for p in procs])
+        stack.callback(lambda: [processes.stop_process_group(p) for p in procs])
         mlflow_url = args.mlflow_url
         if not mlflow_url:
-            port = free_port()
-            mlflow_url = f"http://127.0.0.1:{port}"
-            proc = start(
-                [
-                    str(BIN / "mlflow"),
-                    "server",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    "1",
-                    "--backend-store-uri",
-                    f"sqlite:///{work / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    (work / "artifacts").as_uri(),
-                ],
-                {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner to compete
-                work / "mlflow.log",
-            )
-            procs.append(proc)
-            print(f"starting MLflow at {mlflow_url} ...", flush=True)
-            wait(f"{mlflow_url}/health", proc, work / "mlflow.log")
+            print("starting MLflow ...", flush=True)
+            mlflow_url, _ = stack.enter_context(processes.run_mlflow_server(work / "mlflow"))
         name = f"churn-bench-{int(time.time())}"
         print("training and registering the churn model ...", flush=True)
         model_dir = telco.train_model_dir(work / "model", rounds=100, max_depth=5)
