@@ -124,6 +124,16 @@ class Model:
             return f"compiled trees for batches of up to {rows} rows"
         return f"XGBoost for every batch ({self.predictor.not_compiled})"
 
+    def tune_encoder(self, record: Mapping[str, Any]) -> str:
+        """Time the record encoder's two ways on copies of ``record`` (a service does it
+        once at load; see :meth:`mlwp.record_encoder.RecordEncoder.tune`); says where it
+        switches, or why records take the column path."""
+        encoder = self.preprocessing.record_encoder
+        if encoder is None:
+            return "column path (the steps include a derive)"
+        rows = encoder.tune(record)
+        return f"records one by one up to {rows}, a field at a time above"
+
     def predict_matrix(self, matrix: np.ndarray[Any, Any]) -> Prediction:
         """Score an already preprocessed feature matrix."""
         if matrix.shape[0] == 0:

@@ -50,13 +50,15 @@ FEATURE_OPS = (
     "derive",
 )
 DTYPES = ("float", "int", "bool", "str")
-# Up to this many records, serving encodes record by record (mlwp.record_encoder); above it,
-# a field at a time over all records (RecordEncoder.encode_batch), which costs more per call
-# and less per record. Measured crossovers: about 8 records on the churn model (19 fields,
-# mostly one-hot), about 3 on a model of 20 numeric fields with fill, cast and scale steps
-# (the batch runs each kind of step once for all of them). The column path is slower than
-# either at every size (churn, 100 records: 239 µs against 152 µs batched; the numeric
-# model: 248 against 158); it remains for what the encoder does not cover, and for reports.
+# Up to this many records, the record encoder (mlwp.record_encoder) goes record by record;
+# above it, a field at a time over all records (RecordEncoder.encode_batch), which costs more
+# per call and less per record. A service times the crossover per model at load
+# (RecordEncoder.tune): about 8 records on the churn model (19 fields, mostly one-hot),
+# about 3 on a model of 20 numeric fields with fill, cast and scale steps (the batch runs
+# each kind of step once for all of them); this is the default between the two. The column
+# path is slower than either at every size (churn, 100 records: 239 µs against 152 µs
+# batched; the numeric model: 248 against 158); it remains for what the encoder does not
+# cover, and for reports.
 ENCODER_MAX_ROWS = 6
 # Characters XGBoost refuses in feature names.
 _NAME_UNSAFE = str.maketrans({"[": "(", "]": ")", "<": "lt"})
@@ -1328,7 +1330,7 @@ class Preprocessing:
         encoder = self.record_encoder
         if encoder is not None:
             try:
-                if len(records) <= ENCODER_MAX_ROWS:
+                if len(records) <= encoder.max_rows:
                     return encoder.encode(records)
                 return encoder.encode_batch(records)
             # An unusual value, or one its float arithmetic refuses (an int too large for a

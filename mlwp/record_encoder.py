@@ -16,6 +16,7 @@ give the same matrix, bit for bit; a property test checks it on random data and 
 from __future__ import annotations
 
 import math
+import timeit
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, cycle, repeat
@@ -24,7 +25,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from mlwp.preprocessing import Feature, Step, _format_number
+from mlwp.preprocessing import ENCODER_MAX_ROWS, Feature, Step, _format_number
 
 Array = np.ndarray[Any, Any]
 ScalarOp = Callable[[Any], Any]
@@ -235,6 +236,8 @@ class RecordEncoder:
             (*fields[source], ops, slot, slots) for source, ops, slot, slots in emitters
         ]
         self._batch = _BatchPlan(self._plan)
+        # batches up to this size are encoded record by record (see tune)
+        self.max_rows = ENCODER_MAX_ROWS
 
     def encode(self, records: Sequence[Mapping[str, Any]]) -> Array:
         """The matrix of ``records``; raises :class:`Fallback` on any unusual value."""
@@ -254,6 +257,24 @@ class RecordEncoder:
                 self._write(record, cells, row, self._in_order)
                 raise
         return out
+
+    def tune(self, record: Mapping[str, Any]) -> int:
+        """Set :attr:`max_rows`, the largest batch :meth:`encode` takes before
+        :meth:`encode_batch` is faster, timed on copies of ``record`` (a service does it once
+        at load: the crossover depends on the fields and steps, from about 3 records for
+        numeric steps to about 8 for mostly one-hot ones). Both give the same matrix, so the
+        timing only decides the speed; a record either refuses keeps the default."""
+        for size in _TUNING_SIZES:
+            try:
+                by_record = _best_time(self.encode, [record] * size)
+                batched = _best_time(self.encode_batch, [record] * size)
+            except (Fallback, ArithmeticError):
+                return self.max_rows
+            if batched < by_record:
+                self.max_rows = size - 1
+                return self.max_rows
+        self.max_rows = _TUNING_SIZES[-1]
+        return self.max_rows
 
     def encode_batch(self, records: Sequence[Mapping[str, Any]]) -> Array:
         """The same matrix as :meth:`encode`, a field at a time over all records: for larger
@@ -296,6 +317,13 @@ class RecordEncoder:
                 found = slots.get(value)
                 if found is not None:
                     cells[row + found] = 1.0
+
+
+_TUNING_SIZES = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def _best_time(encode: Callable[[Any], Any], records: list[Any]) -> float:
+    return min(timeit.repeat(lambda: encode(records), number=10, repeat=5))
 
 
 _NONE = type(None)

@@ -20,6 +20,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,8 @@ class Model(Protocol):
     def predict(self, records: Any) -> PredictResult: ...
 
     def compile_trees(self) -> str: ...
+
+    def tune_encoder(self, record: Mapping[str, Any]) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,7 @@ class ModelManager:
             schema = RecordSchema.from_features(list(model.features))
             example = [schema.example_record()]
             predictor = model.compile_trees()
+            encoder = model.tune_encoder(example[0])
             for _ in range(WARMUP_ROUNDS):
                 result = model.predict(example)
                 if len(result.predictions) != 1:
@@ -371,6 +375,7 @@ class ModelManager:
             version=version,
             seconds=round(time.perf_counter() - started, 3),
             predictor=predictor,
+            encoder=encoder,
         )
         return Variant(
             alias, version, model, schema, getattr(model_version, "run_id", None), _now()

@@ -465,3 +465,19 @@ def test_batch_encoder_runs_each_kind_of_numeric_step_once_with_the_same_bits() 
         expected = pre.transform_records_by_column(records)
         assert encoder.encode_batch(records).tobytes() == expected.tobytes()
         assert encoder.encode(records).tobytes() == expected.tobytes()
+
+
+def test_tuning_sets_where_the_encoder_switches_to_batches_and_keeps_it_on_a_refusal() -> None:
+    pre = _edge_preprocessing()
+    encoder = pre.record_encoder
+    assert encoder is not None
+    assert encoder.max_rows == ENCODER_MAX_ROWS  # untuned
+    # a record the encoder refuses (a number where text belongs) tunes nothing
+    assert encoder.tune({**EDGE_RECORDS[0], "city": 3}) == ENCODER_MAX_ROWS
+    rows = encoder.tune(EDGE_RECORDS[0])
+    assert rows == encoder.max_rows and 1 <= rows <= 32
+    # either side of the switch, the matrix is the column path's
+    for size in (rows, rows + 1):
+        records = (EDGE_RECORDS * 40)[:size]
+        expected = pre.transform_records_by_column(records)
+        assert pre.transform_records(records).tobytes() == expected.tobytes()
