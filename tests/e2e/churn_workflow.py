@@ -4,7 +4,6 @@ name (pytest puts this folder on ``sys.path``); fixtures live in ``conftest.py``
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +113,6 @@ def versions(client: Any, model: str = MODEL) -> list[Any]:
         return list(client.search_model_versions(f"name = '{model}'"))
     except MlflowException:
         return []
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_lineage(

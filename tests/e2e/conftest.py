@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from churn_workflow import unused_port
+from server_process import free_port
 
 
 def ensure_project_roles(*names: str) -> None:
@@ -35,5 +35,5 @@ def pipeline_env(
     storage = tmp_path / "storage"
     monkeypatch.setenv("MLWP_STORAGE_ROOT", storage.as_uri())
     # Nothing listens there: deploy must log the unreachable serving service and go on.
-    monkeypatch.setenv("MLWP_SERVING_PORT", str(unused_port()))
+    monkeypatch.setenv("MLWP_SERVING_PORT", str(free_port()))
     return storage

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +28,8 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from churn_workflow import CHURN, churn_dag, states, unused_port, xcom
+from churn_workflow import CHURN, churn_dag, states, xcom
+from server_process import free_port, stop_process_group, wait_for_http
 
 from mlwp.settings import REPO_ROOT
 
@@ -89,7 +88,7 @@ def serving(
     _, client = store.create("e2e-client", [f"model:{MODEL}"])
     store.close()
 
-    port = unused_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLWP_SERVING_")}
     env.update(
         MLWP_SERVING_HOME=str(home),
@@ -115,42 +114,15 @@ def serving(
         )
     service = Serving(f"http://127.0.0.1:{port}", client, log)
     try:
-        wait_live(service, proc, timeout=180)
+        try:
+            wait_for_http(f"{service.url}/health/live", timeout=180, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"serving did not start: {exc}\n{service.output()}")
         monkeypatch.setenv("MLWP_SERVING_PORT", str(port))
         monkeypatch.setenv("MLWP_SERVING_ADMIN_KEY", admin)
         yield service
     finally:
-        stop(proc)
-
-
-def wait_live(service: Serving, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"serving exited with {proc.returncode}:\n{service.output()}")
-        try:
-            if httpx.get(f"{service.url}/health/live", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"serving not live after {timeout}s:\n{service.output()}")
-        time.sleep(0.25)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group (uvicorn and anything it started), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=20)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    proc.wait()
+        stop_process_group(proc)
 
 
 def raw_records(count: int) -> list[dict[str, Any]]:

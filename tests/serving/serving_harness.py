@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -14,16 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# the one way the tests stop a process group (tests/server_process.py)
 from server_process import run_mlflow_server
+from server_process import stop_process_group as stop_process
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -44,20 +37,6 @@ _MLFLOW_PROCS: dict[str, subprocess.Popen[bytes]] = {}
 def stop_mlflow(url: str) -> None:
     """Stop a server started by ``start_mlflow`` before its block ends (an outage)."""
     stop_process(_MLFLOW_PROCS[url])
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process started with ``start_new_session=True`` and its children (its group)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        proc.wait(timeout=20)
 
 
 class Service:

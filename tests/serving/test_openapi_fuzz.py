@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from serving_harness import free_port, stop_process
+from server_process import free_port, wait_for_http
+from serving_harness import stop_process
 from telco import register_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,16 +67,10 @@ def live_service(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((home / "uvicorn.log").read_text()[-3000:])
-            time.sleep(0.3)
+        try:
+            wait_for_http(f"{base}/health/ready", timeout=300, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{(home / 'uvicorn.log').read_text()[-3000:]}") from None
         yield {"url": base, "token": token, "model": name}
     finally:
         stop_process(proc)

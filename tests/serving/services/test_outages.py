@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from serving_harness import free_port, running, start_mlflow, stop_process
+from server_process import free_port
+from serving_harness import running, start_mlflow, stop_process
 from telco import register_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
