@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="Default storage root of datasets (file:// or s3://); a folder under home.",
     )
 
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis shared by the platform's processes (Celery broker, login rate limits "
+        "across api-server replicas, serving's cache and limits). Unset on a laptop.",
+    )
+
     executor: str = Field(default="LocalExecutor")
     parallelism: int = Field(default=8, ge=1)
     preload: bool = Field(
