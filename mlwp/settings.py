@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         default=None,
         description="Tracking server the pipeline talks to; the embedded one when unset.",
     )
+    mlflow_public_url: str | None = Field(
+        default=None,
+        description="The MLflow UI as a browser reaches it (an ingress host), used by the "
+        "Airflow UI's links to runs and model versions; the tracking URI when unset.",
+    )
     storage_root: str | None = Field(
         default=None,
         description="Default storage root of datasets (file:// or s3://); a folder under home.",

@@ -10,6 +10,7 @@ from airflow.sdk import BaseXCom
 from airflow.sdk.exceptions import DownstreamTasksSkipped
 
 from operators._common import MlwpOperator, check_choice
+from operators.links import MLflowModelVersionLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -66,6 +67,7 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
 
     template_fields: Sequence[str] = ("subject", "body", "approvers")
     ui_color = "#fcf3cf"
+    operator_extra_links = (MLflowModelVersionLink(),)
 
     def __init__(
         self,
@@ -88,11 +90,18 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         self.input = input
 
     def execute(self, context: Context) -> Any:
+        from operators.links import mlflow_model_version_url
+
         registration = self.upstream_document(context, "version", self.input)
         body = comparison_markdown(registration)
         if self.approvers:
             body += "\n\nApprovers: " + ", ".join(self.approvers)
         context["ti"].xcom_push(key="registration", value=registration)
+        # Stored before the task waits, so the approver opens the version from the request.
+        MLflowModelVersionLink.persist(
+            context,
+            mlflow_model_version_url(registration.get("model"), registration.get("version")),
+        )
         if self.mode == "auto":
             self.log.info("Automatic approval (the register gate passed):\n%s", body)
             self.stat("incr", "approve.auto")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from operators._common import MlwpOperator, check_choice
+from operators.links import MLflowModelVersionLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,6 +33,7 @@ class DeployOperator(MlwpOperator):
     template_fields: Sequence[str] = ("model", "alias", "traffic")
     template_fields_renderers = {"traffic": "json"}
     ui_color = "#aed6f1"
+    operator_extra_links = (MLflowModelVersionLink(),)
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class DeployOperator(MlwpOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp import registry
         from operators import _registry
+        from operators.links import mlflow_model_version_url
 
         registration = self.upstream_document(context, "version", self.input)
         if registration.get("approved") is False:
@@ -80,6 +83,7 @@ class DeployOperator(MlwpOperator):
                 self.model,
             )
         version = str(registration["version"])
+        MLflowModelVersionLink.persist(context, mlflow_model_version_url(self.model, version))
         alias, traffic = self.alias, self.traffic
         _registry.use_tracking_server()
         current = (

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from operators._common import MlwpOperator, check_choice
+from operators.links import DatasetLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -26,6 +27,7 @@ class ExtractOperator(MlwpOperator):
     template_fields: Sequence[str] = ("source", "query", "read_options")
     template_fields_renderers = {"query": "sql", "read_options": "json"}
     ui_color = "#d6eaf8"
+    operator_extra_links = (DatasetLink(),)
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class ExtractOperator(MlwpOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp import etl
+        from operators.links import dataset_url
 
         started = time.monotonic()
         storage = self.storage()
@@ -79,6 +82,7 @@ class ExtractOperator(MlwpOperator):
         lineage = self.lineage(context)
         storage.update_sidecar(ref.uri, produced_by=lineage)
         document = {**ref.to_dict(), "task_id": self.task_id}
+        DatasetLink.persist(context, dataset_url(ref.uri))
         self.log.info("Extracted %s rows x %s columns into %s", ref.rows, len(ref.columns), ref.uri)
         self.emit_dataset_event(
             context,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowSkipException
 
 from operators._common import MlwpOperator
+from operators.links import MLflowModelVersionLink, MLflowRunLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,6 +29,7 @@ class RegisterOperator(MlwpOperator):
     template_fields: Sequence[str] = ("model", "gate", "input")
     template_fields_renderers = {"gate": "json"}
     ui_color = "#d4efdf"
+    operator_extra_links = (MLflowModelVersionLink(), MLflowRunLink())
 
     def __init__(
         self,
@@ -50,6 +52,7 @@ class RegisterOperator(MlwpOperator):
         from mlwp import registry
         from operators import _registry
         from operators.evaluate import evaluation_document
+        from operators.links import mlflow_model_version_url, mlflow_run_url
 
         _registry.use_tracking_server()
         training = self.upstream_document(context, "model_uri", self.input)
@@ -69,6 +72,9 @@ class RegisterOperator(MlwpOperator):
             "dataset_uri": lineage.dataset_uri,
         }
         context["ti"].xcom_push(key="gate", value=decision)
+        MLflowRunLink.persist(
+            context, mlflow_run_url(training["run_id"], training.get("experiment_id"))
+        )
         if not decision["passed"]:
             self.log.warning(
                 "%s. Nothing is registered; aliases are untouched.", decision["summary"]
@@ -81,6 +87,9 @@ class RegisterOperator(MlwpOperator):
             lineage,
             test_metrics=evaluation["metrics"],
             description=f"{lineage.dag_id} run {lineage.airflow_run_id}: {decision['summary']}",
+        )
+        MLflowModelVersionLink.persist(
+            context, mlflow_model_version_url(self.model, registration.version)
         )
         if registration.created:
             self.log.info(

@@ -25,6 +25,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from mlwp.definitions import SageMakerSettings
 from operators._common import MlwpOperator, mlflow_tracking_uri
+from operators.links import MLflowRunLink, SageMakerJobLink
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
@@ -182,6 +183,7 @@ class SageMakerModelOperator(MlwpOperator):
 
     template_fields: Sequence[str] = ("job_task_id",)
     ui_color = "#e8daef"
+    operator_extra_links = (MLflowRunLink(), SageMakerJobLink())
 
     def __init__(
         self,
@@ -207,6 +209,7 @@ class SageMakerModelOperator(MlwpOperator):
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
         from mlwp.training.tracking import log_model_run
+        from operators.links import mlflow_run_url, sagemaker_console_url
 
         result = context["ti"].xcom_pull(task_ids=self.job_task_id) or {}
         hook = SageMakerHook(aws_conn_id=self.aws_conn_id)
@@ -225,6 +228,15 @@ class SageMakerModelOperator(MlwpOperator):
             raise AirflowFailException(
                 f"task {self.task_id!r}: task {self.job_task_id!r} returned no SageMaker job"
             )
+        SageMakerJobLink.persist(
+            context,
+            sagemaker_console_url(
+                (result.get("Tuning") or {}).get("HyperParameterTuningJobName")
+                or job["TrainingJobName"],
+                hook.conn_region_name,
+                tuning="Tuning" in result,
+            ),
+        )
         storage = _s3_storage(self)
         artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
         model_dir = Path(tempfile.mkdtemp(prefix="mlwp-sagemaker-model-"))
@@ -270,6 +282,7 @@ class SageMakerModelOperator(MlwpOperator):
             client.set_terminated(run.info.run_id, status="FAILED")
             raise
         client.set_terminated(run.info.run_id)
+        MLflowRunLink.persist(context, mlflow_run_url(tracked.run_id, tracked.experiment_id))
         # Same shape as TrainOperator's document, so evaluate/register do not care.
         return {
             "run_id": tracked.run_id,
@@ -322,10 +335,7 @@ def sagemaker_train_tasks(
     ``base`` holds the usual BaseOperator arguments (dag, retries, execution_timeout...).
     The tail keeps ``task_id``, so downstream tasks and their XCom lookups are unchanged.
     """
-    from airflow.providers.amazon.aws.operators.sagemaker import (
-        SageMakerTrainingOperator,
-        SageMakerTuningOperator,
-    )
+    from operators.sagemaker_jobs import SageMakerTrainingJobOperator, SageMakerTuningJobOperator
 
     context = {"project": project, "workflow": workflow, "project_dir": project_dir}
     base.pop("outlets", None)
@@ -350,10 +360,10 @@ def sagemaker_train_tasks(
         **{k: v for k, v in base.items() if k != "doc_md"},
     }
     if tuning:
-        job: BaseOperator = SageMakerTuningOperator(**job_args)
+        job: BaseOperator = SageMakerTuningJobOperator(**job_args)
     else:
         # A retried job task starts a new, timestamped job instead of failing on the name.
-        job = SageMakerTrainingOperator(
+        job = SageMakerTrainingJobOperator(
             **job_args, check_if_job_exists=True, action_if_job_exists="timestamp"
         )
     model = SageMakerModelOperator(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from operators._common import MlwpOperator, check_choice, mlflow_tracking_uri
+from operators.links import MLflowRunLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -45,6 +46,7 @@ class TrainOperator(MlwpOperator):
     template_fields: Sequence[str] = ("target", "hyperparameters", "tuning", "input")
     template_fields_renderers = {"hyperparameters": "json", "tuning": "json"}
     ui_color = "#e8daef"
+    operator_extra_links = (MLflowRunLink(),)
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class TrainOperator(MlwpOperator):
         from mlwp.errors import MlwpError
         from mlwp.preprocessing import Preprocessing
         from mlwp.training.pipeline import hyperparameters_of, train_model
+        from operators.links import mlflow_run_url
 
         if self.backend != "local":
             raise AirflowFailException(
@@ -149,6 +152,7 @@ class TrainOperator(MlwpOperator):
         except MlwpError as exc:
             # A bad config or a failing training subprocess fails the same way on a retry.
             raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+        MLflowRunLink.persist(context, mlflow_run_url(outcome.run_id, outcome.experiment_id))
         self.log.info(
             "MLflow run %s, model %s, metrics %s",
             outcome.run_id,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from operators._common import MlwpOperator
+from operators.links import DatasetLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,6 +29,7 @@ class TransformOperator(MlwpOperator):
     template_fields: Sequence[str] = ("steps", "input")
     template_fields_renderers = {"steps": "json"}
     ui_color = "#d5f5e3"
+    operator_extra_links = (DatasetLink(),)
 
     def __init__(
         self,
@@ -47,6 +49,7 @@ class TransformOperator(MlwpOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp.transform import TransformError, run_transform
+        from operators.links import dataset_url
 
         started = time.monotonic()
         storage = self.storage()
@@ -70,6 +73,7 @@ class TransformOperator(MlwpOperator):
             storage.update_sidecar(ref.uri, produced_by=lineage)
             splits[split] = ref.to_dict()
             self.log.info("Split %s: %s rows -> %s", split, ref.rows, ref.uri)
+        DatasetLink.persist(context, dataset_url(*(s["uri"] for s in splits.values())))
         preprocessing = result.preprocessing.to_json()
         train_uri = splits["train"]["uri"]
         preprocessing_uri = train_uri[: -len(".parquet")] + f".{PREPROCESSING_NAME}"

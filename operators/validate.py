@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from operators._common import MlwpOperator
+from operators.links import DataDocsLink, DatasetLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,6 +29,7 @@ class ValidateOperator(MlwpOperator):
 
     template_fields: Sequence[str] = ("suite", "input")
     ui_color = "#fdebd0"
+    operator_extra_links = (DataDocsLink(), DatasetLink())
 
     def __init__(
         self,
@@ -48,9 +50,11 @@ class ValidateOperator(MlwpOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp.validation import SuiteError, validate_dataset
+        from operators.links import dataset_url, storage_file_url
 
         started = time.monotonic()
         dataset = self.upstream_document(context, "sha256", self.input)
+        DatasetLink.persist(context, dataset_url(dataset["uri"]))
         try:
             report = validate_dataset(
                 self.storage(),
@@ -61,6 +65,8 @@ class ValidateOperator(MlwpOperator):
             )
         except SuiteError as exc:
             raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+        # Before a failure is raised: a failed suite is when the data docs matter most.
+        DataDocsLink.persist(context, storage_file_url(report.docs_uri))
         stats = report.statistics
         self.log.info(
             "Suite %s on %s: %s/%s expectations successful (%.1f%%); result %s; data docs %s",

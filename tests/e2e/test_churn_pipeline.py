@@ -22,7 +22,9 @@ from churn_workflow import CHURN, MODEL, assert_lineage, churn_dag, states, vers
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> None:
+def test_churn_pipeline_end_to_end(
+    pipeline_env: Path, mlflow_tracking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     from mlwp.model import load
@@ -31,6 +33,8 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     from mlwp.training.metrics import compute_metrics
 
     client = mlflow.MlflowClient(mlflow_tracking)
+    # Links are built for a browser: the public address, not the tracking URI the tasks use.
+    monkeypatch.setenv("MLWP_MLFLOW_PUBLIC_URL", "https://mlflow.example.org/")
     dag = churn_dag(CHURN)
     run = dag.test()
     assert states(run) == {
@@ -66,6 +70,35 @@ def test_churn_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> 
     model = client.get_registered_model(MODEL)
     assert model.aliases == {"champion": version.version}
     assert model.tags["mlwp.traffic"] == '{"champion":100}'
+
+    # Extra links: each task points at what it produced (operators.links, docs/ui.md).
+    experiment = client.get_run(version.run_id).info.experiment_id
+    links = {
+        (task, name): xcom(run, task, f"_link_{name}")
+        for task, name in (
+            ("extract", "DatasetLink"),
+            ("validate", "DataDocsLink"),
+            ("features", "DatasetLink"),
+            ("train", "MLflowRunLink"),
+            ("register", "MLflowModelVersionLink"),
+            ("approve", "MLflowModelVersionLink"),
+            ("deploy", "MLflowModelVersionLink"),
+        )
+    }
+    version_url = f"https://mlflow.example.org/#/models/{MODEL}/versions/{version.version}"
+    assert links[("train", "MLflowRunLink")] == (
+        f"https://mlflow.example.org/#/experiments/{experiment}/runs/{version.run_id}"
+    )
+    for task in ("register", "approve", "deploy"):
+        assert links[(task, "MLflowModelVersionLink")] == version_url, task
+    assert links[("extract", "DatasetLink")] == (
+        f"/mlwp/datasets?path=churn%2Fdatasets%2Fextract%2F{extracted['sha256']}.parquet"
+    )
+    assert links[("features", "DatasetLink")].count("path=churn%2Fdatasets%2Ffeatures-") == 3
+    assert links[("validate", "DataDocsLink")] == (
+        "/mlwp/storage/"
+        + extracted["validation"]["telco_churn_raw"]["docs_uri"][len(storage.root) + 1 :]
+    )
 
     # The validation result and data docs sit beside the raw dataset, recorded in its sidecar.
     validation = extracted["validation"]["telco_churn_raw"]
