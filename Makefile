@@ -8,7 +8,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(PYTHON) -m uv)
 RUN := $(UV) run --frozen --no-sync
 PYTEST_ARGS ?=
 
-.PHONY: up down status test test-fast lint typecheck bench sync clean uv
+.PHONY: up down status test test-fast lint typecheck bench sync clean uv checkers
 
 uv:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet uv \
@@ -22,6 +22,9 @@ uv:
 
 sync: .venv/.synced
 
+checkers: sync  ## helm, kubectl, dclint, checkov... into .tools/ (tools/install-checkers; quick when present)
+	tools/install-checkers
+
 up: sync  ## run Airflow (FAB), MLflow and serving with the example project; Ctrl-C stops all
 	$(RUN) mlwp up
 
@@ -31,10 +34,10 @@ down: sync
 status: sync
 	$(RUN) mlwp status
 
-test: sync  ## the whole suite, as CI runs it (two workers: most slow tests wait on servers)
+test: sync checkers  ## the whole suite, as CI runs it (two workers: most slow tests wait on servers)
 	$(RUN) pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
-test-fast: sync  ## the inner loop: no slow tests
+test-fast: sync checkers  ## the inner loop: no slow tests
 	$(RUN) pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 lint: sync

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     statsd_host: str = "127.0.0.1"
     statsd_port: int = 9125
 
+    serving_base_url: str | None = Field(
+        default=None,
+        description="Where the platform (the deploy task) reaches serving, such as "
+        "http://serving:8000 in a container deployment; http://<host>:<serving_port> when unset.",
+    )
     serving_admin_key: SecretStr | None = Field(
         default=None,
         description="API key (admin scope) the deploy task sends with POST /admin/reload.",
@@ -154,7 +159,7 @@ class Settings(BaseSettings):
 
     @property
     def serving_url(self) -> str:
-        return f"http://{self.host}:{self.serving_port}"
+        return self.serving_base_url or f"http://{self.host}:{self.serving_port}"
 
 
 def get_settings() -> Settings:

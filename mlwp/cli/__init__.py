@@ -44,3 +44,7 @@ app.add_typer(_models.app, name="models")
 from mlwp.cli import keys as _keys  # noqa: E402
 
 app.add_typer(_keys.app, name="keys")
+
+from mlwp.cli import config as _config  # noqa: E402
+
+app.add_typer(_config.app, name="config")

@@ -72,7 +72,6 @@ def test_airflow_options_agree_with_the_generated_configuration(
     same_everywhere = [
         "AIRFLOW__CORE__AUTH_MANAGER",
         "AIRFLOW__CORE__LOAD_EXAMPLES",
-        "AIRFLOW__CORE__EXECUTOR",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT",
         "AIRFLOW__CORE__HIDE_SENSITIVE_VAR_CONN_FIELDS",
         "AIRFLOW__API__EXPOSE_CONFIG",
@@ -86,6 +85,9 @@ def test_airflow_options_agree_with_the_generated_configuration(
     for name in AIRFLOW_SERVICES:
         env = compose["services"][name]["environment"]
         assert env["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER
+        # One switch for the executor, defaulting to the settings' (the Celery variant's).
+        default_executor = generated["AIRFLOW__CORE__EXECUTOR"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == f"${{MLWP_EXECUTOR:-{default_executor}}}"
         for key in same_everywhere:
             assert env[key] == generated[key], (name, key)
         # Per-deployment values exist, even if they differ from a laptop's.
@@ -103,8 +105,56 @@ def test_mlflow_and_airflow_use_separate_databases(compose: dict[str, Any]) -> N
     airflow_db = services["airflow-api-server"]["environment"][
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"
     ]
-    mlflow_command = services["mlflow"]["command"]
-    mlflow_db = mlflow_command[mlflow_command.index("--backend-store-uri") + 1]
-    assert airflow_db.rsplit("/", 1)[-1] == "airflow"
-    assert mlflow_db.rsplit("/", 1)[-1] == "mlflow"
-    assert "CREATE DATABASE mlflow" in compose["configs"]["postgres-init"]["content"]
+    mlflow_env = services["mlflow"]["environment"]
+    mlflow_db = mlflow_env["MLFLOW_BACKEND_STORE_URI"]
+    auth_db = mlflow_env["MLWP_MLFLOW_AUTH_DATABASE_URI"]
+    serving_db = services["serving"]["environment"]["MLWP_SERVING_DATABASE_URL"]
+    databases = [url.rsplit("/", 1)[-1] for url in (airflow_db, mlflow_db, auth_db, serving_db)]
+    assert databases == ["airflow", "mlflow", "mlflow_auth", "serving"]
+    for database in databases:
+        assert f"CREATE DATABASE {database};" in compose["configs"]["postgres-init"]["content"]
+
+
+def test_mlflow_runs_its_basic_auth_app(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    script = services["mlflow"]["command"][-1]
+    assert "mlwp config mlflow-auth" in script
+    assert "mlflow server --app-name basic-auth" in script
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in services["mlflow"]["environment"]
+    for name in (*AIRFLOW_SERVICES, "serving"):
+        assert services[name]["environment"]["MLFLOW_TRACKING_USERNAME"], name
+
+
+def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for entry in service.get("ports", []):
+            assert str(entry).startswith("127.0.0.1:"), (name, entry)
+
+
+def test_the_deploy_task_reaches_serving_with_a_key(compose: dict[str, Any]) -> None:
+    env = compose["services"]["airflow-scheduler"]["environment"]
+    settings = Settings(
+        home=Path("/tmp/unused"),
+        serving_base_url=env["MLWP_SERVING_BASE_URL"],
+    )
+    assert settings.serving_url == "http://serving:8000"
+    assert "MLWP_SERVING_ADMIN_KEY" in env
+
+
+def test_init_writes_the_webserver_config_and_syncs_roles_like_mlwp_up(
+    compose: dict[str, Any],
+) -> None:
+    script = compose["services"]["airflow-init"]["command"][-1]
+    steps = ["airflow db migrate", "mlwp config webserver", "mlwp roles sync", "mlwp users add"]
+    positions = [script.index(step) for step in steps]
+    assert positions == sorted(positions)
+
+
+def test_celery_variant_runs_workers_on_redis(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker = services["airflow-worker"]
+    assert worker["profiles"] == ["celery"]
+    assert worker["command"] == ["airflow", "celery", "worker"]
+    env = worker["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "${MLWP_EXECUTOR:-LocalExecutor}"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
