@@ -58,7 +58,37 @@ class Settings(BaseSettings):
     )
     storage_root: str | None = Field(
         default=None,
-        description="Default storage root of datasets (file:// or s3://); a folder under home.",
+        description="Default storage root of datasets, reports and GX data docs (file:// or "
+        "s3://); a folder under home when unset.",
+    )
+    remote_log_folder: str | None = Field(
+        default=None,
+        description="Airflow remote task logs (e.g. s3://bucket/logs): every task uploads its log "
+        "there and any api-server reads it back; local files under home when unset.",
+    )
+    remote_log_conn_id: str = Field(
+        default="aws_default",
+        description="Airflow connection the remote task logs are written and read with.",
+    )
+    audit_database_url: str | None = Field(
+        default=None,
+        description="Database of the platform's audit trail (SQLAlchemy URL); the Airflow "
+        "metadata database when unset.",
+    )
+    serving_database_url: str | None = Field(
+        default=None,
+        description="Database of the serving API keys (SQLAlchemy URL; serving reads the same "
+        "MLWP_SERVING_DATABASE_URL); SQLite under home when unset.",
+    )
+    auth_rate_limit_storage: str | None = Field(
+        default=None,
+        description="Where the api-server counts failed logins (a `limits` storage URI); "
+        "MLWP_REDIS_URL when set, so every replica shares one count, else memory://.",
+    )
+    production: bool | None = Field(
+        default=None,
+        description="Production-shaped: `mlwp up` refuses state on one host's disk. Unset: "
+        "true when the executor is not LocalExecutor alone.",
     )
 
     redis_url: str | None = Field(
@@ -94,6 +124,19 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a deploy task waits for serving to show the deployed version "
         "(0: ask for the reload, do not wait).",
+    )
+
+    fernet_key: SecretStr | None = Field(
+        default=None,
+        description="Airflow's Fernet key; generated into home/secrets.json when unset.",
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="Airflow's JWT signing secret; generated into home/secrets.json when unset.",
+    )
+    api_secret_key: SecretStr | None = Field(
+        default=None,
+        description="Airflow api-server session key; generated into home/secrets.json when unset.",
     )
 
     admin_username: str = "admin"
@@ -148,6 +191,31 @@ class Settings(BaseSettings):
     @property
     def storage_uri(self) -> str:
         return self.storage_root or (self.home / "storage").as_uri()
+
+    @property
+    def audit_url(self) -> str:
+        return self.audit_database_url or self.airflow_database_url
+
+    @property
+    def serving_key_database_url(self) -> str:
+        # The same default as serving.core.config.ServingSettings.key_database_url.
+        return self.serving_database_url or f"sqlite:///{self.home / 'serving.db'}"
+
+    @property
+    def auth_rate_limit_storage_uri(self) -> str:
+        return self.auth_rate_limit_storage or self.redis_url or "memory://"
+
+    @property
+    def executors(self) -> list[str]:
+        """The configured executors (Airflow accepts a comma-separated list)."""
+        return [name.strip() for name in self.executor.split(",") if name.strip()]
+
+    @property
+    def production_shaped(self) -> bool:
+        """Whether shared state must live off this host (see ``mlwp.platform.state_checks``)."""
+        if self.production is not None:
+            return self.production
+        return self.executors != ["LocalExecutor"]
 
     @property
     def airflow_url(self) -> str:

@@ -9,8 +9,11 @@ locked out by its own users.
 
 Configuration (environment of the api-server):
 - ``MLWP_AUTH_RATE_LIMIT``: a ``limits`` expression, default ``5 per 40 second`` (FAB's default).
-- ``MLWP_AUTH_RATE_LIMIT_STORAGE``: ``memory://`` by default; use ``redis://...`` when the
-  api-server runs several workers or replicas, so they share one count.
+- ``MLWP_AUTH_RATE_LIMIT_STORAGE``: a ``limits`` storage URI. Unset, it is ``MLWP_REDIS_URL``
+  when that is set (so every api-server worker and replica shares one count: failures on one
+  replica are refused on the next), else ``memory://`` (one count per process, enough for the
+  embedded single api-server). Read through :mod:`mlwp.settings`, like every ``MLWP_*``
+  setting, so a ``.env`` file works too.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ class FailedLoginRateLimitMiddleware:
         from limits.strategies import MovingWindowRateLimiter
 
         self.app = app
+        from mlwp.settings import get_settings
+
         self.limit = parse(limit or os.environ.get("MLWP_AUTH_RATE_LIMIT", "5 per 40 second"))
-        storage = storage_from_string(
-            storage_uri or os.environ.get("MLWP_AUTH_RATE_LIMIT_STORAGE", "memory://")
-        )
+        self.storage_uri = storage_uri or get_settings().auth_rate_limit_storage_uri
+        storage = storage_from_string(self.storage_uri)
         self.limiter = MovingWindowRateLimiter(storage)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

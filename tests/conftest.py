@@ -1,4 +1,5 @@
-"""Shared fixtures: free ports, real PostgreSQL and Redis, a real MLflow tracking server.
+"""Shared fixtures: free ports, real PostgreSQL and Redis, a real MLflow tracking server, AWS
+as a moto server.
 
 Services are real. A test that needs PostgreSQL or Redis reads its URL from the environment
 (``MLWP_TEST_POSTGRES_URL``, ``MLWP_TEST_REDIS_URL``; localhost by default) and is skipped
@@ -120,6 +121,62 @@ def redis_url() -> str:
     except Exception as exc:  # any client error means "not reachable" here
         service_unavailable("Redis", REDIS_URL, exc)
     return REDIS_URL
+
+
+AWS_REGION = "us-east-1"
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server on loopback; boto3 clients talk to it like to AWS, with real HTTP (so
+    botocore builds, signs and validates every request as it would for AWS)."""
+    from moto.server import ThreadedMotoServer
+    from server_process import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def aws_environment(endpoint: str) -> dict[str, str]:
+    """The environment that points boto3, s3fs, MLflow and the Airflow AWS connection
+    ``aws_default`` at ``endpoint``: what a platform process needs to use the moto server.
+
+    botocore (so boto3 and s3fs, through aiobotocore) reads ``AWS_ENDPOINT_URL``; MLflow's S3
+    artifact store reads ``MLFLOW_S3_ENDPOINT_URL``; Airflow's Amazon provider takes
+    ``endpoint_url`` from the connection's extra.
+    """
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": AWS_REGION,
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        "AIRFLOW_CONN_AWS_DEFAULT": (
+            f'{{"conn_type": "aws", "extra": {{"region_name": "{AWS_REGION}", '
+            f'"endpoint_url": "{endpoint}"}}}}'
+        ),
+    }
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point every boto3 client, s3fs, MLflow and the Airflow AWS connection at moto."""
+    for key, value in aws_environment(moto_endpoint).items():
+        monkeypatch.setenv(key, value)
+    return moto_endpoint
+
+
+@pytest.fixture
+def s3_bucket(aws_env: str) -> str:
+    """A new, empty bucket on the moto server (its name; unique per test)."""
+    import boto3
+
+    name = f"mlwp-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture(scope="session")

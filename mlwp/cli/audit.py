@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -50,3 +51,25 @@ def list_command(
             orjson.dumps(event.details).decode() if event.details else "",
         )
     Console().print(table)
+
+
+@app.command("import")
+def import_command(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="A JSON-lines trail; default: audit.jsonl under MLWP_HOME."),
+    ] = None,
+) -> None:
+    """Import a JSON-lines audit trail written by an older mlwp (each line once)."""
+    from mlwp.audit import AuditError, audit_path, import_jsonl
+
+    source = path or audit_path()
+    if not source.is_file():
+        typer.echo(f"error: no audit trail at {source}", err=True)
+        raise typer.Exit(code=2)
+    try:
+        count = import_jsonl(source)
+    except AuditError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"imported {count} new event(s) from {source}")

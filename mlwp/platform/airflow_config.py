@@ -7,7 +7,7 @@ process mlwp starts (api-server, scheduler, dag-processor, triggerer, task subpr
 
 from __future__ import annotations
 
-from mlwp.platform.secrets import load_or_create
+from mlwp.platform.secrets import installation_secrets
 from mlwp.settings import Settings
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
@@ -76,9 +76,28 @@ def preload_config(settings: Settings) -> dict[tuple[str, str], str]:
     }
 
 
+def remote_logging_config(settings: Settings) -> dict[tuple[str, str], str]:
+    """Task logs in remote storage (S3) when ``MLWP_REMOTE_LOG_FOLDER`` is set.
+
+    Each task's supervisor uploads the finished log with the Amazon provider's S3 task handler
+    (chosen by Airflow from the ``s3://`` scheme) through the connection
+    ``MLWP_REMOTE_LOG_CONN_ID``, and every api-server reads it from there: a log no longer
+    depends on the disk of the worker that ran the task, nor on that worker's log server.
+    The local copy under home stays (Airflow streams a running task's log from it); it is
+    disposable.
+    """
+    if not settings.remote_log_folder:
+        return {}
+    return {
+        ("logging", "remote_logging"): "True",
+        ("logging", "remote_base_log_folder"): settings.remote_log_folder.rstrip("/"),
+        ("logging", "remote_log_conn_id"): settings.remote_log_conn_id,
+    }
+
+
 def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
     """Return Airflow options as ``{(section, key): value}`` for these settings."""
-    secrets = load_or_create(settings.secrets_file)
+    secrets = installation_secrets(settings)
     config: dict[tuple[str, str], str] = {
         ("core", "dags_folder"): str(settings.dags_folder),
         ("core", "plugins_folder"): str(settings.plugins_folder),
@@ -125,6 +144,7 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("scheduler", "scheduler_idle_sleep_time"): "0.5",
     }
     config.update(preload_config(settings))
+    config.update(remote_logging_config(settings))
     if settings.secrets_manager_region:
         from mlwp.security.secrets_backend import secrets_manager_config
 
@@ -142,4 +162,19 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_url
     env["MLWP_STORAGE_ROOT"] = settings.storage_uri
     env["MLWP_HOME"] = str(settings.home)
+    env.update(shared_state_environment(settings))
+    return env
+
+
+def shared_state_environment(settings: Settings) -> dict[str, str]:
+    """Where the api-server plugin, serving and the audit trail keep shared state, when it is
+    not their embedded default: derived from the settings (a ``.env`` file included), so one
+    ``MLWP_REDIS_URL`` or database URL configures every process alike."""
+    env: dict[str, str] = {}
+    if settings.auth_rate_limit_storage_uri != "memory://":
+        env["MLWP_AUTH_RATE_LIMIT_STORAGE"] = settings.auth_rate_limit_storage_uri
+    if settings.serving_database_url:
+        env["MLWP_SERVING_DATABASE_URL"] = settings.serving_database_url
+    if settings.audit_database_url or settings.database_url:
+        env["MLWP_AUDIT_DATABASE_URL"] = settings.audit_url
     return env

@@ -183,3 +183,23 @@ def sync_roles(env: Mapping[str, str], log: Path) -> None:
         {**env, "MLWP_ACTOR": "mlwp-up"},
         log,
     )
+
+
+def migrate_audit(settings: Settings) -> str | None:
+    """Create or upgrade the audit table and import a legacy ``<home>/audit.jsonl``.
+
+    Returns a line for the user when a legacy trail was imported, else None.
+    """
+    from mlwp import audit
+
+    try:
+        audit.migrate(settings.audit_url)
+        imported = audit.import_legacy_trail(settings.home, url=settings.audit_url)
+    except audit.AuditError as exc:
+        raise PlatformError(exc.message, code=exc.code) from exc
+    if imported is None:
+        return None
+    return (
+        f"imported {imported} audit event(s) from {audit.audit_path(settings.home)} into the "
+        f"audit database (the file is kept as audit.jsonl.imported)"
+    )

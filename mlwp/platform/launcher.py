@@ -47,9 +47,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def preflight_checks(settings: Settings) -> None:
-    """Refuse to start when a port is taken or a database cannot be reached."""
+    """Refuse to start when shared state would be local in production, a port is taken or a
+    database cannot be reached."""
+    preflight.check_shared_state(settings)
     preflight.check_ports(processes.port_requests(settings))
     preflight.check_database("Airflow (MLWP_DATABASE_URL)", settings.airflow_database_url)
+    if settings.audit_database_url:
+        preflight.check_database("audit trail (MLWP_AUDIT_DATABASE_URL)", settings.audit_url)
+    if settings.serving_database_url:
+        preflight.check_database(
+            "serving API keys (MLWP_SERVING_DATABASE_URL)", settings.serving_key_database_url
+        )
     mlflow_uri = settings.mlflow_backend_uri
     if "://" in mlflow_uri and not mlflow_uri.startswith("file:"):
         preflight.check_database("MLflow (MLWP_MLFLOW_BACKEND_STORE_URI)", mlflow_uri)
@@ -169,6 +177,11 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         _run_step(pool, stop, supervisor, migrate)
         if stop.is_set():
             return UpResult(0, "stopped during start")
+        imported = _wait_future(pool.submit(bootstrap.migrate_audit, settings), stop, supervisor)
+        if stop.is_set():
+            return UpResult(0, "stopped during start")
+        if imported:
+            echo(f"mlwp: {imported}")
         write_webserver_config(settings)
         names = supervisor.start(processes.AFTER_MIGRATION)
         echo("mlwp: starting " + ", ".join(names) + "; creating the admin user and roles ...")

@@ -1,4 +1,5 @@
-"""Checks made before anything starts: free ports, reachable databases.
+"""Checks made before anything starts: free ports, reachable databases, no shared state on
+this host's disk when the platform is production-shaped.
 
 A failed check raises :class:`~mlwp.errors.PlatformError` with a one-line cause that names
 the port or database and the process that needed it, so ``mlwp up`` refuses before it has
@@ -16,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from mlwp.errors import ConfigurationError, PlatformError
+from mlwp.settings import Settings
 
 
 class PortInUse(PlatformError):
@@ -141,3 +143,104 @@ def check_database(user: str, url: str, *, timeout: int = 5) -> None:
         raise DatabaseUnreachable(f"{user} database {shown} is unreachable: {first}") from exc
     finally:
         engine.dispose()
+
+
+class LocalStateInProduction(ConfigurationError):
+    """A production-shaped platform is configured to keep shared state on this host's disk."""
+
+    code = "local_state_in_production"
+
+
+def _on_local_disk(uri: str) -> bool:
+    """True for a ``file://`` URI, a plain path or a SQLite database: this host's disk."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.lower()
+    return scheme in ("", "file") or scheme.startswith("sqlite")
+
+
+def local_state_problems(settings: Settings) -> list[str]:
+    """Each piece of shared state the settings leave on this host's disk, naming its setting.
+
+    Shared state is what a second worker, api-server or serving replica must see: datasets,
+    MLflow's store and artifacts, task logs, the audit trail, API keys, login counts and the
+    secrets that sign and encrypt. Per-process scratch (temporary folders, the local copy of a
+    running task's log, serving's model download cache) is not shared and not checked.
+    """
+    problems: list[str] = []
+
+    def local(setting: str, uri: str, fix: str) -> None:
+        if _on_local_disk(uri):
+            problems.append(f"{setting}={display_url(uri)} is on this host's disk; {fix}")
+
+    local("MLWP_STORAGE_ROOT", settings.storage_uri, "use an s3:// root")
+    local(
+        "MLWP_MLFLOW_ARTIFACTS_DESTINATION",
+        settings.mlflow_artifacts_uri,
+        "use an s3:// destination (the tracking server proxies it)",
+    )
+    local(
+        "MLWP_MLFLOW_BACKEND_STORE_URI",
+        settings.mlflow_backend_uri,
+        "use a PostgreSQL URL",
+    )
+    local("MLWP_DATABASE_URL", settings.airflow_database_url, "use a PostgreSQL URL")
+    if settings.audit_database_url:  # else the metadata database, checked just above
+        local("MLWP_AUDIT_DATABASE_URL", settings.audit_database_url, "use a PostgreSQL URL")
+    local(
+        "MLWP_SERVING_DATABASE_URL",
+        settings.serving_key_database_url,
+        "use a PostgreSQL URL (it may be the metadata database)",
+    )
+    if not settings.remote_log_folder:
+        problems.append(
+            "MLWP_REMOTE_LOG_FOLDER is unset, so task logs stay on the disk of the host that "
+            "ran each task; set an s3:// folder"
+        )
+    else:
+        local("MLWP_REMOTE_LOG_FOLDER", settings.remote_log_folder, "use an s3:// folder")
+    if settings.auth_rate_limit_storage_uri.startswith("memory://"):
+        problems.append(
+            "MLWP_REDIS_URL (or MLWP_AUTH_RATE_LIMIT_STORAGE) is unset, so each api-server "
+            "replica counts failed logins on its own; set a redis:// URL"
+        )
+    missing = [
+        name
+        for name, value in (
+            ("MLWP_FERNET_KEY", settings.fernet_key),
+            ("MLWP_JWT_SECRET", settings.jwt_secret),
+            ("MLWP_API_SECRET_KEY", settings.api_secret_key),
+        )
+        if value is None
+    ]
+    if missing:
+        problems.append(
+            f"{', '.join(missing)} unset, so they are generated into {settings.secrets_file} "
+            "and differ between hosts; set the same values on every host"
+        )
+    return problems
+
+
+def check_shared_state(settings: Settings) -> None:
+    """Refuse a production-shaped platform whose shared state would live on this host's disk.
+
+    Production-shaped means ``MLWP_PRODUCTION=true``, or, when that is unset, an executor
+    other than LocalExecutor alone (workers on other hosts cannot see this one's disk).
+    Every problem is reported at once, each naming its setting.
+    """
+    if not settings.production_shaped:
+        return
+    problems = local_state_problems(settings)
+    if not problems:
+        return
+    why = (
+        "MLWP_PRODUCTION=true"
+        if settings.production
+        else f"MLWP_EXECUTOR={settings.executor} runs tasks on other hosts"
+    )
+    raise LocalStateInProduction(
+        f"production-shaped platform ({why}) keeps shared state on this host's disk:\n"
+        + "\n".join(f"  - {problem}" for problem in problems)
+        + "\nSet these (docs/platform.md, 'State: where everything lives'), or "
+        "MLWP_PRODUCTION=false to run on one host's disk anyway (development only)."
+    )

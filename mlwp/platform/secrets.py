@@ -1,7 +1,10 @@
 """Per-installation secrets (Fernet key, JWT secret, session key), made once and kept 0600.
 
-Production passes these through the environment or AWS Secrets Manager instead; the file is
-only the embedded default's answer to "where do the secrets of a laptop install live".
+Production passes these through the environment instead (``MLWP_FERNET_KEY``,
+``MLWP_JWT_SECRET``, ``MLWP_API_SECRET_KEY``, e.g. from a Kubernetes secret), so every
+api-server replica and worker host shares them; the file is only the embedded default's
+answer to "where do the secrets of a laptop install live", and is not written when all three
+are given.
 """
 
 from __future__ import annotations
@@ -10,8 +13,12 @@ import base64
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from mlwp.settings import Settings
 
 _KEYS = ("fernet_key", "jwt_secret", "api_secret_key")
 
@@ -42,3 +49,19 @@ def load_or_create(path: Path) -> dict[str, str]:
         existing.update({key: _new_value(key) for key in missing})
         write_private(path, orjson.dumps(existing, option=orjson.OPT_INDENT_2))
     return existing
+
+
+def installation_secrets(settings: Settings) -> dict[str, str]:
+    """The secrets of this installation: from the settings where given, else from the file."""
+    given = {
+        key: value.get_secret_value()
+        for key, value in (
+            ("fernet_key", settings.fernet_key),
+            ("jwt_secret", settings.jwt_secret),
+            ("api_secret_key", settings.api_secret_key),
+        )
+        if value is not None and value.get_secret_value()
+    }
+    if len(given) == len(_KEYS):
+        return given
+    return {**load_or_create(settings.secrets_file), **given}

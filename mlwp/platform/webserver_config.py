@@ -41,7 +41,7 @@ def webserver_config_text(
     settings: Settings,
     *,
     auth_rate_limit: str = DEFAULT_AUTH_RATE_LIMIT,
-    rate_limit_storage_uri: str = "memory://",
+    rate_limit_storage_uri: str | None = None,
 ) -> str:
     """Return the content of ``webserver_config.py`` for these settings."""
     from limits import parse
@@ -54,7 +54,8 @@ def webserver_config_text(
         ) from exc
     return _TEMPLATE.format(
         rate_limit=auth_rate_limit,
-        storage_uri=rate_limit_storage_uri,
+        # The same shared storage as the JWT endpoints' limit (MLWP_REDIS_URL when set).
+        storage_uri=rate_limit_storage_uri or settings.auth_rate_limit_storage_uri,
         secure_cookies=settings.airflow_url.startswith("https://"),
         session_lifetime=settings.jwt_expiration_seconds,
     )
