@@ -8,6 +8,7 @@ process mlwp starts (api-server, scheduler, dag-processor, triggerer, task subpr
 from __future__ import annotations
 
 from mlwp.platform.secrets import installation_secrets
+from mlwp.platform.serving_key import generated_admin_key
 from mlwp.settings import Settings
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
@@ -163,6 +164,10 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
     env["MLWP_STORAGE_ROOT"] = settings.storage_uri
     env["MLWP_HOME"] = str(settings.home)
     env.update(shared_state_environment(settings))
+    admin_key = generated_admin_key(settings)
+    if admin_key is not None:
+        # The deploy task's key for serving's POST /admin/reload (mlwp.platform.serving_key).
+        env["MLWP_SERVING_ADMIN_KEY"] = admin_key
     return env
 
 

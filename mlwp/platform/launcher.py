@@ -26,6 +26,7 @@ import psutil
 
 from mlwp.errors import PlatformError
 from mlwp.platform import bootstrap, preflight, processes
+from mlwp.platform.serving_key import ensure_serving_admin_key
 from mlwp.platform.state import (
     AlreadyRunning,
     PlatformState,
@@ -161,6 +162,9 @@ def run_up(settings: Settings, echo: Echo) -> UpResult:
 
 
 def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: float) -> UpResult:
+    # Before serving starts (it migrates the same key store) and before the environment of
+    # the Airflow processes is made (it carries the key to the deploy tasks).
+    ensure_serving_admin_key(settings)
     specs = processes.platform_processes(settings)
     env = processes.child_environment(settings)
     airflow = processes.executable("airflow")

@@ -26,6 +26,10 @@ _KEYS = ("fernet_key", "jwt_secret", "api_secret_key")
 def _new_value(key: str) -> str:
     if key == "fernet_key":
         return base64.urlsafe_b64encode(os.urandom(32)).decode()
+    if key == "serving_admin_key":  # an API key of serving's key store (mlwp.platform.serving_key)
+        from serving.keys.store import new_token
+
+        return new_token()
     return secrets.token_urlsafe(48)
 
 
@@ -41,14 +45,22 @@ def write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_or_create(path: Path) -> dict[str, str]:
-    """Return the installation secrets, creating the missing ones on first use."""
+def load_or_create(path: Path, keys: tuple[str, ...] = _KEYS) -> dict[str, str]:
+    """Return the installation secrets, creating the missing ones of ``keys`` on first use."""
     existing: dict[str, str] = orjson.loads(path.read_bytes()) if path.exists() else {}
-    missing = [key for key in _KEYS if not existing.get(key)]
+    missing = [key for key in keys if not existing.get(key)]
     if missing:
         existing.update({key: _new_value(key) for key in missing})
         write_private(path, orjson.dumps(existing, option=orjson.OPT_INDENT_2))
     return existing
+
+
+def replace(path: Path, key: str) -> str:
+    """Make a new value for ``key`` (a revoked or clashing one), store it and return it."""
+    existing = load_or_create(path, ())
+    existing[key] = _new_value(key)
+    write_private(path, orjson.dumps(existing, option=orjson.OPT_INDENT_2))
+    return existing[key]
 
 
 def installation_secrets(settings: Settings) -> dict[str, str]:

@@ -113,6 +113,11 @@ def validate_rate_limit(rate: str | None) -> str | None:
     return rate.strip()
 
 
+def new_token() -> str:
+    """A new key token, ``mlwp_<key id>_<secret>``: 64 bits of id, 256 bits of secret."""
+    return f"{TOKEN_PREFIX}_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -160,13 +165,46 @@ class KeyStore:
         self, name: str, scopes: list[str], *, rate_limit: str | None = None
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it and the token, which is never shown again."""
+        token = new_token()
+        return self._insert(name, scopes, rate_limit, token), token
+
+    def install(self, name: str, scopes: list[str], token: str) -> tuple[ApiKey, bool]:
+        """Make ``token`` (made earlier by :func:`new_token`) a valid key; idempotent.
+
+        For a platform that keeps a key of its own among its secrets (``mlwp up`` keeps the
+        deploy task's admin key in ``<home>/secrets.json``): the token exists before the
+        key store does, and a reset key database gets the same key back. Returns the key and
+        whether it was added now. A token whose id is revoked, or stored with another secret,
+        is refused (``revoked_key``, ``key_conflict``): the caller makes a new token.
+        """
+        match = _TOKEN.match(token)
+        if match is None:
+            raise KeyStoreError("not an mlwp API key token", code="invalid_token")
+        key_id, secret = match.groups()
+        with sa.orm.Session(self._engine) as session:
+            row = session.get(ApiKeyRow, key_id)
+            existing = None if row is None else (_to_key(row), row.secret_hash)
+        if existing is None:
+            return self._insert(name, scopes, None, token), True
+        key, secret_hash = existing
+        if not hmac.compare_digest(self._digest(secret), secret_hash):
+            raise KeyStoreError(
+                f"API key {key_id!r} exists with another secret", code="key_conflict"
+            )
+        if key.revoked_at is not None:
+            raise KeyStoreError(f"API key {key_id!r} was revoked", code="revoked_key")
+        return key, False
+
+    def _insert(self, name: str, scopes: list[str], rate_limit: str | None, token: str) -> ApiKey:
         name = name.strip()
         if not name or len(name) > 128:
             raise KeyStoreError("a key needs a name of 1 to 128 characters", code="invalid_name")
         checked = validate_scopes(scopes)
         rate = validate_rate_limit(rate_limit)
-        key_id = secrets.token_hex(8)
-        secret = secrets.token_urlsafe(32)
+        match = _TOKEN.match(token)
+        if match is None:
+            raise KeyStoreError("not an mlwp API key token", code="invalid_token")
+        key_id, secret = match.groups()
         row = ApiKeyRow(
             key_id=key_id,
             name=name,
@@ -180,7 +218,9 @@ class KeyStore:
             session.add(row)
             session.flush()
             key = _to_key(row)
-        return key, f"{TOKEN_PREFIX}_{key_id}_{secret}"
+        with self._lock:
+            self._cache.pop(key_id, None)
+        return key
 
     def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
         """Every key, oldest first."""
