@@ -52,6 +52,26 @@ def access_control(project: Project) -> dict[str, dict[str, set[str]]]:
     return project_access_control(project.project)
 
 
+def existing_project_roles() -> frozenset[str] | None:
+    """Return the project roles that exist, as ``mlwp roles sync`` last published them.
+
+    Read from the Airflow Variable ``mlwp_project_roles`` (through the DAG processor's
+    supervisor: parsing processes have no database access). None when it cannot be known
+    (never synced, or outside a DAG processor): then every DAG names its role, as before.
+    """
+    from mlwp.security.roles import PROJECT_ROLES_VARIABLE
+
+    try:
+        from airflow.sdk import Variable
+
+        roles = Variable.get(PROJECT_ROLES_VARIABLE, default=None, deserialize_json=True)
+    except Exception:  # no supervisor, no secrets backend: unknown, not an error
+        return None
+    if not isinstance(roles, list):
+        return None
+    return frozenset(str(role) for role in roles)
+
+
 def _schedule(project: Project, workflow: Workflow) -> Any:
     schedule = workflow.schedule
     if isinstance(schedule, AssetSchedule):
@@ -102,11 +122,13 @@ def build_dag(
     *,
     project_dir: str | os.PathLike[str],
     source: str | None = None,
+    grant_role: bool = True,
 ) -> DAG:
     """Build the DAG ``<project>.<workflow_name>`` from a validated definition.
 
     ``project_dir`` is the folder that relative dataset paths are resolved against; it is
     passed to every operator. ``source`` (the definition file, for the docs) is optional.
+    ``grant_role=False`` leaves ``access_control`` out (the project role does not exist yet).
     """
     workflow = project.workflows[workflow_name]
     defaults = project.defaults
@@ -135,7 +157,7 @@ def build_dag(
         default_args=default_args,
         tags=["mlwp", project.role, *project.tags, *workflow.tags],
         doc_md=doc_md(project, workflow_name, source),
-        access_control=access_control(project),
+        access_control=access_control(project) if grant_role else None,
         params=_params(workflow),
     )
     context = {
@@ -194,10 +216,14 @@ def build_dags(
     project_dir: str | os.PathLike[str],
     source: str | None = None,
     only: Iterable[str] | None = None,
+    grant_role: bool = True,
 ) -> list[DAG]:
     """Build the DAGs of every workflow of ``project`` (or only the workflows named)."""
     names = list(project.workflows) if only is None else [n for n in only if n in project.workflows]
-    return [build_dag(project, name, project_dir=project_dir, source=source) for name in names]
+    return [
+        build_dag(project, name, project_dir=project_dir, source=source, grant_role=grant_role)
+        for name in names
+    ]
 
 
 # --------------------------------------------------------------------------- the DAG folder
@@ -237,20 +263,26 @@ def load_projects(
     dag_id: str | None = None,
     expectations_dir: Path | None = None,
     display_root: str | os.PathLike[str] | None = None,
+    project_roles: frozenset[str] | None = None,
 ) -> LoadResult:
     """Validate and compile every ``<projects_dir>/<project>/workflow.yaml``.
 
     A broken definition is recorded in ``problems`` (keyed by its file) and never stops the
     others. When ``dag_id`` is given (a task run, see ``get_parsing_context``), only that
     DAG is built, from the folder named like its project when there is one.
-    ``display_root`` makes file names in messages relative to it.
+    ``display_root`` makes file names in messages relative to it. ``project_roles`` (from
+    :func:`existing_project_roles`) are the roles that exist: a project whose role is not
+    among them gets DAGs without ``access_control`` until the roles sync creates it (None:
+    every DAG names its role).
     """
     # Building thousands of small objects triggers many full garbage collections that scan all
     # of Airflow's objects; nothing built here is cyclic garbage, so collect once at the end.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_projects(Path(projects_dir), dag_id, expectations_dir, display_root)
+        return _load_projects(
+            Path(projects_dir), dag_id, expectations_dir, display_root, project_roles
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -261,6 +293,7 @@ def _load_projects(
     dag_id: str | None,
     expectations_dir: Path | None,
     display_root: str | os.PathLike[str] | None,
+    project_roles: frozenset[str] | None,
 ) -> LoadResult:
     expectations = expectations_dir if expectations_dir is not None else _default_expectations_dir()
     files = _definition_files(root)
@@ -294,8 +327,18 @@ def _load_projects(
         if wanted_project is not None and project.project != wanted_project:
             continue
         only = [wanted_workflow] if wanted_workflow is not None else None
+        grant_role = project_roles is None or project.role in project_roles
+        if not grant_role:
+            log.info(
+                "Role %r does not exist yet: the DAGs of %s are built without access_control "
+                "until the roles sync creates it (`mlwp up` runs it when a project appears)",
+                project.role,
+                display,
+            )
         try:
-            for dag in build_dags(project, project_dir=path.parent, source=display, only=only):
+            for dag in build_dags(
+                project, project_dir=path.parent, source=display, only=only, grant_role=grant_role
+            ):
                 result.dags[dag.dag_id] = dag
         except Exception as exc:  # an operator refusing its arguments: report, keep going
             log.exception("Cannot build the DAGs of %s", path)
@@ -377,6 +420,7 @@ __all__ = [
     "build_dag",
     "build_dags",
     "doc_md",
+    "existing_project_roles",
     "format_path",
     "load_projects",
     "problems_text",

@@ -25,6 +25,7 @@ from mlwp.security.roles import (
     MEMBER_ROLES,
     MIN_PASSWORD_LENGTH,
     PROJECT_ROLE_PREFIX,
+    PROJECT_ROLES_VARIABLE,
     SecurityError,
     check_project_name,
     project_of_role,
@@ -145,7 +146,23 @@ def sync(request: dict[str, Any]) -> dict[str, Any]:
                     report["warnings"].append(f"project {project!r}: {exc.message}")
         known = {role.name for role in sm.get_all_roles()}
     report["project_roles"] = sorted(r for r in known if r.startswith(PROJECT_ROLE_PREFIX))
+    _publish_project_roles(report["project_roles"])
     return report
+
+
+def _publish_project_roles(roles: list[str]) -> None:
+    """Tell the DAG loader which project roles exist (``PROJECT_ROLES_VARIABLE``)."""
+    from airflow.models.variable import Variable
+
+    current = Variable.get(PROJECT_ROLES_VARIABLE, default_var=None, deserialize_json=True)
+    if current != roles:
+        Variable.set(
+            PROJECT_ROLES_VARIABLE,
+            roles,
+            description="Project roles that exist; written by `mlwp roles sync`, read by the "
+            "DAG loader (a project's DAGs name their role in access_control once it exists).",
+            serialize_json=True,
+        )
 
 
 def _user_view(user: Any) -> dict[str, Any]:

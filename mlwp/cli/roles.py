@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import getpass
 import os
-from typing import Annotated
+import subprocess
+import time
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -17,31 +19,20 @@ def current_actor() -> str:
     return os.environ.get("MLWP_ACTOR") or getpass.getuser()
 
 
-@app.command("sync")
-def sync_command(
-    project: Annotated[
-        list[str] | None,
-        typer.Option("--project", "-p", help="A project role to create besides those in dags/."),
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-) -> None:
-    """Create or update the roles and their permissions; idempotent."""
+def _sync(extra_projects: list[str]) -> dict[str, Any]:
+    """Run one sync of the roles against the definitions; record changes in the audit trail."""
     from mlwp.audit import record
     from mlwp.security.client import run_rbac
     from mlwp.security.projects import ProjectMembers, discover_projects
-    from mlwp.security.roles import SecurityError, check_project_name
+    from mlwp.security.roles import check_project_name
     from mlwp.settings import get_settings
 
     settings = get_settings()
-    try:
-        projects = discover_projects(settings.dags_folder)
-        for name in project or []:
-            projects.setdefault(check_project_name(name), ProjectMembers(name))
-        request = {"projects": {name: p.as_request() for name, p in projects.items()}}
-        report = run_rbac("sync", request, settings)
-    except SecurityError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from exc
+    projects = discover_projects(settings.dags_folder)
+    for name in extra_projects:
+        projects.setdefault(check_project_name(name), ProjectMembers(name))
+    request = {"projects": {name: p.as_request() for name, p in projects.items()}}
+    report = run_rbac("sync", request, settings)
     changes = {k: report[k] for k in ("created_roles", "added", "removed", "memberships")}
     if any(changes.values()):
         summary = {
@@ -51,9 +42,11 @@ def sync_command(
             "permissions_revoked": len(report["removed"]),
         }
         record(current_actor(), "role.sync", "roles", summary)
-    if json_output:
-        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-        return
+    return report
+
+
+def _print_report(report: dict[str, Any], *, prefix: str = "") -> None:
+    changed = False
     for key, title in (
         ("created_roles", "created role"),
         ("added", "granted"),
@@ -62,9 +55,82 @@ def sync_command(
         ("warnings", "warning"),
     ):
         for line in report[key]:
-            typer.echo(f"{title}: {line}")
-    if not any(changes.values()):
-        typer.echo("roles already in sync")
+            changed = changed or key != "warnings"
+            typer.echo(f"{prefix}{title}: {line}")
+    if not changed:
+        typer.echo(f"{prefix}roles already in sync")
+
+
+def _watch(extra_projects: list[str], interval: float, resync: float, initial: bool) -> None:
+    """Sync again whenever the definitions change (and every ``resync`` seconds); never exit.
+
+    A project added while the platform runs gets its role within ``interval`` plus one sync
+    (a few seconds), so the DAG loader names it in access_control at its next parse. A
+    failing sync (a database away, a broken YAML file) is printed and retried at the next
+    change or resync: the watcher is supervised and must not take the platform down.
+    """
+    from mlwp.errors import MlwpError
+    from mlwp.security.projects import definitions_fingerprint
+    from mlwp.settings import get_settings
+
+    folder = get_settings().dags_folder
+    last = None if initial else definitions_fingerprint(folder)
+    synced_at = time.monotonic()
+    typer.echo(f"watching {folder / 'projects'} every {interval:g}s")
+    while True:
+        current = definitions_fingerprint(folder)
+        if current != last or time.monotonic() - synced_at >= resync:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            try:
+                _print_report(_sync(extra_projects), prefix=f"{stamp} ")
+            except MlwpError as exc:
+                typer.echo(f"{stamp} error: {exc.message}", err=True)
+            except (subprocess.SubprocessError, OSError) as exc:
+                typer.echo(f"{stamp} error: {type(exc).__name__}: {exc}", err=True)
+            last, synced_at = current, time.monotonic()
+        time.sleep(interval)
+
+
+@app.command("sync")
+def sync_command(
+    project: Annotated[
+        list[str] | None,
+        typer.Option("--project", "-p", help="A project role to create besides those in dags/."),
+    ] = None,
+    *,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running: sync again whenever a definition changes (`mlwp up` runs it).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.5, help="--watch: seconds between looks at the definitions.")
+    ] = 5.0,
+    resync: Annotated[
+        float, typer.Option(min=10, help="--watch: sync at least this often (seconds).")
+    ] = 600.0,
+    initial: Annotated[
+        bool, typer.Option(help="--watch: sync at once (--no-initial: only on changes).")
+    ] = True,
+) -> None:
+    """Create or update the roles and their permissions; idempotent."""
+    from mlwp.security.roles import SecurityError
+
+    if watch:
+        _watch(project or [], interval, resync, initial)
+        return
+    try:
+        report = _sync(project or [])
+    except SecurityError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    if json_output:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    _print_report(report)
 
 
 @app.command("matrix")

@@ -214,6 +214,15 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
             cwd=REPO_ROOT,
             stop_stage=STAGE_WORKERS,
         ),
+        # Creates the role of a project added while the platform runs (and its memberships)
+        # within seconds; `mlwp up` has synced once already before the dag-processor started.
+        ProcessSpec(
+            name="roles-sync",
+            argv=[executable("mlwp"), "roles", "sync", "--watch", "--no-initial"],
+            env={**env, "MLWP_ACTOR": "mlwp-up"},
+            cwd=REPO_ROOT,
+            stop_stage=STAGE_WORKERS,
+        ),
         ProcessSpec(
             name="triggerer",
             argv=[airflow, "triggerer", "--skip-serve-logs"],

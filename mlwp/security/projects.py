@@ -67,3 +67,20 @@ def discover_projects(dags_folder: Path) -> dict[str, ProjectMembers]:
             raise SecurityError(f"{folder}: {exc.message}") from exc
         found[project] = ProjectMembers(project, owner, tuple(dict.fromkeys(members)))
     return found
+
+
+def definitions_fingerprint(dags_folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a project is added, removed or its definition edited (cheap: stat)."""
+    root = dags_folder / "projects"
+    if not root.is_dir():
+        return ()
+    entries: list[tuple[str, int, int]] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        entries.append((folder.name, 0, 0))
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # removed while we looked
+                continue
+            entries.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(entries)

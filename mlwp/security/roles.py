@@ -51,6 +51,12 @@ USERS = "Users"
 ROLES = "Roles"
 
 PROJECT_ROLE_PREFIX = "project:"
+# The Airflow Variable where `mlwp roles sync` lists the project roles that exist. The DAG
+# loader reads it at parse time (the only way DAG code can learn it: the DAG processor's
+# parsing processes have no database access) and names a project's role in access_control
+# only once the role exists, because one DAG naming a missing role fails the serialization of
+# every DAG of the loader file (Airflow records an import error and marks them all stale).
+PROJECT_ROLES_VARIABLE = "mlwp_project_roles"
 # MLflow's basic-auth app refuses shorter passwords; the platform applies the same rule to
 # Airflow users so that one password works for both.
 MIN_PASSWORD_LENGTH = 12

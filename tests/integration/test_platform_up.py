@@ -217,6 +217,7 @@ def test_up_serves_airflow_mlflow_and_serving_then_stops_cleanly(
         assert report["running"] is True
         assert {p["name"] for p in report["processes"] if p["alive"]} == {
             "api-server", "scheduler", "dag-processor", "triggerer", "mlflow", "serving",
+            "roles-sync",
         }  # fmt: skip
         # Each is a real child process of `mlwp up` (separate components, not standalone).
         assert {p["pid"] for p in report["processes"]} <= {child.pid for child in children}

@@ -277,6 +277,30 @@ def test_load_projects_builds_only_the_dag_of_a_task_run(tmp_path: Path) -> None
     assert result.problems == {}  # other projects' files were not even read
 
 
+def test_a_project_whose_role_does_not_exist_yet_is_built_without_access_control(
+    tmp_path: Path,
+) -> None:
+    # FAB refuses access_control naming a missing role, and that one failure marks every DAG
+    # of the loader file stale: the DAGs come without it until the roles sync creates the role.
+    projects = _projects(tmp_path)
+    before = load_projects(projects, expectations_dir=EXPECTATIONS, project_roles=frozenset())
+    assert {dag.access_control for dag in before.dags.values()} == {None}
+    after = load_projects(
+        projects, expectations_dir=EXPECTATIONS, project_roles=frozenset({"project:churn"})
+    )
+    assert after.dags["churn.train"].access_control == {
+        "project:churn": {"DAGs": {"can_read", "can_edit"}}
+    }
+    unknown = load_projects(projects, expectations_dir=EXPECTATIONS, project_roles=None)
+    assert unknown.dags["churn.train"].access_control is not None
+
+
+def test_existing_project_roles_is_unknown_outside_the_dag_processor() -> None:
+    from operators.compiler import existing_project_roles
+
+    assert existing_project_roles() is None
+
+
 def test_report_import_errors_outside_airflow_warns(tmp_path: Path) -> None:
     projects = _projects(tmp_path)
     result = load_projects(projects, expectations_dir=EXPECTATIONS)
