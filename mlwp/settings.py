@@ -7,11 +7,19 @@ root and so on. Nothing else in mlwp reads ``MLWP_*`` variables directly.
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mlwp.errors import ConfigurationError
+from mlwp.platform.executors import ExecutorKind, Executors, parse_executors
+
+# Where Celery finds its broker when MLWP_REDIS_URL is unset: the Redis of a laptop or CI.
+DEFAULT_CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 # The repository root: dags/, plugins/ and expectations/ live beside mlwp/.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +105,29 @@ class Settings(BaseSettings):
         "across api-server replicas, serving's cache and limits). Unset on a laptop.",
     )
 
-    executor: str = Field(default="LocalExecutor")
+    executor: str = Field(
+        default="LocalExecutor",
+        description="Airflow's [core] executor: LocalExecutor, CeleryExecutor, "
+        "KubernetesExecutor, or a comma-separated list of them (the first is the default; "
+        "alias:Executor names an entry for tasks). See mlwp.platform.executors.",
+    )
     parallelism: int = Field(default=8, ge=1)
+    celery_workers: int = Field(
+        default=2,
+        ge=0,
+        description="CeleryExecutor: Celery workers `mlwp up` starts and supervises on this "
+        "host (0: none; workers run elsewhere with `mlwp worker`).",
+    )
+    celery_worker_concurrency: int = Field(
+        default=4, ge=1, description="CeleryExecutor: tasks one Celery worker runs at once."
+    )
+    celery_queues: Annotated[list[str], NoDecode] = Field(
+        default=["default"],
+        min_length=1,
+        description="CeleryExecutor: the queues the platform's workers consume (comma-separated "
+        "or a JSON list); a task's `queue` must be one of them. The first is Airflow's "
+        "default queue.",
+    )
     preload: bool = Field(
         default=True,
         description="LocalExecutor only: start task processes from a scheduler-side "
@@ -150,10 +179,52 @@ class Settings(BaseSettings):
         "Manager in this region (under mlwp/connections/ and mlwp/variables/).",
     )
 
+    @field_validator("celery_queues", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executors(cls, value: str) -> str:
+        parse_executors(value)  # raises ValueError naming the bad entry
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _celery_needs_a_shared_database(self) -> Settings:
+        # Celery's result backend is the metadata database, and workers on other hosts (or
+        # several worker processes) cannot share one SQLite file safely.
+        on_sqlite = self.airflow_database_url.startswith("sqlite")
+        if on_sqlite and self.configured_executors.uses(ExecutorKind.CELERY):
+            raise ValueError(
+                f"MLWP_EXECUTOR={self.executor} needs a database its workers share: set "
+                "MLWP_DATABASE_URL to PostgreSQL (postgresql+psycopg2://...); SQLite is for "
+                "LocalExecutor only"
+            )
+        return self
+
     @field_validator("home", "dags_folder", "plugins_folder", "expectations_folder")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @cached_property
+    def configured_executors(self) -> Executors:
+        return parse_executors(self.executor)
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Celery's broker: the platform's Redis (a local one when MLWP_REDIS_URL is unset)."""
+        return self.redis_url or DEFAULT_CELERY_BROKER_URL
+
+    @property
+    def celery_result_backend(self) -> str:
+        """Celery's result backend: the metadata database, through SQLAlchemy (``db+``)."""
+        return f"db+{self.airflow_database_url}"
 
     # Derived locations, all under home so that `rm -rf .mlwp` is a full reset.
     @cached_property
@@ -206,16 +277,13 @@ class Settings(BaseSettings):
         return self.auth_rate_limit_storage or self.redis_url or "memory://"
 
     @property
-    def executors(self) -> list[str]:
-        """The configured executors (Airflow accepts a comma-separated list)."""
-        return [name.strip() for name in self.executor.split(",") if name.strip()]
-
-    @property
     def production_shaped(self) -> bool:
         """Whether shared state must live off this host (see ``mlwp.platform.state_checks``)."""
         if self.production is not None:
             return self.production
-        return self.executors != ["LocalExecutor"]
+        return any(
+            entry.kind is not ExecutorKind.LOCAL for entry in self.configured_executors.entries
+        )
 
     @property
     def airflow_url(self) -> str:
@@ -231,5 +299,22 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    """Read the settings from the environment now (not cached: tests change it)."""
-    return Settings()
+    """Read the settings from the environment now (not cached: tests change it).
+
+    Raises :class:`~mlwp.errors.ConfigurationError` naming each bad ``MLWP_*`` variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(settings_problems(exc)) from None
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """One line per invalid setting, named as its environment variable."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        where = f"MLWP_{field.upper()}" if field else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "invalid settings:\n  " + "\n  ".join(lines)

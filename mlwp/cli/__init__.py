@@ -15,6 +15,22 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
+@app.callback()
+def _check_settings() -> None:
+    """Refuse bad MLWP_* settings before any command runs, with one line per variable."""
+    import sys
+
+    from mlwp.errors import ConfigurationError
+    from mlwp.settings import get_settings
+
+    try:
+        get_settings()
+    except ConfigurationError as exc:
+        print(f"mlwp: {exc.message}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+
+
 from mlwp.cli import audit as _audit  # noqa: E402
 
 app.add_typer(_audit.app, name="audit")

@@ -1,4 +1,4 @@
-"""``mlwp up``, ``mlwp down``, ``mlwp status`` and ``mlwp airflow ...``."""
+"""``mlwp up``, ``mlwp down``, ``mlwp status``, ``mlwp worker`` and ``mlwp airflow ...``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,58 @@ def status(
         console.print(f"login: see {settings.credentials_file}; logs: {settings.logs_dir}")
     if not report.running or not all(proc.alive for proc in report.processes):
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    name: str = typer.Option(
+        "worker",
+        help="Celery node name; '@<this host>' is appended unless it has an '@'. Unique per "
+        "broker.",
+    ),
+    queues: str | None = typer.Option(
+        None, help="Comma-separated queues to consume (default: MLWP_CELERY_QUEUES)."
+    ),
+    concurrency: int | None = typer.Option(
+        None, min=1, help="Tasks run at once (default: MLWP_CELERY_WORKER_CONCURRENCY)."
+    ),
+    serve_logs: bool = typer.Option(
+        False,
+        "--serve-logs/--skip-serve-logs",
+        help="Serve this host's task logs to the api-server (Airflow's log server, "
+        "[logging] worker_log_server_port); not needed with remote logging.",
+    ),
+) -> None:
+    """Run one Celery worker in the foreground with the platform's configuration.
+
+    For a worker on another host or with another MLWP_HOME: it reads the same MLWP_*
+    settings (executor, database, broker, api-server address) and needs nothing from the
+    scheduler's home. `mlwp up` starts MLWP_CELERY_WORKERS of these itself.
+    """
+    from mlwp.platform.executors import ExecutorKind
+    from mlwp.platform.processes import (
+        celery_node_name,
+        celery_worker_argv,
+        child_environment,
+    )
+
+    settings = get_settings()
+    if not settings.configured_executors.uses(ExecutorKind.CELERY):
+        raise _fail(
+            f"MLWP_EXECUTOR={settings.executor} has no CeleryExecutor; a Celery worker would "
+            "receive nothing"
+        )
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    node = name if "@" in name else celery_node_name(name)
+    try:
+        env = child_environment(settings)
+        argv = celery_worker_argv(
+            settings, node, queues=queue_list, concurrency=concurrency, serve_logs=serve_logs
+        )
+    except MlwpError as exc:
+        raise _fail(exc.message) from None
+    # Replace this process, so signals (warm shutdown on SIGTERM) reach the worker itself.
+    os.execve(argv[0], argv, env)  # noqa: S606
 
 
 @app.command(

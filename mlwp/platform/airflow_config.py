@@ -7,6 +7,9 @@ process mlwp starts (api-server, scheduler, dag-processor, triggerer, task subpr
 
 from __future__ import annotations
 
+import json
+
+from mlwp.platform.executors import ExecutorKind
 from mlwp.platform.secrets import installation_secrets
 from mlwp.platform.serving_key import generated_admin_key
 from mlwp.settings import Settings
@@ -69,7 +72,7 @@ def preload_config(settings: Settings) -> dict[tuple[str, str], str]:
     section first, so the dag-processor and the triggerer keep plain ``fork`` and never
     import the ML stack; the api-server has no executor. ``MLWP_PRELOAD=false`` turns it off.
     """
-    if not settings.preload or settings.executor != "LocalExecutor":
+    if not settings.preload or not settings.configured_executors.uses(ExecutorKind.LOCAL):
         return {}
     return {
         ("scheduler", "mp_start_method"): "forkserver",
@@ -94,6 +97,34 @@ def remote_logging_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("logging", "remote_base_log_folder"): settings.remote_log_folder.rstrip("/"),
         ("logging", "remote_log_conn_id"): settings.remote_log_conn_id,
     }
+def celery_config(settings: Settings) -> dict[tuple[str, str], str]:
+    """The CeleryExecutor's options: broker, result backend, concurrency, warm workers.
+
+    The broker is the platform's Redis; results go to the metadata database (``db+`` URL),
+    which the workers share already, so Celery needs nothing else. Remote control stays on:
+    ``mlwp up`` and ``mlwp status`` tell a worker is ready by pinging it through the broker.
+
+    Warm start: the LocalExecutor's forkserver preload (:func:`preload_config`) has a Celery
+    twin. A worker's main process imports Celery's ``imports`` setting once, before it forks
+    its prefork pool (``celery.loaders.base.BaseLoader.init_worker``); each pool process then
+    forks the task process (Airflow's supervisor ``os.fork``s), so tasks inherit
+    :data:`PRELOAD_MODULES` copy-on-write exactly as they do from the forkserver. Only
+    workers run ``init_worker``: the scheduler's CeleryExecutor, which builds the same Celery
+    app to send tasks, never imports the ML stack. ``MLWP_PRELOAD=false`` turns it off.
+    """
+    if not settings.configured_executors.uses(ExecutorKind.CELERY):
+        return {}
+    config = {
+        ("celery", "broker_url"): settings.celery_broker_url,
+        ("celery", "result_backend"): settings.celery_result_backend,
+        ("celery", "worker_concurrency"): str(settings.celery_worker_concurrency),
+        ("celery", "worker_enable_remote_control"): "True",
+        # Tasks that name no queue go to the first queue the platform's workers consume.
+        ("operators", "default_queue"): settings.celery_queues[0],
+    }
+    if settings.preload:
+        config[("celery", "extra_celery_config")] = json.dumps({"imports": PRELOAD_MODULES})
+    return config
 
 
 def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
@@ -146,6 +177,7 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
     }
     config.update(preload_config(settings))
     config.update(remote_logging_config(settings))
+    config.update(celery_config(settings))
     if settings.secrets_manager_region:
         from mlwp.security.secrets_backend import secrets_manager_config
 

@@ -26,6 +26,7 @@ import psutil
 
 from mlwp.errors import PlatformError
 from mlwp.platform import bootstrap, preflight, processes
+from mlwp.platform.executors import ExecutorKind
 from mlwp.platform.serving_key import ensure_serving_admin_key
 from mlwp.platform.state import (
     AlreadyRunning,
@@ -48,8 +49,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def preflight_checks(settings: Settings) -> None:
-    """Refuse to start when shared state would be local in production, a port is taken or a
-    database cannot be reached."""
+    """Refuse to start when shared state would be local in production, a port is taken, or a
+    database or the broker cannot be reached."""
     preflight.check_shared_state(settings)
     preflight.check_ports(processes.port_requests(settings))
     preflight.check_database("Airflow (MLWP_DATABASE_URL)", settings.airflow_database_url)
@@ -59,6 +60,8 @@ def preflight_checks(settings: Settings) -> None:
         preflight.check_database(
             "serving API keys (MLWP_SERVING_DATABASE_URL)", settings.serving_key_database_url
         )
+    if settings.configured_executors.uses(ExecutorKind.CELERY):
+        preflight.check_redis("Celery's broker (MLWP_REDIS_URL)", settings.celery_broker_url)
     mlflow_uri = settings.mlflow_backend_uri
     if "://" in mlflow_uri and not mlflow_uri.startswith("file:"):
         preflight.check_database("MLflow (MLWP_MLFLOW_BACKEND_STORE_URI)", mlflow_uri)
@@ -187,7 +190,10 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         if imported:
             echo(f"mlwp: {imported}")
         write_webserver_config(settings)
-        names = supervisor.start(processes.AFTER_MIGRATION)
+        # Celery workers need only the migrated database (their result backend); they import
+        # the ML stack as they start, so they warm up while the roles are synced.
+        workers = [spec.name for spec in specs if spec.stop_stage == processes.STAGE_TASK_WORKERS]
+        names = supervisor.start((*processes.AFTER_MIGRATION, *workers))
         echo("mlwp: starting " + ", ".join(names) + "; creating the admin user and roles ...")
         write_state(settings.state_file, _state(settings, supervisor, "starting"))
         # One writer of FAB's tables at a time: the roles sync (FAB's own sync included), then
@@ -322,6 +328,10 @@ def platform_status(settings: Settings) -> PlatformStatus:
         "mlflow": processes.http_ok(f"{state.urls['mlflow']}/health"),
         "serving": processes.serving_health(state.urls["serving"]),
     }
+    for proc in state.processes:
+        if proc.name.startswith(processes.CELERY_WORKER_PREFIX):
+            node = processes.celery_node_name(proc.name)
+            probes[proc.name] = processes.celery_ping(settings.celery_broker_url, node)
     heartbeats = processes.airflow_components(state.urls["airflow"])
     reported: list[ProcessStatus] = []
     for proc in state.processes:

@@ -1,5 +1,5 @@
-"""Checks made before anything starts: free ports, reachable databases, no shared state on
-this host's disk when the platform is production-shaped.
+"""Checks made before anything starts: free ports, reachable databases and broker, no shared
+state on this host's disk when the platform is production-shaped.
 
 A failed check raises :class:`~mlwp.errors.PlatformError` with a one-line cause that names
 the port or database and the process that needed it, so ``mlwp up`` refuses before it has
@@ -24,6 +24,12 @@ class PortInUse(PlatformError):
     """A port a platform process needs is taken by another process."""
 
     code = "port_in_use"
+
+
+class BrokerUnreachable(PlatformError):
+    """The Redis that Celery uses as its broker cannot be reached."""
+
+    code = "broker_unreachable"
 
 
 class DatabaseUnreachable(PlatformError):
@@ -244,3 +250,20 @@ def check_shared_state(settings: Settings) -> None:
         + "\nSet these (docs/platform.md, 'State: where everything lives'), or "
         "MLWP_PRODUCTION=false to run on one host's disk anyway (development only)."
     )
+def check_redis(user: str, url: str, *, timeout: float = 5.0) -> None:
+    """PING the Redis at ``url`` once; raise a one-line cause naming ``user`` if it fails."""
+    import redis
+
+    from mlwp.platform.processes import display_broker
+
+    shown = display_broker(url)
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as exc:
+        raise ConfigurationError(f"{user}: not a Redis URL: {shown!r} ({exc})") from exc
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BrokerUnreachable(f"{user} at {shown} is unreachable: {exc}") from exc
+    finally:
+        client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 
 from mlwp.errors import ConfigurationError
 from mlwp.platform.airflow_config import airflow_environment
+from mlwp.platform.executors import ExecutorKind
 from mlwp.platform.preflight import PortRequest
 from mlwp.platform.supervisor import ProcessSpec, ReadinessProbe
 from mlwp.settings import REPO_ROOT, Settings
@@ -32,8 +34,13 @@ LIVE_PREFIX = "live,"
 # Processes whose health the api-server reports from their heartbeats.
 HEARTBEATS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
-# Stop order: what accepts work first, then what does it, then what stores its results.
-STAGE_FRONT, STAGE_WORKERS, STAGE_STORAGE = 0, 1, 2
+# Stop order: what accepts work first, then what schedules it, then the Celery workers that
+# run it (after the scheduler, so nothing new is queued to a worker that is leaving), then
+# what stores its results.
+STAGE_FRONT, STAGE_WORKERS, STAGE_TASK_WORKERS, STAGE_STORAGE = 0, 1, 2, 3
+
+# Celery workers `mlwp up` supervises are named celery-worker-1..N (process and node name).
+CELERY_WORKER_PREFIX = "celery-worker-"
 
 # Processes that do not need Airflow's database, so they can start before its migration.
 INDEPENDENT = ("mlflow", "serving")
@@ -144,6 +151,95 @@ def airflow_components(base_url: str) -> dict[str, str]:
     }
 
 
+def celery_node_name(worker: str) -> str:
+    """The Celery node name of a worker: ``<worker>@<this host>``, as ``%h`` would expand."""
+    return f"{worker}@{socket.gethostname()}"
+
+
+def celery_ping(broker_url: str, node: str, timeout: float = 1.0) -> ReadinessProbe:
+    """A probe satisfied when the Celery worker ``node`` answers a ping through the broker.
+
+    This is ``celery inspect ping -d <node>`` without starting a process: the reply proves the
+    worker consumes from the broker, not merely that its process exists.
+    """
+
+    def probe() -> str | None:
+        from celery import Celery
+
+        app = Celery(broker=broker_url, set_as_current=False)
+        app.conf.broker_connection_retry_on_startup = False
+        app.conf.broker_connection_timeout = timeout
+        try:
+            replies = app.control.ping(destination=[node], timeout=timeout)
+        except Exception as exc:  # any broker or connection error means "not answering yet"
+            return f"broker {display_broker(broker_url)}: {type(exc).__name__}: {exc}"
+        finally:
+            app.close()
+        answered = any(node in reply for reply in replies or [])
+        return None if answered else f"no ping reply from {node} yet"
+
+    return probe
+
+
+def display_broker(url: str) -> str:
+    """A broker URL with its password hidden, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def celery_worker_argv(
+    settings: Settings,
+    node: str,
+    *,
+    queues: list[str] | None = None,
+    concurrency: int | None = None,
+    serve_logs: bool = False,
+) -> list[str]:
+    """The command line of one Celery worker with the platform's configuration."""
+    argv = [
+        executable("airflow"),
+        "celery",
+        "worker",
+        "--celery-hostname",
+        node,
+        "--queues",
+        ",".join(queues or settings.celery_queues),
+        "--concurrency",
+        str(concurrency or settings.celery_worker_concurrency),
+    ]
+    if not serve_logs:
+        # Workers beside the scheduler write task logs to the shared local folder, and several
+        # workers on one host would all bind the same log-serving port (8793).
+        argv.append("--skip-serve-logs")
+    return argv
+
+
+def celery_worker_processes(settings: Settings, env: Mapping[str, str]) -> list[ProcessSpec]:
+    """The Celery workers ``mlwp up`` supervises: none unless Celery is configured."""
+    if not settings.configured_executors.uses(ExecutorKind.CELERY):
+        return []
+    specs = []
+    for number in range(1, settings.celery_workers + 1):
+        name = f"{CELERY_WORKER_PREFIX}{number}"
+        node = celery_node_name(name)
+        specs.append(
+            ProcessSpec(
+                name=name,
+                argv=celery_worker_argv(settings, node),
+                env=env,
+                cwd=REPO_ROOT,
+                ready=celery_ping(settings.celery_broker_url, node),
+                stop_stage=STAGE_TASK_WORKERS,
+            )
+        )
+    return specs
+
+
 def port_requests(settings: Settings) -> list[PortRequest]:
     """The ports ``mlwp up`` will bind, with the process that binds each."""
     return [
@@ -252,4 +348,5 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
             stop_stage=STAGE_STORAGE,
             url=mlflow_url,
         ),
+        *celery_worker_processes(settings, env),
     ]

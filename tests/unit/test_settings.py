@@ -90,6 +90,8 @@ def test_preload_can_be_turned_off_and_only_serves_the_local_executor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
+    # Celery needs a shared database (refused on SQLite); the URL is never connected to here.
+    monkeypatch.setenv("MLWP_DATABASE_URL", "postgresql+psycopg2://airflow@db/airflow")
     env = airflow_environment(Settings(home=tmp_path))
     assert "AIRFLOW__SCHEDULER__MP_START_METHOD" not in env
     assert "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD" not in env
