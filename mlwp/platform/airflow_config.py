@@ -97,6 +97,8 @@ def remote_logging_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("logging", "remote_base_log_folder"): settings.remote_log_folder.rstrip("/"),
         ("logging", "remote_log_conn_id"): settings.remote_log_conn_id,
     }
+
+
 def celery_config(settings: Settings) -> dict[tuple[str, str], str]:
     """The CeleryExecutor's options: broker, result backend, concurrency, warm workers.
 

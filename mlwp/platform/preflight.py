@@ -250,6 +250,8 @@ def check_shared_state(settings: Settings) -> None:
         + "\nSet these (docs/platform.md, 'State: where everything lives'), or "
         "MLWP_PRODUCTION=false to run on one host's disk anyway (development only)."
     )
+
+
 def check_redis(user: str, url: str, *, timeout: float = 5.0) -> None:
     """PING the Redis at ``url`` once; raise a one-line cause naming ``user`` if it fails."""
     import redis
