@@ -97,7 +97,8 @@ def test_local_executor_is_not_production_shaped(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     check_shared_state(Settings(home=tmp_path))  # the laptop default starts as before
-    clean_env.setenv("MLWP_EXECUTOR", "CeleryExecutor")
+    # (CeleryExecutor on SQLite is refused at settings load, so Kubernetes shows the rule.)
+    clean_env.setenv("MLWP_EXECUTOR", "KubernetesExecutor")
     assert Settings(home=tmp_path).production_shaped
     clean_env.setenv("MLWP_PRODUCTION", "false")
     check_shared_state(Settings(home=tmp_path))  # explicitly allowed on one host
@@ -106,11 +107,11 @@ def test_local_executor_is_not_production_shaped(
 def test_production_refuses_every_local_piece_naming_its_setting(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
-    clean_env.setenv("MLWP_EXECUTOR", "CeleryExecutor,KubernetesExecutor")
+    clean_env.setenv("MLWP_EXECUTOR", "LocalExecutor,KubernetesExecutor")
     with pytest.raises(LocalStateInProduction) as caught:
         check_shared_state(Settings(home=tmp_path))
     message = caught.value.message
-    assert "MLWP_EXECUTOR=CeleryExecutor,KubernetesExecutor" in message
+    assert "MLWP_EXECUTOR=LocalExecutor,KubernetesExecutor" in message
     for name in PRODUCTION:
         assert name in message, name
     assert f"MLWP_STORAGE_ROOT={(tmp_path / 'storage').as_uri()} is on this host's disk" in message
@@ -140,7 +141,7 @@ def test_mlwp_up_refuses_before_starting_anything(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     clean_env.setenv("MLWP_HOME", str(tmp_path))
-    clean_env.setenv("MLWP_EXECUTOR", "CeleryExecutor")
+    clean_env.setenv("MLWP_EXECUTOR", "KubernetesExecutor")
     result = CliRunner().invoke(app, ["up"])
     assert result.exit_code == 1
     assert "keeps shared state on this host's disk" in result.output
