@@ -208,6 +208,7 @@ class SageMakerModelOperator(MlwpOperator):
         import mlflow
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
+        from mlwp.training.tracking import experiment_id as tracking_experiment_id
         from mlwp.training.tracking import log_model_run
         from operators.links import mlflow_run_url, sagemaker_console_url
 
@@ -265,8 +266,7 @@ class SageMakerModelOperator(MlwpOperator):
         mlflow.set_tracking_uri(mlflow_tracking_uri())
         client = mlflow.MlflowClient()
         experiment = self.experiment or lineage["dag_id"]
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = tracking_experiment_id(client, experiment)
         run = client.create_run(
             experiment_id, run_name=f"{lineage['run_id']}.{self.task_id}", tags=tags
         )

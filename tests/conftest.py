@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from aws_endpoint import aws_environment
 from server_process import run_mlflow_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -123,9 +124,6 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-AWS_REGION = "us-east-1"
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto server on loopback; boto3 clients talk to it like to AWS, with real HTTP (so
@@ -138,27 +136,6 @@ def moto_endpoint() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
-
-
-def aws_environment(endpoint: str) -> dict[str, str]:
-    """The environment that points boto3, s3fs, MLflow and the Airflow AWS connection
-    ``aws_default`` at ``endpoint``: what a platform process needs to use the moto server.
-
-    botocore (so boto3 and s3fs, through aiobotocore) reads ``AWS_ENDPOINT_URL``; MLflow's S3
-    artifact store reads ``MLFLOW_S3_ENDPOINT_URL``; Airflow's Amazon provider takes
-    ``endpoint_url`` from the connection's extra.
-    """
-    return {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": AWS_REGION,
-        "AWS_ENDPOINT_URL": endpoint,
-        "MLFLOW_S3_ENDPOINT_URL": endpoint,
-        "AIRFLOW_CONN_AWS_DEFAULT": (
-            f'{{"conn_type": "aws", "extra": {{"region_name": "{AWS_REGION}", '
-            f'"endpoint_url": "{endpoint}"}}}}'
-        ),
-    }
 
 
 @pytest.fixture

@@ -26,11 +26,14 @@ def run_mlflow_server(
     port: int | None = None,
     app_name: str | None = None,
     env: Mapping[str, str] | None = None,
+    artifacts_destination: str | None = None,
     timeout: float = 600,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start the server, wait for ``/health`` (up to ``timeout``: shared CI machines start it
     slowly), yield its URL and process, and stop it. A server that exits or never answers
-    raises with the tail of its log."""
+    raises with the tail of its log. Artifacts are proxied by the server (clients use
+    ``mlflow-artifacts:/``) to ``artifacts_destination``, a folder under ``root`` unless given
+    (``s3://...`` with ``env`` pointing at a moto server)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     root.mkdir(parents=True, exist_ok=True)
@@ -46,8 +49,9 @@ def run_mlflow_server(
         "1",
         "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts",
         "--artifacts-destination",
-        (root / "artifacts").as_uri(),
+        artifacts_destination or (root / "artifacts").as_uri(),
     ]
     log = (root / "server.log").open("ab")
     proc = subprocess.Popen(

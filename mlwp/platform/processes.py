@@ -339,6 +339,10 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
                 "1",
                 "--backend-store-uri",
                 settings.mlflow_backend_uri,
+                # Clients send artifacts to the server (new experiments get the root
+                # mlflow-artifacts:/), which stores them at the destination: S3 in production,
+                # so no client, worker or serving replica needs the bucket or a shared disk.
+                "--serve-artifacts",
                 "--artifacts-destination",
                 settings.mlflow_artifacts_uri,
             ],

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mlwp.training.core import TrainingConfig, TrainingError, dataset, label_classes
 from mlwp.training.local import train_local
 from mlwp.training.tracking import TrackedModel, log_model_run
+from mlwp.training.tracking import experiment_id as tracking_experiment_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +86,7 @@ def train_model(
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment_id = _experiment_id(client, experiment)
+    experiment_id = tracking_experiment_id(client, experiment)
     run = client.create_run(
         experiment_id,
         run_name=run_name,
@@ -123,21 +124,6 @@ def train_model(
         hyperparameters=hyper,
         tuning=tuning_summary,
     )
-
-
-def _experiment_id(client: Any, name: str) -> str:
-    """The experiment's id, created if needed (two tasks may race to create it)."""
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    try:
-        return str(client.create_experiment(name))
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-            raise
-    return str(client.get_experiment_by_name(name).experiment_id)
 
 
 def _tune(

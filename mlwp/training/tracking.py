@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mlwp.model import load
 from mlwp.preprocessing import Feature
 from mlwp.training import flavor
+from mlwp.training.core import TrainingError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,6 +34,56 @@ class TrackedModel:
     model_uri: str
     model_id: str | None
     metrics: dict[str, float]
+
+
+class LocalArtifactRoot(TrainingError):
+    """An MLflow experiment keeps its artifacts in a folder of one host, in production."""
+
+    code = "local_artifact_root"
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of the experiment ``name``, created if needed (two tasks may race to create it).
+
+    A new experiment gets the tracking server's default artifact root, ``mlflow-artifacts:/``:
+    clients send artifacts to the server, which stores them at its
+    ``--artifacts-destination`` (S3 in production), so no client writes to its own disk. An
+    experiment created earlier with a ``file://`` root (an old server, ``--default-artifact-
+    root``, a local tracking store) would make every client write to its own disk, and MLflow
+    cannot move an experiment's root: on a production-shaped platform that is refused, naming
+    the experiment and the fix; on a laptop (one disk) it still works and is left alone.
+    """
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return str(client.create_experiment(name))
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+        found = client.get_experiment_by_name(name)
+    check_artifact_root(found)
+    return str(found.experiment_id)
+
+
+def check_artifact_root(experiment: Any) -> None:
+    """Refuse, on a production-shaped platform, an experiment whose artifacts are local."""
+    from urllib.parse import urlparse
+
+    from mlwp.settings import get_settings
+
+    location = str(experiment.artifact_location or "")
+    if urlparse(location).scheme not in ("", "file") or not get_settings().production_shaped:
+        return
+    raise LocalArtifactRoot(
+        f"MLflow experiment {experiment.name!r} (id {experiment.experiment_id}) keeps its "
+        f"artifacts at {location}, a folder on one host: runs logged from other hosts would "
+        f"land on their own disks. MLflow cannot move it; rename it (`mlflow experiments "
+        f"rename --experiment-id {experiment.experiment_id} --new-name "
+        f"'{experiment.name} (local artifacts)'`) and the next run creates {experiment.name!r} "
+        "again under the tracking server's artifact proxy (mlflow-artifacts:/)."
+    )
 
 
 def mlflow_metric_name(name: str) -> str:
