@@ -171,15 +171,21 @@ def mark_password_shown(path: Path) -> None:
         write_credentials(path, stored.model_copy(update={"shown": True}))
 
 
+# The roles sync as a command line: `mlwp up` runs it, and so does the Helm chart's roles-sync
+# Job (charts/mlwp/templates/roles-sync-job.yaml; a test keeps the two the same).
+ROLES_SYNC_COMMAND = ("mlwp", "roles", "sync")
+
+
 def sync_roles(env: Mapping[str, str], log: Path) -> None:
     """Create the platform and project roles (``mlwp roles sync``) before DAGs are parsed.
 
     Generated DAGs grant their project's role through ``access_control``; Airflow refuses a
     DAG naming a role that does not exist yet, so the roles come first.
     """
+    program, *arguments = ROLES_SYNC_COMMAND
     _run_logged(
         "syncing roles (mlwp roles sync)",
-        [executable("mlwp"), "roles", "sync"],
+        [executable(program), *arguments],
         {**env, "MLWP_ACTOR": "mlwp-up"},
         log,
     )
