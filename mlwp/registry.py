@@ -153,6 +153,31 @@ def evaluate(model: Model, test: pd.DataFrame) -> dict[str, float]:
     return compute_metrics(model.objective, data.labels, raw, model.threshold)
 
 
+def predicted_class_counts(model: Model, test: pd.DataFrame) -> dict[str, int] | None:
+    """How many test rows a classifier assigns to each class (None for a regression).
+
+    A classifier that puts every row in one class (a rare positive class at threshold 0.5)
+    has an F1 of 0 and an accuracy equal to the majority share: the evaluation warns.
+    """
+    import numpy as np
+
+    from mlwp.training.core import TrainingError, dataset
+
+    if model.objective == "regression" or model.target is None or not model.classes:
+        return None
+    try:
+        data = dataset(model.preprocessing, test, model.objective, model.classes, "test")
+    except TrainingError:
+        return None
+    raw = np.asarray(model.booster.inplace_predict(data.matrix))
+    if model.objective == "binary":
+        index = (raw.reshape(-1) >= model.threshold).astype(np.int64)
+    else:
+        index = raw.argmax(axis=1)
+    values, counts = np.unique(index, return_counts=True)
+    return {str(model.classes[int(v)]): int(c) for v, c in zip(values, counts, strict=True)}
+
+
 def load_alias(name: str, alias: str) -> tuple[ModelVersion, Model] | None:
     """The version behind ``name@alias`` and the loaded model, or None if the alias is unset."""
     import mlflow

@@ -37,6 +37,18 @@ def evaluation_document(
         if comparison.champion is None
         else {"version": comparison.champion_version, "metrics": comparison.champion}
     )
+    predicted = registry.predicted_class_counts(model, frame)
+    if predicted is not None and len(predicted) == 1:
+        [(only, rows)] = predicted.items()
+        operator.log.warning(
+            "The model predicts class %r for all %d rows of the %s split: it never predicts "
+            "the other class, so F1 is 0 and accuracy is the majority share. The target is "
+            "probably imbalanced: set the train task's 'threshold' below 0.5, or "
+            "params.scale_pos_weight, and gate on roc_auc",
+            only,
+            rows,
+            split,
+        )
     return {
         "split": split,
         "dataset_uri": splits[split]["uri"],
@@ -44,6 +56,7 @@ def evaluation_document(
         "metrics": comparison.new,
         "shown": _registry.only(comparison.new, metrics),
         "champion": champion,
+        "predicted_classes": predicted,
     }
 
 

@@ -406,6 +406,7 @@ def sagemaker_tasks_for(
         params=task.params,
         num_boost_round=task.num_boost_round,
         early_stopping_rounds=task.early_stopping_rounds,
+        threshold=task.threshold,
         seed=task.seed,
     )
     return sagemaker_train_tasks(

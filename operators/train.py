@@ -58,6 +58,7 @@ class TrainOperator(MlwpOperator):
         num_boost_round: int = 100,
         early_stopping_rounds: int | None = None,
         seed: int = 42,
+        threshold: float | None = None,
         tuning: dict[str, Any] | None = None,
         sagemaker: dict[str, Any] | None = None,
         input: str | None = None,
@@ -78,7 +79,10 @@ class TrainOperator(MlwpOperator):
         self.hyperparameters = task_params(params)
         self.num_boost_round = num_boost_round
         self.early_stopping_rounds = early_stopping_rounds
+        if threshold is not None and not 0 < threshold < 1:
+            raise ValueError(f"task {self.task_id!r}: threshold must be in (0, 1)")
         self.seed = seed
+        self.threshold = threshold
         self.tuning = tuning
         self.sagemaker = sagemaker
         self.input = input
@@ -123,6 +127,7 @@ class TrainOperator(MlwpOperator):
             num_boost_round=self.num_boost_round,
             early_stopping_rounds=self.early_stopping_rounds,
             seed=self.seed,
+            threshold=self.threshold,
         )
         lineage = self.lineage(context)
         train_split = features["splits"]["train"]

@@ -28,7 +28,10 @@ def validate(
         bool, typer.Option("--no-references", help="Skip checks of datasets, suites, callables.")
     ] = False,
 ) -> None:
-    """Validate workflow definitions; print every problem as file:line:column and exit 1 if any."""
+    """Validate workflow definitions; print every problem as file:line:column and exit 1 if any.
+
+    Warnings (an imbalanced binary target, for instance) are printed but do not fail.
+    """
     from mlwp.definitions.loading import check_file, find_definitions
     from mlwp.settings import get_settings
 
@@ -46,21 +49,25 @@ def validate(
             file,
             expectations_dir=settings.expectations_folder,
             check_references=not no_references,
+            inspect_data=not no_references,
         )
         problems.extend(file_problems)
+    errors = [problem for problem in problems if problem.is_error]
+    warnings = len(problems) - len(errors)
     if output_format == "json":
         sys.stdout.write(json.dumps([problem.as_dict() for problem in problems], indent=2) + "\n")
     else:
         for problem in problems:
             typer.echo(str(problem))
-        broken = len({problem.file for problem in problems})
+        broken = len({problem.file for problem in errors})
         summary = (
             f"{len(files)} definition{'s' if len(files) != 1 else ''} checked, "
-            f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-            + (f" in {broken} file{'s' if broken != 1 else ''}" if problems else "")
+            f"{len(errors)} problem{'s' if len(errors) != 1 else ''}"
+            + (f" in {broken} file{'s' if broken != 1 else ''}" if errors else "")
+            + (f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "")
         )
         typer.echo(summary, err=True)
-    if problems:
+    if errors:
         raise typer.Exit(1)
 
 

@@ -12,7 +12,9 @@ Checks, all run on every file so that one run reports everything:
 3. the graph: unknown dependencies and inputs, and cycles naming their tasks;
 4. references: dataset files relative to the project folder, ``expectations/<suite>.json``,
    ``module:function`` callables (their module is found without importing it), and asset
-   schedules on datasets of the same project.
+   schedules on datasets of the same project;
+5. meaning (``mlwp.definitions.checks``): metric names against the objective, column names
+   against a local source's header and each step's output, data warnings.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from mlwp.definitions.checks import check_project
 from mlwp.definitions.problems import DefinitionError, PathPart, Problem, did_you_mean
 from mlwp.definitions.schema import (
     ASSET_NAME_PATTERN,
     CALLABLE_PATTERN,
     NAME_PATTERN,
+    STEP_OPS,
     TASK_ID_PATTERN,
     TASK_MODELS,
     TASK_TYPES,
@@ -92,9 +96,10 @@ class _Context:
         *,
         code: str = "invalid",
         at_key: bool = False,
+        severity: str = "error",
     ) -> None:
         line, column = _position(self.root, path, at_key=at_key)
-        self.problems.append(Problem(self.file, line, column, path, message, code))
+        self.problems.append(Problem(self.file, line, column, path, message, code, severity))
 
 
 # --------------------------------------------------------------------------- positions
@@ -179,10 +184,13 @@ def _union_member(annotation: Any, tag: PathPart) -> Any:
             if getattr(meta, "tag", None) == tag:
                 return member
         inner = _unwrap(member)
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            type_field = inner.model_fields.get("type")
-            if (type_field is not None and type_field.default == tag) or inner.__name__ == tag:
-                return inner
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            continue
+        if inner.__name__ == tag or any(
+            (info := inner.model_fields.get(key)) is not None and info.default == tag
+            for key in ("type", "op")
+        ):
+            return inner
     return None
 
 
@@ -262,6 +270,15 @@ def _schema_problem(ctx: _Context, error: ErrorDetails) -> None:
         )
     elif kind == "missing":
         ctx.add(path, f"missing required field '{path[-1]}'", code="missing_field")
+    elif kind == "union_tag_invalid" and "op" in str(error_ctx.get("discriminator")):
+        tag = str(error_ctx.get("tag"))
+        ctx.add(
+            (*path, "op"),
+            f"unknown op '{tag}'{did_you_mean(tag, STEP_OPS)}; ops are {', '.join(STEP_OPS)}",
+            code="unknown_op",
+        )
+    elif kind == "union_tag_not_found" and "op" in str(error_ctx.get("discriminator")):
+        ctx.add(path, "missing required field 'op'", code="missing_field")
     elif kind == "union_tag_invalid":
         tag = str(error_ctx.get("tag"))
         ctx.add(
@@ -528,22 +545,22 @@ def parse_definition(
     project_dir: Path | None = None,
     expectations_dir: Path | None = None,
     check_references: bool = True,
+    inspect_data: bool = False,
 ) -> tuple[Project | None, list[Problem]]:
     """Validate definition ``text``; return the project (None when invalid) and every problem.
 
     ``file`` is the name used in messages. References are checked only when
     ``check_references`` is true and ``project_dir`` is given; suites only when
-    ``expectations_dir`` is given.
+    ``expectations_dir`` is given. ``inspect_data`` also reads local datasets in full
+    (``mlwp.definitions.checks``: Parquet schemas, the balance of a binary target).
+    Warnings (``severity="warning"``) leave the project valid: it is returned with them.
     """
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
-        reason = " ".join(part for part in (exc.context, exc.problem) if part)
-        return None, [Problem(file, line, column, (), f"invalid YAML: {reason}", "yaml")]
+        return None, [_yaml_problem(file, exc)]
     except yaml.YAMLError as exc:
         return None, [Problem(file, 0, 0, (), f"invalid YAML: {exc}", "yaml")]
     finally:
@@ -583,10 +600,54 @@ def parse_definition(
     _check_graph(ctx)
     if check_references and project_dir is not None:
         _check_references(ctx, project_dir, expectations_dir)
-    if ctx.problems:
-        ctx.problems.sort(key=lambda problem: (problem.line, problem.column))
+    if project is not None:
+        check_project(
+            project,
+            project_dir if check_references else None,
+            ctx.add,
+            inspect_data=inspect_data,
+        )
+    ctx.problems.sort(key=lambda problem: (problem.line, problem.column))
+    if any(problem.is_error for problem in ctx.problems):
         return None, ctx.problems
-    return project, []
+    return project, ctx.problems
+
+
+_OPENERS = {
+    "flow sequence": "'[' (flow sequence)",
+    "flow mapping": "'{' (flow mapping)",
+    "quoted scalar": "quote (quoted string)",
+}
+
+
+def _yaml_problem(file: str, exc: yaml.MarkedYAMLError) -> Problem:
+    """A YAML syntax error where it was found, naming where the unclosed part was opened.
+
+    PyYAML notices an unclosed ``[`` or ``{`` (or quote) only where the document goes on
+    without closing it, often at the end of the file; its ``context_mark`` says where the
+    bracket was opened, which is where the mistake is.
+    """
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+    problem = exc.problem or "syntax error"
+    opened = exc.context_mark
+    if (
+        opened is not None
+        and exc.context
+        and (mark is None or (opened.line, opened.column) != (mark.line, mark.column))
+    ):
+        what = exc.context.removeprefix("while ")
+        for prefix in ("parsing ", "scanning ", "a ", "an "):
+            what = what.removeprefix(prefix)
+        what = _OPENERS.get(what, what)
+        message = (
+            f"invalid YAML: the {what} opened here is not closed ({problem} at line {line}, "
+            f"column {column})"
+        )
+        line, column = opened.line + 1, opened.column + 1
+    else:
+        message = f"invalid YAML: {' '.join(p for p in (exc.context, problem) if p)}"
+    return Problem(file, line, column, (), message, "yaml")
 
 
 def check_file(
@@ -595,6 +656,7 @@ def check_file(
     display: str | None = None,
     expectations_dir: Path | None = None,
     check_references: bool = True,
+    inspect_data: bool = False,
 ) -> tuple[Project | None, list[Problem]]:
     """Validate one definition file; references are resolved against its folder."""
     file_path = Path(path)
@@ -609,6 +671,7 @@ def check_file(
         project_dir=file_path.parent,
         expectations_dir=expectations_dir,
         check_references=check_references,
+        inspect_data=inspect_data,
     )
 
 

@@ -38,6 +38,8 @@ class Problem:
     path: tuple[PathPart, ...]
     message: str
     code: str = "invalid"
+    # "warning": worth reading, but the definition is valid and its DAGs are built.
+    severity: str = "error"
 
     @property
     def location(self) -> str:
@@ -45,10 +47,15 @@ class Problem:
             return f"{self.file}:{self.line}:{self.column}"
         return self.file
 
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
+
     def __str__(self) -> str:
+        prefix = "" if self.is_error else f"{self.severity}: "
         if self.path:
-            return f"{self.location}: {format_path(self.path)}: {self.message}"
-        return f"{self.location}: {self.message}"
+            return f"{self.location}: {prefix}{format_path(self.path)}: {self.message}"
+        return f"{self.location}: {prefix}{self.message}"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -58,6 +65,7 @@ class Problem:
             "path": format_path(self.path) if self.path else "",
             "message": self.message,
             "code": self.code,
+            "severity": self.severity,
         }
 
 

@@ -378,25 +378,188 @@ class ValidateTask(TaskBase):
     input: TaskId | None = Field(default=None, description="Upstream task whose dataset to check.")
 
 
-class TransformStep(BaseModel):
-    """One transformation step; ``op`` names it, the other keys are the op's arguments."""
+def _fraction(value: Any) -> Any:
+    """A fraction is a number: refuse ``20%`` (a string) with the number to write instead."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        number = value.strip()[:-1].strip()
+        try:
+            hint = f" (write {float(number) / 100:g})"
+        except ValueError:
+            hint = ""
+        raise ValueError(f"a fraction between 0 and 1 is expected, got {value!r}{hint}")
+    if isinstance(value, bool) or (isinstance(value, str) and not _is_number(value)):
+        raise ValueError(f"a fraction between 0 and 1 like 0.2 is expected, got {value!r}")
+    return value
 
-    model_config = ConfigDict(extra="allow", frozen=True)
 
-    op: Literal[
-        "select",
-        "drop",
-        "rename",
-        "cast",
-        "fill_missing",
-        "filter",
-        "onehot",
-        "ordinal",
-        "scale",
-        "derive",
-        "split",
-        "python",
-    ]
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+Fraction = Annotated[
+    float,
+    BeforeValidator(_fraction),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}),
+]
+ColumnName = Annotated[str, StringConstraints(min_length=1)]
+ColumnList = Annotated[
+    list[ColumnName],
+    BeforeValidator(_to_list),
+    _one_or_many({"type": "string", "minLength": 1}, 1),
+    Field(min_length=1),
+]
+Dtype = Literal["float", "int", "bool", "str"]
+
+
+class _Step(StrictModel):
+    """Base of the transform steps: ``op`` names the step, its other keys are arguments."""
+
+
+class SelectStep(_Step):
+    """Keep only these columns (a feature step)."""
+
+    op: Literal["select"] = "select"
+    columns: ColumnList
+
+
+class DropStep(_Step):
+    """Remove these columns (a feature step)."""
+
+    op: Literal["drop"] = "drop"
+    columns: ColumnList
+
+
+class RenameStep(_Step):
+    """Rename columns, ``{old: new}`` (a feature step)."""
+
+    op: Literal["rename"] = "rename"
+    columns: dict[ColumnName, ColumnName] = Field(min_length=1)
+
+
+class CastStep(_Step):
+    """Convert columns to a type: ``columns: [a, b]`` with ``dtype``, or ``{a: int}``."""
+
+    op: Literal["cast"] = "cast"
+    columns: ColumnList | dict[ColumnName, Dtype]
+    dtype: Dtype | None = None
+
+    @model_validator(mode="after")
+    def _dtype_given(self) -> CastStep:
+        if isinstance(self.columns, list) and self.dtype is None:
+            raise ValueError("a cast of a list of columns needs 'dtype' (float, int, bool, str)")
+        return self
+
+
+class FillMissingStep(_Step):
+    """Fill missing values: a constant ``value``, or a ``strategy`` fitted on training rows."""
+
+    op: Literal["fill_missing"] = "fill_missing"
+    columns: ColumnList | dict[ColumnName, Any]
+    value: Any = None
+    strategy: Literal["median", "mean", "mode", "constant"] | None = None
+
+
+class OnehotStep(_Step):
+    """One 0/1 column per category (categories seen in training rows, or listed)."""
+
+    op: Literal["onehot"] = "onehot"
+    columns: ColumnList | dict[ColumnName, list[Any] | None]
+
+
+class OrdinalStep(_Step):
+    """Replace each category by its position (categories seen in training rows, or listed)."""
+
+    op: Literal["ordinal"] = "ordinal"
+    columns: ColumnList | dict[ColumnName, list[Any] | None]
+
+
+class ScaleStep(_Step):
+    """Standardise numeric columns (mean and deviation of the training rows)."""
+
+    op: Literal["scale"] = "scale"
+    columns: ColumnList
+
+
+class DeriveStep(_Step):
+    """Add ``column`` computed by ``expression`` over other columns."""
+
+    op: Literal["derive"] = "derive"
+    column: ColumnName
+    expression: str = Field(min_length=1)
+
+
+class FilterStep(_Step):
+    """Keep the rows where ``expression`` holds (a dataset step, not replayed at serving)."""
+
+    op: Literal["filter"] = "filter"
+    expression: str = Field(min_length=1)
+
+
+class SplitStep(_Step):
+    """Assign rows to train/validation/test, seeded and optionally stratified."""
+
+    op: Literal["split"] = "split"
+    test_size: Fraction = Field(default=0.2, gt=0, lt=1)
+    validation_size: Annotated[float, BeforeValidator(_fraction)] = Field(
+        default=0.1, ge=0, lt=1, description="0 for no validation split."
+    )
+    stratify: ColumnName | None = None
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitStep:
+        total = self.test_size + self.validation_size
+        if total >= 1:
+            raise ValueError(
+                f"test_size ({self.test_size:g}) + validation_size ({self.validation_size:g}) "
+                f"= {total:g} leaves no training rows; the sum must be below 1"
+            )
+        return self
+
+
+class PythonStep(_Step):
+    """Call ``module:function(frame, **kwargs)`` on the whole dataset (before feature steps)."""
+
+    op: Literal["python"] = "python"
+    callable: Annotated[str, StringConstraints(pattern=CALLABLE_PATTERN)]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+STEP_MODELS: dict[str, type[_Step]] = {
+    "select": SelectStep,
+    "drop": DropStep,
+    "rename": RenameStep,
+    "cast": CastStep,
+    "fill_missing": FillMissingStep,
+    "filter": FilterStep,
+    "onehot": OnehotStep,
+    "ordinal": OrdinalStep,
+    "scale": ScaleStep,
+    "derive": DeriveStep,
+    "split": SplitStep,
+    "python": PythonStep,
+}
+STEP_OPS: tuple[str, ...] = tuple(STEP_MODELS)
+
+TransformStep = Annotated[
+    SelectStep
+    | DropStep
+    | RenameStep
+    | CastStep
+    | FillMissingStep
+    | FilterStep
+    | OnehotStep
+    | OrdinalStep
+    | ScaleStep
+    | DeriveStep
+    | SplitStep
+    | PythonStep,
+    Field(discriminator="op"),
+]
 
 
 class TransformTask(TaskBase):
@@ -488,9 +651,27 @@ class TrainTask(TaskBase):
     num_boost_round: int = Field(default=100, ge=1)
     early_stopping_rounds: int | None = Field(default=None, ge=1)
     seed: int = 42
+    threshold: Fraction | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="binary: the probability from which the positive class is predicted "
+        "(0.5 when unset); lower it for a rare positive class.",
+    )
     tuning: Tuning | None = None
     sagemaker: SageMakerSettings | None = None
     input: TaskId | None = None
+
+    @model_validator(mode="after")
+    def _threshold_field(self) -> TrainTask:
+        if "threshold" in self.params:
+            raise ValueError(
+                "'threshold' is not an XGBoost parameter: move it out of 'params' to the "
+                "train task's own 'threshold' field"
+            )
+        if self.threshold is not None and self.objective != "binary":
+            raise ValueError(f"'threshold' applies to binary objectives, not {self.objective!r}")
+        return self
 
 
 class EvaluateTask(TaskBase):
@@ -502,12 +683,33 @@ class EvaluateTask(TaskBase):
 
 
 class Gate(StrictModel):
-    """The condition a new model version must meet to be registered."""
+    """The condition a new model version must meet to be registered.
+
+    ``beat: champion`` passes only when the new version is strictly better than the champion
+    on ``metric`` by more than ``margin`` (so an identical retrain is not promoted); a
+    negative margin (accept a slightly worse model) needs ``allow_worse: true``.
+    """
 
     metric: str
     min: float | None = None
     beat: Literal["champion"] | None = None
-    margin: float = 0.0
+    margin: float = Field(
+        default=0.0, description="How much better than the champion, in the metric's units."
+    )
+    allow_worse: bool = Field(
+        default=False, description="Allow a negative margin (a worse model may pass)."
+    )
+
+    @model_validator(mode="after")
+    def _margin_meaning(self) -> Gate:
+        if self.margin and self.beat is None:
+            raise ValueError("'margin' applies to 'beat: champion', which is not set")
+        if self.margin < 0 and not self.allow_worse:
+            raise ValueError(
+                f"margin {self.margin:g} is negative: a model worse than the champion would "
+                "pass; use a margin >= 0, or set allow_worse: true if that is meant"
+            )
+        return self
 
 
 class RegisterTask(TaskBase):

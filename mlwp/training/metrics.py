@@ -17,14 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from mlwp.training.metric_names import LOWER_IS_BETTER, METRICS_BY_OBJECTIVE
+
+__all__ = ["LOWER_IS_BETTER", "METRICS_BY_OBJECTIVE", "better", "compute_metrics"]
+
 METRIC_PREFIX = "mlwp-metric"
-METRICS_BY_OBJECTIVE: dict[str, tuple[str, ...]] = {
-    "binary": ("roc_auc", "accuracy", "f1", "logloss"),
-    "multiclass": ("accuracy", "f1_macro", "logloss"),
-    "regression": ("rmse", "mae", "r2"),
-}
-# Metrics where lower is better; every other one is maximised.
-LOWER_IS_BETTER = frozenset({"logloss", "rmse", "mae"})
 _NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 # The names the entry point prints: <split>:<metric> for split in train, validation, test.
 SPLIT_NAMES = ("train", "validation", "test")
@@ -100,7 +97,10 @@ def compute_metrics(
 
 
 def better(metric: str, new: float, old: float, margin: float = 0.0) -> bool:
-    """Whether ``new`` beats ``old`` on ``metric`` by at least ``margin``."""
-    if metric in LOWER_IS_BETTER:
-        return new <= old - margin
-    return new >= old + margin
+    """Whether ``new`` beats ``old`` on ``metric`` by more than ``margin``.
+
+    Strict: a tie is not better, so an identical retrain never displaces the champion
+    (a gate's ``margin`` is how much better it must be; negative only with ``allow_worse``).
+    """
+    improvement = old - new if metric in LOWER_IS_BETTER else new - old
+    return improvement > margin

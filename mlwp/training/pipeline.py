@@ -57,9 +57,10 @@ def hyperparameters_of(
     num_boost_round: int = 100,
     early_stopping_rounds: int | None = None,
     seed: int = 42,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """The entry point's hyperparameters from a train task's fields."""
-    return {
+    hyperparameters = {
         "target": target,
         "objective": objective,
         "num_boost_round": num_boost_round,
@@ -67,6 +68,9 @@ def hyperparameters_of(
         "seed": seed,
         **dict(params or {}),
     }
+    if threshold is not None:
+        hyperparameters["threshold"] = threshold
+    return hyperparameters
 
 
 def train_model(

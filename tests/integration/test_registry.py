@@ -279,3 +279,15 @@ def test_train_model_tunes_and_tracks_one_run(tracking: str, data: dict, tmp_pat
         "churn-trained", outcome.model_uri, lineage("t1", mlflow_run_id=outcome.run_id)
     )
     assert registered.run_id == outcome.run_id
+
+
+def test_evaluation_tells_when_a_classifier_predicts_a_single_class(
+    trained: dict[str, Path], data: dict
+) -> None:
+    # The weak model (one shallow round) never reaches 0.5 on a churn rate of about 27%:
+    # every row is "No", the F1 = 0 case an imbalanced target produces.
+    test = data["splits"]["test"]
+    weak = registry.predicted_class_counts(mlwp_model.load(trained["weak"]), test)
+    assert weak == {"No": len(test)}
+    strong = registry.predicted_class_counts(mlwp_model.load(trained["strong"]), test)
+    assert strong is not None and set(strong) == {"No", "Yes"}

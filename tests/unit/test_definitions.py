@@ -283,3 +283,50 @@ def test_cli_schema_prints_json_schema() -> None:
     schema = json.loads(result.stdout)
     assert "Workflow" in schema["$defs"]
     assert schema["$defs"]["TrainTask"]["additionalProperties"] is False
+
+
+def _imbalanced_project(tmp_path: Path, positives: int) -> Path:
+    rows = [f"{i},{i % 7},{'yes' if i < positives else 'no'}" for i in range(100)]
+    (tmp_path / "data.csv").write_text("id,tenure,churn\n" + "\n".join(rows) + "\n")
+    definition = tmp_path / "workflow.yaml"
+    definition.write_text(
+        "project: rare\nowner: alice\nworkflows:\n  train:\n    tasks:\n"
+        "      extract: {type: extract, source: data.csv}\n"
+        "      features: {type: transform, after: [extract], steps: [{op: split}]}\n"
+        "      train: {type: train, after: [features], target: churn}\n"
+    )
+    return definition
+
+
+def test_an_imbalanced_binary_target_is_a_warning_of_validate_not_an_error(
+    tmp_path: Path,
+) -> None:
+    definition = _imbalanced_project(tmp_path, positives=4)
+    project, problems = check_file(definition, inspect_data=True)
+    assert project is not None  # valid: its DAGs are built
+    [warning] = problems
+    assert warning.severity == "warning" and warning.code == "imbalanced_target"
+    assert str(warning).startswith(
+        f"{definition}:8:55: warning: workflows.train.tasks.train.target: target 'churn' is "
+        "imbalanced: class 'yes' is 4.0% of 100 rows in data.csv"
+    )
+    assert "threshold" in warning.message
+    # The DAG processor does not read whole datasets at every parse.
+    assert check_file(definition) == (project, [])
+    result = CliRunner().invoke(app, ["validate", str(definition)])
+    assert result.exit_code == 0, result.output
+    assert "1 definition checked, 0 problems, 1 warning" in result.output
+    balanced = _imbalanced_project(tmp_path, positives=30)
+    assert check_file(balanced, inspect_data=True)[1] == []
+
+
+def test_threshold_is_a_field_of_train_that_reaches_the_training() -> None:
+    from mlwp.training.core import TrainingConfig
+    from mlwp.training.pipeline import hyperparameters_of
+
+    task = TrainTask(target="churn", threshold=0.3)
+    kwargs = task.operator_kwargs()
+    assert kwargs["threshold"] == 0.3
+    hyperparameters = hyperparameters_of(target="churn", threshold=kwargs["threshold"])
+    assert TrainingConfig.from_hyperparameters(hyperparameters).threshold == 0.3
+    assert "threshold" not in hyperparameters_of(target="churn")

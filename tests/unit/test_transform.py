@@ -136,9 +136,9 @@ def test_cast_failure_names_step_column_and_row() -> None:
 
 
 def test_accepts_definition_step_models(frame: pd.DataFrame) -> None:
-    from mlwp.definitions.schema import TransformStep
+    from mlwp.definitions.schema import DropStep, SplitStep
 
-    steps = [TransformStep(op="drop", columns=["customer_id"]), TransformStep(op="split")]
+    steps = [DropStep(columns=["customer_id"]), SplitStep()]
     result = run_transform(frame, steps)
     assert "customer_id" in result.splits["train"].columns  # raw rows keep it
     assert "customer_id" not in [f.name for f in result.preprocessing.features]
