@@ -696,8 +696,11 @@ class Gate(StrictModel):
     margin: float = Field(
         default=0.0, description="How much better than the champion, in the metric's units."
     )
+    # Checked here only; not an operator argument (excluded from operator_kwargs).
     allow_worse: bool = Field(
-        default=False, description="Allow a negative margin (a worse model may pass)."
+        default=False,
+        exclude=True,
+        description="Allow a negative margin (a worse model may pass).",
     )
 
     @model_validator(mode="after")
