@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mlwp.errors import ConfigurationError
-from mlwp.platform.executors import ExecutorKind, Executors, parse_executors
+from mlwp.platform.executors import ExecutorKind, Executors, Placement, parse_executors
 
 # Where Celery finds its broker when MLWP_REDIS_URL is unset: the Redis of a laptop or CI.
 DEFAULT_CELERY_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -134,6 +134,35 @@ class Settings(BaseSettings):
         "forkserver that imported the ML stack once (mlwp.platform.airflow_config."
         "PRELOAD_MODULES), so each task starts warm; false keeps Airflow's plain fork.",
     )
+    kubernetes_namespace: str = Field(
+        default="default", description="KubernetesExecutor: namespace of the task pods."
+    )
+    kubernetes_image: str = Field(
+        default="mlwp/platform:dev",
+        description="KubernetesExecutor: image of the task pods (the platform image).",
+    )
+    kubernetes_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    kubernetes_service_account: str | None = Field(
+        default=None,
+        description="KubernetesExecutor: service account of the task pods (e.g. an IRSA role "
+        "for S3 and SageMaker); the namespace's default when unset.",
+    )
+    kubernetes_secret: str = Field(
+        default="mlwp-secrets",
+        description="KubernetesExecutor: Secret holding the secret environment of task pods, "
+        "one key per variable (AIRFLOW__CORE__FERNET_KEY, ...); see `mlwp config pod-template`.",
+    )
+    kubernetes_api_server_url: str | None = Field(
+        default=None,
+        description="KubernetesExecutor: the api-server as pods reach it (e.g. "
+        "http://mlwp-api-server:8080) for the execution API; the platform's URL when unset.",
+    )
+    kubernetes_task_cpu: str = Field(
+        default="500m", description="KubernetesExecutor: CPU request of a task pod."
+    )
+    kubernetes_task_memory: str = Field(
+        default="1Gi", description="KubernetesExecutor: memory request and limit of a task pod."
+    )
     jwt_expiration_seconds: int = Field(default=3600, ge=60)
     statsd_on: bool = False
     statsd_host: str = "127.0.0.1"
@@ -215,6 +244,10 @@ class Settings(BaseSettings):
     @cached_property
     def configured_executors(self) -> Executors:
         return parse_executors(self.executor)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(self.executor, self.configured_executors, tuple(self.celery_queues))
 
     @property
     def celery_broker_url(self) -> str:

@@ -30,6 +30,8 @@ from airflow.sdk import DAG, Asset, Param
 from mlwp.definitions import AssetSchedule, Project, Workflow, asset_name, asset_uri
 from mlwp.definitions.loading import DEFINITION_FILENAME, check_file
 from mlwp.definitions.problems import DefinitionError, Problem, format_path
+from mlwp.definitions.schema import TaskBase
+from mlwp.platform.executors import Placement
 from operators.notifiers import FAILURE_TEXT, RETRY_TEXT, alert_notifiers
 from operators.task_types import operator_factory
 
@@ -186,6 +188,7 @@ def build_dag(
                 base["response_timeout"] = task.timeout
         if task.doc:
             base["doc_md"] = task.doc
+        base.update(placement_arguments(task))
         if task.PRODUCES_DATASET:
             base["outlets"] = [
                 Asset(
@@ -208,6 +211,30 @@ def build_dag(
         for upstream in task.after:
             tasks[upstream] >> heads[task_id]
     return dag
+
+
+def placement_arguments(task: TaskBase) -> dict[str, Any]:
+    """The operator arguments that place a task: executor, queue, pool and pod resources.
+
+    ``resources`` always become a KubernetesExecutor ``pod_override`` (Local and Celery
+    ignore ``executor_config``), so the DAG is the same whichever executor ends up running
+    the task. The Kubernetes client is imported only for a task that has resources.
+    """
+    arguments: dict[str, Any] = {}
+    for name in ("executor", "queue", "pool", "pool_slots"):
+        value = getattr(task, name)
+        if value is not None:
+            arguments[name] = value
+    if task.resources is not None:
+        from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+
+        from mlwp.platform.kubernetes import task_pod_override
+
+        manifest = task_pod_override(task.resources.cpu, task.resources.memory)
+        arguments["executor_config"] = {
+            "pod_override": PodGenerator.deserialize_model_dict(manifest)
+        }
+    return arguments
 
 
 def build_dags(
@@ -249,6 +276,26 @@ def _definition_files(projects_dir: Path) -> list[Path]:
             if candidate.is_file():
                 files.append(candidate)
     return files
+
+
+def platform_placement() -> Placement | None:
+    """This Airflow's executors (``[core] executor``) and the platform's Celery queues.
+
+    The executors come from Airflow's own configuration, which is what will run the tasks
+    (the official chart sets it without any MLWP_* variable); an executor list mlwp does not
+    know leaves the check to Airflow.
+    """
+    from airflow.configuration import conf
+
+    from mlwp.platform.executors import parse_executors
+    from mlwp.settings import get_settings
+
+    setting = conf.get("core", "executor")
+    try:
+        executors = parse_executors(setting)
+    except ValueError:
+        return None
+    return Placement(setting, executors, tuple(get_settings().celery_queues))
 
 
 def _default_expectations_dir() -> Path:
@@ -296,6 +343,7 @@ def _load_projects(
     project_roles: frozenset[str] | None,
 ) -> LoadResult:
     expectations = expectations_dir if expectations_dir is not None else _default_expectations_dir()
+    placement = platform_placement()
     files = _definition_files(root)
     wanted_project = wanted_workflow = None
     if dag_id is not None and "." in dag_id:
@@ -307,7 +355,9 @@ def _load_projects(
     owners: dict[str, Path] = {}
     for path in files:
         display = os.path.relpath(path, display_root) if display_root is not None else str(path)
-        project, problems = check_file(path, display=display, expectations_dir=expectations)
+        project, problems = check_file(
+            path, display=display, expectations_dir=expectations, placement=placement
+        )
         if project is None:
             result.problems[path] = problems
             continue

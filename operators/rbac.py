@@ -106,17 +106,22 @@ def _grant(sm: Any, user: Any, project: str, report: dict[str, list[str]]) -> No
 def sync(request: dict[str, Any]) -> dict[str, Any]:
     """Write the platform roles and the project roles; add definition owners and members.
 
-    ``request["projects"]`` maps project -> {"owner": user or None, "members": [users]}.
-    Users named by a definition but not existing yet are reported, not created.
+    ``request["projects"]`` maps project -> {"owner": user or None, "members": [users],
+    "pools": {name: {"slots", "description"}}}. Users named by a definition but not existing
+    yet are reported, not created. Declared pools that do not exist are created.
     """
     report: dict[str, list[str]] = {
         "created_roles": [],
         "added": [],
         "removed": [],
         "memberships": [],
+        "created_pools": [],
         "warnings": [],
     }
     projects: dict[str, dict[str, Any]] = request.get("projects", {})
+    for project, declared in sorted(projects.items()):
+        for name, spec in sorted((declared.get("pools") or {}).items()):
+            _ensure_pool(project, name, spec, report)
     with _app_builder() as appbuilder:
         # FAB's own sync first, as `airflow sync-perm` does it: its views' permissions and
         # its default roles. `mlwp up` runs this before anything else writes the FAB tables
@@ -148,6 +153,30 @@ def sync(request: dict[str, Any]) -> dict[str, Any]:
     report["project_roles"] = sorted(r for r in known if r.startswith(PROJECT_ROLE_PREFIX))
     _publish_project_roles(report["project_roles"])
     return report
+
+
+def _ensure_pool(
+    project: str, name: str, spec: dict[str, Any], report: dict[str, list[str]]
+) -> None:
+    """Create a pool a definition declares, once; an existing pool is never resized.
+
+    Pools are shared by every project and admins size them in Airflow (Admin > Pools): the
+    definition's ``slots`` are the initial size, and a difference is reported, not applied.
+    """
+    from airflow.models.pool import Pool
+
+    slots = int(spec["slots"])
+    existing = Pool.get_pool(name)
+    if existing is None:
+        Pool.create_or_update_pool(
+            name, slots, spec.get("description") or f"declared by project {project}", False
+        )
+        report["created_pools"].append(f"{name} ({slots} slots, declared by project {project})")
+    elif existing.slots != slots:
+        report["warnings"].append(
+            f"pool {name!r} has {existing.slots} slots in Airflow, project {project!r} declares "
+            f"{slots}; resize it in Airflow (Admin > Pools) if that is meant"
+        )
 
 
 def _publish_project_roles(roles: list[str]) -> None:

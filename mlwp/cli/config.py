@@ -57,6 +57,39 @@ def webserver_command(
     typer.echo(f"wrote {target}")
 
 
+@app.command("pod-template")
+def pod_template_command(
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to write; '-' prints it. Default: the [kubernetes_executor] "
+            "pod_template_file mlwp configures ($AIRFLOW_HOME under MLWP_HOME/airflow)."
+        ),
+    ] = None,
+) -> None:
+    """Write the KubernetesExecutor's task pod template (YAML) from the settings.
+
+    The same file `mlwp up` writes with KubernetesExecutor, for the official chart's
+    `podTemplate` value or a ConfigMap. It holds no secret: secret variables are references
+    to the keys of MLWP_KUBERNETES_SECRET.
+    """
+    from mlwp.platform.kubernetes import POD_TEMPLATE_NAME, pod_template_yaml
+    from mlwp.platform.secrets import write_private
+    from mlwp.settings import get_settings
+
+    try:
+        settings = get_settings()
+        text = pod_template_yaml(settings)
+    except MlwpError as exc:
+        raise _fail(exc.message) from None
+    if output is not None and str(output) == "-":
+        typer.echo(text, nl=False)
+        return
+    target = output or settings.airflow_home / POD_TEMPLATE_NAME
+    write_private(target, text.encode())
+    typer.echo(f"wrote {target}")
+
+
 @app.command("mlflow-auth")
 def mlflow_auth_command(
     output: Annotated[Path, typer.Option(help="Where to write basic_auth.ini.")],

@@ -50,6 +50,7 @@ def validate(
             expectations_dir=settings.expectations_folder,
             check_references=not no_references,
             inspect_data=not no_references,
+            placement=settings.placement,
         )
         problems.extend(file_problems)
     errors = [problem for problem in problems if problem.is_error]

@@ -33,11 +33,15 @@ def _sync(extra_projects: list[str]) -> dict[str, Any]:
         projects.setdefault(check_project_name(name), ProjectMembers(name))
     request = {"projects": {name: p.as_request() for name, p in projects.items()}}
     report = run_rbac("sync", request, settings)
-    changes = {k: report[k] for k in ("created_roles", "added", "removed", "memberships")}
+    changes = {
+        k: report.get(k, [])
+        for k in ("created_roles", "added", "removed", "memberships", "created_pools")
+    }
     if any(changes.values()):
         summary = {
             "created_roles": report["created_roles"],
             "memberships": report["memberships"],
+            "created_pools": report.get("created_pools", []),
             "permissions_granted": len(report["added"]),
             "permissions_revoked": len(report["removed"]),
         }
@@ -52,9 +56,10 @@ def _print_report(report: dict[str, Any], *, prefix: str = "") -> None:
         ("added", "granted"),
         ("removed", "revoked"),
         ("memberships", "membership"),
+        ("created_pools", "created pool"),
         ("warnings", "warning"),
     ):
-        for line in report[key]:
+        for line in report.get(key, []):
             changed = changed or key != "warnings"
             typer.echo(f"{prefix}{title}: {line}")
     if not changed:

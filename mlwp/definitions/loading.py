@@ -15,6 +15,9 @@ Checks, all run on every file so that one run reports everything:
    schedules on datasets of the same project;
 5. meaning (``mlwp.definitions.checks``): metric names against the objective, column names
    against a local source's header and each step's output, data warnings.
+6. placement: a task's ``pool`` is ``default_pool`` or declared under ``pools``; given the
+   platform's :class:`~mlwp.platform.executors.Placement`, its ``executor`` is one the
+   platform runs and, on Celery, its ``queue`` is one the workers consume.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from mlwp.definitions.problems import DefinitionError, PathPart, Problem, did_yo
 from mlwp.definitions.schema import (
     ASSET_NAME_PATTERN,
     CALLABLE_PATTERN,
+    DEFAULT_POOL,
     NAME_PATTERN,
     STEP_OPS,
     TASK_ID_PATTERN,
@@ -46,6 +50,7 @@ from mlwp.definitions.schema import (
     TASK_TYPES,
     Project,
 )
+from mlwp.platform.executors import ExecutorKind, Placement
 
 try:  # libyaml is ~10x faster; the pure-Python parser gives the same nodes and marks
     from yaml import CSafeLoader as _BaseLoader
@@ -535,6 +540,69 @@ def _asset_problem(name: str, project: Any, workflows: Mapping[str, Any]) -> str
     return None
 
 
+def _tasks(data: Mapping[str, Any]) -> Iterator[tuple[tuple[PathPart, ...], Mapping[str, Any]]]:
+    """Every task mapping of a definition with its path (``workflows.<w>.tasks.<t>``)."""
+    for workflow_name, workflow in _mapping_items(data.get("workflows")):
+        if not isinstance(workflow, Mapping):
+            continue
+        for task_id, task in _mapping_items(workflow.get("tasks")):
+            if isinstance(task, Mapping):
+                yield ("workflows", workflow_name, "tasks", task_id), task
+
+
+def _check_placement(ctx: _Context, placement: Placement | None) -> None:
+    data = ctx.data
+    pools = dict(_mapping_items(data.get("pools")))
+    if DEFAULT_POOL in pools:
+        ctx.add(
+            ("pools", DEFAULT_POOL),
+            f"'{DEFAULT_POOL}' is Airflow's own pool (size it in Airflow); declare other pools",
+            code="reserved_pool",
+            at_key=True,
+        )
+    known_pools = [DEFAULT_POOL, *pools]
+    for base, task in _tasks(data):
+        pool = task.get("pool")
+        if isinstance(pool, str) and pool not in known_pools:
+            ctx.add(
+                (*base, "pool"),
+                f"unknown pool '{pool}': declare it under the project's `pools` (with its "
+                f"slots) or use '{DEFAULT_POOL}'{did_you_mean(pool, known_pools)}",
+                code="unknown_pool",
+            )
+        if placement is None:
+            continue
+        executor = task.get("executor")
+        chosen = placement.executors.default
+        if isinstance(executor, str):
+            found = placement.executors.find(executor)
+            if found is None:
+                names = placement.executors.task_names()
+                shown = [name for name in names if "." not in name]  # module paths are noise
+                ctx.add(
+                    (*base, "executor"),
+                    f"executor '{executor}' is not configured on this platform "
+                    f"(MLWP_EXECUTOR={placement.executor_setting}); a task may name "
+                    f"{', '.join(shown)}{did_you_mean(executor, names)}",
+                    code="unknown_executor",
+                )
+                continue
+            chosen = found
+        queue = task.get("queue")
+        if (
+            isinstance(queue, str)
+            and chosen.kind is ExecutorKind.CELERY
+            and queue not in placement.celery_queues
+        ):
+            ctx.add(
+                (*base, "queue"),
+                f"no Celery worker consumes queue '{queue}' (MLWP_CELERY_QUEUES="
+                f"{','.join(placement.celery_queues)}), so the task would wait forever"
+                f"{did_you_mean(queue, placement.celery_queues)}",
+                code="unknown_queue",
+            )
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -546,6 +614,7 @@ def parse_definition(
     expectations_dir: Path | None = None,
     check_references: bool = True,
     inspect_data: bool = False,
+    placement: Placement | None = None,
 ) -> tuple[Project | None, list[Problem]]:
     """Validate definition ``text``; return the project (None when invalid) and every problem.
 
@@ -554,6 +623,7 @@ def parse_definition(
     ``expectations_dir`` is given. ``inspect_data`` also reads local datasets in full
     (``mlwp.definitions.checks``: Parquet schemas, the balance of a binary target).
     Warnings (``severity="warning"``) leave the project valid: it is returned with them.
+    Executors and queues are checked only when ``placement`` is given.
     """
     loader = _Loader(text)
     try:
@@ -598,6 +668,7 @@ def parse_definition(
         for error in exc.errors(include_url=False):
             _schema_problem(ctx, error)
     _check_graph(ctx)
+    _check_placement(ctx, placement)
     if check_references and project_dir is not None:
         _check_references(ctx, project_dir, expectations_dir)
     if project is not None:
@@ -657,6 +728,7 @@ def check_file(
     expectations_dir: Path | None = None,
     check_references: bool = True,
     inspect_data: bool = False,
+    placement: Placement | None = None,
 ) -> tuple[Project | None, list[Problem]]:
     """Validate one definition file; references are resolved against its folder."""
     file_path = Path(path)
@@ -672,6 +744,7 @@ def check_file(
         expectations_dir=expectations_dir,
         check_references=check_references,
         inspect_data=inspect_data,
+        placement=placement,
     )
 
 

@@ -304,6 +304,78 @@ class AssetSchedule(StrictModel):
     )
 
 
+# --------------------------------------------------------------------------- placement
+
+# Kubernetes resource quantities, as kubectl accepts them for cpu and memory.
+CPU_PATTERN = r"^(\d+(\.\d+)?|\d+m)$"
+MEMORY_PATTERN = r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+POOL_PATTERN = r"^[A-Za-z0-9_.-]{1,256}$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+EXECUTOR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
+DEFAULT_POOL = "default_pool"  # Airflow's own pool, always present
+
+
+def _quantity_text(value: Any) -> Any:
+    # YAML reads `cpu: 2` or `cpu: 0.5` as numbers; Kubernetes quantities are strings.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"a quantity must be positive, got {value!r}")
+        return format(value, "g")
+    return value
+
+
+CpuQuantity = Annotated[
+    str,
+    BeforeValidator(_quantity_text),
+    StringConstraints(pattern=CPU_PATTERN),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": CPU_PATTERN},
+                {"type": "number", "exclusiveMinimum": 0},
+            ],
+            "description": "CPU cores: 2, 0.5 or '500m' (millicores).",
+        }
+    ),
+]
+MemoryQuantity = Annotated[
+    str,
+    StringConstraints(pattern=MEMORY_PATTERN),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": MEMORY_PATTERN,
+            "description": "Memory: '512Mi', '4Gi' (powers of 1024) or '1G' (of 1000).",
+        }
+    ),
+]
+
+
+class TaskResources(StrictModel):
+    """What one run of the task needs; applied where the executor can (KubernetesExecutor).
+
+    On Kubernetes the task's pod requests ``cpu`` and ``memory`` and is limited to that
+    ``memory`` (no CPU limit: a limit throttles a task that could use idle cores). Local and
+    Celery workers run tasks as processes and ignore these values.
+    """
+
+    cpu: CpuQuantity | None = None
+    memory: MemoryQuantity | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> TaskResources:
+        if self.cpu is None and self.memory is None:
+            raise ValueError("resources needs 'cpu', 'memory' or both")
+        return self
+
+
+class PoolSpec(StrictModel):
+    """An Airflow pool the project's tasks share: at most ``slots`` of them run at once."""
+
+    slots: int = Field(ge=1, le=100000, description="Task slots; a task takes `pool_slots`.")
+    description: str = ""
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -319,10 +391,43 @@ class TaskBase(StrictModel):
     retry_delay: Duration | None = None
     timeout: Duration | None = None
     doc: str | None = Field(default=None, description="Markdown shown on the task in the UI.")
+    executor: Annotated[str, StringConstraints(pattern=EXECUTOR_PATTERN)] | None = Field(
+        default=None,
+        description="Airflow executor that runs the task (e.g. KubernetesExecutor, or an alias "
+        "from MLWP_EXECUTOR); the platform's default executor when unset.",
+    )
+    queue: Annotated[str, StringConstraints(pattern=QUEUE_PATTERN)] | None = Field(
+        default=None,
+        description="Celery queue (one of MLWP_CELERY_QUEUES); other executors ignore it.",
+    )
+    pool: Annotated[str, StringConstraints(pattern=POOL_PATTERN)] | None = Field(
+        default=None,
+        description="Airflow pool limiting concurrent tasks: 'default_pool' or a pool "
+        "declared under the project's `pools`.",
+    )
+    pool_slots: int | None = Field(
+        default=None, ge=1, description="Slots of the pool this task takes (1 when unset)."
+    )
+    resources: TaskResources | None = Field(
+        default=None,
+        description="cpu and memory of the task's pod under KubernetesExecutor.",
+    )
 
     # The keys that are not operator keyword arguments.
     COMMON_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"type", "after", "retries", "retry_delay", "timeout", "doc"}
+        {
+            "type",
+            "after",
+            "retries",
+            "retry_delay",
+            "timeout",
+            "doc",
+            "executor",
+            "queue",
+            "pool",
+            "pool_slots",
+            "resources",
+        }
     )
     # Task types whose output is a dataset, hence an Airflow Asset.
     PRODUCES_DATASET: ClassVar[bool] = False
@@ -866,6 +971,11 @@ class Project(StrictModel):
         default=None, description="Storage root (file:// or s3://); the platform's when unset."
     )
     defaults: WorkflowDefaults = Field(default_factory=WorkflowDefaults)
+    pools: dict[Annotated[str, StringConstraints(pattern=POOL_PATTERN)], PoolSpec] = Field(
+        default_factory=dict,
+        description="Airflow pools the tasks name in `pool`; `mlwp roles sync` (run by "
+        "`mlwp up`) creates the missing ones with these slots and never resizes existing ones.",
+    )
     workflows: dict[Name, Workflow] = Field(min_length=1)
 
     @property

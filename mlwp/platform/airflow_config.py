@@ -180,6 +180,10 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
     config.update(preload_config(settings))
     config.update(remote_logging_config(settings))
     config.update(celery_config(settings))
+    if settings.configured_executors.uses(ExecutorKind.KUBERNETES):
+        from mlwp.platform.kubernetes import kubernetes_config
+
+        config.update(kubernetes_config(settings))
     if settings.secrets_manager_region:
         from mlwp.security.secrets_backend import secrets_manager_config
 

@@ -123,3 +123,17 @@ def parse_executors(value: str) -> Executors:
             f"{value!r}: alias {', '.join(clashes)} is used twice or names an executor"
         )
     return Executors(entries)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where this platform can run a task: its executors and the queues its workers consume.
+
+    ``mlwp validate`` and the DAG loader check each task's ``executor`` and ``queue`` against
+    it, so a task that no executor or worker of this platform would ever pick up is an error
+    at its line in the definition, not a task queued forever.
+    """
+
+    executor_setting: str
+    executors: Executors
+    celery_queues: tuple[str, ...]

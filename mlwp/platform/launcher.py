@@ -190,6 +190,10 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
         if imported:
             echo(f"mlwp: {imported}")
         write_webserver_config(settings)
+        if settings.configured_executors.uses(ExecutorKind.KUBERNETES):
+            from mlwp.platform.kubernetes import write_pod_template
+
+            write_pod_template(settings)
         # Celery workers need only the migrated database (their result backend); they import
         # the ML stack as they start, so they warm up while the roles are synced.
         workers = [spec.name for spec in specs if spec.stop_stage == processes.STAGE_TASK_WORKERS]

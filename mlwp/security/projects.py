@@ -1,6 +1,8 @@
-"""Project memberships as the definitions declare them (``owner`` and ``members``).
+"""Project memberships as the definitions declare them (``owner`` and ``members``), and the
+Airflow pools they declare (``pools``), which the roles sync creates.
 
-Only the top-level ``project``, ``owner`` and ``members`` keys are read here, with YAML's safe
+Only the top-level ``project``, ``owner``, ``members`` and ``pools`` keys are read here, with
+YAML's safe
 loader; validating the rest of a definition is the definitions compiler's job. A project
 folder without a definition file still counts as a project (its folder name), so its role
 exists before its first workflow does.
@@ -23,9 +25,32 @@ class ProjectMembers:
     project: str
     owner: str | None = None
     members: tuple[str, ...] = field(default_factory=tuple)
+    # (name, slots, description) of each pool the definition declares.
+    pools: tuple[tuple[str, int, str], ...] = field(default_factory=tuple)
 
     def as_request(self) -> dict[str, object]:
-        return {"owner": self.owner, "members": list(self.members)}
+        return {
+            "owner": self.owner,
+            "members": list(self.members),
+            "pools": {
+                name: {"slots": slots, "description": text} for name, slots, text in self.pools
+            },
+        }
+
+
+def _declared_pools(data: dict[str, object]) -> list[tuple[str, int, str]]:
+    """The well-formed ``pools`` entries; `mlwp validate` reports the others."""
+    raw = data.get("pools")
+    if not isinstance(raw, dict):
+        return []
+    pools = []
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not isinstance(spec, dict):
+            continue
+        slots, description = spec.get("slots"), spec.get("description", "")
+        if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1:
+            pools.append((name, slots, str(description or "")))
+    return pools
 
 
 def _read(path: Path) -> dict[str, object] | None:
@@ -45,6 +70,7 @@ def discover_projects(dags_folder: Path) -> dict[str, ProjectMembers]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         owner: str | None = None
         members: list[str] = []
+        pools: list[tuple[str, int, str]] = []
         project = folder.name
         for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
             data = _read(path)
@@ -61,11 +87,12 @@ def discover_projects(dags_folder: Path) -> dict[str, ProjectMembers]:
             ):
                 raise SecurityError(f"{path}: members: expected a list of user names")
             members.extend(raw_members)
+            pools.extend(_declared_pools(data))
         try:
             check_project_name(project)
         except SecurityError as exc:
             raise SecurityError(f"{folder}: {exc.message}") from exc
-        found[project] = ProjectMembers(project, owner, tuple(dict.fromkeys(members)))
+        found[project] = ProjectMembers(project, owner, tuple(dict.fromkeys(members)), tuple(pools))
     return found
 
 
