@@ -29,8 +29,8 @@ from mlwp.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-# Two supported releases: the oldest and the newest schema the package bundles that EKS runs.
-KUBERNETES_VERSIONS = ("1.34.0", "1.37.0")
+# The two releases the charts are rendered for (tests of charts/): the same clusters.
+KUBERNETES_VERSIONS = ("1.31.0", "1.35.0")
 
 PRODUCTION = {
     "executor": "CeleryExecutor,KubernetesExecutor",
