@@ -28,6 +28,12 @@ def ensure_project_roles(*names: str) -> None:
 
 
 @pytest.fixture
+def project_roles(airflow_db: None) -> None:
+    """The project roles of the example projects, in the session's Airflow database."""
+    ensure_project_roles("project:churn", "project:credit")
+
+
+@pytest.fixture
 def pipeline_env(
     tmp_path: Path, mlflow_tracking: str, airflow_db: None, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
