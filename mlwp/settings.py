@@ -311,7 +311,7 @@ class Settings(BaseSettings):
 
     @property
     def production_shaped(self) -> bool:
-        """Whether shared state must live off this host (see ``mlwp.platform.preflight.check_shared_state``)."""
+        """Whether shared state must live off this host (``preflight.check_shared_state``)."""
         if self.production is not None:
             return self.production
         return any(
