@@ -1,4 +1,5 @@
-"""`mlwp up` with CeleryExecutor: real Celery workers under the supervisor, seen and stopped.
+"""`mlwp up` with CeleryExecutor: real Celery workers under the supervisor run a task, are
+seen by `mlwp status` and stopped by `mlwp down`.
 
 PostgreSQL (a fresh database of this test) holds Airflow's metadata and Celery's results;
 the shared Redis is the broker, in a database number this test claims for itself (an empty
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import psutil
 import pytest
@@ -71,6 +73,27 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
+
+
+def airflow_api(env: dict[str, str], home: Path) -> httpx.Client:
+    """The REST API as a user reaches it: a JWT for the admin from ``POST /auth/token``."""
+    base = f"http://127.0.0.1:{env['MLWP_AIRFLOW_PORT']}"
+    credentials = orjson.loads((home / "credentials").read_bytes())
+    login = {"username": credentials["username"], "password": credentials["password"]}
+    response = httpx.post(f"{base}/auth/token", json=login, timeout=60)
+    assert response.status_code == 201, response.text
+    headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+    return httpx.Client(base_url=f"{base}/api/v2", headers=headers, timeout=60)
+
+
+def wait_for(what: str, check: object, timeout: float) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()  # type: ignore[operator]
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(2)
 
 
 def run_mlwp(
@@ -148,6 +171,30 @@ def test_up_supervises_celery_workers_that_status_shows_and_down_stops(
             pool = worker.children(recursive=True)
             assert pool, f"{name} has no pool processes"
             assert any("xgboost" in m.path for m in worker.memory_maps()), name
+
+        # A real task goes through the broker to a worker: churn.train's extract.
+        api = airflow_api(env, home)
+        wait_for("churn.train", lambda: api.get("/dags/churn.train").status_code == 200, 600)
+        assert api.patch("/dags/churn.train", json={"is_paused": False}).status_code == 200
+        run = api.post("/dags/churn.train/dagRuns", json={"logical_date": None})
+        assert run.status_code == 200, run.text
+        url = f"/dags/churn.train/dagRuns/{run.json()['dag_run_id']}/taskInstances/extract"
+
+        def extract_ended() -> dict[str, object] | None:
+            instance = api.get(url).json()
+            return instance if instance.get("state") in ("success", "failed") else None
+
+        instance = wait_for("extract to end", extract_ended, 900)
+        assert isinstance(instance, dict)
+        assert instance["state"] == "success", instance
+        assert instance["queue"] == "default"
+        received = [
+            name
+            for name in workers
+            if "execute_workload" in (home / "logs" / f"{name}.log").read_text(errors="replace")
+        ]
+        assert received, "no worker log shows the task"
+        assert api.patch("/dags/churn.train", json={"is_paused": True}).status_code == 200
 
         down = run_mlwp(env, "down", timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr

@@ -187,3 +187,38 @@ def test_ping_of_an_unreachable_broker_is_a_reason_not_an_error() -> None:
     reason = probe()
     assert reason is not None
     assert reason.startswith("broker redis://127.0.0.1")
+
+
+def test_mlwp_worker_runs_one_celery_worker_with_the_platform_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+    monkeypatch.delenv("MLWP_EXECUTOR", raising=False)
+    refused = CliRunner().invoke(app, ["worker"])
+    assert refused.exit_code == 1
+    assert "has no CeleryExecutor" in refused.output
+
+    monkeypatch.setenv("MLWP_EXECUTOR", "CeleryExecutor")
+    monkeypatch.setenv("MLWP_DATABASE_URL", POSTGRES)
+    monkeypatch.setenv("MLWP_REDIS_URL", "redis://cache.internal:6379/2")
+    started: list[tuple[str, list[str], dict[str, str]]] = []
+    # The command replaces itself with the worker; record what it would exec instead.
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append((path, argv, env)))
+    result = CliRunner().invoke(
+        app, ["worker", "--name", "gpu-1", "--queues", "gpu", "--concurrency", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    ((path, argv, env),) = started
+    assert argv[0] == path and argv[1:3] == ["celery", "worker"]
+    assert argv[argv.index("--celery-hostname") + 1] == processes.celery_node_name("gpu-1")
+    assert argv[argv.index("--queues") + 1] == "gpu"
+    assert argv[argv.index("--concurrency") + 1] == "1"
+    assert "--skip-serve-logs" in argv
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://cache.internal:6379/2"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
