@@ -32,24 +32,18 @@ def webserver_command(
         str,
         typer.Option(envvar="MLWP_AUTH_RATE_LIMIT", help="FAB login form limit (limits syntax)."),
     ] = "5 per 40 second",
-    rate_limit_storage: Annotated[
-        str,
-        typer.Option(
-            envvar="MLWP_AUTH_RATE_LIMIT_STORAGE",
-            help="Where the login limit counts: memory:// per process, redis://... shared.",
-        ),
-    ] = "memory://",
 ) -> None:
-    """Write FAB's webserver_config.py (login, sessions, rate limit) from the settings."""
+    """Write FAB's webserver_config.py (login, sessions, rate limit) from the settings.
+
+    The login limit counts where MLWP_AUTH_RATE_LIMIT_STORAGE says (MLWP_REDIS_URL by default).
+    """
     from mlwp.platform.secrets import write_private
     from mlwp.platform.webserver_config import webserver_config_text
     from mlwp.settings import get_settings
 
     target = output or Path(os.environ.get("AIRFLOW_HOME", ".")) / "webserver_config.py"
     try:
-        text = webserver_config_text(
-            get_settings(), auth_rate_limit=rate_limit, rate_limit_storage_uri=rate_limit_storage
-        )
+        text = webserver_config_text(get_settings(), auth_rate_limit=rate_limit)
     except MlwpError as exc:
         raise _fail(exc.message) from None
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -282,7 +282,8 @@ def test_the_roles_sync_job_runs_the_command_of_mlwp_up() -> None:
         "name": "mlwp-airflow-metadata",
         "key": "connection",
     }
-    assert env["MLWP_EXECUTOR"] == "CeleryExecutor"
+    # The roles sync needs the database only: no executor, broker or AWS role.
+    assert "MLWP_EXECUTOR" not in env
     annotations = job["metadata"]["annotations"]
     assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
     # After the official chart's migration (weight 1) and create-user (weight 2) jobs.
@@ -294,8 +295,6 @@ def test_the_roles_sync_job_is_a_plain_job_for_argo_cd() -> None:
     annotations = job["metadata"]["annotations"]
     assert not any(key.startswith("helm.sh/") for key in annotations)
     assert annotations["argocd.argoproj.io/hook"] == "Sync"
-    env = env_of(container(job["spec"]["template"]["spec"], "roles-sync"))
-    assert env["MLWP_EXECUTOR"] == "KubernetesExecutor"
 
 
 def test_service_accounts_carry_irsa_roles_only_when_given() -> None:
