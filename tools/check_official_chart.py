@@ -42,16 +42,14 @@ def undefined_keys(values: Any, schema: dict[str, Any], path: str = "") -> list[
     if not isinstance(values, dict):
         return problems
     properties = schema.get("properties")
+    if properties is None:
+        return problems  # a free-form map
     for key, value in values.items():
         where = f"{path}.{key}" if path else key
-        if properties is None or key in OPEN_KEYS and key in (properties or {}):
-            continue
         if key not in properties:
             problems.append(f"{where}: not a key of the official chart's values")
-            continue
-        child = properties[key]
-        if "properties" in child:
-            problems += undefined_keys(value, child, where)
+        elif key not in OPEN_KEYS and "properties" in properties[key]:
+            problems += undefined_keys(value, properties[key], where)
     return problems
 
 
@@ -78,7 +76,8 @@ def kubernetes_problems(objects: list[dict[str, Any]], version: str) -> list[str
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = "/".join(str(part) for part in exc.path)
-            problems.append(f"{version} {obj['kind']}/{obj['metadata']['name']} {where}: {exc.message}")
+            name = f"{obj['kind']}/{obj['metadata']['name']}"
+            problems.append(f"{version} {name} {where}: {exc.message}")
     return problems
 
 
@@ -103,8 +102,15 @@ def main() -> int:
         helm("lint", "--strict", str(chart), "--values", str(args.values))
         for version in KUBE_VERSIONS:
             rendered = helm(
-                "template", "mlwp", str(chart), "--namespace", "mlwp",
-                "--kube-version", version, "--values", str(args.values),
+                "template",
+                "mlwp",
+                str(chart),
+                "--namespace",
+                "mlwp",
+                "--kube-version",
+                version,
+                "--values",
+                str(args.values),
             )
             objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
             for obj in objects:

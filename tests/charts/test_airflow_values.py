@@ -209,3 +209,29 @@ def test_the_docs_name_the_checked_chart_version() -> None:
     deploy = (REPO_ROOT / "docs" / "deploy.md").read_text()
     assert f"apache-airflow chart {OFFICIAL_CHART_VERSION}" in deploy
     assert f"--version {OFFICIAL_CHART_VERSION}" in VALUES_FILE.read_text()
+
+
+def test_the_pod_template_keeps_the_generated_templates_guarantees(
+    pod_template: dict[str, Any], tmp_path: Path
+) -> None:
+    """The chart's template and `mlwp config pod-template`'s (mlwp.platform.kubernetes) run
+    tasks the same way: pod security context, restart policy, the ``base`` container that
+    per-task overrides target, its security context (the chart's adds a read-only root), and
+    every mount the generated one has."""
+    from mlwp.platform.kubernetes import BASE_CONTAINER
+    from mlwp.platform.kubernetes import pod_template as generated_template
+
+    settings = Settings(
+        home=tmp_path, executor="KubernetesExecutor", database_url="postgresql://u@db/airflow"
+    )
+    generated = generated_template(settings, env={})["spec"]
+    chart = pod_template["spec"]
+    assert chart["securityContext"] == generated["securityContext"]
+    assert chart["restartPolicy"] == generated["restartPolicy"]
+    (mine,) = chart["containers"]
+    (theirs,) = generated["containers"]
+    assert mine["name"] == theirs["name"] == BASE_CONTAINER
+    for key, value in theirs["securityContext"].items():
+        assert mine["securityContext"][key] == value, key
+    mounts = {mount["mountPath"] for mount in mine["volumeMounts"]}
+    assert {mount["mountPath"] for mount in theirs["volumeMounts"]} <= mounts
