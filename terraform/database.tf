@@ -4,6 +4,7 @@
 ################################################################################
 
 resource "aws_security_group" "database" {
+  #checkov:skip=CKV2_AWS_5:Attached to the RDS instance by module.database (vpc_security_group_ids), which checkov cannot see without downloading the module
   name_prefix = "${var.name}-postgres-"
   description = "PostgreSQL of mlwp ${var.name}: reachable from the EKS nodes only"
   vpc_id      = module.vpc.vpc_id

@@ -13,6 +13,7 @@ locals {
 }
 
 resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_338:Retention is per environment (log_retention_in_days): 365 days in the production example, 30 in staging where a year of debug logs is cost without use
   for_each = local.log_groups
 
   name              = "/mlwp/${var.name}/${each.key}"

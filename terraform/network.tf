@@ -73,6 +73,7 @@ resource "aws_vpc_endpoint" "s3" {
 # Training jobs inside the VPC (sagemaker_vpc_access): HTTPS out only (S3 through the endpoint,
 # ECR, CloudWatch and the SageMaker API through NAT); distributed training talks to itself.
 resource "aws_security_group" "sagemaker" {
+  #checkov:skip=CKV2_AWS_5:Attached by SageMaker to the training jobs of definitions that set sagemaker.security_group_ids, outside Terraform
   count = var.sagemaker_vpc_access ? 1 : 0
 
   name_prefix = "${var.name}-sagemaker-"

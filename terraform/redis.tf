@@ -4,6 +4,11 @@
 ################################################################################
 
 resource "random_password" "redis_auth_token" {
+  # Bump redis_auth_token_version to issue a new token (see README: rotation).
+  keepers = {
+    version = var.redis_auth_token_version
+  }
+
   # ElastiCache AUTH tokens: 16 to 128 printable characters, no @ " or /; letters and digits
   # keep the token safe inside a URL without escaping.
   length  = 64
@@ -28,6 +33,8 @@ module "redis" {
   transit_encryption_enabled = true
   transit_encryption_mode    = "required"
   auth_token                 = random_password.redis_auth_token.result
+  # A new token is added beside the old one, so clients keep working until they restart.
+  auth_token_update_strategy = "ROTATE"
   at_rest_encryption_enabled = true
   kms_key_arn                = aws_kms_key.this.arn
 
@@ -61,6 +68,7 @@ module "redis" {
 # The AUTH token for the chart: read it with External Secrets or `aws secretsmanager
 # get-secret-value`, never from the Terraform state.
 resource "aws_secretsmanager_secret" "redis_auth_token" {
+  #checkov:skip=CKV2_AWS_57:Rotating an ElastiCache AUTH token takes a two-step ROTATE/SET on the replication group and a restart of every client; AWS provides no rotation function for it. Rotate with redis_auth_token_version (README)
   name_prefix             = "${var.name}/redis-auth-token-"
   description             = "AUTH token of the ElastiCache Redis of mlwp ${var.name}"
   kms_key_id              = aws_kms_key.this.arn

@@ -44,6 +44,17 @@ variable "vpc_cidr" {
   }
 }
 
+variable "availability_zones" {
+  description = "Availability zones to use by name (e.g. [\"eu-west-1a\", \"eu-west-1b\", \"eu-west-1c\"]); naming them pins the subnets. Empty: the region's first availability_zone_count zones."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.availability_zones) == 0 || contains([2, 3], length(var.availability_zones))
+    error_message = "availability_zones must name 2 or 3 zones, or be empty."
+  }
+}
+
 variable "availability_zone_count" {
   description = "Availability zones used (2 or 3): subnets, NAT gateways, the RDS standby and the Redis replica spread over them."
   type        = number
@@ -188,6 +199,12 @@ variable "database" {
     condition     = var.database.backup_retention_days >= 1 && var.database.backup_retention_days <= 35
     error_message = "database.backup_retention_days must be between 1 and 35 (RDS limits; 0 would switch backups off)."
   }
+}
+
+variable "redis_auth_token_version" {
+  description = "Bump to generate a new Redis AUTH token (then restart the clients; see README)."
+  type        = number
+  default     = 1
 }
 
 variable "redis" {

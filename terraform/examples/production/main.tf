@@ -17,8 +17,8 @@ module "mlwp" {
 
   name = "mlwp-production"
 
-  vpc_cidr                = "10.40.0.0/16"
-  availability_zone_count = 3
+  vpc_cidr           = "10.40.0.0/16"
+  availability_zones = var.availability_zones
 
   cluster_endpoint_public_access_cidrs = var.cluster_endpoint_public_access_cidrs
   cluster_admin_principal_arns         = var.cluster_admin_principal_arns

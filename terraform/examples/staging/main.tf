@@ -16,9 +16,9 @@ module "mlwp" {
 
   name = "mlwp-staging"
 
-  vpc_cidr                = "10.41.0.0/16"
-  availability_zone_count = 2
-  single_nat_gateway      = true
+  vpc_cidr           = "10.41.0.0/16"
+  availability_zones = var.availability_zones
+  single_nat_gateway = true
 
   cluster_endpoint_public_access_cidrs = var.cluster_endpoint_public_access_cidrs
   cluster_admin_principal_arns         = var.cluster_admin_principal_arns

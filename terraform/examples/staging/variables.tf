@@ -4,6 +4,12 @@ variable "region" {
   default     = "eu-west-1"
 }
 
+variable "availability_zones" {
+  description = "Availability zones of the region, by name (they pin the subnets)."
+  type        = list(string)
+  default     = ["eu-west-1a", "eu-west-1b"]
+}
+
 variable "cluster_endpoint_public_access_cidrs" {
   description = "Networks allowed to reach the Kubernetes API from the internet (the CI runners, an office); empty keeps it private."
   type        = list(string)
