@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 DEFAULT_AWS_CONN_ID = "aws_default"
 # Where an execution role is found when the definition does not name one.
 ROLE_EXTRA_KEY = "sagemaker_role_arn"
+# Where jobs write model.tar.gz and checkpoints when not under the storage root: a bucket of
+# its own lets the execution role read the data bucket and write only there (terraform/).
+OUTPUT_ROOT_EXTRA_KEY = "sagemaker_output_root"
 MODEL_ARCHIVE = "model.tar.gz"
 
 
@@ -93,6 +96,17 @@ class SageMakerRequestOperator(MlwpOperator):
         run_hash = hashlib.sha256(lineage["run_id"].encode()).hexdigest()[:8]
         name = sm.job_name("mlwp", self.project, train_task, run_hash, str(lineage["try_number"]))
         base = f"{storage.root}/{self.project}/sagemaker/{name}"
+        output_root = hook.conn_config.extra_config.get(OUTPUT_ROOT_EXTRA_KEY)
+        if output_root and not str(output_root).startswith("s3://"):
+            raise AirflowFailException(
+                f"task {self.task_id!r}: '{OUTPUT_ROOT_EXTRA_KEY}' in the extra of connection "
+                f"{self.aws_conn_id!r} must be an s3:// URI, got {output_root!r}"
+            )
+        output_base = (
+            f"{str(output_root).rstrip('/')}/{self.project}/sagemaker/{name}"
+            if output_root
+            else base
+        )
 
         channels: dict[str, str] = {}
         for split, document in features["splits"].items():
@@ -124,14 +138,14 @@ class SageMakerRequestOperator(MlwpOperator):
             role_arn=role_arn,
             image_uri=settings.get("image_uri") or sm.xgboost_image_uri(region),
             source_uri=code_uri,
-            output_uri=f"{base}/output",
+            output_uri=f"{output_base}/output",
             instance_type=settings.get("instance_type", "ml.m5.large"),
             instance_count=int(settings.get("instance_count", 1)),
             volume_size_gb=int(settings.get("volume_size_gb", 30)),
             max_runtime_seconds=int(settings.get("max_runtime_seconds", 7200)),
             spot=bool(settings.get("spot", False)),
             max_wait_seconds=settings.get("max_wait_seconds"),
-            checkpoint_uri=f"{base}/checkpoints" if settings.get("spot") else None,
+            checkpoint_uri=f"{output_base}/checkpoints" if settings.get("spot") else None,
             subnets=tuple(settings.get("subnets") or ()),
             security_group_ids=tuple(settings.get("security_group_ids") or ()),
             tags={

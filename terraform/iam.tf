@@ -68,6 +68,11 @@ locals {
       ]
       resources = local.sagemaker_job_arns
     }
+    TrainingJobLogs = {
+      # The training operator copies the job's CloudWatch log into the task log (print_log).
+      actions   = ["logs:DescribeLogStreams", "logs:GetLogEvents"]
+      resources = ["${local.sagemaker_log_group_arn}:*"]
+    }
     PassSageMakerExecutionRole = {
       actions   = ["iam:PassRole"]
       resources = [module.sagemaker_execution_role.arn]

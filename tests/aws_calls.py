@@ -188,10 +188,13 @@ def _sagemaker(call: Call) -> Iterator[Permission]:
 
 def _logs(call: Call) -> Iterator[Permission]:
     op, p = call.operation, call.params
-    group = p.get("logGroupName", "")
-    arn = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group}"
-    if op in ("DescribeLogStreams", "GetLogEvents", "FilterLogEvents"):
-        yield Permission(f"logs:{op}", f"{arn}:*", because=f"logs.{op}")
+    group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{p.get('logGroupName', '')}"
+    if op in ("DescribeLogStreams", "FilterLogEvents"):
+        # IAM evaluates log-group actions against the group's ARN with a ":*" suffix.
+        yield Permission(f"logs:{op}", f"{group}:*", because=f"logs.{op}")
+    elif op == "GetLogEvents":
+        stream = f"{group}:log-stream:{p['logStreamName']}"
+        yield Permission("logs:GetLogEvents", stream, because=f"logs.{op}")
     else:
         raise KeyError(op)
 

@@ -11,48 +11,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from churn_steps import churn_steps
+from churn_sagemaker import DATA_DIR, aws_connection, churn_sagemaker_dag, moto_client
 from sagemaker_emulator import install_into_moto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 BUCKET = "mlwp-dag-test"
-STEPS = churn_steps()
-
-
-def _client(service: str, endpoint: str) -> Any:
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 @pytest.fixture
 def sagemaker_on_moto(
     aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    s3 = _client("s3", aws_env)
+    s3 = moto_client("s3", aws_env)
     s3.create_bucket(Bucket=BUCKET)
     monkeypatch.setenv("MLWP_STORAGE_ROOT", f"s3://{BUCKET}/storage")
     # From here on, S3 and SageMaker are reached only through the Airflow AWS connection.
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DEFAULT",
-        '{"conn_type": "aws", "login": "testing", "password": "testing", "extra": '
-        f'{{"region_name": "us-east-1", "endpoint_url": "{aws_env}", '
-        '"sagemaker_role_arn": "arn:aws:iam::123456789012:role/mlwp-sagemaker"}}',
-    )
-    undo = install_into_moto(
-        lambda: _client("s3", aws_env),
-        tmp_path / "containers",
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(aws_env))
+    undo = install_into_moto(lambda: moto_client("s3", aws_env), tmp_path / "containers")
     yield aws_env
     undo()
 
@@ -61,39 +40,9 @@ def test_churn_dag_trains_on_sagemaker_and_registers_like_local(
     sagemaker_on_moto: str, mlflow_tracking: str, dag_runner: Any
 ) -> None:
     import mlflow
-    from airflow.sdk import DAG
     from airflow.utils.state import DagRunState
 
-    from operators.extract import ExtractOperator
-    from operators.register import RegisterOperator
-    from operators.sagemaker import sagemaker_train_tasks
-    from operators.transform import TransformOperator
-
-    context = {"project": "churn", "workflow": "train_sm", "project_dir": str(DATA_DIR)}
-    with DAG("churn.train_sm", schedule=None, catchup=False) as dag:
-        extract = ExtractOperator(task_id="extract", source="telco_churn_sample.csv", **context)
-        features = TransformOperator(task_id="features", steps=STEPS, **context)
-        head, train = sagemaker_train_tasks(
-            task_id="train",
-            target="churn",
-            objective="binary",
-            hyperparameters={
-                "target": "churn",
-                "objective": "binary",
-                "num_boost_round": 40,
-                "early_stopping_rounds": 5,
-                "seed": 7,
-                "max_depth": 3,
-            },
-            sagemaker={"instance_type": "ml.m5.xlarge"},
-            tuning=None,
-            input=None,
-            **context,
-        )
-        register = RegisterOperator(task_id="register", model="churn_sm", **context)
-        extract >> features >> head
-        train >> register
-
+    dag = churn_sagemaker_dag("churn.train_sm", model="churn_sm")
     job_task = dag.get_task("train_job")
     assert job_task.deferrable is True  # waits on the triggerer, not in a worker slot
     run = dag_runner(dag)
@@ -113,7 +62,7 @@ def test_churn_dag_trains_on_sagemaker_and_registers_like_local(
 
     # The job really ran the entry point: its metric lines became SageMaker metrics,
     # and the model it wrote is what MLflow now serves.
-    sagemaker = _client("sagemaker", sagemaker_on_moto)
+    sagemaker = moto_client("sagemaker", sagemaker_on_moto)
     job = sagemaker.describe_training_job(TrainingJobName=job_name)
     metrics = {m["MetricName"]: m["Value"] for m in job["FinalMetricDataList"]}
     assert metrics.get("validation:roc_auc", 0) > 0.7, job["FinalMetricDataList"]
