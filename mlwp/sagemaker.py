@@ -10,6 +10,7 @@ parameter validation.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import re
@@ -286,7 +287,12 @@ def source_tarball() -> bytes:
     shim = b"from mlwp.training.entrypoint import main\n\nif __name__ == '__main__':\n    main()\n"
     requirements = b"pyarrow>=18\npandas>=2.2\npydantic>=2.10\norjson>=3.10\n"
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # The gzip header carries a timestamp too (mode="w:gz" writes the current time): zero it,
+    # or two packings a second apart differ.
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w") as tar,
+    ):
         for name, data in ((ENTRY_POINT, shim), ("requirements.txt", requirements)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
