@@ -123,6 +123,11 @@ def celery_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("celery", "worker_enable_remote_control"): "True",
         # Tasks that name no queue go to the first queue the platform's workers consume.
         ("operators", "default_queue"): settings.celery_queues[0],
+        # Airflow's default, stated (Airflow warns at every start when it is unset): Redis
+        # hands an unacknowledged task to another worker after this long, so it must exceed
+        # the longest task. A dead worker's task is failed and retried by the scheduler long
+        # before (its heartbeat stops), not by this redelivery.
+        ("celery_broker_transport_options", "visibility_timeout"): "86400",
     }
     if settings.preload:
         config[("celery", "extra_celery_config")] = json.dumps({"imports": PRELOAD_MODULES})

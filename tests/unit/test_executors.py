@@ -106,6 +106,7 @@ def test_celery_broker_and_result_backend_come_from_the_settings(tmp_path: Path)
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+{POSTGRES}"
     assert env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "4"
     assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "default"
+    assert env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"] == "86400"
 
     redis = "redis://:secret@cache.internal:6379/3"
     env = airflow_environment(
