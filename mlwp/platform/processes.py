@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from mlwp.errors import ConfigurationError
+from mlwp.errors import ConfigurationError, MlwpError
 from mlwp.platform.airflow_config import airflow_environment
 from mlwp.platform.executors import ExecutorKind
 from mlwp.platform.preflight import PortRequest
@@ -164,10 +164,17 @@ def celery_ping(broker_url: str, node: str, timeout: float = 1.0) -> ReadinessPr
     """
 
     def probe() -> str | None:
+        from mlwp.platform.preflight import check_redis
+
+        # A plain PING first: a broker that is down is reported at once, with Redis's own
+        # reason, instead of after Celery's connection retries (and its first, slow import).
+        try:
+            check_redis("broker", broker_url, timeout=timeout)
+        except MlwpError as exc:
+            return exc.message
         from celery import Celery
 
         app = Celery(broker=broker_url, set_as_current=False)
-        app.conf.broker_connection_retry_on_startup = False
         app.conf.broker_connection_timeout = timeout
         try:
             replies = app.control.ping(destination=[node], timeout=timeout)
