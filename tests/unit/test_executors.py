@@ -187,7 +187,8 @@ def test_ping_of_an_unreachable_broker_is_a_reason_not_an_error() -> None:
     probe = processes.celery_ping(f"redis://127.0.0.1:{free_port()}/0", "w@h", timeout=0.5)
     reason = probe()
     assert reason is not None
-    assert reason.startswith("broker redis://127.0.0.1")
+    assert reason.startswith("broker at redis://127.0.0.1")
+    assert "unreachable" in reason
 
 
 def test_mlwp_worker_runs_one_celery_worker_with_the_platform_configuration(
