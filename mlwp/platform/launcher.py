@@ -194,10 +194,10 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
             from mlwp.platform.kubernetes import write_pod_template
 
             write_pod_template(settings)
-        # Celery workers need only the migrated database (their result backend); they import
-        # the ML stack as they start, so they warm up while the roles are synced.
-        workers = [spec.name for spec in specs if spec.stop_stage == processes.STAGE_TASK_WORKERS]
-        names = supervisor.start((*processes.AFTER_MIGRATION, *workers))
+        # Celery workers start with the dag-processor, after the roles sync: importing the ML
+        # stack in each of them meanwhile would compete with the sync (which has a deadline)
+        # for the CPU of a small machine, and tasks cannot run before DAGs are parsed anyway.
+        names = supervisor.start(processes.AFTER_MIGRATION)
         echo("mlwp: starting " + ", ".join(names) + "; creating the admin user and roles ...")
         write_state(settings.state_file, _state(settings, supervisor, "starting"))
         # One writer of FAB's tables at a time: the roles sync (FAB's own sync included), then
