@@ -13,13 +13,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHURN = REPO_ROOT / "dags" / "projects" / "churn"
 
 
-def bench_project(model: str, trials: int) -> Any:
-    """The churn project, manual only, with auto approval, ``trials`` tuning trials, ``model``."""
+def bench_project(model: str, trials: int, project: str = "churn") -> Any:
+    """The churn project, manual only, with auto approval, ``trials`` tuning trials, ``model``.
+
+    ``project`` renames it, so that several copies (``<project>.train``) run side by side.
+    """
     from mlwp.definitions import Alerts
     from mlwp.definitions.loading import load_project
 
-    project = load_project(CHURN / "workflow.yaml")
-    workflow = project.workflows["train"]
+    definition = load_project(CHURN / "workflow.yaml")
+    workflow = definition.workflows["train"]
     tasks = dict(workflow.tasks)
     tasks["approve"] = tasks["approve"].model_copy(update={"mode": "auto"})
     train = tasks["train"]
@@ -27,10 +30,11 @@ def bench_project(model: str, trials: int) -> Any:
     tasks["train"] = train.model_copy(update={"tuning": tuning})
     for name in ("register", "deploy"):
         tasks[name] = tasks[name].model_copy(update={"model": model})
-    return project.model_copy(
+    return definition.model_copy(
         update={
+            "project": project,
             "alerts": Alerts(),
-            "defaults": project.defaults.model_copy(update={"retries": 0}),
+            "defaults": definition.defaults.model_copy(update={"retries": 0}),
             # Manual only: unpausing a scheduled DAG starts its latest scheduled run at once,
             # and the triggered run would then queue behind it (max_active_runs 1).
             "workflows": {"train": workflow.model_copy(update={"tasks": tasks, "schedule": None})},
@@ -38,11 +42,11 @@ def bench_project(model: str, trials: int) -> Any:
     )
 
 
-def bench_dag(model: str, trials: int) -> Any:
-    """The Airflow DAG ``churn.train`` of :func:`bench_project`."""
+def bench_dag(model: str, trials: int, project: str = "churn") -> Any:
+    """The Airflow DAG ``<project>.train`` of :func:`bench_project`."""
     from operators.compiler import build_dag
 
-    dag = build_dag(bench_project(model, trials), "train", project_dir=CHURN)
+    dag = build_dag(bench_project(model, trials, project), "train", project_dir=CHURN)
     # The benchmark's throwaway Airflow has no project roles (`mlwp roles sync`), and Airflow
     # refuses to store a DAG whose access_control names an unknown role.
     dag.access_control = None

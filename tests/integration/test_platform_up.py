@@ -7,16 +7,11 @@ production-shaped on PostgreSQL with a separate MLflow database (stopped with ``
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,92 +19,14 @@ import httpx
 import orjson
 import psutil
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-# Generous: this checks behaviour, not speed, on machines shared with other test runs.
-READY_TIMEOUT = 660.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_environment(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a new user's shell: none of this test session's Airflow/MLWP setup."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AIRFLOW", "MLWP_", "MLFLOW_"))
-    }
-    env.update(
-        MLWP_HOME=str(home),
-        MLWP_AIRFLOW_PORT=str(free_port()),
-        MLWP_MLFLOW_PORT=str(free_port()),
-        MLWP_SERVING_PORT=str(free_port()),
-        MLWP_START_TIMEOUT_SECONDS="600",
-        **extra,
-    )
-    return env
-
-
-@dataclass
-class RunningPlatform:
-    proc: subprocess.Popen[str]
-    env: dict[str, str]
-    home: Path
-    lines: list[str] = field(default_factory=list)
-
-    def url(self, part: str) -> str:
-        return f"http://127.0.0.1:{self.env[f'MLWP_{part.upper()}_PORT']}"
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def mlwp(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(VENV_BIN / "mlwp"), *args],
-            env=self.env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-
-def start_platform(env: dict[str, str], home: Path) -> RunningPlatform:
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlwp"), "up"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    platform = RunningPlatform(proc, env, home)
-    assert proc.stdout is not None
-    stream = proc.stdout
-
-    def read() -> None:
-        for line in stream:
-            platform.lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not any("mlwp is ready" in line for line in platform.lines):
-        if proc.poll() is not None:
-            time.sleep(0.5)
-            pytest.fail(f"mlwp up exited with {proc.returncode}:\n{platform.output()}")
-        if time.monotonic() > deadline:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-            pytest.fail(f"mlwp up not ready after {READY_TIMEOUT}s:\n{platform.output()}")
-        time.sleep(0.5)
-    return platform
+from platform_process import (
+    REPO_ROOT,
+    VENV_BIN,
+    RunningPlatform,
+    clean_environment,
+    start_platform,
+)
+from server_process import free_port
 
 
 def token(platform: RunningPlatform) -> str:
