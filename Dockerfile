@@ -15,9 +15,10 @@ FROM ghcr.io/astral-sh/uv:0.9 AS uv
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 COPY --from=uv /uv /usr/local/bin/uv
-# curl: compose healthchecks; libgomp1: XGBoost; tini: PID 1.
+# curl: healthchecks; git: Airflow's Git DAG bundle (charts/airflow-values-git-bundle.yaml);
+# libgomp1: XGBoost; tini: PID 1.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl libgomp1 tini \
+    && apt-get install -y --no-install-recommends curl git libgomp1 tini \
     && rm -rf /var/lib/apt/lists/*
 
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy \

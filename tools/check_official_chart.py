@@ -2,6 +2,8 @@
 
     helm pull apache-airflow/airflow --version 1.22.0 --repo https://airflow.apache.org
     uv run --frozen --no-sync python tools/check_official_chart.py airflow-1.22.0.tgz
+    uv run --frozen --no-sync python tools/check_official_chart.py airflow-1.22.0.tgz \
+        --values charts/airflow-values.yaml --values charts/airflow-values-git-bundle.yaml
 
 The official chart cannot be downloaded on the development and CI machines of this
 repository, and nothing of it is committed; this script runs wherever a copy exists (the
@@ -84,8 +86,15 @@ def kubernetes_problems(objects: list[dict[str, Any]], version: str) -> list[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("chart", type=Path, help="the official chart: a folder or a .tgz")
-    parser.add_argument("--values", type=Path, default=VALUES)
+    parser.add_argument(
+        "--values",
+        type=Path,
+        action="append",
+        help="values files, in order (charts/airflow-values.yaml when none is given)",
+    )
     args = parser.parse_args()
+    values_files: list[Path] = args.values or [VALUES]
+    values_args = [arg for path in values_files for arg in ("--values", str(path))]
 
     with tempfile.TemporaryDirectory() as scratch:
         chart = args.chart
@@ -95,11 +104,12 @@ def main() -> int:
             chart = Path(scratch) / "airflow"
         meta = yaml.safe_load((chart / "Chart.yaml").read_text())
         schema = json.loads((chart / "values.schema.json").read_text())
-        values = yaml.safe_load(args.values.read_text())
+        problems = []
+        for path in values_files:
+            problems += undefined_keys(yaml.safe_load(path.read_text()), schema)
         print(f"official chart {meta['name']} {meta['version']} (Airflow {meta['appVersion']})")
 
-        problems = undefined_keys(values, schema)
-        helm("lint", "--strict", str(chart), "--values", str(args.values))
+        helm("lint", "--strict", str(chart), *values_args)
         for version in KUBE_VERSIONS:
             rendered = helm(
                 "template",
@@ -109,8 +119,7 @@ def main() -> int:
                 "mlwp",
                 "--kube-version",
                 version,
-                "--values",
-                str(args.values),
+                *values_args,
             )
             objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
             for obj in objects:

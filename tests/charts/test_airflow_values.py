@@ -235,3 +235,24 @@ def test_the_pod_template_keeps_the_generated_templates_guarantees(
         assert mine["securityContext"][key] == value, key
     mounts = {mount["mountPath"] for mount in mine["volumeMounts"]}
     assert {mount["mountPath"] for mount in theirs["volumeMounts"]} <= mounts
+
+
+def test_dag_bundles_baked_in_by_default_or_from_git(values: dict[str, Any]) -> None:
+    """The default bundle reads the image's DAG folder; the Git overlay names a bundle class
+    of the locked environment with arguments that class takes."""
+    import inspect
+
+    from airflow.dag_processing.bundles.base import BaseDagBundle
+    from airflow.providers.git.bundles.git import GitDagBundle
+
+    (local,) = values["dagProcessor"]["dagBundleConfigList"]
+    assert local["classpath"] == "airflow.dag_processing.bundles.local.LocalDagBundle"
+    overlay = yaml.safe_load((REPO_ROOT / "charts" / "airflow-values-git-bundle.yaml").read_text())
+    (bundle,) = overlay["dagProcessor"]["dagBundleConfigList"]
+    module, _, name = bundle["classpath"].rpartition(".")
+    assert (module, name) == (GitDagBundle.__module__, GitDagBundle.__name__)
+    accepted = set(inspect.signature(GitDagBundle.__init__).parameters)
+    accepted |= set(inspect.signature(BaseDagBundle.__init__).parameters)
+    assert set(bundle["kwargs"]) <= accepted
+    # The loader file and the definitions live under the bundle's subdir, as in this repository.
+    assert (REPO_ROOT / bundle["kwargs"]["subdir"] / "mlwp_projects.py").exists()
