@@ -377,7 +377,10 @@ def _load_projects(
         if wanted_project is not None and project.project != wanted_project:
             continue
         only = [wanted_workflow] if wanted_workflow is not None else None
-        grant_role = project_roles is None or project.role in project_roles
+        # A task run (dag_id given) never syncs permissions, and DAG(access_control=...)
+        # imports Airflow's deprecated airflow.security.permissions, a warning at the start
+        # of every task: only the DAG processor's parse names the role.
+        grant_role = dag_id is None and (project_roles is None or project.role in project_roles)
         if not grant_role:
             log.info(
                 "Role %r does not exist yet: the DAGs of %s are built without access_control "

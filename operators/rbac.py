@@ -298,7 +298,20 @@ def roles_show(request: dict[str, Any]) -> dict[str, Any]:
         }
 
 
+def people(request: dict[str, Any]) -> dict[str, Any]:
+    """For ``mlwp validate``: which named users exist (with their roles) and which roles do."""
+    names = [str(name) for name in request.get("users", [])]
+    with _security_manager() as sm:
+        users = {}
+        for name in names:
+            user = sm.find_user(username=name)
+            users[name] = None if user is None else _role_names(user)
+        roles = sorted(role.name for role in sm.get_all_roles())
+    return {"users": users, "roles": roles}
+
+
 COMMANDS = {
+    "people": people,
     "roles_show": roles_show,
     "sync": sync,
     "user_add": user_add,

@@ -64,3 +64,7 @@ app.add_typer(_keys.app, name="keys")
 from mlwp.cli import config as _config  # noqa: E402
 
 app.add_typer(_config.app, name="config")
+
+from mlwp.cli import run as _run  # noqa: E402
+
+app.add_typer(_run.app)  # top-level commands: run, predict

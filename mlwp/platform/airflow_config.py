@@ -206,6 +206,10 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_url
     env["MLWP_STORAGE_ROOT"] = settings.storage_uri
     env["MLWP_HOME"] = str(settings.home)
+    # MLflow's client logs through its own stderr handler, and a task's stderr is logged at
+    # ERROR by Airflow's supervisor ("Registered model ... already exists" as an error).
+    # Unconfigured, its records propagate to Airflow's logging at their real level.
+    env["MLFLOW_CONFIGURE_LOGGING"] = "false"
     env.update(shared_state_environment(settings))
     admin_key = generated_admin_key(settings)
     if admin_key is not None:

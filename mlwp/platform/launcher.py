@@ -135,6 +135,10 @@ def _ready_banner(settings: Settings, admin: bootstrap.AdminUser, seconds: float
         )
     lines += [
         f"  logs      {settings.logs_dir}/<process>.log",
+        "First run (docs/first-run.md): DAGs start paused; from another terminal",
+        "  mlwp run churn.train --approve     unpause, trigger and follow a run, approve it",
+        "  mlwp predict churn --file dags/projects/churn/data/example_rows.json",
+        f"  or in the UI: {settings.airflow_url}/dags/churn.train -> unpause, then Trigger",
         "Ctrl-C (or `mlwp down` from another terminal) stops everything.",
     ]
     return lines

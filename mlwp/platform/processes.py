@@ -263,7 +263,12 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
     mlflow_url = f"http://{settings.host}:{settings.mlflow_port}"
     # MLflow's job runner (huey consumers for GenAI scoring jobs) is not used by mlwp; off, it
     # saves two processes and lets the server stop promptly on SIGTERM.
-    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_env = {
+        **env,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # The server keeps MLflow's own log handler (its log file is its stderr).
+        "MLFLOW_CONFIGURE_LOGGING": "true",
+    }
     return [
         ProcessSpec(
             name="api-server",

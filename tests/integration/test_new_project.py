@@ -7,6 +7,7 @@ marked every DAG of it stale, until someone ran `mlwp roles sync` by hand.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -15,6 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 from test_platform_up import REPO_ROOT, clean_environment, start_platform, token, wait_for_churn_dag
+
+HELLO = """\
+project: hello
+owner: admin
+workflows:
+  say:
+    schedule: "@daily"
+    tasks:
+      greet: {type: python, callable: "builtins:dict", kwargs: {greeting: hi}}
+"""
 
 
 def _copy_dags(target: Path) -> Path:
@@ -76,6 +87,23 @@ def test_a_project_added_while_running_gets_its_role_within_one_parse_cycle(
         log = (home / "logs" / "roles-sync.log").read_text()
         assert "created role: project:fraud" in log
         assert "user 'bob' does not exist yet" in log
+
+        # `mlwp run` on a new daily workflow: unpausing it starts the run of the latest
+        # interval (catchup is off), which `mlwp run` follows instead of queueing a second.
+        hello = dags / "projects" / "hello"
+        hello.mkdir()
+        (hello / "workflow.yaml").write_text(HELLO)
+        deadline = time.monotonic() + 240
+        while httpx.get(f"{base}/api/v2/dags/hello.say", headers=headers).status_code != 200:
+            assert time.monotonic() < deadline, "hello.say never appeared"
+            time.sleep(3)
+        ran = platform.mlwp("run", "hello.say", timeout=600)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "unpaused hello.say" in ran.stdout
+        assert "following it rather than queueing a second run" in ran.stdout
+        assert re.search(r"greet +success", ran.stdout), ran.stdout
+        runs = httpx.get(f"{base}/api/v2/dags/hello.say/dagRuns", headers=headers).json()
+        assert runs["total_entries"] == 1  # no manual run queued behind the scheduled one
     finally:
         platform.proc.send_signal(signal.SIGINT)
         platform.proc.wait(timeout=180)

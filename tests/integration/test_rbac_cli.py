@@ -99,3 +99,25 @@ def test_roles_and_users_lifecycle(cli: CliRunner, platform_home: Path) -> None:
     assert ("tester", "role.sync", "roles") in actions
     for action in ("user.add", "user.revoke", "user.grant", "user.remove"):
         assert ("tester", action, "alice") in actions
+
+
+def test_validate_says_who_is_unknown_and_which_role_is_still_to_come(
+    cli: CliRunner, platform_home: Path
+) -> None:
+    from mlwp.cli.definitions import _people_problems
+    from mlwp.definitions.loading import load_project
+    from mlwp.settings import get_settings
+
+    _ok(cli, "roles", "sync")
+    fresh = platform_home / "dags" / "projects" / "fresh"
+    fresh.mkdir(exist_ok=True)
+    (fresh / "workflow.yaml").write_text(
+        "project: fresh\nowner: nobody\nworkflows: {w: {tasks: {a: {type: approve}}}}\n"
+    )
+    project = load_project(fresh / "workflow.yaml")
+    found = [str(p) for p in _people_problems([(fresh / "workflow.yaml", project)], get_settings())]
+    assert any(
+        line.startswith(f"{fresh / 'workflow.yaml'}:2:1: warning: owner: user 'nobody' is not")
+        for line in found
+    ), found
+    assert any("role 'project:fresh' does not exist yet" in line for line in found), found

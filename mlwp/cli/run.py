@@ -1,0 +1,303 @@
+"""``mlwp run`` and ``mlwp predict``: a workflow from trigger to outcome, then a prediction.
+
+``mlwp run <project>.<workflow>`` does through Airflow's REST API what a user does in the UI:
+unpause the DAG if needed, trigger it, and follow the run, printing each task as it changes
+state; it prints the approval link when a run waits for a person (``--approve`` answers it
+as the logged-in user, for development), and ends with the registered version, the alias
+deployed and what serving answers for the model. The exit code is 0 for a successful run,
+1 otherwise.
+
+Airflow's own behaviour decides one thing here: unpausing a scheduled DAG (``catchup`` is off
+in mlwp) makes the scheduler create the run of the latest finished interval at once, and with
+``max_active_runs: 1`` a manual run would queue behind it. ``mlwp run`` follows that
+scheduled run instead of triggering a second one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+
+app = typer.Typer(no_args_is_help=False)
+
+ACTIVE = ("queued", "running")
+POLL_SECONDS = 2.0
+
+
+class RunError(Exception):
+    """The platform refused or failed a step of ``mlwp run``."""
+
+
+class Airflow:
+    """A small client of Airflow's REST API (JWT from ``/auth/token``)."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+        response = self.http.post("/auth/token", json={"username": username, "password": password})
+        if response.status_code not in (200, 201):
+            raise RunError(f"login as {username!r} at {self.base_url} failed: {response.text}")
+        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, f"/api/v2{path}", **kwargs)
+        if response.status_code >= 400:
+            raise RunError(f"{method} {path}: HTTP {response.status_code}: {response.text[:300]}")
+        return response.json() if response.content else None
+
+
+def _login(settings: Any, username: str | None) -> tuple[str, str]:
+    from mlwp.platform.bootstrap import read_credentials
+
+    stored = read_credentials(settings.credentials_file)
+    user = username or (stored.username if stored else settings.admin_username)
+    password = os.environ.get("MLWP_PASSWORD")
+    if password is None and stored is not None and stored.username == user:
+        password = stored.password
+    if password is None:
+        password = typer.prompt(f"Airflow password of {user}", hide_input=True)
+    return user, password
+
+
+def _seconds(ti: dict[str, Any]) -> str:
+    duration = ti.get("duration")
+    return f"{duration:6.1f}s" if isinstance(duration, int | float) else "       "
+
+
+def _scheduled_run_on_unpause(api: Airflow, dag_id: str, dag: dict[str, Any]) -> str | None:
+    """The run the scheduler starts when a scheduled DAG is unpaused, if one is due."""
+    due = dag.get("next_dagrun_run_after")
+    if not dag.get("timetable_summary") or not due:
+        return None
+    if datetime.fromisoformat(due.replace("Z", "+00:00")) > datetime.now(UTC):
+        return None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = api.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns",
+            params={"run_type": "scheduled", "state": list(ACTIVE), "limit": 1},
+        )["dag_runs"]
+        if runs:
+            return str(runs[0]["dag_run_id"])
+        time.sleep(1)
+    return None
+
+
+def follow(api: Airflow, dag_id: str, run_id: str, *, approve: bool, echo: Any) -> str:
+    """Print task state changes until the run ends; answer or point at approvals. Returns
+    the run's final state."""
+    seen: dict[str, str] = {}
+    pointed: set[str] = set()
+    started = time.monotonic()
+    while True:
+        run = api.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        tis = api.request(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
+        )["task_instances"]
+        for ti in sorted(tis, key=lambda t: (t.get("start_date") or "~", t["task_id"])):
+            state = ti.get("state") or "none"
+            if seen.get(ti["task_id"]) == state:
+                continue
+            seen[ti["task_id"]] = state
+            if state != "none":
+                echo(f"  {ti['task_id']:<16} {state:<15} {_seconds(ti)}")
+            if state == "awaiting_input" and ti["task_id"] not in pointed:
+                pointed.add(ti["task_id"])
+                _approval(api, dag_id, run_id, ti, approve=approve, echo=echo)
+        if run["state"] not in ACTIVE:
+            echo(f"run {run_id}: {run['state']} after {time.monotonic() - started:.0f}s")
+            return str(run["state"])
+        time.sleep(POLL_SECONDS)
+
+
+def _approval(
+    api: Airflow, dag_id: str, run_id: str, ti: dict[str, Any], *, approve: bool, echo: Any
+) -> None:
+    path = (
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/"
+        f"{ti.get('map_index', -1)}/hitlDetails"
+    )
+    if approve:
+        api.request("PATCH", path, json={"chosen_options": ["Approve"]})
+        echo(f"  {ti['task_id']:<16} approved (--approve)")
+        return
+    link = f"{api.base_url}/dags/{dag_id}/runs/{run_id}/tasks/{ti['task_id']}/required_actions"
+    echo(f"  waiting for an approval: {link}")
+
+
+def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
+    """Print what the run registered and deployed; return the deployed model's name."""
+    model = None
+    tis = api.request(
+        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
+    )["task_instances"]
+    for ti in tis:
+        if ti.get("state") != "success" or ti.get("operator") not in (
+            "RegisterOperator",
+            "DeployOperator",
+        ):
+            continue
+        try:
+            value = api.request(
+                "GET",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/xcomEntries/"
+                "return_value",
+                params={"deserialize": True},
+            )["value"]
+        except RunError:
+            continue
+        if isinstance(value, str):
+            value = orjson.loads(value)
+        if ti["operator"] == "RegisterOperator":
+            echo(f"registered: {value.get('model')} version {value.get('version')}")
+        else:
+            model = value.get("model")
+            serving = (value.get("serving") or {}).get("state", "unknown")
+            echo(
+                f"deployed: {model}@{value.get('alias')} -> version {value.get('version')} "
+                f"(traffic {value.get('traffic')}; serving: {serving})"
+            )
+    return model
+
+
+@app.command("run")
+def run_command(
+    workflow: Annotated[str, typer.Argument(help="The DAG id, '<project>.<workflow>'.")],
+    *,
+    approve: Annotated[
+        bool, typer.Option(help="Answer approvals with Approve as the logged-in user (dev).")
+    ] = False,
+    conf: Annotated[
+        str | None, typer.Option(help="Trigger parameters as JSON, e.g. '{\"x\": 1}'.")
+    ] = None,
+    username: Annotated[
+        str | None, typer.Option(help="Airflow user; default: the admin of `mlwp up`.")
+    ] = None,
+) -> None:
+    """Unpause, trigger and follow a workflow run to its outcome (exit 1 unless it succeeds)."""
+    from mlwp.settings import get_settings
+
+    settings = get_settings()
+    dag_id = workflow
+    try:
+        api = Airflow(settings.airflow_url, *_login(settings, username))
+        dag = api.request("GET", f"/dags/{dag_id}")
+        run_id = None
+        if dag["is_paused"]:
+            api.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+            typer.echo(f"unpaused {dag_id}")
+            run_id = _scheduled_run_on_unpause(api, dag_id, dag)
+            if run_id is not None:
+                typer.echo(
+                    f"unpausing started the scheduled run {run_id} (the latest interval of "
+                    f"{dag['timetable_summary']}); following it rather than queueing a second "
+                    "run behind it"
+                )
+        if run_id is None:
+            body = {"logical_date": None, "conf": orjson.loads(conf) if conf else {}}
+            run_id = str(api.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
+            typer.echo(f"triggered {dag_id}: run {run_id}")
+        typer.echo(f"  {settings.airflow_url}/dags/{dag_id}/runs/{run_id}")
+        state = follow(api, dag_id, run_id, approve=approve, echo=typer.echo)
+        if state != "success":
+            typer.echo(
+                f"the run {state}; task logs: {settings.logs_dir}/airflow/dag_id={dag_id}/",
+                err=True,
+            )
+            raise typer.Exit(1)
+        model = _outcome(api, dag_id, run_id, typer.echo)
+    except RunError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: {settings.airflow_url} unreachable ({exc}); is `mlwp up` running?")
+        raise typer.Exit(2) from exc
+    if model:
+        served = _serving_get(settings, "/v1/models")
+        entry = next((m for m in (served or {}).get("models", []) if m.get("name") == model), None)
+        if entry is not None:
+            typer.echo(f"serving {model}: {orjson.dumps(entry).decode()}")
+        typer.echo(f"try it: mlwp predict {model} --file rows.json")
+
+
+def _serving_key(settings: Any, key: str | None) -> str | None:
+    from mlwp.platform.serving_key import generated_admin_key
+
+    if key:
+        return key
+    if os.environ.get("MLWP_SERVING_API_KEY"):
+        return os.environ["MLWP_SERVING_API_KEY"]
+    if settings.serving_admin_key is not None:
+        return str(settings.serving_admin_key.get_secret_value())
+    return generated_admin_key(settings) if settings.secrets_file.exists() else None
+
+
+def _serving_get(settings: Any, path: str) -> Any:
+    token = _serving_key(settings, None)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(f"{settings.serving_url}{path}", headers=headers, timeout=10)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Records from a JSON file (a list, or ``{"data": [...]}``) or a CSV file (a header row)."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [
+                {k: _scalar(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)
+            ]
+    data = orjson.loads(path.read_bytes())
+    rows = data.get("data") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise typer.BadParameter(f"{path}: expected a list of records or {{'data': [...]}}")
+    return rows
+
+
+def _scalar(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[str, typer.Argument(help="Registered model name (e.g. churn).")],
+    *,
+    file: Annotated[Path, typer.Option("--file", "-f", help="rows.json or rows.csv.")],
+    key: Annotated[
+        str | None,
+        typer.Option(help="Serving API key; default MLWP_SERVING_API_KEY, else mlwp up's key."),
+    ] = None,
+) -> None:
+    """Send records to serving's POST /v1/models/<model>/predict and print the answer."""
+    from mlwp.settings import get_settings
+
+    settings = get_settings()
+    rows = read_rows(file)
+    token = _serving_key(settings, key)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = f"{settings.serving_url}/v1/models/{model}/predict"
+    try:
+        response = httpx.post(url, json={"data": rows}, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: {url} unreachable ({exc}); is `mlwp up` running?", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode())
+    if response.status_code != 200:
+        raise typer.Exit(1)
