@@ -54,6 +54,7 @@ MEANINGS = {
     "prediction_log_stream": "Redis stream of captured predictions.",
     "prediction_log_maxlen": "Approximate length cap of that stream.",
     "log_level": "Log level of the service.",
+    "kubernetes_image_pull_policy": "Image pull policy of task pods (KubernetesExecutor).",
 }
 
 
