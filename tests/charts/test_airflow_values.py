@@ -237,6 +237,7 @@ def test_the_pod_template_keeps_the_generated_templates_guarantees(
     assert {mount["mountPath"] for mount in theirs["volumeMounts"]} <= mounts
 
 
+@pytest.mark.slow  # imports Airflow and the Git provider
 def test_dag_bundles_baked_in_by_default_or_from_git(values: dict[str, Any]) -> None:
     """The default bundle reads the image's DAG folder; the Git overlay names a bundle class
     of the locked environment with arguments that class takes."""
