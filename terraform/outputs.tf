@@ -74,7 +74,7 @@ output "mlflow_artifacts_destination" {
 }
 
 output "airflow_remote_base_log_folder" {
-  description = "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER (with remote_logging = True and remote_log_conn_id = aws_default)."
+  description = "MLWP_REMOTE_LOG_FOLDER, i.e. Airflow's [logging] remote_base_log_folder (official chart: config.logging.remote_base_log_folder, with remote_logging True and remote_log_conn_id aws_default)."
   value       = "s3://${module.bucket["logs"].s3_bucket_id}/${local.task_log_key}"
 }
 
@@ -108,8 +108,8 @@ output "database_username" {
 }
 
 output "database_names" {
-  description = "Databases on the instance: airflow (created by RDS) and mlflow (to create once, see README)."
-  value       = { airflow = "airflow", mlflow = "mlflow" }
+  description = "Databases on the instance: airflow (created by RDS); mlflow, mlflow_auth and serving to create once (docs/deploy.md, step 4)."
+  value       = { airflow = "airflow", mlflow = "mlflow", mlflow_auth = "mlflow_auth", serving = "serving" }
 }
 
 output "database_master_user_secret_arn" {
@@ -163,17 +163,13 @@ output "private_subnet_ids" {
 }
 
 output "platform_environment" {
-  description = "Non-secret environment of the platform pods, ready for the chart's env list: MLWP_STORAGE_ROOT, MLWP_MLFLOW_ARTIFACTS_DESTINATION, AWS_DEFAULT_REGION, Airflow's remote logging, and MLWP_SECRETS_MANAGER_REGION when airflow_secrets_backend is on."
+  description = "Non-secret environment of the platform pods (Airflow components and the KubernetesExecutor pod template): AWS_DEFAULT_REGION, MLWP_STORAGE_ROOT, MLWP_REMOTE_LOG_FOLDER (mlwp derives Airflow's remote logging from it), MLWP_MLFLOW_ARTIFACTS_DESTINATION, and MLWP_SECRETS_MANAGER_REGION when airflow_secrets_backend is on."
   value = merge(
     {
-      AWS_DEFAULT_REGION                       = local.region
-      MLWP_STORAGE_ROOT                        = "s3://${module.bucket["data"].s3_bucket_id}"
-      MLWP_MLFLOW_ARTIFACTS_DESTINATION        = "s3://${module.bucket["artifacts"].s3_bucket_id}/mlflow"
-      AIRFLOW__LOGGING__REMOTE_LOGGING         = "True"
-      AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER = "s3://${module.bucket["logs"].s3_bucket_id}/${local.task_log_key}"
-      AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID     = "aws_default"
-      # The bucket's default SSE-KMS encrypts the logs; Airflow's own flag would ask for SSE-S3.
-      AIRFLOW__LOGGING__ENCRYPT_S3_LOGS = "False"
+      AWS_DEFAULT_REGION                = local.region
+      MLWP_STORAGE_ROOT                 = "s3://${module.bucket["data"].s3_bucket_id}"
+      MLWP_REMOTE_LOG_FOLDER            = "s3://${module.bucket["logs"].s3_bucket_id}/${local.task_log_key}"
+      MLWP_MLFLOW_ARTIFACTS_DESTINATION = "s3://${module.bucket["artifacts"].s3_bucket_id}/mlflow"
     },
     var.airflow_secrets_backend ? { MLWP_SECRETS_MANAGER_REGION = local.region } : {},
   )

@@ -173,9 +173,9 @@ variable "service_accounts" {
 }
 
 variable "airflow_secrets_backend" {
-  description = "Let the Airflow roles read connections and variables from Secrets Manager under mlwp/connections/ and mlwp/variables/ (set MLWP_SECRETS_MANAGER_REGION in the chart)."
+  description = "Let the Airflow roles read connections and variables from Secrets Manager under mlwp/connections/ and mlwp/variables/ (MLWP_SECRETS_MANAGER_REGION): the charts read the aws_default connection from there (docs/deploy.md)."
   type        = bool
-  default     = false
+  default     = true
 }
 
 ################################################################################

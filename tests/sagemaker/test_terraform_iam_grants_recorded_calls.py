@@ -65,8 +65,9 @@ MARGIN: dict[str, dict[tuple[str, str], str]] = {
         ("TaskLogsObjects", "s3:PutObject"): "Airflow's S3 task handler uploads the task log",
         ("TrainingJobLogs", "logs:GetLogEvents"): "reads the job's log once SageMaker has "
         "written a stream; moto's log group is empty, so only DescribeLogStreams runs",
-        ("AirflowSecretsBackend", "secretsmanager:GetSecretValue"): "only with "
-        "airflow_secrets_backend = true (MLWP_SECRETS_MANAGER_REGION)",
+        ("AirflowSecretsBackend", "secretsmanager:GetSecretValue"): "Airflow's Secrets "
+        "Manager backend reads the aws_default connection in production "
+        "(MLWP_SECRETS_MANAGER_REGION); here it comes from AIRFLOW_CONN_AWS_DEFAULT",
     },
     "sagemaker_execution": {
         ("ModelsBucketList", "s3:ListBucket"): "checkpoint sync of spot jobs lists what an "

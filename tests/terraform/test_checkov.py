@@ -10,14 +10,11 @@ be downloaded here): their settings are checked by tests/terraform/test_terrafor
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from checkers import checker
 from terraform_hcl import REPO_ROOT, TERRAFORM
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,27 +41,9 @@ SKIPPED_INLINE = {
 }
 
 
-def _checkov() -> str:
-    """checkov from tools/install-checkers (.tools/bin), this environment or PATH."""
-    tools_bin = Path(os.environ.get("MLWP_TOOLS_DIR", REPO_ROOT / ".tools")) / "bin"
-    for candidate in (tools_bin / "checkov", Path(sys.executable).parent / "checkov"):
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which("checkov")
-    if found:
-        return found
-    message = (
-        "checkov is not installed: it does not resolve beside Airflow, so it lives in its own "
-        "environment; run tools/install-checkers checkov"
-    )
-    if os.environ.get("MLWP_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{message} (MLWP_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    checkov = _checkov()
+    checkov = checker("checkov")
     result = subprocess.run(
         [
             checkov,

@@ -68,8 +68,7 @@ module "mlwp" {
     destination_kms_key_arn = var.dr_replication.kms_key_arn
   }
 
-  sagemaker_vpc_access    = true
-  airflow_secrets_backend = true
+  sagemaker_vpc_access = true
 
   log_retention_in_days   = 365
   task_log_retention_days = 730

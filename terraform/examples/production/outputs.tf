@@ -71,7 +71,7 @@ output "mlflow_artifacts_destination" {
 }
 
 output "airflow_remote_base_log_folder" {
-  description = "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER (with remote_logging = True and remote_log_conn_id = aws_default)."
+  description = "MLWP_REMOTE_LOG_FOLDER, i.e. Airflow's [logging] remote_base_log_folder (official chart: config.logging.remote_base_log_folder, with remote_logging True and remote_log_conn_id aws_default)."
   value       = module.mlwp.airflow_remote_base_log_folder
 }
 
@@ -102,7 +102,7 @@ output "database_username" {
 }
 
 output "database_names" {
-  description = "Databases on the instance: airflow (created by RDS) and mlflow (to create once, see README)."
+  description = "Databases on the instance: airflow (created by RDS); mlflow, mlflow_auth and serving to create once (docs/deploy.md, step 4)."
   value       = module.mlwp.database_names
 }
 
@@ -157,7 +157,7 @@ output "private_subnet_ids" {
 }
 
 output "platform_environment" {
-  description = "Non-secret environment of the platform pods, ready for the chart's env list: MLWP_STORAGE_ROOT, MLWP_MLFLOW_ARTIFACTS_DESTINATION, AWS_DEFAULT_REGION, Airflow's remote logging, and MLWP_SECRETS_MANAGER_REGION when airflow_secrets_backend is on."
+  description = "Non-secret environment of the platform pods (Airflow components and the KubernetesExecutor pod template): AWS_DEFAULT_REGION, MLWP_STORAGE_ROOT, MLWP_REMOTE_LOG_FOLDER (mlwp derives Airflow's remote logging from it), MLWP_MLFLOW_ARTIFACTS_DESTINATION, and MLWP_SECRETS_MANAGER_REGION when airflow_secrets_backend is on."
   value       = module.mlwp.platform_environment
 }
 
