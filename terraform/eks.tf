@@ -59,6 +59,9 @@ module "eks" {
       desired_size   = group.desired_size
       labels         = group.labels
       taints         = group.taints
+      # Encrypted with the account's aws/ebs key: a customer key would have to name the
+      # Auto Scaling service-linked role in its policy, which may not exist yet in a new
+      # account. The root volume holds images and pods' scratch space, no platform data.
       block_device_mappings = {
         root = {
           device_name = "/dev/xvda"
@@ -66,7 +69,6 @@ module "eks" {
             volume_size           = group.disk_size_gb
             volume_type           = "gp3"
             encrypted             = true
-            kms_key_id            = aws_kms_key.this.arn
             delete_on_termination = true
           }
         }

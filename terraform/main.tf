@@ -3,7 +3,8 @@
 #
 # One file per concern: network.tf, eks.tf, database.tf, redis.tf, storage.tf, registry.tf,
 # iam.tf, logs.tf. This file holds what they share: names, tags and the customer-managed KMS
-# key that encrypts every store (S3, RDS, ElastiCache, Secrets Manager, CloudWatch Logs, ECR).
+# key that encrypts every store (S3, RDS, ElastiCache, Secrets Manager, CloudWatch Logs, ECR;
+# the nodes' root volumes use aws/ebs, see eks.tf).
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}

@@ -4,36 +4,48 @@
 ################################################################################
 
 locals {
-  # What each bucket holds and how its objects age. `transition_days`: to INTELLIGENT_TIERING
-  # (data read again by later runs) or STANDARD_IA then GLACIER_IR (logs, read rarely).
+  # Data read again by later runs moves to Intelligent-Tiering (no retrieval fee, no guess
+  # about access); replaced versions stay for the undo window.
+  tiered_lifecycle_rule = {
+    id                                     = "intelligent-tiering"
+    enabled                                = true
+    abort_incomplete_multipart_upload_days = 7
+    transition                             = [{ days = 30, storage_class = "INTELLIGENT_TIERING" }]
+    noncurrent_version_expiration          = { days = var.noncurrent_version_expiration_days }
+  }
+
+  # What each bucket holds and how its objects age.
   buckets = {
     data = {
-      purpose                 = "datasets, features, captures, SageMaker channels and code (MLWP_STORAGE_ROOT)"
-      replicate               = true
-      tiering_after_days      = 30
-      expire_after_days       = null
-      noncurrent_expire_after = var.noncurrent_version_expiration_days
+      purpose        = "datasets, features, captures, SageMaker channels and code (MLWP_STORAGE_ROOT)"
+      replicate      = true
+      lifecycle_rule = local.tiered_lifecycle_rule
     }
     models = {
-      purpose                 = "SageMaker training outputs: model.tar.gz and checkpoints"
-      replicate               = true
-      tiering_after_days      = 30
-      expire_after_days       = null
-      noncurrent_expire_after = var.noncurrent_version_expiration_days
+      purpose        = "SageMaker training outputs: model.tar.gz and checkpoints"
+      replicate      = true
+      lifecycle_rule = local.tiered_lifecycle_rule
     }
     artifacts = {
-      purpose                 = "MLflow artifacts: run files and registered model versions"
-      replicate               = true
-      tiering_after_days      = 30
-      expire_after_days       = null
-      noncurrent_expire_after = var.noncurrent_version_expiration_days
+      purpose        = "MLflow artifacts: run files and registered model versions"
+      replicate      = true
+      lifecycle_rule = local.tiered_lifecycle_rule
     }
     logs = {
-      purpose                 = "Airflow task logs (remote logging)"
-      replicate               = false
-      tiering_after_days      = null
-      expire_after_days       = var.task_log_retention_days
-      noncurrent_expire_after = 30
+      purpose   = "Airflow task logs (remote logging)"
+      replicate = false
+      # Read rarely, and less as they age.
+      lifecycle_rule = {
+        id                                     = "age-task-logs"
+        enabled                                = true
+        abort_incomplete_multipart_upload_days = 7
+        transition = [
+          { days = 30, storage_class = "STANDARD_IA" },
+          { days = 90, storage_class = "GLACIER_IR" },
+        ]
+        expiration                    = { days = var.task_log_retention_days }
+        noncurrent_version_expiration = { days = 30 }
+      }
     }
   }
 
@@ -91,29 +103,8 @@ module "bucket" {
     target_prefix = "${each.key}/"
   }
 
-  lifecycle_rule = [
-    {
-      id                                     = "age-${each.key}"
-      enabled                                = true
-      filter                                 = {}
-      abort_incomplete_multipart_upload_days = 7
-      transition = concat(
-        each.value.tiering_after_days == null ? [] : [
-          { days = each.value.tiering_after_days, storage_class = "INTELLIGENT_TIERING" },
-        ],
-        each.value.expire_after_days == null ? [] : [
-          { days = 30, storage_class = "STANDARD_IA" },
-          { days = 90, storage_class = "GLACIER_IR" },
-        ],
-      )
-      expiration = each.value.expire_after_days == null ? null : {
-        days = each.value.expire_after_days
-      }
-      noncurrent_version_expiration = {
-        days = each.value.noncurrent_expire_after
-      }
-    },
-  ]
+  # No filter: the rule applies to every object (the module then writes an empty filter).
+  lifecycle_rule = [each.value.lifecycle_rule]
 
   # Through JSON: the two branches of a conditional must have one type, and "no replication"
   # is an empty object to the module.
@@ -179,7 +170,6 @@ module "access_log_bucket" {
     {
       id                                     = "expire-access-logs"
       enabled                                = true
-      filter                                 = {}
       abort_incomplete_multipart_upload_days = 7
       expiration                             = { days = var.access_log_retention_days }
       noncurrent_version_expiration          = { days = 7 }

@@ -21,4 +21,5 @@ def churn_steps() -> list[dict[str, Any]]:
 
     features = load_project(CHURN).workflows["train"].tasks["features"]
     assert isinstance(features, TransformTask), features
-    return [step.model_dump() for step in features.steps]
+    # As the compiler passes them (TaskBase.operator_arguments): unset options left out.
+    return [step.model_dump(mode="json", exclude_none=True) for step in features.steps]
