@@ -1,6 +1,6 @@
 """Check charts/airflow-values.yaml against a copy of the official apache-airflow chart.
 
-    helm pull apache-airflow/airflow --version 1.22.0 --repo https://airflow.apache.org
+    helm pull airflow --repo https://airflow.apache.org --version 1.22.0
     uv run --frozen --no-sync python tools/check_official_chart.py airflow-1.22.0.tgz
     uv run --frozen --no-sync python tools/check_official_chart.py airflow-1.22.0.tgz \
         --values charts/airflow-values.yaml --values charts/airflow-values-git-bundle.yaml
