@@ -569,10 +569,19 @@ def describe(name: str) -> dict[str, Any]:
                 "test_metrics": orjson.loads(v.tags[TEST_METRICS_TAG])
                 if TEST_METRICS_TAG in v.tags
                 else None,
+                "lineage": asdict(Lineage.from_tags(v.tags)),
             }
             for v in versions(name)
         ],
     }
+
+
+def model_project(name: str) -> str | None:
+    """The project whose pipeline registered ``name``'s newest version (its lineage tag)."""
+    found = client().search_model_versions(
+        f"name = '{_quote(name)}'", max_results=1, order_by=["version_number DESC"]
+    )
+    return next((v.tags.get(f"{TAG}project") for v in found), None)
 
 
 def list_models() -> list[dict[str, Any]]:

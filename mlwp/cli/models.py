@@ -17,6 +17,10 @@ from rich.table import Table
 
 from mlwp.errors import MlwpError
 
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="Why; recorded in the audit trail.")
+]
+
 app = typer.Typer(help="Registered models: list, promote, rollback, traffic.", no_args_is_help=True)
 
 
@@ -100,18 +104,18 @@ def promote_command(
     version: Annotated[
         str | None, typer.Option(help="Version to promote; default: the challenger.")
     ] = None,
+    reason: ReasonOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Make a version (default: the challenger) the champion with 100% of the traffic."""
-    from mlwp import audit, registry
+    from mlwp import model_changes
 
     _connect()
     try:
-        after = registry.promote(name, version)
+        after = model_changes.promote(_actor(), name, version, reason)
     except MlwpError as exc:
         _fail(exc)
         return
-    audit.record(_actor(), "model.promote", name, after)
     if not _emit(after, json_output):
         typer.echo(f"{name}: champion is now v{after['aliases'].get('champion')}")
 
@@ -119,18 +123,18 @@ def promote_command(
 @app.command("rollback")
 def rollback_command(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
+    reason: ReasonOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Restore the aliases and traffic from before the last promotion."""
-    from mlwp import audit, registry
+    from mlwp import model_changes
 
     _connect()
     try:
-        after = registry.rollback(name)
+        after = model_changes.rollback(_actor(), name, reason)
     except MlwpError as exc:
         _fail(exc)
         return
-    audit.record(_actor(), "model.rollback", name, after)
     if not _emit(after, json_output):
         typer.echo(f"{name}: rolled back; aliases {after['aliases']}, traffic {after['traffic']}")
 
@@ -142,10 +146,11 @@ def traffic_command(
         list[str] | None,
         typer.Argument(help="New split as alias=percent pairs, e.g. champion=90 challenger=10."),
     ] = None,
+    reason: ReasonOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show, or set, the traffic split between champion and challenger."""
-    from mlwp import audit, registry
+    from mlwp import model_changes, registry
 
     _connect()
     try:
@@ -160,10 +165,9 @@ def traffic_command(
             if not sep or not percent.strip().isdigit():
                 raise registry.RegistryError(f"expected alias=percent, got {pair!r}")
             traffic[alias.strip()] = int(percent)
-        result = registry.set_traffic(name, traffic)
+        result = model_changes.set_traffic(_actor(), name, traffic, reason)
     except MlwpError as exc:
         _fail(exc)
         return
-    audit.record(_actor(), "traffic.set", name, {"traffic": result})
     if not _emit(result, json_output):
         typer.echo(f"{name}: traffic " + ", ".join(f"{a} {p}%" for a, p in result.items()))

@@ -72,11 +72,13 @@ class SecurityError(MlwpError):
     code = "security_error"
 
 
-# Read-only access to everything an ML team looks at. Identical to FAB's built-in Viewer, on
-# purpose: FAB re-adds its built-in permissions at every api-server start, so a smaller
-# Viewer could not be kept.
+# Read-only access to everything an ML team looks at. FAB's built-in Viewer, on purpose (FAB
+# re-adds its built-in permissions at every api-server start, so a smaller Viewer could not
+# be kept), plus ``can_read`` on ``Plugins``: Airflow 3.3's UI builds its navigation, the
+# Models view's entry included, from ``GET /api/v2/plugins``, which needs it (docs/ui.md).
 VIEWER_PERMISSIONS: frozenset[Permission] = frozenset(
     {
+        (READ, "Plugins"),
         (READ, DAGS),
         (READ, "DAG Dependencies"),
         (READ, "DAG Code"),
@@ -152,7 +154,6 @@ ADMIN_PERMISSIONS: frozenset[Permission] = DATA_SCIENTIST_PERMISSIONS | {
     (CREATE, "Pools"),
     (EDIT, "Pools"),
     (DELETE, "Pools"),
-    (READ, "Plugins"),
     (READ, "Providers"),
     (CREATE, USERS),
     (READ, USERS),
@@ -322,6 +323,22 @@ ACTIONS: tuple[PlatformAction, ...] = (
         "PUT",
     ),
     PlatformAction("pause_other_dag", "Pause another project's DAG", Target.OTHER, (), "PUT"),
+    # The Models view's promote, roll back and traffic actions: allowed to whoever may edit a
+    # DAG of the model's project, i.e. Admins and the project's DataScientist members.
+    PlatformAction(
+        "change_model",
+        "Promote, roll back or set the traffic of the project's model",
+        Target.OWN,
+        (),
+        "PUT",
+    ),
+    PlatformAction(
+        "change_other_model",
+        "Promote or set the traffic of another project's model",
+        Target.OTHER,
+        (),
+        "PUT",
+    ),
     PlatformAction("manage_users", "List and manage users", Target.NONE, ((READ, USERS),), None),
 )
 ACTIONS_BY_NAME: dict[str, PlatformAction] = {action.name: action for action in ACTIONS}

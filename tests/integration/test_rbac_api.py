@@ -254,6 +254,20 @@ PROBES: dict[str, tuple[str, str, dict[str, object] | None, int]] = {
     ),
     "pause_other_dag": ("PATCH", f"/api/v2/dags/{OTHER_DAG}", {"is_paused": True}, 200),
     "manage_users": ("GET", "/auth/fab/v1/users", None, 200),
+    # The Models view (plugins/mlwp_models.py): the permission is checked before the body, so
+    # an allowed user gets past it to the 422 of an impossible split, a refused one gets 403.
+    "change_model": (
+        "POST",
+        f"/mlwp/api/projects/{OWN_PROJECT}/models/any/traffic",
+        {"traffic": {"champion": 500}},
+        422,
+    ),
+    "change_other_model": (
+        "POST",
+        f"/mlwp/api/projects/{OTHER_PROJECT}/models/any/traffic",
+        {"traffic": {"champion": 500}},
+        422,
+    ),
 }
 
 MATRIX = expected_matrix()

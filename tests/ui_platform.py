@@ -1,0 +1,283 @@
+"""A real platform for the UI tests: MLflow server, serving and the Airflow api-server (FAB).
+
+Everything runs as its own process on free ports under one temporary home, as ``mlwp up``
+would run it: the MLflow tracking server (``server_process.run_mlflow_server``), ``python -m
+serving`` reading the registry (polling off: only reload requests bring changes in, so a test
+sees exactly what its action caused), and ``airflow api-server`` with the repository's
+plugins (the Models view), the FAB auth manager, the platform roles and these users:
+
+- ``alice`` and ``bob``: DataScientists, members of ``churn``;
+- ``dana``: DataScientist, member of no project;
+- ``vera``: Viewer;
+- ``root``: Admin.
+
+The model ``MODEL`` (project ``churn``) has version 1 as champion and version 2 as
+challenger at 90/10 when the platform starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from server_process import free_port, run_mlflow_server, stop_process_group, wait_for_http
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PASSWORD = "correct-horse-battery"
+MODEL = f"churn-ui-{uuid.uuid4().hex[:6]}"
+USERS: dict[str, tuple[str, list[str]]] = {
+    "alice": ("DataScientist", ["churn"]),
+    "bob": ("DataScientist", ["churn"]),
+    "dana": ("DataScientist", []),
+    "vera": ("Viewer", []),
+    "root": ("Admin", []),
+}
+# Two projects' DAGs, serialized with their access_control, so project roles mean something.
+DAG_FILE = '''\
+"""UI test DAGs of two projects (airflow dag file)."""
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG
+
+from mlwp.security.roles import project_access_control
+
+for _project in ("churn", "fraud"):
+    with DAG(
+        f"{_project}.train",
+        schedule=None,
+        access_control=project_access_control(_project),
+        tags=["mlwp", f"project:{_project}"],
+    ) as _dag:
+        EmptyOperator(task_id="train") >> EmptyOperator(task_id="approve")
+    globals()[_project] = _dag
+'''
+
+# The platform roles (as `mlwp roles sync` makes them), then the users, in one FAB start.
+ADD_USERS = """
+import json, sys
+from operators import rbac
+rbac.sync({"projects": {"churn": {}, "fraud": {}}})
+for request in json.loads(sys.argv[1]):
+    rbac.user_add(request)
+"""
+
+
+@dataclass
+class Platform:
+    """The running platform: URLs, the environment of its processes, and login helpers."""
+
+    home: Path
+    airflow_url: str
+    mlflow_url: str
+    serving_url: str
+    env: dict[str, str]
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, username: str) -> str:
+        if username not in self.tokens:
+            response = httpx.post(
+                f"{self.airflow_url}/auth/token",
+                json={"username": username, "password": PASSWORD},
+                timeout=120,
+            )
+            assert response.status_code == 201, response.text
+            self.tokens[username] = response.json()["access_token"]
+        return self.tokens[username]
+
+    def api(self, username: str | None) -> httpx.Client:
+        """An HTTP client of the api-server, logged in as ``username`` (None: anonymous)."""
+        headers = {"Authorization": f"Bearer {self.token(username)}"} if username else {}
+        return httpx.Client(base_url=self.airflow_url, headers=headers, timeout=120)
+
+    def served(self) -> dict[str, Any]:
+        """Serving's ``GET /v1/models`` entry of MODEL (variant alias -> version)."""
+        response = httpx.get(
+            f"{self.serving_url}/v1/models",
+            headers={"Authorization": f"Bearer {self.env['MLWP_SERVING_ADMIN_KEY']}"},
+            timeout=30,
+        )
+        response.raise_for_status()
+        entry = next(m for m in response.json()["models"] if m["name"] == MODEL)
+        return {v["alias"]: str(v["version"]) for v in entry["variants"]}
+
+
+def _telco() -> Any:
+    """tests/serving/telco.py (tiny real churn models), importable from any test folder."""
+    folder = str(REPO_ROOT / "tests" / "serving")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    import telco
+
+    return telco
+
+
+def _run(args: list[str], env: dict[str, str], log: Path) -> None:
+    with log.open("ab") as out:
+        proc = subprocess.run(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, check=False
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{log.read_text()[-4000:]}")
+
+
+def register_model(mlflow_url: str, model_dir: Path) -> str:
+    """MODEL v1 (champion) and v2 (challenger, 90/10), tagged with the churn project;
+    returns the MLflow run id of v1."""
+    from mlflow import MlflowClient
+
+    register_version, set_traffic = _telco().register_version, _telco().set_traffic
+
+    client = MlflowClient(mlflow_url)
+    for alias in ("champion", "challenger"):
+        version = register_version(mlflow_url, MODEL, model_dir, aliases=(alias,))
+        for key, value in {
+            "mlwp.project": "churn",
+            "mlwp.dag_id": "churn.train",
+            "mlwp.airflow_run_id": f"manual__{alias}",
+            "mlwp.test_metrics": json.dumps({"roc_auc": 0.84 if alias == "champion" else 0.86}),
+        }.items():
+            client.set_model_version_tag(MODEL, version, key, value)
+    set_traffic(mlflow_url, MODEL, {"champion": 90, "challenger": 10})
+    return str(client.get_model_version(MODEL, "1").run_id)
+
+
+@contextmanager
+def serving_process(home: Path, mlflow_url: str) -> Iterator[tuple[str, str]]:
+    """``python -m serving`` serving MODEL; yields its URL and an admin key."""
+    from serving.keys.store import KeyStore, migrate
+
+    home.mkdir(parents=True, exist_ok=True)
+    database = f"sqlite:///{home / 'serving.db'}"
+    migrate(database)
+    store = KeyStore(database, cache_seconds=0)
+    _, admin = store.create("airflow", ["admin"])
+    store.close()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLWP_SERVING_")}
+    env.update(
+        MLWP_SERVING_HOME=str(home),
+        MLWP_SERVING_DATABASE_URL=database,
+        MLWP_SERVING_MLFLOW_TRACKING_URI=mlflow_url,
+        MLWP_SERVING_MODELS=json.dumps([MODEL]),
+        MLWP_SERVING_DEFAULT_MODEL=MODEL,
+        MLWP_SERVING_POLL_INTERVAL_SECONDS="0",
+        MLWP_SERVING_PREDICTION_LOG_SAMPLE_RATE="0",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
+    )
+    log = home / "serving.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_for_http(f"{url}/health/live", timeout=300, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"serving did not start: {exc}\n{log.read_text()[-4000:]}") from None
+        yield url, admin
+    finally:
+        stop_process_group(proc)
+
+
+@contextmanager
+def run_platform(home: Path, *, dag_files: dict[str, str] | None = None) -> Iterator[Platform]:
+    """Start MLflow, serving and the api-server under ``home``; stop them all at the end.
+
+    ``dag_files`` are written to the DAG folder with ``{model}`` and ``{run_id}`` (the MLflow
+    run of MODEL v1) filled in.
+    """
+    from mlwp.platform.airflow_config import airflow_environment
+    from mlwp.platform.webserver_config import write_webserver_config
+    from mlwp.settings import Settings
+
+    dags = home / "dags"
+    dags.mkdir(parents=True, exist_ok=True)
+    (dags / "ui_projects.py").write_text(DAG_FILE)
+    model_dir = _telco().train_model_dir(home / "model", rounds=5)
+    with run_mlflow_server(home / "mlflow") as (mlflow_url, _mlflow):
+        run_id = register_model(mlflow_url, model_dir)
+        for name, text in (dag_files or {}).items():
+            (dags / name).write_text(text.format(model=MODEL, run_id=run_id))
+        with serving_process(home / "serving", mlflow_url) as (serving_url, admin_key):
+            port = free_port()
+            settings = Settings(
+                home=home,
+                dags_folder=dags,
+                airflow_port=port,
+                serving_port=int(serving_url.rsplit(":", 1)[1]),
+                mlflow_tracking_uri=mlflow_url,
+                storage_root=(home / "storage").as_uri(),
+            )
+            write_webserver_config(settings)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MLWP_")}
+            env.pop("MLFLOW_TRACKING_URI", None)
+            env.update(airflow_environment(settings))
+            env.update(
+                {
+                    "PYTHONPATH": str(REPO_ROOT),
+                    "MLWP_HOME": str(home),
+                    "MLWP_DAGS_FOLDER": str(dags),
+                    "MLWP_AIRFLOW_PORT": str(port),
+                    "MLWP_SERVING_PORT": str(settings.serving_port),
+                    "MLWP_SERVING_ADMIN_KEY": admin_key,
+                    "MLWP_MLFLOW_TRACKING_URI": mlflow_url,
+                    "MLWP_STORAGE_ROOT": settings.storage_uri,
+                    "AIRFLOW__API__WORKERS": "1",
+                    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                    # FAB caches a user's permissions for 30 s; the tests change none.
+                    "MLWP_AUTH_RATE_LIMIT": "1000 per 1 second",
+                }
+            )
+            log = home / "setup.log"
+            airflow = str(VENV_BIN / "airflow")
+            _run([airflow, "db", "migrate"], env, log)
+            # Roles and users in one process: each FAB start costs minutes on a loaded machine.
+            requests = [
+                {
+                    "username": username,
+                    "email": f"{username}@example.org",
+                    "role": role,
+                    "projects": projects,
+                    "password": PASSWORD,
+                }
+                for username, (role, projects) in USERS.items()
+            ]
+            _run([sys.executable, "-c", ADD_USERS, json.dumps(requests)], env, log)
+            _run([airflow, "dags", "reserialize"], env, log)
+            server_log = (home / "api-server.log").open("wb")
+            proc = subprocess.Popen(
+                [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            url = f"http://127.0.0.1:{port}"
+            try:
+                try:
+                    wait_for_http(f"{url}/api/v2/monitor/health", timeout=300, proc=proc)
+                except (RuntimeError, TimeoutError) as exc:
+                    server_log.flush()
+                    raise RuntimeError(
+                        f"api-server: {exc}\n{(home / 'api-server.log').read_text()[-4000:]}"
+                    ) from None
+                yield Platform(home, url, mlflow_url, serving_url, env)
+            finally:
+                stop_process_group(proc)
+                server_log.close()
