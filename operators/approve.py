@@ -9,6 +9,8 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseXCom
 from airflow.sdk.exceptions import DownstreamTasksSkipped
 
+from mlwp.security.approvals import ApprovalPolicy
+from mlwp.security.roles import SecurityError
 from operators._common import MlwpOperator, check_choice
 from operators.links import MLflowModelVersionLink
 
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 MODES = ("human", "auto")
+# The XCom the four-eyes middleware reads (plugins/mlwp_approvals.py).
+POLICY_XCOM_KEY = "approval_policy"
 
 
 def comparison_markdown(registration: dict[str, Any]) -> str:
@@ -61,8 +65,10 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
     provider's ApprovalOperator: the task waits in ``awaiting_input``); the request shows the
     new version's metrics against the champion's. ``mode: auto`` approves at once: the
     register task's gate already decided. A rejection skips the deploy tasks downstream, so
-    aliases stay untouched. ``approvers`` are shown in the request (see docs/pipeline.md for
-    how they relate to Airflow users).
+    aliases stay untouched. ``approvers``, ``min_approvals``, ``allow_self_approval`` and
+    ``allow_admins`` are the four-eyes rules (mlwp.security.approvals): shown in the request
+    and published as the ``approval_policy`` XCom, which the api-server's four-eyes
+    middleware applies to every answer; the approvals counted are in ``approvals``.
     """
 
     template_fields: Sequence[str] = ("subject", "body", "approvers")
@@ -74,6 +80,9 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         *,
         mode: str = "human",
         approvers: list[str] | None = None,
+        min_approvals: int = 1,
+        allow_self_approval: bool = False,
+        allow_admins: bool = False,
         input: str | None = None,
         subject: str | None = None,
         **kwargs: Any,
@@ -87,15 +96,30 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         )
         self.mode = mode
         self.approvers = list(approvers or [])
+        self.min_approvals = min_approvals
+        self.allow_self_approval = allow_self_approval
+        self.allow_admins = allow_admins
         self.input = input
+        try:
+            self.policy.describe()
+        except SecurityError as exc:
+            raise ValueError(f"task {self.task_id!r}: {exc.message}") from exc
+
+    @property
+    def policy(self) -> ApprovalPolicy:
+        """The four-eyes rules the api-server applies to answers (plugins/mlwp_approvals.py)."""
+        return ApprovalPolicy(
+            approvers=tuple(self.approvers),
+            min_approvals=self.min_approvals,
+            allow_self_approval=self.allow_self_approval,
+            allow_admins=self.allow_admins,
+        )
 
     def execute(self, context: Context) -> Any:
         from operators.links import mlflow_model_version_url
 
         registration = self.upstream_document(context, "version", self.input)
         body = comparison_markdown(registration)
-        if self.approvers:
-            body += "\n\nApprovers: " + ", ".join(self.approvers)
         context["ti"].xcom_push(key="registration", value=registration)
         # Stored before the task waits, so the approver opens the version from the request.
         MLflowModelVersionLink.persist(
@@ -106,7 +130,10 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
             self.log.info("Automatic approval (the register gate passed):\n%s", body)
             self.stat("incr", "approve.auto")
             return {**registration, "approved": True, "approved_by": "auto"}
-        self.body = body
+        policy = self.policy
+        self.body = f"{body}\n\n{policy.describe()}"
+        # Published before the task waits: the api-server judges every answer against it.
+        context["ti"].xcom_push(key=POLICY_XCOM_KEY, value=policy.to_dict())
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
@@ -127,7 +154,20 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         chosen = (answer or {}).get("chosen_options") or []
         approved = chosen[:1] == [self.APPROVE]
         self.stat("incr", "approve.approved" if approved else "approve.rejected")
-        return self._decision(registration, answer, approved=approved)
+        decision = self._decision(registration, answer, approved=approved)
+        if approved:
+            decision["approvals"] = self._approvals(context, answer)
+        return decision
+
+    def _approvals(self, context: Context, answer: dict[str, Any] | None) -> list[str]:
+        """Every approver counted (the four-eyes middleware records them in the audit trail)."""
+        from mlwp.security.approvals import approval_target, approvals_so_far
+
+        ti = context["ti"]
+        target = approval_target(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number)
+        names = approvals_so_far(target)
+        last = ((answer or {}).get("responded_by_user") or {}).get("name")
+        return names or ([last] if last else [])
 
     @staticmethod
     def _decision(

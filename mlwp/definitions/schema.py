@@ -834,7 +834,33 @@ class ApproveTask(TaskBase):
 
     type: Literal["approve"] = "approve"
     mode: Literal["human", "auto"] = "human"
-    approvers: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Who may answer: user names and roles (project:churn, DataScientist). "
+        "Empty: every Admin and project member.",
+    )
+    # Unset (None) means the operator's default: 1, false, false.
+    min_approvals: int | None = Field(
+        default=None, ge=1, description="Different approvers who must approve (default 1)."
+    )
+    allow_self_approval: bool | None = Field(
+        default=None, description="May the user who triggered the run approve it (default no)?"
+    )
+    allow_admins: bool | None = Field(
+        default=None,
+        description="May Admins answer although approvers does not name them (default no)?",
+    )
+
+    @model_validator(mode="after")
+    def _approvable(self) -> ApproveTask:
+        from mlwp.security.approvals import ApprovalPolicy
+        from mlwp.security.roles import SecurityError
+
+        try:
+            ApprovalPolicy(tuple(self.approvers), self.min_approvals or 1)
+        except SecurityError as exc:
+            raise ValueError(exc.message) from exc
+        return self
 
 
 Alias = Literal["champion", "challenger"]

@@ -20,12 +20,14 @@ def churn_dag(
     trials: int = 3,
     num_boost_round: int = 120,
     approval: str = "auto",
+    approve: dict[str, Any] | None = None,
 ) -> Any:
     """The churn train DAG from its YAML, with automatic approval and a short tuning.
 
     ``model`` renames the registered model (register and deploy tasks), so that a test can
     own its model in the session's shared MLflow server; ``approval="human"`` keeps the
-    definition's human approval.
+    definition's human approval; ``approve`` overrides other fields of the approve task
+    (its four-eyes rules).
     """
     return train_dag(
         CHURN / "workflow.yaml",
@@ -34,6 +36,7 @@ def churn_dag(
         trials=trials,
         num_boost_round=num_boost_round,
         approval=approval,
+        approve=approve,
     )
 
 
@@ -45,6 +48,7 @@ def train_dag(
     trials: int,
     num_boost_round: int,
     approval: str | None = None,
+    approve: dict[str, Any] | None = None,
 ) -> Any:
     """The ``train`` DAG of a project definition, shortened for a test.
 
@@ -61,6 +65,8 @@ def train_dag(
     tasks = dict(workflow.tasks)
     if approval is not None:
         tasks["approve"] = tasks["approve"].model_copy(update={"mode": approval})
+    if approve:
+        tasks["approve"] = tasks["approve"].model_copy(update=approve)
     train = tasks["train"]
     assert train.tuning is not None
     tasks["train"] = train.model_copy(
