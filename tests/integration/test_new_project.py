@@ -48,6 +48,8 @@ def _add_project(dags: Path, name: str) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
+# A start, two parse cycles, a roles sync and a task run: minutes on a loaded machine.
+@pytest.mark.timeout(2400)
 def test_a_project_added_while_running_gets_its_role_within_one_parse_cycle(
     tmp_path: Path,
 ) -> None:
