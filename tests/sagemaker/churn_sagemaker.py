@@ -26,7 +26,7 @@ def moto_client(service: str, endpoint: str, session: Any = None) -> Any:
     )
 
 
-def aws_connection(endpoint: str, **extra: str) -> str:
+def aws_connection(endpoint: str, **extra: Any) -> str:
     """AIRFLOW_CONN_AWS_DEFAULT pointing at moto, with the SageMaker extras."""
     import json
 

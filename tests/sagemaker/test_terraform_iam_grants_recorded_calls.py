@@ -148,7 +148,13 @@ def recorded(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT",
-        aws_connection(aws_env, sagemaker_output_root=f"s3://{BUCKETS['models']}"),
+        aws_connection(
+            aws_env,
+            sagemaker_output_root=f"s3://{BUCKETS['models']}",
+            # moto answers CreateTrainingJob only once the emulated container has trained,
+            # which can pass botocore's 60 s on a loaded machine; a retry would train twice.
+            config_kwargs={"read_timeout": 900, "retries": {"max_attempts": 1}},
+        ),
     )
     # s3fs caches filesystems (and their sessions) across tests: start with fresh ones.
     s3fs.S3FileSystem.clear_instance_cache()
