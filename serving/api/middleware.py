@@ -1,6 +1,10 @@
 """One pure-ASGI middleware for every request: request id, body-size guard, security headers,
 metrics and the access log. (Pure ASGI rather than ``BaseHTTPMiddleware``: it costs
-microseconds, not a task per request.)"""
+microseconds, not a task per request.)
+
+A client that goes away before its body is complete is no server error: no response is owed
+to it, so it is counted with status 499 (nginx's "client closed request") and logged at info
+level, without a traceback (Starlette raises ``ClientDisconnect`` from the body reader)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 
 import orjson
 import structlog
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.responses import error_body
@@ -30,6 +35,7 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 # The documentation pages load Swagger UI / ReDoc from a CDN; everything else is data only.
 _CSP_API = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _DOC_PATHS = ("/docs", "/redoc")
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ServingMiddleware:
@@ -77,6 +83,9 @@ class ServingMiddleware:
                 await _reject_413(send_wrapper, request_id, self.max_body_bytes)
             else:
                 await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # only the body reader raises it, so no response has started
+            status = CLIENT_CLOSED_REQUEST
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
