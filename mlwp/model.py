@@ -180,7 +180,32 @@ def load(path: str | Path) -> Model:
         )
     preprocessing = Preprocessing.from_json((root / PREPROCESSING_FILE).read_bytes())
     booster = xgboost.Booster(model_file=str(root / MODEL_FILE))
+    _check_features(root, booster, preprocessing.outputs)
     return Model(root, booster, preprocessing, metadata)
+
+
+def _check_features(root: Path, booster: xgboost.Booster, outputs: list[str]) -> None:
+    """Refuse a booster whose inputs are not the preprocessing's outputs: it would score
+    shifted or reshaped columns (a matrix of M columns read by a booster of N features comes
+    back as a different number of predictions), so name the cause at load."""
+    expected = booster.num_features()
+    names = booster.feature_names
+    if expected != len(outputs):
+        missing = [n for n in names or () if n not in outputs][:5]
+        extra = [n for n in outputs if names is not None and n not in names][:5]
+        hint = ""
+        if missing or extra:
+            hint = f" (booster only: {missing}; preprocessing only: {extra})"
+        raise ModelFormatError(
+            f"{root}: the booster expects {expected} features, the preprocessing produces "
+            f"{len(outputs)}{hint}"
+        )
+    if names is not None and list(names) != list(outputs):
+        index = next(i for i, (a, b) in enumerate(zip(names, outputs, strict=True)) if a != b)
+        raise ModelFormatError(
+            f"{root}: the booster's feature {index} is {names[index]!r}, the preprocessing "
+            f"produces {outputs[index]!r} there"
+        )
 
 
 def save(

@@ -131,3 +131,20 @@ def corrupt_model_dir(source: Path) -> Path:
     shutil.copytree(source, target)
     (target / "model.ubj").write_bytes(b"this is not a booster")
     return target
+
+
+def mismatched_model_dir(source: Path, features: int = 5) -> Path:
+    """A copy of ``source`` whose booster was trained on ``features`` columns, not on what
+    the copy's preprocessing produces (a feature set that drifted from its preprocessing)."""
+    import shutil
+
+    import numpy as np
+    import xgboost
+
+    target = Path(tempfile.mkdtemp(prefix="mismatched-model-")) / "model"
+    shutil.copytree(source, target)
+    rng = np.random.default_rng(0)
+    data = xgboost.DMatrix(rng.random((50, features)), label=rng.integers(0, 2, 50))
+    booster = xgboost.train({"objective": "binary:logistic", "nthread": 1}, data, 3)
+    booster.save_model(str(target / "model.ubj"))
+    return target

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from serving_harness import running
-from telco import corrupt_model_dir, register_version, set_traffic
+from telco import corrupt_model_dir, mismatched_model_dir, register_version, set_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
 
@@ -146,6 +146,31 @@ async def test_corrupted_new_version_leaves_the_old_one_serving(
             f'mlwp_serving_model_load_failures_total{{alias="champion",model="{model_name}"}}'
             f" 1.0" in metrics
         )
+
+
+async def test_feature_mismatch_is_refused_naming_both_counts(
+    make_settings: Any, mlflow_server: str, model_dirs: Any, model_name: str, records: Any
+) -> None:
+    """A booster trained on other features than its preprocessing produces fails to load with
+    the cause, not with what the warm-up saw."""
+    from mlwp import model as mlwp_model
+
+    produced = len(mlwp_model.load(model_dirs["v1"]).preprocessing.outputs)
+    v1 = register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
+    async with running(make_settings(models=[model_name])) as svc:
+        bad = register_version(mlflow_server, model_name, mismatched_model_dir(model_dirs["v1"]))
+        _set_alias(mlflow_server, model_name, "champion", bad)
+        reload = await svc.client.post("/admin/reload?wait=true", headers=svc.auth())
+        (error,) = reload.json()["models"][model_name]["load_errors"]
+        assert error["version"] == bad and error["serving_version"] == v1
+        assert (
+            f"the booster expects 5 features, the preprocessing produces {produced}"
+            in error["error"]
+        ), error
+        response = await svc.client.post(
+            f"/v1/models/{model_name}/predict", json={"data": records}, headers=svc.auth()
+        )
+        assert response.json()["model_version"] == v1
 
 
 async def test_ab_split_is_sticky_per_routing_key_and_shadow_never_answers(
