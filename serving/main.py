@@ -103,21 +103,26 @@ def _install_openapi(app: FastAPI, services: Services) -> None:
     def openapi() -> dict[str, Any]:
         states = services.models.states
         fingerprint = repr(
-            sorted((n, s.champion.version if s.champion else None) for n, s in states.items())
+            (
+                sorted((n, s.champion.version if s.champion else None) for n, s in states.items()),
+                services.models.default_model,
+            )
         )
         if cache.get("fingerprint") == fingerprint:
             schema: dict[str, Any] = cache["schema"]
             return schema
-        from serving.api.schemas import PredictRequest
+        from serving.api.schemas import ROUTING_KEY_SCHEMA, PredictRequest
 
+        settings = services.settings
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["PredictRequest"] = PredictRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}"
+        components["PredictRequest"] = PredictRequest.openapi_schema(
+            settings.routing_field, settings.max_rows
         )
         generic = schema["paths"].get("/v1/models/{model}/predict", {}).get("post")
+        default_model = services.models.default_model
         for name, state in sorted(states.items()):
             record = state.schema
             if record is None or generic is None:
@@ -133,10 +138,10 @@ def _install_openapi(app: FastAPI, services: Services) -> None:
                     "data": {
                         "type": "array",
                         "minItems": 1,
-                        "maxItems": services.settings.max_rows,
+                        "maxItems": settings.max_rows,
                         "items": {"$ref": f"#/components/schemas/{ref}"},
                     },
-                    services.settings.routing_field: {"type": "string"},
+                    settings.routing_field: dict(ROUTING_KEY_SCHEMA),
                 },
                 "example": {"data": [record.example_record()]},
             }
@@ -146,13 +151,18 @@ def _install_openapi(app: FastAPI, services: Services) -> None:
             operation["parameters"] = [
                 p for p in operation.get("parameters", []) if p.get("name") != "model"
             ]
-            operation["requestBody"] = {
+            body = {
                 "required": True,
                 "content": {
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{body_ref}"}}
                 },
             }
+            operation["requestBody"] = body
             schema["paths"][f"/v1/models/{name}/predict"] = {"post": operation}
+            default = schema["paths"].get("/predict", {}).get("post")
+            if name == default_model and default is not None:
+                # /predict scores the default model's records
+                default["requestBody"] = copy.deepcopy(body)
         cache["fingerprint"] = fingerprint
         cache["schema"] = schema
         return schema

@@ -56,6 +56,10 @@ async def authenticate(request: Request) -> ApiKey:
     if services.keys is None:
         key = ANONYMOUS
     else:
+        # behind a proxy, uvicorn's --forwarded-allow-ips makes this the original client
+        client = request.scope.get("client")
+        address = client[0] if client else "unknown"
+        services.limiter.refuse_blocked(address)
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
@@ -63,6 +67,7 @@ async def authenticate(request: Request) -> ApiKey:
             )
         found = services.keys.verify(token.strip())
         if found is None:
+            await services.limiter.failed_authentication(address)
             raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
         key = found
     await services.limiter.hit(key.key_id, key.rate_limit)

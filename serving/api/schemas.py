@@ -6,15 +6,33 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# The body's routing key: a string, or a number used as its decimal text; the code's rule is
+# ``serving.api.routes.predict.routing_key``.
+ROUTING_KEY_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}],
+    "description": "Optional sticky routing key (same as the X-Routing-Key header): a string, "
+    "or a number taken as its decimal text.",
+}
+
 
 class PredictRequest(BaseModel):
     """Rows to score, as records of raw features."""
 
-    data: list[dict[str, Any]] = Field(description="Records: one object of features per row.")
-    routing_key: str | None = Field(
-        default=None,
-        description="Optional sticky routing key (same as the X-Routing-Key header).",
+    data: list[dict[str, Any]] = Field(
+        min_length=1, description="Records: one object of features per row."
     )
+    routing_key: str | float | None = None  # shown as ROUTING_KEY_SCHEMA
+
+    @classmethod
+    def openapi_schema(cls, routing_field: str, max_rows: int) -> dict[str, Any]:
+        """The body's schema as the service checks it: 1 to ``max_rows`` records, and the
+        routing key under its configured field name."""
+        schema = cls.model_json_schema()
+        properties = schema["properties"]
+        properties["data"]["maxItems"] = max_rows
+        properties.pop("routing_key")
+        properties[routing_field] = dict(ROUTING_KEY_SCHEMA)
+        return schema
 
 
 class PredictResponse(BaseModel):

@@ -89,6 +89,11 @@ class ServingSettings(BaseSettings):
     )
 
     rate_limit: str = Field(default="1000/second", description="Default per-key limit.")
+    failed_auth_limit: str | None = Field(
+        default="30/minute",
+        description="Failed authentications allowed per client address; over it, every request "
+        "from the address gets 429 until the window resets. Empty: no limit.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_rows: int = Field(default=1000, ge=1)
     # A thread hop costs more than it saves for batches a request usually carries (100 rows
@@ -108,6 +113,23 @@ class ServingSettings(BaseSettings):
     prediction_log_stream: str = "mlwp:predictions"
     prediction_log_maxlen: int = Field(default=100_000, ge=1)
     log_level: str = "INFO"
+
+    @field_validator("failed_auth_limit", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("rate_limit", "failed_auth_limit")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a rate limit such as '30/minute'") from exc
+        return value
 
     @field_validator("home")
     @classmethod

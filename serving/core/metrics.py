@@ -78,6 +78,13 @@ class Metrics:
         self.rate_limited = counter(
             "mlwp_serving_rate_limited", "Requests refused by a rate limit."
         )
+        self.auth_failures = counter(
+            "mlwp_serving_auth_failures", "Requests whose API key was invalid or revoked."
+        )
+        self.auth_rate_limited = counter(
+            "mlwp_serving_auth_rate_limited",
+            "Requests refused because their address failed authentication too often.",
+        )
         self.redis_errors = counter(
             "mlwp_serving_redis_errors",
             "Redis operations that failed (then bypassed).",

@@ -60,7 +60,9 @@ class Services:
             models=models,
             syncs=SyncRunner(models),
             keys=keys,
-            limiter=RateLimiter(settings.rate_limit, metrics, link),
+            limiter=RateLimiter(
+                settings.rate_limit, metrics, link, failed_auth_rate=settings.failed_auth_limit
+            ),
             cache=cache,
             prediction_log=PredictionLog(
                 sample_rate=settings.prediction_log_sample_rate,

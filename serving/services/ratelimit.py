@@ -1,5 +1,16 @@
-"""Per-key rate limits with the ``limits`` library: Redis storage when configured, memory
-otherwise; when Redis fails, the process falls back to its in-memory counters."""
+"""Rate limits with the ``limits`` library: Redis storage when configured (shared by the
+replicas), memory otherwise; when Redis fails, the process falls back to its in-memory counters.
+
+Two limits:
+
+- per API key, on every authenticated request (the key's own ``rate_limit`` or the default);
+- per client address, on failed authentications (a token that is not a valid key): once an
+  address is over it, every request from it is refused with 429 until the window resets,
+  before its key is even looked at, so guessing gains nothing (what FAB's login limit does
+  for the Airflow UI). The refusal is remembered in process, so a blocked address costs no
+  Redis round trip, and a request with a valid key from an address that is not blocked pays
+  nothing for this limit at all.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import math
 import time
 from functools import lru_cache
 
+from cachetools import TTLCache
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
@@ -24,14 +36,32 @@ def rate_item(rate: str) -> RateLimitItem:
     return parse(rate)
 
 
-class RateLimiter:
-    """Count a request against its key's limit; raise ``RateLimited`` with Retry-After."""
+# Addresses currently refused for failed authentications, remembered in process; bounded so
+# that many addresses cannot grow it without limit (an evicted one is refused again by Redis).
+BLOCKED_ADDRESSES_MAX = 65_536
 
-    def __init__(self, default_rate: str, metrics: Metrics, link: RedisLink | None) -> None:
+
+class RateLimiter:
+    """Count a request against its key's limit, and failed authentications against the
+    client address's; raise ``RateLimited`` with Retry-After."""
+
+    def __init__(
+        self,
+        default_rate: str,
+        metrics: Metrics,
+        link: RedisLink | None,
+        failed_auth_rate: str | None = None,
+    ) -> None:
         rate_item(default_rate)  # refuse a bad setting at start
         self.default_rate = default_rate
+        self.failed_auth_item = rate_item(failed_auth_rate) if failed_auth_rate else None
         self.metrics = metrics
         self.link = link
+        # address -> time.time() when its refusal ends
+        self._blocked: TTLCache[str, float] = TTLCache(
+            maxsize=BLOCKED_ADDRESSES_MAX,
+            ttl=self.failed_auth_item.get_expiry() if self.failed_auth_item else 1,
+        )
         self._memory = FixedWindowRateLimiter(MemoryStorage())
         self._redis: FixedWindowRateLimiter | None = None
         if link is not None:
@@ -39,36 +69,80 @@ class RateLimiter:
                 "async+" + link.url,
                 implementation="redispy",
                 wrap_exceptions=True,
-                socket_timeout=0.05,
-                socket_connect_timeout=0.05,
+                # the link's pool: its timeouts, no hidden retries, dropped together on failure
+                connection_pool=link.pool,
             )
             if not isinstance(storage, Storage):
                 raise TypeError(f"limits returned a synchronous storage for {link.url!r}")
             self._redis = FixedWindowRateLimiter(storage)
 
     async def hit(self, key_id: str, rate: str | None) -> None:
+        """Count one request of ``key_id``; raise ``RateLimited`` when over its limit."""
         item = rate_item(rate or self.default_rate)
-        limiter = self._memory
-        if self._redis is not None and self.link is not None and self.link.up:
-            limiter = self._redis
-            try:
-                allowed = await limiter.hit(item, "key", key_id)
-            except (StorageError, *REDIS_ERRORS) as exc:
-                self.link.failed("rate_limit", exc)
-                limiter = self._memory
-                allowed = await limiter.hit(item, "key", key_id)
-        else:
-            allowed = await limiter.hit(item, "key", key_id)
+        limiter, allowed = await self._hit(item, "key", key_id)
         if allowed:
             return
         self.metrics.rate_limited.inc()
-        try:
-            stats = await limiter.get_window_stats(item, "key", key_id)
-            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        except (StorageError, *REDIS_ERRORS):  # the refusal stands without a window
-            retry_after = max(1, item.get_expiry())
+        retry_after = await self._retry_after(limiter, item, "key", key_id)
         raise RateLimited(
             f"rate limit {item} exceeded for this API key; retry in {retry_after} s",
             details={"limit": str(item), "retry_after": retry_after},
             headers={"Retry-After": str(retry_after)},
         )
+
+    def refuse_blocked(self, address: str) -> None:
+        """Raise ``RateLimited`` when ``address`` is over its failed-authentication limit."""
+        until = self._blocked.get(address)
+        if until is None:
+            return
+        retry_after = math.ceil(until - time.time())
+        if retry_after <= 0:
+            self._blocked.pop(address, None)
+            return
+        self.metrics.auth_rate_limited.inc()
+        raise self._auth_refusal(retry_after)
+
+    async def failed_authentication(self, address: str) -> None:
+        """Count a failed authentication of ``address``; raise ``RateLimited`` (and refuse
+        the address until the window resets) when it is over the limit."""
+        self.metrics.auth_failures.inc()
+        item = self.failed_auth_item
+        if item is None:
+            return
+        limiter, allowed = await self._hit(item, "failed-auth", address)
+        if allowed:
+            return
+        retry_after = await self._retry_after(limiter, item, "failed-auth", address)
+        self._blocked[address] = time.time() + retry_after
+        self.metrics.auth_rate_limited.inc()
+        raise self._auth_refusal(retry_after)
+
+    def _auth_refusal(self, retry_after: int) -> RateLimited:
+        item = self.failed_auth_item
+        return RateLimited(
+            f"too many failed authentications from this address; retry in {retry_after} s",
+            code="failed_auth_limited",
+            details={"limit": str(item), "retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def _hit(
+        self, item: RateLimitItem, namespace: str, identity: str
+    ) -> tuple[FixedWindowRateLimiter, bool]:
+        """Count a hit in Redis when it is up, else (or when Redis fails) in memory."""
+        if self._redis is not None and self.link is not None and self.link.up:
+            try:
+                return self._redis, await self._redis.hit(item, namespace, identity)
+            except (StorageError, *REDIS_ERRORS) as exc:
+                self.link.failed("rate_limit", exc)
+        return self._memory, await self._memory.hit(item, namespace, identity)
+
+    @staticmethod
+    async def _retry_after(
+        limiter: FixedWindowRateLimiter, item: RateLimitItem, namespace: str, identity: str
+    ) -> int:
+        try:
+            stats = await limiter.get_window_stats(item, namespace, identity)
+            return max(1, math.ceil(stats.reset_time - time.time()))
+        except (StorageError, *REDIS_ERRORS):  # the refusal stands without a window
+            return max(1, item.get_expiry())

@@ -146,13 +146,23 @@ def _parse(body: bytes, max_rows: int, routing_field: str) -> tuple[list[Any], s
             code="too_many_rows",
             details={"rows": len(data), "max_rows": max_rows},
         )
-    routing = payload.get(routing_field)
-    if routing is not None and not isinstance(routing, str | int):
-        raise InvalidInput(
-            f"field {routing_field!r} must be a string",
-            details=[{"row": None, "field": routing_field}],
-        )
-    return data, None if routing is None else str(routing)
+    return data, routing_key(payload.get(routing_field), routing_field)
+
+
+def routing_key(value: Any, field: str) -> str | None:
+    """The body's routing key: a string, or a number taken as its decimal text (``7`` and
+    ``7.0`` are the same key, as they are the same JSON number); null is no key. The same
+    rule is the schema's (``serving.api.schemas.ROUTING_KEY_SCHEMA``)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    raise InvalidInput(
+        f"field {field!r} must be a string or a number, got {type(value).__name__}",
+        details=[{"row": None, "field": field}],
+    )
 
 
 def _score(variant: Variant, data: list[Any]) -> dict[str, Any]:

@@ -16,8 +16,9 @@ async def test_disconnect_mid_body_is_counted_as_499_and_logged_without_tracebac
     mlflow_server: str,
     model_dirs: Any,
     model_name: str,
-    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    """In process: the app neither raises nor answers. (The access log of a real server is
+    checked in tests/serving/test_server.py.)"""
     register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
     async with running(make_settings(models=[model_name])) as svc:
         messages = [
@@ -60,6 +61,3 @@ async def test_disconnect_mid_body_is_counted_as_499_and_logged_without_tracebac
             metrics
         )
         assert 'status="500"' not in metrics
-        logged = capfd.readouterr().err
-        assert '"status":499' in logged
-        assert "Traceback" not in logged and '"level":"error"' not in logged

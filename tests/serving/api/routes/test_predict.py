@@ -149,3 +149,39 @@ async def test_rate_limit_answers_429_with_retry_after(
         other = svc.key(f"model:{model_name}", rate_limit="3/minute")
         response = await svc.client.post(url, json={"data": records[:1]}, headers=svc.auth(other))
         assert response.status_code == 200
+
+
+async def test_schema_and_code_follow_one_rule_for_rows_and_routing_key(
+    make_settings: Any, mlflow_server: str, model_dirs: Any, model_name: str, records: Any
+) -> None:
+    """Every body the OpenAPI schema accepts is scored, every body it refuses is refused."""
+    import jsonschema
+
+    register_version(mlflow_server, model_name, model_dirs["v1"], aliases=("champion",))
+    async with running(make_settings(models=[model_name], max_rows=3)) as svc:
+        spec = (await svc.client.get("/openapi.json")).json()
+        schemas = spec["components"]["schemas"]
+        for path in (f"/v1/models/{model_name}/predict", "/predict"):
+            ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+            body_schema = schemas[ref["schema"]["$ref"].rsplit("/", 1)[1]]
+            assert body_schema["properties"]["data"]["minItems"] == 1
+            assert body_schema["properties"]["data"]["maxItems"] == 3
+        generic = schemas["PredictRequest"]["properties"]
+        assert (generic["data"]["minItems"], generic["data"]["maxItems"]) == (1, 3)
+        routing_schema = generic["routing_key"]
+
+        url = f"/v1/models/{model_name}/predict"
+        for value in ("user-1", 123, 7.5, None, {}, {"a": [1]}, [1], True):
+            valid = jsonschema.Draft202012Validator(routing_schema).is_valid(value)
+            response = await svc.client.post(
+                url, json={"data": records[:1], "routing_key": value}, headers=svc.auth()
+            )
+            assert response.status_code == (200 if valid else 422), (value, response.text)
+        for data in ([], records[:4]):
+            response = await svc.client.post(url, json={"data": data}, headers=svc.auth())
+            assert response.status_code in (413, 422)  # both refused, as the schema says
+        # a number is its decimal text: 7, 7.0 and "7" are one key
+        from serving.api.routes.predict import routing_key
+
+        assert {routing_key(key, "routing_key") for key in (7, 7.0, "7")} == {"7"}
+        assert routing_key(0.5, "routing_key") == "0.5"
