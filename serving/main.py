@@ -88,7 +88,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(
-        ServingMiddleware, metrics=services.metrics, max_body_bytes=settings.max_body_bytes
+        ServingMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
     _install_openapi(app, services)
     return app

@@ -1,6 +1,12 @@
-"""One pure-ASGI middleware for every request: request id, body-size guard, security headers,
-metrics and the access log. (Pure ASGI rather than ``BaseHTTPMiddleware``: it costs
-microseconds, not a task per request.)
+"""One pure-ASGI middleware for every request: request id, body-size guard, body deadline,
+security headers, metrics and the access log. (Pure ASGI rather than ``BaseHTTPMiddleware``:
+it costs microseconds, not a task per request.)
+
+The body must arrive within ``body_timeout_seconds`` of the request reaching the application
+(uvicorn has no body timeout; a client sending a byte every few seconds would hold its
+connection and a task for ever): past it, reading the body raises ``RequestTimeout``, which
+answers 408 with ``Connection: close``. Only reads of an unfinished body are bounded, so
+waiting for a disconnect after the body is never cut short.
 
 A client that goes away before its body is complete is no server error: no response is owed
 to it, so it is counted with status 499 (nginx's "client closed request") and logged at info
@@ -8,6 +14,7 @@ level, without a traceback (Starlette raises ``ClientDisconnect`` from the body 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -19,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.responses import error_body
+from serving.core.errors import RequestTimeout
 from serving.core.metrics import Metrics, child
 
 log = structlog.get_logger("mlwp.serving.access")
@@ -42,10 +50,18 @@ class ServingMiddleware:
     """Request id (X-Request-ID honoured when well formed), 413 on an oversized
     Content-Length, security headers, request metrics and one access-log line."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        body_timeout_seconds: float = 30.0,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +82,26 @@ class ServingMiddleware:
         path: str = scope["path"]
         is_doc = path.startswith(_DOC_PATHS)
 
+        loop = asyncio.get_running_loop()
+        body_deadline = loop.time() + self.body_timeout
+        body_done = False
+
+        async def receive_in_time() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"request body not received within {self.body_timeout:g} s",
+                    code="body_timeout",
+                    headers={"Connection": "close"},
+                ) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -82,7 +118,7 @@ class ServingMiddleware:
             if length is not None and _too_large(length, self.max_body_bytes):
                 await _reject_413(send_wrapper, request_id, self.max_body_bytes)
             else:
-                await self.app(scope, receive, send_wrapper)
+                await self.app(scope, receive_in_time, send_wrapper)
         except ClientDisconnect:
             # only the body reader raises it, so no response has started
             status = CLIENT_CLOSED_REQUEST

@@ -110,6 +110,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid API key",
         403: "The key's scopes do not cover this model or route",
         404: "Unknown model",
+        408: "The body did not arrive in time (body_timeout_seconds)",
         413: "Body too large or too many rows",
         422: "A row or field is invalid",
         429: "Rate limit exceeded (see Retry-After)",

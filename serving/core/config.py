@@ -109,6 +109,42 @@ class ServingSettings(BaseSettings):
         default="routing_key", description="Body field that may carry the routing key."
     )
 
+    # Connections (python -m serving): what a slow or idle client may hold, and for how long.
+    timeout_keep_alive_seconds: int = Field(
+        default=5, ge=1, description="Close an idle keep-alive connection after this long."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's line and headers must arrive within this long of its first "
+        "byte (of the connection, for a new one); else the connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A request's body must arrive within this long of its headers; else 408.",
+    )
+    limit_concurrency: int | None = Field(
+        default=1000,
+        ge=1,
+        description="Connections or requests in progress past which new requests get 503.",
+    )
+    # TLS served by the service itself (python -m serving); an ingress usually terminates it.
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate chain; with tls_key_file, serve HTTPS."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key.")
+    tls_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted private key."
+    )
+    tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle that client certificates must chain to."
+    )
+    tls_client_cert: Literal["none", "optional", "required"] | None = Field(
+        default=None,
+        description="Client certificates: required when tls_ca_file is set, else none.",
+    )
+
     prediction_log_sample_rate: float = Field(default=0.01, ge=0, le=1)
     prediction_log_stream: str = "mlwp:predictions"
     prediction_log_maxlen: int = Field(default=100_000, ge=1)
@@ -135,6 +171,33 @@ class ServingSettings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServingSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "MLWP_SERVING_TLS_CERT_FILE and MLWP_SERVING_TLS_KEY_FILE go together: "
+                f"got cert {self.tls_cert_file} and key {self.tls_key_file}"
+            )
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"MLWP_SERVING_{name.upper()}: no such file {path}")
+        if self.tls_cert_file is None and self.tls_ca_file is not None:
+            raise ValueError("MLWP_SERVING_TLS_CA_FILE needs MLWP_SERVING_TLS_CERT_FILE/KEY_FILE")
+        if self.tls_client_cert not in (None, "none") and self.tls_ca_file is None:
+            raise ValueError(
+                f"MLWP_SERVING_TLS_CLIENT_CERT={self.tls_client_cert} needs "
+                "MLWP_SERVING_TLS_CA_FILE (the CA client certificates chain to)"
+            )
+        return self
+
+    @property
+    def client_cert_mode(self) -> str:
+        """none, optional or required (required by default once a CA is given)."""
+        if self.tls_client_cert is not None:
+            return self.tls_client_cert
+        return "required" if self.tls_ca_file is not None else "none"
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> ServingSettings:

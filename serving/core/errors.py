@@ -50,6 +50,11 @@ class NotFound(ServingError):
     status = 404
 
 
+class RequestTimeout(ServingError):
+    code = "request_timeout"
+    status = 408
+
+
 class PayloadTooLarge(ServingError):
     code = "payload_too_large"
     status = 413
@@ -77,6 +82,7 @@ HTTP_ERRORS: tuple[type[ServingError], ...] = (
     Unauthorized,
     Forbidden,
     NotFound,
+    RequestTimeout,
     PayloadTooLarge,
     InvalidInput,
     RateLimited,
