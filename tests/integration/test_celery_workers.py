@@ -178,10 +178,17 @@ def test_up_supervises_celery_workers_that_status_shows_and_down_stops(
         # A real task goes through the broker to a worker: churn.train's extract.
         api = airflow_api(env, home)
         wait_for("churn.train", lambda: api.get("/dags/churn.train").status_code == 200, 600)
+        # Unpausing a @weekly DAG without catchup makes the scheduler create the latest
+        # interval's run at once; with max_active_runs 1 a triggered run would wait behind it
+        # (and its human approval), so the test follows that first run.
         assert api.patch("/dags/churn.train", json={"is_paused": False}).status_code == 200
-        run = api.post("/dags/churn.train/dagRuns", json={"logical_date": None})
-        assert run.status_code == 200, run.text
-        url = f"/dags/churn.train/dagRuns/{run.json()['dag_run_id']}/taskInstances/extract"
+
+        def first_run() -> str | None:
+            runs = api.get("/dags/churn.train/dagRuns").json()["dag_runs"]
+            return str(runs[0]["dag_run_id"]) if runs else None
+
+        run_id = wait_for("a churn.train run", first_run, 600)
+        url = f"/dags/churn.train/dagRuns/{run_id}/taskInstances/extract"
 
         def extract_ended() -> dict[str, object] | None:
             instance = api.get(url).json()
