@@ -47,7 +47,16 @@ class Airflow:
         self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, f"/api/v2{path}", **kwargs)
+        # Reads are retried: a busy api-server timing out once must not end the follow.
+        attempts = 4 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                response = self.http.request(method, f"/api/v2{path}", **kwargs)
+                break
+            except httpx.TransportError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(POLL_SECONDS)
         if response.status_code >= 400:
             raise RunError(f"{method} {path}: HTTP {response.status_code}: {response.text[:300]}")
         return response.json() if response.content else None
