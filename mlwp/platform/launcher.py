@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -152,8 +152,25 @@ class UpResult:
     message: str | None = None
 
 
+def tolerant(echo: Echo) -> Echo:
+    """``echo`` that drops a message when its terminal or pipe has gone.
+
+    The supervisor's output is a courtesy; its job is its children. A closed pipe (the
+    terminal closed, ``mlwp up | head``, a test that stopped reading) made the first message
+    after it raise ``BrokenPipeError``, and the one before the stop ended the supervisor
+    without stopping the processes it started.
+    """
+
+    def say(message: str) -> None:
+        with suppress(OSError):
+            echo(message)
+
+    return say
+
+
 def run_up(settings: Settings, echo: Echo) -> UpResult:
     """Start and supervise the platform until a stop is requested or a process dies."""
+    echo = tolerant(echo)
     lock = SupervisorLock(settings.home)
     if lock.held_by_other():
         raise AlreadyRunning(already_running_message(settings.home))

@@ -403,3 +403,21 @@ def test_admin_password_is_printed_until_a_start_has_shown_it(tmp_path: Path) ->
     later_banner = "\n".join(launcher._ready_banner(settings, later, 42.0))
     assert "pa55-word" not in later_banner
     assert f"password in {settings.credentials_file}" in later_banner
+
+
+def test_a_closed_output_never_stops_the_supervisor_from_stopping_its_children() -> None:
+    """mlwp up's messages to a pipe that has gone are dropped; before, the BrokenPipeError of
+    the "stopping ..." line ended the supervisor with its children still running."""
+    said: list[str] = []
+
+    def closed_pipe(message: str) -> None:
+        said.append(message)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    say = launcher.tolerant(closed_pipe)
+    say("mlwp: stopping api-server ...")
+    say("mlwp: killed after the stop timeout: scheduler")
+    assert said == [
+        "mlwp: stopping api-server ...",
+        "mlwp: killed after the stop timeout: scheduler",
+    ]
