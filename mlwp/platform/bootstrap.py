@@ -9,8 +9,12 @@ once, on the run that created it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,30 +72,55 @@ def write_credentials(path: Path, credentials: Credentials) -> None:
 STEP_TIMEOUT_SECONDS = 600.0
 
 
+# Set-up steps running now, so that a stop (Ctrl-C, `mlwp down`) can end them at once instead
+# of waiting up to STEP_TIMEOUT_SECONDS for a roles sync or a migration it no longer needs.
+_running_steps: set[subprocess.Popen[str]] = set()
+_running_steps_lock = threading.Lock()
+
+
+def stop_running_steps() -> None:
+    """SIGTERM every set-up step still running (each in its own process group)."""
+    with _running_steps_lock:
+        steps = list(_running_steps)
+    for proc in steps:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
 def _run_logged(step: str, argv: list[str], env: Mapping[str, str], log: Path) -> str:
     """Run a one-shot command with its output appended to ``log``; return its output."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    # Its own session: a stop signals the step and whatever it started, nothing else.
+    proc = subprocess.Popen(
+        argv,
+        env=dict(env),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    with _running_steps_lock:
+        _running_steps.add(proc)
     try:
-        result = subprocess.run(
-            argv,
-            env=dict(env),
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=STEP_TIMEOUT_SECONDS,
-        )
+        stdout, stderr = proc.communicate(timeout=STEP_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         raise PlatformError(
             f"{step} did not finish within {STEP_TIMEOUT_SECONDS:.0f}s (log: {log})",
             code="bootstrap_timeout",
         ) from exc
-    output = result.stdout + result.stderr
+    finally:
+        with _running_steps_lock:
+            _running_steps.discard(proc)
+    output = stdout + stderr
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"\n===== {' '.join(argv[:3])} ...\n{output}")
-    if result.returncode != 0:
+    if proc.returncode != 0:
         raise PlatformError(
-            f"{step} failed with code {result.returncode} (log: {log}):\n{tail(log)}",
+            f"{step} failed with code {proc.returncode} (log: {log}):\n{tail(log)}",
             code="bootstrap_failed",
         )
     return output

@@ -255,6 +255,9 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
             return UpResult(0, "stopped during start")
         raise
     finally:
+        # A set-up step still running is no longer wanted (a stop, a fault): end it rather
+        # than wait for it, so Ctrl-C during the roles sync stops the platform at once.
+        bootstrap.stop_running_steps()
         pool.shutdown(wait=True, cancel_futures=True)
         if supervisor.children:
             echo("mlwp: stopping " + ", ".join(supervisor.children) + " ...")
