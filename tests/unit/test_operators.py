@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from datetime import UTC, datetime
 
 import pytest
@@ -160,7 +161,9 @@ def test_approval_body_compares_with_the_champion() -> None:
 
 
 @pytest.mark.parametrize("answer", ["Approve", "Reject"])
-def test_human_answer_is_the_approve_tasks_document(answer: str) -> None:
+def test_human_answer_is_the_approve_tasks_document(
+    answer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # On Reject, ApprovalOperator skips deploy by raising DownstreamTasksSkipped: the task's
     # document (approved: false, who answered) must be pushed before that.
     from airflow.providers.standard.operators.empty import EmptyOperator
@@ -172,10 +175,20 @@ def test_human_answer_is_the_approve_tasks_document(answer: str) -> None:
     with DAG("churn.train", schedule=None):
         approve = ApproveOperator(task_id="approve", mode="human", **CONTEXT)
         approve >> EmptyOperator(task_id="deploy")
+    # hitl.py asks its logger for getEffectiveLevel on Reject, which a task process's logger has
+    # but structlog's default (left by whichever test logged first in this process) has not.
+    approve._cached_logger = logging.getLogger("test.approve")
     pushed: dict[str, object] = {}
 
+    # The approvals counted come from the audit trail, read per request (dag, run, task, try).
+    targets: list[str] = []
+    monkeypatch.setattr(
+        "mlwp.security.approvals.approvals_so_far",
+        lambda target: targets.append(target) or ["bob", "alice"],
+    )
+
     class TaskInstance:
-        map_index = -1
+        dag_id, run_id, task_id, map_index, try_number = "churn.train", "r1", "approve", -1, 1
 
         def xcom_pull(self, task_ids: str, key: str) -> dict[str, str]:
             assert (task_ids, key) == ("approve", "registration")
@@ -194,7 +207,9 @@ def test_human_answer_is_the_approve_tasks_document(answer: str) -> None:
     context = {"ti": TaskInstance(), "task": approve}
     expected = {"model": "churn", "version": "2", "approved": answer == "Approve"}
     if answer == "Approve":
-        assert approve.execute_complete(context, event) == {**expected, "approved_by": alice}
+        decision = approve.execute_complete(context, event)
+        assert decision == {**expected, "approved_by": alice, "approvals": ["bob", "alice"]}
+        assert len(targets) == 1 and "churn.train" in targets[0] and "r1" in targets[0]
     else:
         with pytest.raises(DownstreamTasksSkipped) as skipped:
             approve.execute_complete(context, event)
