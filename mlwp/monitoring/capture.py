@@ -1,0 +1,530 @@
+"""Captured predictions and their labels: schemas, storage layout, reading and joining.
+
+Serving writes a sample of what it scored (one row per predicted input row, shadow results
+beside served ones) and ``POST /v1/models/{model}/feedback`` or a ``labels`` source write the
+outcomes; both land as Parquet parts under the platform storage root (``file://`` or
+``s3://``), partitioned by model and day, Hive style::
+
+    <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
+    <root>/monitoring/labels/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
+
+A capture part's day is its rows' ``time`` (when serving answered); a label part's day is its
+rows' ``received_at`` (when mlwp stored them), so a late label lands in the day it arrived and
+a reader of "labels received since" lists few folders.
+
+Parts are only ever added, never rewritten: appending is what object stores do well and what
+several serving replicas can do at once without coordination. Idempotency is the readers'
+job: :func:`read_labels` keeps the latest label per ``(inference_id, row)`` and per
+``entity_key``, so re-sending a label changes nothing and sending a corrected one replaces it.
+
+:func:`join_labels` attaches labels to captured rows: by inference id and row first, else by
+entity key, where an entity's label applies to its predictions made at or before the label's
+``label_time`` (an outcome says nothing about predictions made after it). The contract shared
+with the monitor and rollout code is ``/work/notes/monitoring-contract.md``'s, and
+docs/monitoring.md ("Capture", "Labels") is its user-facing page.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from mlwp.errors import MlwpError
+from mlwp.storage import filesystem, normalise_root
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+CAPTURE = "capture"
+LABELS = "labels"
+KINDS = (CAPTURE, LABELS)
+# the column that decides a row's day partition, per kind
+DAY_COLUMN = {CAPTURE: "time", LABELS: "received_at"}
+
+CAPTURE_COLUMNS = (
+    "inference_id",
+    "row",
+    "time",
+    "model",
+    "version",
+    "variant",
+    "served",
+    "routing_key",
+    "entity_key",
+    "inputs",
+    "prediction",
+    "probability",
+    "outputs",
+    "latency_ms",
+)
+LABEL_COLUMNS = (
+    "inference_id",
+    "row",
+    "entity_key",
+    "label",
+    "label_time",
+    "received_at",
+    "source",
+)
+
+
+class MonitoringError(MlwpError):
+    """Captured predictions or labels cannot be written, read or understood."""
+
+    code = "monitoring_error"
+
+
+def capture_schema() -> pa.Schema:
+    """The Parquet schema of captured predictions (one row per predicted input row)."""
+    import pyarrow as pa
+
+    timestamp = pa.timestamp("ms", tz="UTC")
+    return pa.schema(
+        [
+            pa.field("inference_id", pa.string(), nullable=False),
+            pa.field("row", pa.int32(), nullable=False),
+            pa.field("time", timestamp, nullable=False),
+            pa.field("model", pa.string(), nullable=False),
+            pa.field("version", pa.string(), nullable=False),
+            pa.field("variant", pa.string(), nullable=False),
+            pa.field("served", pa.bool_(), nullable=False),
+            pa.field("routing_key", pa.string()),
+            pa.field("entity_key", pa.string()),
+            pa.field("inputs", pa.string(), nullable=False),
+            pa.field("prediction", pa.float64()),
+            pa.field("probability", pa.float64()),
+            pa.field("outputs", pa.string(), nullable=False),
+            pa.field("latency_ms", pa.float64(), nullable=False),
+        ]
+    )
+
+
+def label_schema() -> pa.Schema:
+    """The Parquet schema of labels (outcomes by inference id and row, or by entity key)."""
+    import pyarrow as pa
+
+    timestamp = pa.timestamp("ms", tz="UTC")
+    return pa.schema(
+        [
+            pa.field("inference_id", pa.string()),
+            pa.field("row", pa.int32()),
+            pa.field("entity_key", pa.string()),
+            pa.field("label", pa.float64(), nullable=False),
+            pa.field("label_time", timestamp, nullable=False),
+            pa.field("received_at", timestamp, nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+        ]
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # CAPTURE_SCHEMA and LABEL_SCHEMA without importing pyarrow with the module (the DAG
+    # processor imports operators that import this module)
+    if name == "CAPTURE_SCHEMA":
+        return capture_schema()
+    if name == "LABEL_SCHEMA":
+        return label_schema()
+    raise AttributeError(name)
+
+
+# ---------------------------------------------------------------------- locations
+
+
+def model_partition(model: str) -> str:
+    """The ``model=<name>`` folder name; unusual characters are %-escaped as Hive does."""
+    if not model or not model.strip():
+        raise MonitoringError("the model name is empty", code="bad_model_name")
+    return "model=" + quote(model, safe="-_.")
+
+
+def kind_uri(root: str, kind: str, model: str) -> str:
+    """``<root>/monitoring/<kind>/model=<model>``: every part of one model."""
+    if kind not in KINDS:
+        raise MonitoringError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return f"{normalise_root(root)}/monitoring/{kind}/{model_partition(model)}"
+
+
+def part_uri(root: str, kind: str, model: str, day: date) -> str:
+    """A new part's URI in ``day``'s folder (a random name: writers never collide)."""
+    return f"{kind_uri(root, kind, model)}/date={day.isoformat()}/{uuid.uuid4().hex}.parquet"
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def write_parts(
+    root: str,
+    kind: str,
+    model: str,
+    table: pa.Table,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Write ``table`` (of the kind's schema) as new parts, one per day it spans; return
+    their URIs. Rows keep their order inside a part."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = capture_schema() if kind == CAPTURE else label_schema()
+    table = _conform(table, schema, kind)
+    if table.num_rows == 0:
+        return []
+    days = pc.strftime(table[DAY_COLUMN[kind]], format="%Y-%m-%d")
+    written = []
+    for text in sorted(set(days.to_pylist())):
+        part = table.filter(pc.equal(days, pa.scalar(text)))
+        uri = part_uri(root, kind, model, date.fromisoformat(text))
+        fs, path = filesystem(uri, **dict(storage_options or {}))
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as handle:
+            pq.write_table(part, handle, compression="zstd")
+        written.append(uri)
+    return written
+
+
+def _conform(table: pa.Table, schema: pa.Schema, kind: str) -> pa.Table:
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise MonitoringError(
+            f"{kind} rows lack column(s) {', '.join(missing)}; expected {list(schema.names)}",
+            code="bad_columns",
+        )
+    try:
+        return table.select(schema.names).cast(schema)
+    except (ValueError, TypeError) as exc:
+        raise MonitoringError(f"{kind} rows do not fit the {kind} schema: {exc}") from exc
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def read_capture(
+    root: str,
+    model: str,
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Captured rows of ``model`` answered in ``[start, end)`` (UTC; open ends when None),
+    ordered by time, with the columns of :func:`capture_schema`."""
+    return _read(root, CAPTURE, model, start, end, storage_options)
+
+
+def read_labels(
+    root: str,
+    model: str,
+    start: datetime | date | str | None = None,
+    end: datetime | date | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    latest: bool = True,
+) -> pd.DataFrame:
+    """Labels of ``model`` received in ``[start, end)`` (UTC; open ends when None).
+
+    With ``latest`` (the default) only the last label received per ``(inference_id, row)``,
+    and per ``entity_key`` for labels given by entity alone, is kept: sending a label again
+    is a no-op and a correction replaces the earlier one.
+    """
+    frame = _read(root, LABELS, model, start, end, storage_options, order="received_at")
+    return latest_labels(frame) if latest else frame
+
+
+def latest_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """The last-received label per ``(inference_id, row)`` and per entity-only key."""
+    if frame.empty:
+        return frame
+    ordered = frame.sort_values("received_at", kind="stable")
+    by_id = ordered[ordered["inference_id"].notna()]
+    by_entity = ordered[ordered["inference_id"].isna()]
+    by_id = by_id.drop_duplicates(["inference_id", "row"], keep="last")
+    by_entity = by_entity.drop_duplicates(["entity_key"], keep="last")
+    import pandas as pd
+
+    return (
+        pd.concat([by_id, by_entity])
+        .sort_values("received_at", kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def _bound(value: datetime | date | str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise MonitoringError(
+                f"{name} {value!r} is not an ISO date or time", code="bad_time"
+            ) from exc
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _day_folders(fs: Any, base: str, start: datetime | None, end: datetime | None) -> Iterable[str]:
+    if not fs.exists(base):
+        return []
+    folders = []
+    for entry in fs.ls(base, detail=False):
+        name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+        if not name.startswith("date="):
+            continue
+        try:
+            day = date.fromisoformat(name.removeprefix("date="))
+        except ValueError:
+            continue
+        if start is not None and day < start.date():
+            continue
+        if end is not None and datetime(day.year, day.month, day.day, tzinfo=UTC) >= end:
+            continue
+        folders.append(str(entry).rstrip("/"))
+    return sorted(folders)
+
+
+def _read(  # noqa: PLR0917 - private, called from two places with the same order
+    root: str,
+    kind: str,
+    model: str,
+    start: datetime | date | str | None,
+    end: datetime | date | str | None,
+    storage_options: Mapping[str, Any] | None,
+    order: str | None = None,
+) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = capture_schema() if kind == CAPTURE else label_schema()
+    low, high = _bound(start, "start"), _bound(end, "end")
+    fs, base = filesystem(kind_uri(root, kind, model), **dict(storage_options or {}))
+    tables = []
+    for folder in _day_folders(fs, base, low, high):
+        for path in sorted(fs.ls(folder, detail=False)):
+            if not str(path).endswith(".parquet"):
+                continue  # a writer's temporary file, or a stranger's
+            with fs.open(path, "rb") as handle:
+                tables.append(_conform(pq.read_table(handle), schema, kind))
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    frame = table.to_pandas(types_mapper=_types)
+    column = DAY_COLUMN[kind]
+    if low is not None:
+        frame = frame[frame[column] >= low]
+    if high is not None:
+        frame = frame[frame[column] < high]
+    return frame.sort_values(order or column, kind="stable").reset_index(drop=True)
+
+
+def _types(arrow_type: pa.DataType) -> Any:
+    # strings as pandas' string dtype and nullable integers/bools, whatever pandas' default
+    import pandas as pd
+    import pyarrow as pa
+
+    if pa.types.is_string(arrow_type):
+        return pd.StringDtype()
+    if pa.types.is_int32(arrow_type):
+        return pd.Int32Dtype()
+    if pa.types.is_boolean(arrow_type):
+        return pd.BooleanDtype()
+    return None
+
+
+# ---------------------------------------------------------------------- joining
+
+
+def join_labels(capture: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """``capture`` with the columns ``label``, ``label_time``, ``label_source`` and
+    ``label_delay_s`` (seconds from the prediction to the label's arrival); NaN/NaT where a
+    row has no label yet.
+
+    A row takes the label of its ``(inference_id, row)``; failing that, its entity's latest
+    label when the prediction was made at or before that label's ``label_time``. Shadow rows
+    share the served row's inference id and row, so they get the same label. ``labels`` may
+    hold several labels per key; the last received wins (see :func:`latest_labels`).
+    """
+    import pandas as pd
+
+    result = capture.reset_index(drop=True).copy()
+    empty = pd.Series([float("nan")] * len(result), index=result.index, dtype="float64")
+    no_time = pd.Series(pd.NaT, index=result.index, dtype="datetime64[ms, UTC]")
+    result["label"] = empty
+    result["label_time"] = no_time
+    result["label_source"] = pd.Series([None] * len(result), index=result.index, dtype="string")
+    received = no_time.copy()
+    if len(result) and len(labels):
+        chosen = latest_labels(labels)
+        keep = ["label", "label_time", "received_at", "source"]
+        by_id = chosen[chosen["inference_id"].notna()]
+        if len(by_id):
+            left = result[["inference_id", "row"]].astype({"inference_id": "string"})
+            left["row"] = left["row"].astype("int64")
+            right = by_id[["inference_id", "row", *keep]].astype({"inference_id": "string"})
+            right["row"] = right["row"].fillna(0).astype("int64")
+            matched = left.merge(right, on=["inference_id", "row"], how="left")
+            matched.index = result.index
+            _fill(result, received, matched, result["label"].isna())
+        by_entity = chosen[chosen["inference_id"].isna() & chosen["entity_key"].notna()]
+        if len(by_entity) and "entity_key" in result:
+            left = result[["entity_key"]].astype("string")
+            right = by_entity[["entity_key", *keep]].astype({"entity_key": "string"})
+            matched = left.merge(right, on="entity_key", how="left")
+            matched.index = result.index
+            applies = result["label"].isna() & (result["time"] <= matched["label_time"])
+            _fill(result, received, matched, applies.fillna(False).astype(bool))
+    delay = (received - result["time"]).dt.total_seconds()
+    result["label_delay_s"] = delay.astype("float64")
+    return result
+
+
+def _fill(result: pd.DataFrame, received: pd.Series, matched: pd.DataFrame, where: Any) -> None:
+    where = where & matched["label"].notna()
+    result.loc[where, "label"] = matched.loc[where, "label"].astype("float64")
+    result.loc[where, "label_time"] = matched.loc[where, "label_time"]
+    result.loc[where, "label_source"] = matched.loc[where, "source"]
+    received.loc[where] = matched.loc[where, "received_at"]
+
+
+def label_report(joined: pd.DataFrame, *, by: str = "variant") -> dict[str, dict[str, Any]]:
+    """Label coverage and delay per ``by`` value of a :func:`join_labels` result: rows,
+    labelled rows, coverage (0..1) and the delay's median, 90th percentile and maximum in
+    seconds (None without labels)."""
+    report: dict[str, dict[str, Any]] = {}
+    if joined.empty:
+        return report
+    for value, group in joined.groupby(by, sort=True, dropna=False):
+        labelled = group["label"].notna()
+        delays = group.loc[labelled, "label_delay_s"].dropna()
+        report[str(value)] = {
+            "rows": len(group),
+            "labelled": int(labelled.sum()),
+            "coverage": float(labelled.mean()) if len(group) else 0.0,
+            "delay_s_p50": float(delays.quantile(0.5)) if len(delays) else None,
+            "delay_s_p90": float(delays.quantile(0.9)) if len(delays) else None,
+            "delay_s_max": float(delays.max()) if len(delays) else None,
+        }
+    return report
+
+
+# ---------------------------------------------------------------------- labels in
+
+
+def label_value(value: Any, classes: Sequence[Any] | None, where: str) -> float:
+    """A label as the number stored: a class's index when ``classes`` (the model's, in
+    order) holds it, else the value itself as a number (regression, or a class index)."""
+    if classes:
+        for index, known in enumerate(classes):
+            if value == known or (isinstance(value, str) and value == str(known)):
+                return float(index)
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        number = float(value)
+        if math.isnan(number):  # NaN is not an outcome
+            raise MonitoringError(f"{where}: label is NaN", code="bad_label")
+        if classes and not (number.is_integer() and 0 <= number < len(classes)):
+            raise MonitoringError(
+                f"{where}: label {value!r} is neither a class of the model "
+                f"({list(classes)!r}) nor a class index",
+                code="bad_label",
+            )
+        return number
+    if isinstance(value, str):
+        try:
+            return label_value(float(value), classes, where)
+        except ValueError:
+            pass
+    known = f" (the model's classes are {list(classes)!r})" if classes else ""
+    raise MonitoringError(
+        f"{where}: label {value!r} is not a number or a class of the model{known}",
+        code="bad_label",
+    )
+
+
+def _time(value: Any, where: str, default: datetime) -> datetime:
+    if value is None or value == "":
+        return default
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    try:
+        parsed = _bound(value, "label_time")
+    except MonitoringError as exc:
+        raise MonitoringError(f"{where}: {exc.message}", code="bad_time") from None
+    if parsed is None:
+        return default
+    return parsed
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    return text or None
+
+
+def labels_table(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    source: str,
+    classes: Sequence[Any] | None = None,
+    received_at: datetime | None = None,
+    where: str = "labels",
+) -> pa.Table:
+    """Label records (``inference_id`` [+ ``row``] or ``entity_key``, ``label``, optional
+    ``label_time``) as a table of :func:`label_schema`, checked; each problem names the
+    record (``<where>[i]``) and the field. ``row`` defaults to 0 with an inference id."""
+    import pyarrow as pa
+
+    now = (received_at or datetime.now(UTC)).astimezone(UTC)
+    now = now - timedelta(microseconds=now.microsecond % 1000)
+    columns: dict[str, list[Any]] = {name: [] for name in LABEL_COLUMNS}
+    for index, record in enumerate(records):
+        at = f"{where}[{index}]"
+        if not isinstance(record, Mapping):
+            raise MonitoringError(f"{at}: a label must be an object", code="bad_label")
+        inference_id = _text(record.get("inference_id"))
+        entity_key = _text(record.get("entity_key"))
+        if inference_id is None and entity_key is None:
+            raise MonitoringError(
+                f"{at}: give inference_id (the request id a prediction returned) or entity_key",
+                code="missing_key",
+            )
+        row = record.get("row")
+        if row is None or (isinstance(row, float) and math.isnan(row)):
+            row = 0 if inference_id is not None else None
+        elif isinstance(row, bool) or not isinstance(row, int | float) or int(row) != row:
+            raise MonitoringError(f"{at}.row: {row!r} is not a row index", code="bad_row")
+        elif not 0 <= int(row) < 2**31:
+            raise MonitoringError(f"{at}.row: {row!r} is out of range", code="bad_row")
+        if "label" not in record or record["label"] is None:
+            raise MonitoringError(f"{at}: missing label", code="missing_label")
+        columns["inference_id"].append(inference_id)
+        columns["row"].append(None if row is None else int(row))
+        columns["entity_key"].append(entity_key)
+        columns["label"].append(label_value(record["label"], classes, f"{at}.label"))
+        columns["label_time"].append(_time(record.get("label_time"), f"{at}.label_time", now))
+        columns["received_at"].append(now)
+        columns["source"].append(source)
+    return pa.Table.from_pydict(columns, schema=label_schema())
+
+
+def write_labels(
+    root: str,
+    model: str,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    source: str,
+    classes: Sequence[Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    where: str = "labels",
+) -> tuple[int, list[str]]:
+    """Check and store label records for ``model``; return (rows, part URIs)."""
+    table = labels_table(records, source=source, classes=classes, where=where)
+    return table.num_rows, write_parts(root, LABELS, model, table, storage_options)

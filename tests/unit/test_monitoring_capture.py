@@ -1,0 +1,168 @@
+"""Capture and label storage: schemas, partitions, reading windows, idempotent labels, joins."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mlwp.monitoring import capture
+from mlwp.monitoring.capture import (
+    CAPTURE,
+    LABELS,
+    MonitoringError,
+    join_labels,
+    label_report,
+    labels_table,
+    read_capture,
+    read_labels,
+    write_labels,
+    write_parts,
+)
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 11, 28, 23, 59, 0, tzinfo=UTC)
+
+
+def capture_rows(rows: list[dict]) -> pa.Table:
+    base = {
+        "row": 0,
+        "model": "churn",
+        "version": "1",
+        "variant": "champion",
+        "served": True,
+        "routing_key": None,
+        "entity_key": None,
+        "inputs": "{}",
+        "prediction": 1.0,
+        "probability": 0.8,
+        "outputs": "{}",
+        "latency_ms": 1.5,
+    }
+    return pa.Table.from_pylist([{**base, **row} for row in rows], schema=capture.CAPTURE_SCHEMA)
+
+
+def test_schemas_are_the_contracts() -> None:
+    assert capture.CAPTURE_SCHEMA.names == list(capture.CAPTURE_COLUMNS)
+    assert capture.LABEL_SCHEMA.names == list(capture.LABEL_COLUMNS)
+    assert capture.CAPTURE_SCHEMA.field("time").type == pa.timestamp("ms", tz="UTC")
+    assert capture.CAPTURE_SCHEMA.field("row").type == pa.int32()
+    with pytest.raises(AttributeError):
+        _ = capture.NO_SUCH_THING  # type: ignore[attr-defined]
+
+
+def test_parts_split_by_day_and_read_back_by_window(tmp_path: Path) -> None:
+    root = tmp_path.as_uri()
+    table = capture_rows(
+        [
+            {"inference_id": "a", "time": T0},
+            {"inference_id": "b", "time": T0 + timedelta(minutes=2)},  # next day
+            {"inference_id": "c", "time": T0 + timedelta(days=1, minutes=2)},
+        ]
+    )
+    uris = write_parts(root, CAPTURE, "churn", table)
+    assert len(uris) == 3
+    days = sorted(
+        p.parent.name for p in (tmp_path / "monitoring/capture/model=churn").rglob("*.parquet")
+    )
+    assert days == ["date=2026-11-28", "date=2026-11-29", "date=2026-11-30"]
+    assert pq.read_schema(uris[0].removeprefix("file://")) == capture.CAPTURE_SCHEMA
+
+    everything = read_capture(root, "churn")
+    assert list(everything["inference_id"]) == ["a", "b", "c"]
+    assert list(everything.columns) == list(capture.CAPTURE_COLUMNS)
+    window = read_capture(root, "churn", T0 + timedelta(minutes=1), "2026-11-30T00:00:00")
+    assert list(window["inference_id"]) == ["b"]
+    assert read_capture(root, "other").empty
+    assert list(read_capture(root, "other").columns) == list(capture.CAPTURE_COLUMNS)
+
+
+def test_missing_columns_are_named(tmp_path: Path) -> None:
+    with pytest.raises(MonitoringError, match=r"lack column.*latency_ms"):
+        write_parts(tmp_path.as_uri(), CAPTURE, "m", capture_rows([]).drop(["latency_ms"]))
+
+
+def test_labels_are_checked_with_where_and_what() -> None:
+    with pytest.raises(MonitoringError, match=r"feedback\[1\]: give inference_id"):
+        labels_table(
+            [{"inference_id": "x", "label": 1}, {"label": 0}], source="api", where="feedback"
+        )
+    with pytest.raises(MonitoringError, match=r"labels\[0\]\.label: label 'maybe'.*'no', 'yes'"):
+        labels_table([{"entity_key": "c1", "label": "maybe"}], source="api", classes=["no", "yes"])
+    with pytest.raises(MonitoringError, match=r"labels\[0\]\.row"):
+        labels_table([{"inference_id": "x", "row": 1.5, "label": 1}], source="api")
+    with pytest.raises(MonitoringError, match=r"labels\[0\]\.label_time"):
+        labels_table([{"inference_id": "x", "label": 1, "label_time": "yesterday"}], source="a")
+    table = labels_table(
+        [{"inference_id": "x", "label": "yes"}, {"entity_key": 42, "label": 0, "row": None}],
+        source="api",
+        classes=["no", "yes"],
+    )
+    assert table.column("label").to_pylist() == [1.0, 0.0]
+    assert table.column("row").to_pylist() == [0, None]
+    assert table.column("entity_key").to_pylist() == [None, "42"]
+
+
+def test_latest_label_wins_and_resending_is_a_no_op(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    first = datetime.now(UTC) - timedelta(hours=1)
+    for received, label in ((first, 0), (first + timedelta(minutes=1), 1)):
+        table = labels_table(
+            [{"inference_id": "a", "label": label}, {"entity_key": "c1", "label": label}],
+            source="api",
+            received_at=received,
+        )
+        write_parts(root, LABELS, "churn", table)
+    write_labels(root, "churn", [{"inference_id": "a", "label": 1}], source="api")
+    every = read_labels(root, "churn", latest=False)
+    assert len(every) == 5
+    latest = read_labels(root, "churn")
+    assert sorted(zip(latest["inference_id"].fillna("-"), latest["label"], strict=True)) == [
+        ("-", 1.0),
+        ("a", 1.0),
+    ]
+
+
+def test_join_by_inference_id_then_entity_with_delay() -> None:
+    frame = capture_rows(
+        [
+            {"inference_id": "a", "time": T0},
+            {"inference_id": "a", "time": T0, "variant": "shadow", "served": False, "version": "2"},
+            {"inference_id": "b", "row": 1, "time": T0, "entity_key": "c1"},
+            {"inference_id": "c", "time": T0 + timedelta(hours=5), "entity_key": "c1"},
+            {"inference_id": "d", "time": T0},
+        ]
+    ).to_pandas()
+    labels = labels_table(
+        [
+            {"inference_id": "a", "label": 1, "label_time": T0 + timedelta(minutes=5)},
+            {"entity_key": "c1", "label": 0, "label_time": T0 + timedelta(hours=1)},
+        ],
+        source="api",
+        received_at=T0 + timedelta(hours=2),
+    ).to_pandas()
+    joined = join_labels(frame, labels)
+    assert joined["label"].tolist()[:3] == [1.0, 1.0, 0.0]
+    # c was predicted after the entity's outcome; d has no label
+    assert joined["label"].isna().tolist()[3:] == [True, True]
+    assert joined["label_delay_s"].tolist()[:3] == [7200.0, 7200.0, 7200.0]
+    assert joined["label_source"].tolist()[0] == "api"
+    report = label_report(joined)
+    assert report["champion"]["rows"] == 4 and report["champion"]["labelled"] == 2
+    assert report["champion"]["coverage"] == 0.5
+    assert report["shadow"]["delay_s_p50"] == 7200.0
+    assert join_labels(frame, labels.iloc[0:0])["label"].isna().all()
+
+
+def test_s3_roundtrip(s3_bucket: str) -> None:
+    root = f"s3://{s3_bucket}/platform"
+    write_parts(root, CAPTURE, "churn", capture_rows([{"inference_id": "a", "time": T0}]))
+    write_labels(root, "churn", [{"inference_id": "a", "label": 1}], source="api")
+    joined = join_labels(read_capture(root, "churn"), read_labels(root, "churn"))
+    assert joined["label"].tolist() == [1.0]
+    assert isinstance(joined, pd.DataFrame)
