@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from platform_process import clean_environment, running_platform
-from real_path import REAL_PATH_OPT_IN, create_client_key, run_churn
+from real_path import create_client_key, run_churn
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, REAL_PATH_OPT_IN]
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.timeout(2400)
