@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         default="1Gi", description="KubernetesExecutor: memory request and limit of a task pod."
     )
     jwt_expiration_seconds: int = Field(default=3600, ge=60)
-    statsd_on: bool = False
+    statsd_on: bool = True
     statsd_host: str = "127.0.0.1"
     statsd_port: int = 9125
 

@@ -36,7 +36,8 @@ MEANINGS = {
     "expectations_folder": "Great Expectations suites (<suite>.json) named by definitions.",
     "parallelism": "Airflow [core] parallelism: task slots of the executor.",
     "jwt_expiration_seconds": "Lifetime of the REST API's JWTs.",
-    "statsd_on": "Send Airflow metrics to statsd.",
+    "statsd_on": "Send Airflow metrics (and mlwp's task metrics) to statsd, with tags as labels "
+    "(docs/observability.md); a closed port loses them harmlessly.",
     "statsd_host": "statsd host of Airflow metrics.",
     "statsd_port": "statsd port of Airflow metrics.",
     "admin_username": "The admin user `mlwp up` creates.",

@@ -167,6 +167,11 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
         ("metrics", "statsd_host"): settings.statsd_host,
         ("metrics", "statsd_port"): str(settings.statsd_port),
         ("metrics", "statsd_prefix"): "airflow",
+        # Ids as tags (labels at the exporter), not inside names: dag ids are
+        # <project>.<workflow>, and a dot in a StatsD name is a separator
+        # (observability/statsd/mapping.yaml, docs/observability.md).
+        ("metrics", "statsd_influxdb_enabled"): "True",
+        ("metrics", "legacy_names_on"): "False",
         # Health comes from the api-server's /api/v2/monitor/health (heartbeats of the
         # scheduler, dag-processor and triggerer); the scheduler's own health server binds a
         # fixed port (8974) that would clash between two installs on one machine.

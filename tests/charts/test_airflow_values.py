@@ -128,6 +128,8 @@ def test_airflow_options_agree_with_the_generated_configuration(
         ("api_auth", "jwt_expiration_time"),
         ("api_auth", "jwt_issuer"),
         ("metrics", "statsd_prefix"),
+        ("metrics", "statsd_influxdb_enabled"),
+        ("metrics", "legacy_names_on"),
         ("scheduler", "enable_health_check"),
     ]:
         assert config[section][key] == generated[(section, key)], (section, key)

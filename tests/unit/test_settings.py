@@ -35,7 +35,10 @@ def test_airflow_uses_fab_and_no_examples(tmp_path: Path) -> None:
     env = airflow_environment(Settings(home=tmp_path))
     assert env["AIRFLOW__CORE__AUTH_MANAGER"] == FAB_AUTH_MANAGER
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
-    assert env["AIRFLOW__METRICS__STATSD_ON"] == "False"
+    # StatsD on in every mode (issue #17), ids as tags rather than inside the names.
+    assert env["AIRFLOW__METRICS__STATSD_ON"] == "True"
+    assert env["AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED"] == "True"
+    assert env["AIRFLOW__METRICS__LEGACY_NAMES_ON"] == "False"
     assert env["AIRFLOW__API_AUTH__JWT_EXPIRATION_TIME"] == "3600"
 
 
