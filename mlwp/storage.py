@@ -6,6 +6,9 @@ A dataset is a Parquet file named by the sha256 of its bytes, with a JSON sideca
     <root>/<project>/datasets/<name>/<sha256>.json     rows, columns, schema, source, sha256,
                                                         created, validation (once validated)
 
+Data larger than a worker's memory is stored with the same names, the ``.parquet`` being a
+folder of partition files (:mod:`mlwp.partitions`).
+
 Content addressing makes writes idempotent: writing the same frame twice yields the same
 URI, and a retried task never produces a second copy. Reading a dataset back recomputes the
 sha256 and refuses a file whose bytes no longer match its name.
@@ -303,6 +306,11 @@ class Storage:
         import pandas as pd
 
         expected = self.sha256_of_uri(uri) if verify else ""
+        fs, path = self._fs(uri)
+        if fs.isdir(path):  # a partitioned dataset (mlwp.partitions): its files, verified
+            from mlwp.partitions import read_partitioned
+
+            return read_partitioned(self, uri, verify=verify)
         data = self.read_bytes(uri)
         if verify:
             actual = hashlib.sha256(data).hexdigest()

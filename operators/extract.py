@@ -19,7 +19,9 @@ class ExtractOperator(MlwpOperator):
     """Extract a source into a content-addressed Parquet dataset and emit it as an asset event.
 
     Exactly one of ``source`` (a path relative to the project folder, ``file://`` or
-    ``s3://``) or ``query`` with ``conn_id`` (an Airflow Postgres connection) is given. The
+    ``s3://``) or ``query`` with ``conn_id`` (an Airflow Postgres connection) is given.
+    With ``rows_per_partition`` or ``partition_by`` the source is streamed (Arrow record
+    batches, a server-side cursor for a query) into a partitioned dataset (docs/scale.md). The
     dataset is named after the task; its document (URI, sha256, rows, columns) is returned
     to XCom and attached to the asset events of the task's outlets.
     """
@@ -38,6 +40,8 @@ class ExtractOperator(MlwpOperator):
         format: str | None = None,
         read_options: dict[str, Any] | None = None,
         dataset: str | None = None,
+        rows_per_partition: int | None = None,
+        partition_by: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,6 +57,17 @@ class ExtractOperator(MlwpOperator):
         self.format = format
         self.read_options = read_options or {}
         self.dataset = dataset or self.task_id
+        if rows_per_partition is not None and rows_per_partition < 1:
+            raise ValueError(
+                f"task {self.task_id!r}: rows_per_partition must be >= 1, got {rows_per_partition}"
+            )
+        self.rows_per_partition = rows_per_partition
+        self.partition_by = list(partition_by or [])
+
+    @property
+    def streams(self) -> bool:
+        """Whether the extract streams into a partitioned dataset (docs/scale.md)."""
+        return self.rows_per_partition is not None or bool(self.partition_by)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp import etl
@@ -60,14 +75,29 @@ class ExtractOperator(MlwpOperator):
 
         started = time.monotonic()
         storage = self.storage()
-        if self.query is not None:
+        if self.query is not None and self.streams:
+            ref = self._query_partitioned(storage)
+        elif self.query is not None:
             frame = self._query_frame()
             ref = etl.store_extract(
                 frame,
                 storage=storage,
                 project=self.project,
                 name=self.dataset,
-                source=f"postgres://{self.conn_id} {self.query}",
+                source=self._query_source(),
+            )
+        elif self.streams:
+            ref = etl.extract_partitioned(
+                str(self.source),
+                storage=storage,
+                project=self.project,
+                name=self.dataset,
+                project_dir=self.project_dir,
+                fmt=self.format,
+                read_options=self.read_options,
+                rows_per_partition=self.rows_per_partition,
+                partition_by=self.partition_by,
+                source_storage_options=self._source_storage_options(),
             )
         else:
             ref = etl.extract(
@@ -99,8 +129,68 @@ class ExtractOperator(MlwpOperator):
         self.stat("timing", "extract.seconds", (time.monotonic() - started) * 1000)
         return document
 
+    def _query_source(self) -> str:
+        return f"postgres://{self.conn_id} {self.query}"
+
+    def _source_storage_options(self) -> dict[str, Any]:
+        """Credentials for an ``s3://`` source: those of the task's AWS connection."""
+        from operators._common import s3_storage_options
+
+        if str(self.source).startswith("s3://"):
+            return s3_storage_options(self.aws_conn_id)
+        return {}
+
+    def _query_partitioned(self, storage: Any) -> Any:
+        """Run the query with a server-side cursor and stream its rows into partitions."""
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        from mlwp import etl
+
+        hook = PostgresHook(postgres_conn_id=self.conn_id)
+        connection = hook.get_conn()
+        try:
+            # A named cursor is a PostgreSQL server-side cursor: rows arrive as fetched.
+            with connection.cursor(name=f"mlwp_{self.task_id}"[:63]) as cursor:
+                cursor.itersize = etl_batch_rows()
+                cursor.execute(str(self.query))
+                # psycopg2 fills a named cursor's description only after a first fetch.
+                first = cursor.fetchmany(etl_batch_rows())
+                reader = etl.cursor_reader(_Prefetched(cursor, first), batch_rows=etl_batch_rows())
+                return etl.write_reader(
+                    reader,
+                    storage=storage,
+                    project=self.project,
+                    name=self.dataset,
+                    source=self._query_source(),
+                    rows_per_partition=self.rows_per_partition,
+                    partition_by=self.partition_by,
+                )
+        finally:
+            connection.close()
+
     def _query_frame(self) -> Any:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         hook = PostgresHook(postgres_conn_id=self.conn_id)
         return hook.get_df(str(self.query), df_type="pandas")
+
+
+def etl_batch_rows() -> int:
+    """Rows fetched from the database per round trip (and per Arrow record batch)."""
+    return 65_536
+
+
+class _Prefetched:
+    """A cursor whose first batch was already fetched (to learn the column types)."""
+
+    def __init__(self, cursor: Any, first: list[Any]) -> None:
+        self._cursor = cursor
+        self._first: list[Any] | None = first
+        self.description = cursor.description
+
+    def fetchmany(self, size: int) -> list[Any]:
+        if self._first is not None:
+            rows, self._first = self._first, None
+            return rows
+        rows: list[Any] = self._cursor.fetchmany(size)
+        return rows

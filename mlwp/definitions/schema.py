@@ -454,6 +454,25 @@ class ExtractTask(TaskBase):
         default=None, description="Inferred from the source's suffix when unset."
     )
     read_options: dict[str, Any] = Field(default_factory=dict)
+    rows_per_partition: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stream the source in bounded memory into a partitioned dataset of files "
+        "of at most this many rows (docs/scale.md).",
+    )
+    partition_by: (
+        Annotated[
+            list[Annotated[str, StringConstraints(min_length=1)]],
+            BeforeValidator(_to_list),
+            _one_or_many({"type": "string", "minLength": 1}, 1),
+            Field(min_length=1),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Stream the source into a dataset partitioned by these columns' values "
+        "(Hive-style folders, docs/scale.md).",
+    )
 
     PRODUCES_DATASET: ClassVar[bool] = True
 

@@ -26,6 +26,15 @@ with DAG("crm.extract", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UT
         workflow="extract",
         outlets=[Asset(name="crm.extract.customers", uri="x-mlwp://crm/extract/customers")],
     )
+    # The same rows through a server-side cursor, streamed into partitions of 2 rows.
+    ExtractOperator(
+        task_id="customers_streamed",
+        query="select id, plan, spend from customers order by id",
+        conn_id="mlwp_test_pg",
+        rows_per_partition=2,
+        project="crm",
+        workflow="extract",
+    )
 '''
 
 
@@ -77,3 +86,9 @@ def test_extract_query_into_storage(
     assert "<= 2" in sidecar["source"]  # the query was templated before it ran
     frame = storage.read_dataset(sidecar["uri"])
     assert frame["plan"].tolist() == ["basic", "pro"]
+    (streamed,) = storage.versions("crm", "customers_streamed")
+    assert streamed["layout"] == "partitioned"
+    assert [p["rows"] for p in streamed["partitions"]] == [2, 1]
+    rows = storage.read_dataset(streamed["uri"])
+    assert rows["id"].tolist() == [1, 2, 3] and rows["plan"].tolist() == ["basic", "pro", "basic"]
+    assert rows["spend"].iloc[:2].tolist() == [10.5, 99.0] and rows["spend"].isna().iloc[2]
