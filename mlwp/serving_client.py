@@ -165,7 +165,7 @@ def _request_reload(
 ) -> tuple[dict[str, Any] | None, ReloadOutcome | None]:
     url = f"{base}/admin/reload"
     try:
-        response = http.post(url, headers=headers, timeout=request_timeout)
+        response = http.post(url, headers=_with_trace_context(headers), timeout=request_timeout)
     except httpx.HTTPError as exc:
         message = f"not reachable at {url} ({type(exc).__name__}: {exc}); it will poll the change"
         logger.info("Serving %s", message)
@@ -185,6 +185,19 @@ def _request_reload(
         (sync or {}).get("state", "done"),
     )
     return sync, None
+
+
+def _with_trace_context(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus the current OpenTelemetry context (W3C ``traceparent``), when there is
+    one: in a task run with Airflow's traces on, the task's span, so serving's reload span
+    joins the deploy's trace. Nothing is added without an active span or OpenTelemetry."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:  # pragma: no cover - OpenTelemetry comes with Airflow
+        return headers
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {**headers, **carrier}
 
 
 def _read_models(

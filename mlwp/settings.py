@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     statsd_on: bool = True
     statsd_host: str = "127.0.0.1"
     statsd_port: int = 9125
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint (such as http://otel-collector:4318) receiving traces: "
+        "Airflow's task-run spans ([traces] otel_on) and serving's (MLWP_SERVING_OTEL_ENDPOINT "
+        "of the serving `mlwp up` starts); tracing is off when unset.",
+    )
 
     serving_base_url: str | None = Field(
         default=None,

@@ -24,6 +24,7 @@ from serving.api.routes import admin, health, metrics, models, predict
 from serving.core.config import ServingSettings, get_settings
 from serving.core.logging import configure_logging
 from serving.core.state import Services
+from serving.core.tracing import setup_tracing
 
 log = structlog.get_logger("mlwp.serving")
 
@@ -66,6 +67,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await services.close()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # flushes the spans still batched
 
     app = FastAPI(
         title="mlwp serving",
@@ -92,7 +95,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         metrics=services.metrics,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,
+        tracing=bool(settings.otel_endpoint),
     )
+    tracer_provider = setup_tracing(app, settings)
+    if tracer_provider is not None:
+        services.syncs.tracer = tracer_provider.get_tracer("mlwp.serving")
     _install_openapi(app, services)
     return app
 

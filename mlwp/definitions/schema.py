@@ -202,15 +202,28 @@ class EmailNotifierSpec(StrictModel):
     conn: str = Field(default="smtp_default", description="Airflow connection id of type smtp.")
 
 
-# A bare string is a connection id whose type (smtp, slack, slackwebhook) is looked up when
-# the alert fires: connection types are not knowable while parsing (no database access).
+class PagerDutyNotifierSpec(StrictModel):
+    """Trigger a PagerDuty incident through an Events API v2 connection (PagerDuty provider)."""
+
+    pagerduty: str = Field(
+        description="Airflow connection id of type pagerduty_events (the integration key as "
+        "its password; its host, when set, is the Events API base URL, e.g. the EU region's)."
+    )
+    severity: Literal["critical", "error", "warning", "info"] = Field(
+        default="error", description="Severity of the PagerDuty event."
+    )
+
+
+# A bare string is a connection id whose type (smtp, slack, slackwebhook, pagerduty_events)
+# is looked up when the alert fires: connection types are not knowable while parsing (no
+# database access).
 def _notifier_kind(value: Any) -> str | None:
     if isinstance(value, str):
         return "connection"
     if isinstance(value, BaseModel):
         return _NOTIFIER_TAGS.get(type(value).__name__)
     if isinstance(value, dict):
-        for key in ("slack_webhook", "slack", "email"):
+        for key in ("slack_webhook", "slack", "email", "pagerduty"):
             if key in value:
                 return key
     return None
@@ -220,19 +233,21 @@ _NOTIFIER_TAGS = {
     "SlackNotifierSpec": "slack",
     "SlackWebhookNotifierSpec": "slack_webhook",
     "EmailNotifierSpec": "email",
+    "PagerDutyNotifierSpec": "pagerduty",
 }
 
 Notifier = Annotated[
     Annotated[str, Tag("connection")]
     | Annotated[SlackNotifierSpec, Tag("slack")]
     | Annotated[SlackWebhookNotifierSpec, Tag("slack_webhook")]
-    | Annotated[EmailNotifierSpec, Tag("email")],
+    | Annotated[EmailNotifierSpec, Tag("email")]
+    | Annotated[PagerDutyNotifierSpec, Tag("pagerduty")],
     Discriminator(
         _notifier_kind,
         custom_error_type="notifier_kind",
         custom_error_message=(
             "a notifier is a connection id or a mapping with one of the keys "
-            "slack, slack_webhook, email"
+            "slack, slack_webhook, email, pagerduty"
         ),
     ),
 ]

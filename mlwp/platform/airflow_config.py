@@ -216,11 +216,28 @@ def airflow_environment(settings: Settings) -> dict[str, str]:
     # Unconfigured, its records propagate to Airflow's logging at their real level.
     env["MLFLOW_CONFIGURE_LOGGING"] = "false"
     env.update(shared_state_environment(settings))
+    env.update(tracing_environment(settings))
     admin_key = generated_admin_key(settings)
     if admin_key is not None:
         # The deploy task's key for serving's POST /admin/reload (mlwp.platform.serving_key).
         env["MLWP_SERVING_ADMIN_KEY"] = admin_key
     return env
+
+
+def tracing_environment(settings: Settings) -> dict[str, str]:
+    """OpenTelemetry for Airflow's task runs and for serving (``mlwp up`` gives serving the
+    same environment), when ``MLWP_OTEL_ENDPOINT`` is set: Airflow 3 wraps each task run in
+    a span (``worker.<task_id>``) and exports it over OTLP/HTTP; the deploy task's reload
+    request carries that span's context to serving (docs/observability.md)."""
+    if not settings.otel_endpoint:
+        return {}
+    return {
+        "AIRFLOW__TRACES__OTEL_ON": "True",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": settings.otel_endpoint,
+        "OTEL_TRACES_EXPORTER": "otlp_proto_http",
+        "OTEL_SERVICE_NAME": "mlwp-airflow",
+        "MLWP_SERVING_OTEL_ENDPOINT": settings.otel_endpoint,
+    }
 
 
 def shared_state_environment(settings: Settings) -> dict[str, str]:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serving.api.responses import error_body
 from serving.core.errors import RequestTimeout
 from serving.core.metrics import Metrics, child
+from serving.core.tracing import current_trace_id
 
 log = structlog.get_logger("mlwp.serving.access")
 
@@ -57,11 +58,13 @@ class ServingMiddleware:
         metrics: Metrics,
         max_body_bytes: int,
         body_timeout_seconds: float = 30.0,
+        tracing: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout_seconds
+        self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,6 +81,10 @@ class ServingMiddleware:
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        if self.tracing:  # the request's span is current (OpenTelemetry's middleware is outside)
+            trace_id = current_trace_id(request_id)
+            if trace_id is not None:
+                structlog.contextvars.bind_contextvars(trace_id=trace_id)
         status = 500
         path: str = scope["path"]
         is_doc = path.startswith(_DOC_PATHS)
@@ -144,7 +151,7 @@ class ServingMiddleware:
                     status=status,
                     ms=round(elapsed * 1000, 3),
                 )
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "trace_id")
 
 
 def _too_large(length: bytes, limit: int) -> bool:

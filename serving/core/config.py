@@ -149,6 +149,16 @@ class ServingSettings(BaseSettings):
     prediction_log_stream: str = "mlwp:predictions"
     prediction_log_maxlen: int = Field(default=100_000, ge=1)
     log_level: str = "INFO"
+    # Tracing (OpenTelemetry): off unless an OTLP endpoint is given (docs/observability.md).
+    otel_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint receiving serving's traces, such as "
+        "http://otel-collector:4318 (spans go to <endpoint>/v1/traces); tracing is off when "
+        "unset.",
+    )
+    otel_service_name: str = Field(
+        default="mlwp-serving", description="service.name of serving's spans."
+    )
 
     @field_validator("failed_auth_limit", mode="before")
     @classmethod

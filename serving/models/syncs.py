@@ -91,6 +91,9 @@ class SyncRunner:
         self._ids = 0
         self._task: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlwp-sync")
+        # An OpenTelemetry tracer when tracing is on (serving.core.tracing): each sync is a
+        # span, a child of the request that started it (this task copies its context).
+        self.tracer: Any | None = None
 
     def request(self, trigger: str) -> tuple[SyncRun, str]:
         """A sync that will read the registry after this call, and how it was obtained
@@ -128,9 +131,11 @@ class SyncRunner:
         """Run the current sync, then the queued one, until none is left."""
         while (run := self.running) is not None:
             run.started_at = _now()
+            span = contextlib.nullcontext() if self.tracer is None else self._span(run)
             try:
-                loop = asyncio.get_running_loop()
-                run.result = await loop.run_in_executor(self._thread, self.manager.sync)
+                with span:
+                    loop = asyncio.get_running_loop()
+                    run.result = await loop.run_in_executor(self._thread, self.manager.sync)
             except asyncio.CancelledError:
                 run.error = "cancelled: the service is shutting down"
                 raise
@@ -151,6 +156,11 @@ class SyncRunner:
                         registry_error=(run.result or {}).get("registry_error"),
                         error=run.error,
                     )
+
+    def _span(self, run: SyncRun) -> Any:
+        assert self.tracer is not None
+        attributes = {"mlwp.sync.id": run.id, "mlwp.sync.trigger": run.trigger}
+        return self.tracer.start_as_current_span("serving.registry_sync", attributes=attributes)
 
     async def close(self) -> None:
         """Stop driving syncs (a sync already in a thread finishes there); wake waiters."""

@@ -130,7 +130,9 @@ def test_alerts_become_lazy_notifiers(full) -> None:
         ("slack", "slack_ml"),
         ("slack_webhook", "slack_hook"),
         ("email", "smtp_default"),
+        ("pagerduty", "pagerduty_ml"),
     ]
+    assert on_failure[4].severity == "critical"
     assert on_failure[1].channel == "#ml"
     assert on_failure[3].to == ["ml@example.com"]
     [retry] = dag.default_args["on_retry_callback"]

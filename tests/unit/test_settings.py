@@ -111,3 +111,13 @@ def test_preloaded_modules_exist_without_importing_them() -> None:
             spec = PathFinder.find_spec(part, path)
             assert spec is not None, name
             path = spec.submodule_search_locations
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set(tmp_path: Path) -> None:
+    env = airflow_environment(Settings(home=tmp_path))
+    assert "AIRFLOW__TRACES__OTEL_ON" not in env and "MLWP_SERVING_OTEL_ENDPOINT" not in env
+    on = airflow_environment(Settings(home=tmp_path, otel_endpoint="http://collector:4318"))
+    assert on["AIRFLOW__TRACES__OTEL_ON"] == "True"  # Airflow's spans of task runs
+    assert on["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert on["OTEL_TRACES_EXPORTER"] == "otlp_proto_http"
+    assert on["MLWP_SERVING_OTEL_ENDPOINT"] == "http://collector:4318"  # serving's, same place
