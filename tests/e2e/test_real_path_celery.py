@@ -33,9 +33,9 @@ from celery_platform import (
     require,
 )
 from platform_process import RunningPlatform, running_platform
-from real_path import REAL_PATH_OPT_IN, TRAIN, create_client_key, run_churn
+from real_path import TRAIN, create_client_key, run_churn
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, REAL_PATH_OPT_IN]
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
 def experiment_locations(platform: RunningPlatform) -> dict[str, str]:
