@@ -519,6 +519,47 @@ def rollback(name: str) -> dict[str, Any]:
     return _snapshot(name)
 
 
+def restore(name: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """Set the aliases and traffic of ``name`` to ``state`` exactly (a recorded snapshot).
+
+    ``state`` is ``{"aliases": {alias: version}, "traffic": {alias: percent}}`` as the history
+    records it. Everything is checked before anything changes: every version must still
+    exist and the traffic must only send requests to aliases the state sets.
+    """
+    target = {str(a): str(v) for a, v in (state.get("aliases") or {}).items()}
+    traffic = dict(state.get("traffic") or {"champion": 100})
+    for alias, version in target.items():
+        _check_alias(alias)
+        _check_version(name, version)
+    for alias, percent in traffic.items():
+        _check_alias(alias)
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise RegistryError(f"traffic.{alias}: expected an integer 0-100, got {percent!r}")
+        if percent > 0 and alias not in target:
+            raise RegistryError(
+                f"the state sends {percent}% of the traffic to alias {alias!r}, which it "
+                "does not set"
+            )
+    if sum(traffic.values()) != 100:
+        raise RegistryError(f"traffic must sum to 100, got {sum(traffic.values())} ({traffic})")
+    mlflow_client = client()
+    current = aliases(name)
+    # Aliases first, then the split: serving never reads a split naming an unset alias.
+    for alias in ALIASES:
+        if alias in target and current.get(alias) != target[alias]:
+            mlflow_client.set_registered_model_alias(name, alias, target[alias])
+    mlflow_client.set_registered_model_tag(name, TRAFFIC_TAG, orjson.dumps(traffic).decode())
+    for alias in ALIASES:
+        if alias not in target and alias in current:
+            mlflow_client.delete_registered_model_alias(name, alias)
+    return _snapshot(name)
+
+
+def snapshot(name: str) -> dict[str, Any]:
+    """The aliases and traffic of ``name`` now (``{"aliases": ..., "traffic": ...}``)."""
+    return _snapshot(name)
+
+
 def deploy(
     name: str, version: str | int, alias: str, traffic: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:

@@ -28,6 +28,9 @@ class DeployOperator(MlwpOperator):
     ``GET /v1/models`` shows the version under the alias (``mlwp.serving_client``). What it
     saw is logged and returned; serving being unreachable, slow or failing to load never
     fails the task, because the registry is the contract and serving also polls it.
+
+    The change is recorded in the model's history (``mlwp models history``) with the actor
+    ``workflow:<dag_id>``, the run and the approvers (``mlwp.model_changes``).
     """
 
     template_fields: Sequence[str] = ("model", "alias", "traffic")
@@ -69,7 +72,7 @@ class DeployOperator(MlwpOperator):
         self.serving_timeout = serving_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlwp import registry
+        from mlwp import model_changes, registry
         from operators import _registry
         from operators.links import mlflow_model_version_url
 
@@ -97,8 +100,19 @@ class DeployOperator(MlwpOperator):
                 version,
             )
             alias, traffic = "champion", {"champion": 100}
+        ids = self.lineage(context)
+        approved_by = registration.get("approvals") or registration.get("approved_by")
         try:
-            snapshot = registry.deploy(self.model, version, alias, traffic)
+            snapshot = model_changes.deploy(
+                model_changes.workflow_actor(ids["dag_id"]),
+                self.model,
+                version,
+                alias,
+                traffic,
+                reason=f"deployed by {ids['dag_id']} run {ids['run_id']}",
+                run={k: ids[k] for k in ("dag_id", "run_id", "task_id")},
+                approved_by=approved_by,
+            )
         except registry.RegistryError as exc:
             raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
         self.log.info(

@@ -68,6 +68,8 @@ class AuditEvent(BaseModel):
     action: str = Field(min_length=1)
     target: str
     details: dict[str, Any] = Field(default_factory=dict)
+    # The row id in the trail (insertion order); None until recorded.
+    id: int | None = None
 
 
 def audit_path(home: Path | None = None) -> Path:
@@ -236,7 +238,7 @@ def record(
     try:
         engine = _ready_engine(url)
         with engine.begin() as connection:
-            connection.execute(
+            inserted = connection.execute(
                 _table()
                 .insert()
                 .values(
@@ -247,11 +249,12 @@ def record(
                     details=stored,
                 )
             )
+            keys = inserted.inserted_primary_key
     except SQLAlchemyError as exc:
         raise AuditError(
             f"audit record {action!r} by {actor!r}: database {_shown(url)}: {exc}"
         ) from exc
-    return event
+    return event.model_copy(update={"id": int(keys[0])}) if keys else event
 
 
 def _to_event(row: Any) -> AuditEvent:
@@ -264,6 +267,7 @@ def _to_event(row: Any) -> AuditEvent:
         action=row.action,
         target=row.target,
         details=row.details or {},
+        id=row.id,
     )
 
 

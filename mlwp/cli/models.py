@@ -21,7 +21,9 @@ ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="Why; recorded in the audit trail.")
 ]
 
-app = typer.Typer(help="Registered models: list, promote, rollback, traffic.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered models: list, promote, rollback, traffic, history.", no_args_is_help=True
+)
 
 
 def _connect() -> None:
@@ -123,20 +125,63 @@ def promote_command(
 @app.command("rollback")
 def rollback_command(
     name: Annotated[str, typer.Argument(help="Registered model name.")],
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Event id (from `mlwp models history`): return to the state right after it; "
+            "or a time (ISO 8601, UTC unless it names a zone): the state in force then. "
+            "Default: the state before the last promotion.",
+        ),
+    ] = None,
     reason: ReasonOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Restore the aliases and traffic from before the last promotion."""
+    """Return the aliases and traffic to an earlier recorded state, in one step."""
     from mlwp import model_changes
 
     _connect()
     try:
-        after = model_changes.rollback(_actor(), name, reason)
+        after = model_changes.rollback(_actor(), name, reason, to=to)
     except MlwpError as exc:
         _fail(exc)
         return
     if not _emit(after, json_output):
-        typer.echo(f"{name}: rolled back; aliases {after['aliases']}, traffic {after['traffic']}")
+        typer.echo(f"{name}: rolled back to {model_changes.describe_state(after)}")
+
+
+@app.command("history")
+def history_command(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    limit: Annotated[int, typer.Option(help="Show at most this many changes.", min=1)] = 50,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every alias and traffic change of a model, newest first: who, why, from -> to."""
+    from mlwp import model_changes
+
+    try:
+        changes = model_changes.history(name, limit)
+    except MlwpError as exc:
+        _fail(exc)
+        return
+    if _emit(changes, json_output):
+        return
+    if not changes:
+        typer.echo(f"{name}: no recorded alias or traffic changes")
+        return
+    table = Table("event", "time (UTC)", "actor", "action", "from", "to", "reason")
+    for change in changes:
+        details = change["details"]
+        table.add_row(
+            str(change.get("id") or ""),
+            change["timestamp"][:19].replace("T", " "),
+            change["actor"] + (f" ({details['kind']})" if details.get("kind") else ""),
+            change["action"],
+            model_changes.describe_state(details.get("from")),
+            model_changes.describe_state(details.get("to")),
+            str(details.get("reason") or ""),
+        )
+    Console(width=200).print(table)
 
 
 @app.command("traffic")

@@ -180,6 +180,22 @@ def test_deployed_versions_answer_predict_with_their_variant(
     challenger = second["version"]
     assert challenger != champion
 
+    # Both deploys are in the model's history, by the workflow, with from -> to (issue #14).
+    from mlwp import model_changes
+
+    history = model_changes.history(MODEL)
+    assert [(h["action"], h["details"]["kind"]) for h in history] == [
+        ("model.deploy", "workflow"),
+        ("model.deploy", "workflow"),
+    ], history
+    assert history[0]["actor"] == "workflow:churn.train"
+    assert history[0]["details"]["from"]["aliases"] == {"champion": champion}
+    assert history[0]["details"]["to"]["aliases"] == {
+        "champion": champion,
+        "challenger": challenger,
+    }
+    assert history[0]["details"]["approved_by"] == "auto"
+
     listed = serving.get("/v1/models")
     assert listed.status_code == 200, listed.text
     (entry,) = listed.json()["models"]

@@ -237,6 +237,72 @@ def test_cli_models_commands(logged: dict[str, str]) -> None:
     assert actions == ["traffic.set", "model.promote", "model.rollback"]
 
 
+def test_history_and_rollback_to_any_recorded_state(logged: dict[str, str]) -> None:
+    """Every change, by a workflow or a person, is in `mlwp models history` with from -> to;
+    `mlwp models rollback --to <event id>` returns to any of them in one step (issue #14)."""
+    import orjson
+    from typer.testing import CliRunner
+
+    from mlwp import model_changes
+    from mlwp.cli import app
+
+    name = "churn-history"
+    v1 = registry.register(name, logged["weak"], lineage("h1")).version
+    v2 = registry.register(name, logged["strong"], lineage("h2")).version
+    first = model_changes.deploy("workflow:churn.train", name, v1, "champion")
+    assert first == {"aliases": {"champion": v1}, "traffic": {"champion": 100}}
+    model_changes.deploy(
+        "workflow:churn.train", name, v2, "challenger", {"champion": 90, "challenger": 10}
+    )
+    model_changes.set_traffic(
+        "guardrail:churn.train",
+        name,
+        {"champion": 100, "challenger": 0},
+        "p99 latency",
+        kind="guardrail",
+    )
+    model_changes.promote("alice", name, v2, "v2 wins")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["models", "history", name, "--json"])
+    assert shown.exit_code == 0, shown.output
+    changes = orjson.loads(shown.stdout)
+    assert [(c["actor"], c["action"], c["details"]["kind"]) for c in changes] == [
+        ("alice", "model.promote", "person"),
+        ("guardrail:churn.train", "traffic.set", "guardrail"),
+        ("workflow:churn.train", "model.deploy", "workflow"),
+        ("workflow:churn.train", "model.deploy", "workflow"),
+    ]
+    canary = changes[2]
+    assert canary["details"]["from"] == {"aliases": {"champion": v1}, "traffic": {"champion": 100}}
+    assert canary["details"]["to"] == {
+        "aliases": {"champion": v1, "challenger": v2},
+        "traffic": {"champion": 90, "challenger": 10},
+    }
+    table = runner.invoke(app, ["models", "history", name])
+    assert "champion v1 90%, challenger v2 10%" in table.output, table.output
+
+    # One step back to the canary state, two changes ago.
+    back = runner.invoke(app, ["models", "rollback", name, "--to", str(canary["id"]), "--json"])
+    assert back.exit_code == 0, back.output
+    assert registry.snapshot(name) == canary["details"]["to"]
+    # ... to the very first state, by time
+    moment = changes[-1]["timestamp"]
+    assert runner.invoke(app, ["models", "rollback", name, "--to", moment]).exit_code == 0
+    assert registry.snapshot(name) == {"aliases": {"champion": v1}, "traffic": {"champion": 100}}
+    # ... and the default: before the last promotion (the guardrail's state).
+    assert runner.invoke(app, ["models", "rollback", name, "--reason", "undo"]).exit_code == 0
+    assert registry.snapshot(name) == changes[1]["details"]["to"]
+    again = runner.invoke(app, ["models", "rollback", name])
+    assert again.exit_code == 1 and "nothing to roll back" in again.output
+    bad = runner.invoke(app, ["models", "rollback", name, "--to", "999999"])
+    assert bad.exit_code == 1 and "is not a recorded alias or traffic change" in bad.output
+    # Each rollback is itself in the history, with what it restored.
+    latest = model_changes.history(name, limit=3)
+    assert [c["action"] for c in latest] == ["model.rollback"] * 3
+    assert latest[0]["details"]["reason"] == "undo"
+    assert latest[2]["details"]["restored"].startswith(f"the state after event {canary['id']}")
+
+
 def test_train_model_tunes_and_tracks_one_run(tracking: str, data: dict, tmp_path: Path) -> None:
     import mlflow
 

@@ -1,0 +1,113 @@
+"""The alias/traffic history read back from the audit trail, and which state a rollback picks
+(issue #14): on a private SQLite trail, without MLflow (tests/integration/test_registry.py
+runs the same against a real MLflow server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from mlwp import audit, model_changes
+from mlwp.registry import RegistryError
+
+pytestmark = pytest.mark.unit
+
+S1 = {"aliases": {"champion": "1"}, "traffic": {"champion": 100}}
+S2 = {
+    "aliases": {"champion": "1", "challenger": "2"},
+    "traffic": {"champion": 90, "challenger": 10},
+}
+S3 = {
+    "aliases": {"champion": "1", "challenger": "2"},
+    "traffic": {"champion": 50, "challenger": 50},
+}
+S4 = {"aliases": {"champion": "2"}, "traffic": {"champion": 100}}
+
+
+@pytest.fixture
+def trail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[audit.AuditEvent]]:
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+    events = [
+        audit.record(
+            "workflow:churn.train",
+            "model.deploy",
+            "churn",
+            {
+                "from": {"aliases": {}, "traffic": {"champion": 100}},
+                "to": S1,
+                "alias": "champion",
+                "kind": "workflow",
+            },
+        ),
+        audit.record(
+            "workflow:churn.train",
+            "model.deploy",
+            "churn",
+            {"from": S1, "to": S2, "alias": "challenger", "kind": "workflow"},
+        ),
+        audit.record("apikey-admin", "apikey.create", "churn", {}),  # not a model change
+        audit.record(
+            "workflow:churn.train",
+            "traffic.set",
+            "churn",
+            {"from": S2, "to": S3, "kind": "workflow", "reason": "rollout step 2/3"},
+        ),
+        audit.record("alice", "model.promote", "churn", {"from": S3, "to": S4, "kind": "person"}),
+        audit.record("bob", "model.promote", "other", {"from": S1, "to": S4}),
+    ]
+    yield events
+
+
+def test_history_is_the_models_changes_newest_first_with_ids(trail: list) -> None:
+    changes = model_changes.history("churn")
+    assert [c["action"] for c in changes] == [
+        "model.promote",
+        "traffic.set",
+        "model.deploy",
+        "model.deploy",
+    ]
+    assert [c["id"] for c in changes] == [trail[4].id, trail[3].id, trail[1].id, trail[0].id]
+    assert changes[1]["details"]["reason"] == "rollout step 2/3"
+    assert model_changes.history("churn", limit=1)[0]["actor"] == "alice"
+
+
+def test_default_rollback_target_is_the_state_before_the_last_promotion(trail: list) -> None:
+    state, described = model_changes.target_state("churn")
+    assert state == S3
+    assert str(trail[4].id) in described
+
+
+def test_rollback_target_by_event_id_is_the_state_right_after_it(trail: list) -> None:
+    assert model_changes.target_state("churn", trail[1].id)[0] == S2
+    assert model_changes.target_state("churn", trail[0].id)[0] == S1
+    with pytest.raises(RegistryError, match="is not a recorded alias or traffic change of 'churn'"):
+        model_changes.target_state("churn", trail[2].id)  # an api key event
+    with pytest.raises(RegistryError, match="is not a recorded"):
+        model_changes.target_state("churn", trail[5].id)  # another model's
+
+
+def test_rollback_target_by_time_is_the_state_in_force_then(trail: list) -> None:
+    just_after = trail[3].timestamp + timedelta(microseconds=1)
+    assert model_changes.target_state("churn", just_after)[0] == S3
+    assert model_changes.target_state("churn", datetime.now(UTC))[0] == S4
+    with pytest.raises(RegistryError, match="history starts later"):
+        model_changes.target_state("churn", trail[0].timestamp - timedelta(days=1))
+
+
+def test_parse_point_and_describe_state() -> None:
+    assert model_changes.parse_point(" 42 ") == 42
+    assert model_changes.parse_point("2026-01-31T09:00") == datetime(2026, 1, 31, 9, tzinfo=UTC)
+    assert model_changes.parse_point("2026-01-31T09:00Z") == datetime(2026, 1, 31, 9, tzinfo=UTC)
+    with pytest.raises(RegistryError, match=r"expected an event id .* got 'yesterday'"):
+        model_changes.parse_point("yesterday")
+    assert model_changes.describe_state(S2) == "champion v1 90%, challenger v2 10%"
+    assert model_changes.describe_state({"aliases": {}, "traffic": {}}) == "none"
+    assert model_changes.describe_state(None) == "-"
+
+
+def test_nothing_to_roll_back_without_a_promotion(trail: list) -> None:
+    with pytest.raises(RegistryError, match="'unknown' has nothing to roll back"):
+        model_changes.target_state("unknown")
