@@ -1,4 +1,4 @@
-"""One MLflow run per training: params, metrics, the two-flavour model and plots.
+"""One MLflow run per training: params, metrics, the two-flavour model, plots, drift baseline.
 
 Works for any backend: it only needs the model directory the entry point wrote (locally, or
 downloaded from SageMaker's ``model.tar.gz``) and the raw splits for the plots.
@@ -156,6 +156,11 @@ def log_model_run(
         metadata={"mlwp_objective": model.objective},
     )
     log_plots(run_id, model, splits)
+    if "train" in splits and len(splits["train"]):
+        # the drift baseline of this version (docs/monitoring.md, "Drift")
+        from mlwp.monitoring.drift import log_baseline
+
+        log_baseline(run_id, model, splits["train"])
     run = client.get_run(run_id)
     return TrackedModel(
         run_id=run_id,

@@ -1,0 +1,126 @@
+"""The MonitorResult of simulated traffic read back from real Parquet parts (issue #14):
+traffic and SRM, label coverage, metrics with intervals, the challenger decision, the shadow
+pair, only current versions counted, and the document's MLflow metrics and HTML."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from monitoring_data import simulate, utc, write
+
+from mlwp.monitoring import report
+from mlwp.monitoring.capture import join_labels, read_capture, read_labels
+
+pytestmark = pytest.mark.unit
+
+MODEL = "churn"
+
+
+def _records(rng: np.random.Generator, n: int) -> list[dict]:
+    return [
+        {"tenure": float(t), "contract": c}
+        for t, c in zip(rng.gamma(2, 12, n), rng.choice(["month", "year"], n), strict=True)
+    ]
+
+
+def _joined(tmp_path: Path, **kwargs: object):
+    rng = np.random.default_rng(kwargs.pop("seed", 40))
+    capture, labels = simulate(
+        rng,
+        model=MODEL,
+        records=_records,
+        start=utc(2026, 11, 1),
+        span=timedelta(days=20),
+        **kwargs,
+    )
+    root = tmp_path.as_uri()
+    write(root, MODEL, capture, labels)
+    return join_labels(read_capture(root, MODEL), read_labels(root, MODEL))
+
+
+def test_better_challenger_found_and_document_complete(tmp_path: Path) -> None:
+    versions = {"champion": "1", "challenger": "2", "shadow": "3"}
+    joined = _joined(
+        tmp_path,
+        requests=8000,
+        split={"champion": 50, "challenger": 50},
+        versions=versions,
+        accuracy={"champion": 0.78, "challenger": 0.86},
+        shadow_accuracy=0.78,
+        label_share=0.8,
+    )
+    result = report.analyse(joined, split={"champion": 50, "challenger": 50}, versions=versions)
+    assert result["metric"] == "accuracy"
+    assert result["comparison"]["decision"] == "challenger_better"
+    assert result["comparison"]["p_value"] < 0.05 and result["comparison"]["low"] > 0
+    assert result["srm"]["mismatch"] is False
+    assert set(result["traffic"]) == {"champion", "challenger"}
+    assert 0.45 < result["traffic"]["challenger"]["share"] < 0.55
+    coverage = result["label_coverage"]["champion"]
+    assert 0.75 < coverage["coverage"] < 0.85 and coverage["delay_s_p50"] > 0
+    accuracy = result["metrics"]["challenger"]["accuracy"]
+    assert accuracy["low"] < 0.86 < accuracy["high"] and accuracy["method"] == "wilson"
+    assert {"roc_auc", "log_loss", "brier", "label_rate"} <= set(result["metrics"]["champion"])
+    # the shadow (as good as the champion) is paired with the served rows of its requests
+    shadow = result["shadow"]
+    assert shadow["paired_rows"] == shadow["rows"] == 8000
+    assert shadow["comparison"]["method"] == "paired msprt"
+    assert 0 < shadow["agreement"]["value"] < 1
+    json.dumps(result)
+    metrics = report.flat_metrics(result)
+    assert metrics["challenger.accuracy"] == pytest.approx(accuracy["value"])
+    assert "comparison.p_value" in metrics and "srm.p_value" in metrics
+    page = report.to_html(result, title="Monitoring of churn")
+    assert "challenger better on accuracy" in page and "<table>" in page
+
+
+def test_worse_challenger_srm_and_old_versions(tmp_path: Path) -> None:
+    # delivered 60/40 while the split says 90/10: a mismatch; challenger clearly worse
+    joined = _joined(
+        tmp_path,
+        requests=5000,
+        split={"champion": 60, "challenger": 40},
+        versions={"champion": "1", "challenger": "2"},
+        accuracy={"champion": 0.85, "challenger": 0.75},
+    )
+    result = report.analyse(
+        joined,
+        split={"champion": 90, "challenger": 10},
+        versions={"champion": "1", "challenger": "2"},
+    )
+    assert result["srm"]["mismatch"] is True and result["srm"]["p_value"] < 1e-6
+    assert result["comparison"]["decision"] == "challenger_worse"
+    found = report.alerts(result)
+    assert any("sample-ratio mismatch" in a for a in found)
+    assert any("challenger worse" in a for a in found)
+    # a new challenger version starts a new experiment: the old version's rows are ignored
+    fresh = report.analyse(
+        joined,
+        split={"champion": 90, "challenger": 10},
+        versions={"champion": "1", "challenger": "7"},
+    )
+    assert fresh["comparison"]["decision"] == "no_difference_yet"
+    assert "challenger" in fresh["comparison"]["reason"]
+    assert "challenger" not in fresh["metrics"]
+
+
+def test_no_labels_and_empty_capture(tmp_path: Path) -> None:
+    joined = _joined(
+        tmp_path,
+        requests=300,
+        split={"champion": 100},
+        versions={"champion": "1"},
+        accuracy={"champion": 0.8},
+        label_share=0.0,
+    )
+    result = report.analyse(joined, split={"champion": 100}, versions={"champion": "1"})
+    assert result["labelled_rows"] == 0 and result["metrics"] == {}
+    assert result["comparison"]["decision"] == "no_difference_yet"
+    assert result["label_coverage"]["champion"]["coverage"] == 0.0
+    empty = report.analyse(joined.iloc[:0], split={"champion": 100}, versions={})
+    assert empty["rows"] == 0 and empty["srm"]["mismatch"] is False
+    json.dumps(empty)
