@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Asset, Param
 
-from mlwp.definitions import AssetSchedule, Project, Workflow, asset_name, asset_uri
+from mlwp.definitions import (
+    AssetSchedule,
+    MonitorTask,
+    Project,
+    Workflow,
+    asset_name,
+    asset_uri,
+)
 from mlwp.definitions.loading import DEFINITION_FILENAME, check_file
 from mlwp.definitions.problems import DefinitionError, Problem, format_path
 from mlwp.definitions.schema import TaskBase
@@ -206,7 +213,32 @@ def build_dag(
             )
             continue
         factory = operator_factory(task.type)
-        tasks[task_id] = heads[task_id] = factory(**task.operator_kwargs(), **context, **base)
+        extra: dict[str, Any] = {}
+        if isinstance(task, MonitorTask):
+            extra["notifiers"] = alert_notifiers(project.alerts.on_failure, FAILURE_TEXT)
+        tasks[task_id] = heads[task_id] = factory(
+            **task.operator_kwargs(), **context, **base, **extra
+        )
+        if isinstance(task, MonitorTask) and task.retrain_on_drift:
+            # a task of its own, so "no drift" can skip it: a skipped task emits no asset
+            # event, a succeeding one always does (operators/monitor.py)
+            from operators.monitor import DriftSignalOperator
+
+            signal = DriftSignalOperator(
+                task_id=f"{task_id}.retrain",
+                monitor_task_id=task_id,
+                dag=dag,
+                outlets=[
+                    Asset(
+                        name=asset_name(project.project, workflow_name, task_id),
+                        uri=asset_uri(project.project, workflow_name, task_id),
+                    )
+                ],
+                doc_md=f"Updates asset `{asset_name(project.project, workflow_name, task_id)}` "
+                "when the monitor found drift (a workflow scheduled on it retrains); skipped "
+                "otherwise.",
+            )
+            tasks[task_id] >> signal
     for task_id, task in workflow.tasks.items():
         for upstream in task.after:
             tasks[upstream] >> heads[task_id]

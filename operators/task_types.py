@@ -31,6 +31,7 @@ OPERATORS: dict[str, str] = {
     "deploy": "operators.deploy.DeployOperator",
     "batch_predict": "operators.batch_predict.BatchPredictOperator",
     "python": "operators.python_callable.PythonCallableOperator",
+    "monitor": "operators.monitor.MonitorOperator",
 }
 
 OperatorFactory = Callable[..., BaseOperator]

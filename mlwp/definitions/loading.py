@@ -535,6 +535,12 @@ def _asset_problem(name: str, project: Any, workflows: Mapping[str, Any]) -> str
     if not isinstance(task, Mapping):
         return f"unknown task '{parts[2]}' in asset '{name}'{did_you_mean(parts[2], tasks)}"
     model = TASK_MODELS.get(str(task.get("type")))
+    if task.get("type") == "monitor":
+        if task.get("retrain_on_drift") is True:
+            return None  # its drift signal (operators/monitor.py)
+        return (
+            f"task '{parts[2]}' (monitor) updates asset '{name}' only with retrain_on_drift: true"
+        )
     if model is not None and not model.PRODUCES_DATASET:
         return f"task '{parts[2]}' ({task.get('type')}) produces no dataset, so no asset '{name}'"
     return None

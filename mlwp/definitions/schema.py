@@ -943,6 +943,122 @@ class PythonTask(TaskBase):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+DriftMethod = Literal[
+    "anderson",
+    "chisquare",
+    "cramer_von_mises",
+    "ed",
+    "empirical_mmd",
+    "es",
+    "fisher_exact",
+    "g_test",
+    "hellinger",
+    "jensenshannon",
+    "kl_div",
+    "ks",
+    "mannw",
+    "psi",
+    "t_test",
+    "TVD",
+    "wasserstein",
+    "z",
+]
+MonitorMetric = Literal["accuracy", "log_loss", "brier", "absolute_error", "squared_error"]
+MonitorAlert = Literal["srm", "drift", "challenger_worse", "challenger_better"]
+
+
+class DriftColumn(StrictModel):
+    """How one column is tested for drift (Evidently's method name and its threshold)."""
+
+    method: DriftMethod | None = Field(
+        default=None, description="Evidently drift method; the shared `method` when unset."
+    )
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        description="p-value methods: drift below it; distance methods: drift at or above it.",
+    )
+
+
+class DriftSpec(StrictModel):
+    """Drift of captured inputs and predictions against the training baseline."""
+
+    enabled: bool = True
+    method: DriftMethod | None = Field(
+        default=None,
+        description="Method for every column it applies to; Evidently's choice when unset "
+        "(K-S / chi-square up to 1,000 baseline rows, Wasserstein / Jensen-Shannon above).",
+    )
+    threshold: float | None = Field(default=None, gt=0, description="Threshold of `method`.")
+    columns: dict[ColumnName, DriftColumn] = Field(
+        default_factory=dict, description="Per-column method and threshold."
+    )
+    drift_share: Fraction | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Alarm when at least this share of columns drifted; any one column when unset.",
+    )
+    predictions: bool = Field(
+        default=True, description="Also test the prediction and probability columns."
+    )
+    min_rows: int = Field(
+        default=100, ge=1, description="Fewer captured rows in the window: no drift test."
+    )
+
+
+class MonitorTask(TaskBase):
+    """Analyse captured predictions: traffic, labels, metrics, challenger, drift."""
+
+    type: Literal["monitor"] = "monitor"
+    model: str = Field(description="Registered model name in MLflow.")
+    window: Duration = Field(
+        default=timedelta(days=1),
+        description="Recent captured rows tested for drift and sample-ratio mismatch.",
+    )
+    lookback: Duration = Field(
+        default=timedelta(days=30),
+        description="How far back the comparison reads (rows of the current versions only).",
+    )
+    metric: MonitorMetric | None = Field(
+        default=None,
+        description="Per-row metric compared: accuracy for class labels, squared_error "
+        "for values when unset.",
+    )
+    alpha: Fraction = Field(
+        default=0.05, gt=0, lt=1, description="Always-valid significance level."
+    )
+    effect: float | None = Field(
+        default=None,
+        gt=0,
+        description="The difference worth finding, in metric units (the mSPRT's tau); a "
+        "tenth of the per-row standard deviation when unset.",
+    )
+    min_samples: int = Field(
+        default=100, ge=2, description="Labelled rows each arm needs before a decision."
+    )
+    confidence: Fraction = Field(default=0.95, gt=0, lt=1, description="Of the metrics' intervals.")
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    alert_on: list[MonitorAlert] = Field(
+        default_factory=lambda: ["srm", "drift", "challenger_worse"],
+        description="Findings sent through the project's alerts.on_failure notifiers.",
+    )
+    retrain_on_drift: bool = Field(
+        default=False,
+        description="On drift, update the asset '<project>.<workflow>.<task>' (a workflow "
+        "scheduled on it retrains).",
+    )
+    experiment: str | None = Field(
+        default=None, description="MLflow experiment of the monitoring runs (the DAG id)."
+    )
+
+    @model_validator(mode="after")
+    def _lookback_covers_window(self) -> MonitorTask:
+        if self.lookback < self.window:
+            raise ValueError("'lookback' must be at least 'window'")
+        return self
+
+
 TASK_MODELS: dict[str, type[TaskBase]] = {
     "extract": ExtractTask,
     "validate": ValidateTask,
@@ -954,6 +1070,7 @@ TASK_MODELS: dict[str, type[TaskBase]] = {
     "deploy": DeployTask,
     "batch_predict": BatchPredictTask,
     "python": PythonTask,
+    "monitor": MonitorTask,
 }
 TASK_TYPES: tuple[str, ...] = tuple(TASK_MODELS)
 
@@ -967,7 +1084,8 @@ Task = Annotated[
     | ApproveTask
     | DeployTask
     | BatchPredictTask
-    | PythonTask,
+    | PythonTask
+    | MonitorTask,
     Field(discriminator="type"),
 ]
 

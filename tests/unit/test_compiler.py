@@ -261,7 +261,7 @@ def _projects(tmp_path: Path) -> Path:
 def test_load_projects_isolates_broken_definitions(tmp_path: Path) -> None:
     projects = _projects(tmp_path)
     result = load_projects(projects, expectations_dir=EXPECTATIONS, display_root=tmp_path)
-    assert sorted(result.dags) == ["churn.score", "churn.train"]
+    assert sorted(result.dags) == ["churn.monitor", "churn.score", "churn.train"]
     assert {path.parent.name for path in result.problems} == {"broken", "zz_again"}
     [broken] = result.problems[projects / "broken" / "workflow.yaml"]
     assert str(broken) == (

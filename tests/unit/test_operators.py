@@ -35,6 +35,7 @@ CASES = {
         {"model", "alias", "traffic"},
     ),
     "batch_predict": ({"model": "churn"}, {"model", "alias", "input", "output_path"}),
+    "monitor": ({"model": "churn", "window": "P1D", "drift": {"method": "ks"}}, {"model", "drift"}),
 }
 
 

@@ -1,0 +1,144 @@
+"""The monitor task type (issue #14): definition fields and checks, the compiled DAG (the
+drift signal task and its asset), the operator's arguments, settings and alert selection."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPECTATIONS = REPO_ROOT / "expectations"
+
+DEFINITION = """\
+project: shop
+owner: alice
+workflows:
+  watch:
+    schedule: "@daily"
+    tasks:
+      monitor:
+        type: monitor
+        model: shop
+        window: 12h
+        drift: {method: ks, threshold: 0.01, columns: {price: {method: psi, threshold: 0.2}}}
+        retrain_on_drift: true
+  retrain:
+    schedule: {assets: [shop.watch.monitor]}
+    tasks:
+      approve: {type: approve, mode: auto}
+"""
+
+
+def _load(tmp_path: Path, text: str):
+    from mlwp.definitions.loading import load_project
+
+    path = tmp_path / "shop" / "workflow.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return load_project(path)
+
+
+def test_definition_and_compiled_dag(tmp_path: Path) -> None:
+    from mlwp.definitions import MonitorTask
+    from operators.compiler import build_dag
+    from operators.monitor import DriftSignalOperator, MonitorOperator
+
+    project = _load(tmp_path, DEFINITION)
+    task = project.workflows["watch"].tasks["monitor"]
+    assert isinstance(task, MonitorTask)
+    assert task.window == timedelta(hours=12) and task.lookback == timedelta(days=30)
+    assert task.alert_on == ["srm", "drift", "challenger_worse"]
+
+    dag = build_dag(project, "watch", project_dir=tmp_path / "shop", grant_role=False)
+    monitor = dag.get_task("monitor")
+    signal = dag.get_task("monitor.retrain")
+    assert isinstance(monitor, MonitorOperator) and isinstance(signal, DriftSignalOperator)
+    assert monitor.window == timedelta(hours=12)
+    assert signal.upstream_task_ids == {"monitor"}
+    assert [o.name for o in signal.outlets] == ["shop.watch.monitor"]
+    assert not monitor.outlets
+    settings = monitor.settings()
+    assert settings.drift.for_column("price", "numerical") == ("psi", 0.2)
+    assert settings.drift.for_column("city", "categorical") == (None, None)  # ks: numerical only
+    assert settings.drift.for_column("age", "numerical") == ("ks", 0.01)
+
+
+def test_asset_of_a_monitor_needs_retrain_on_drift(tmp_path: Path) -> None:
+    from mlwp.definitions import DefinitionError
+
+    text = DEFINITION.replace("        retrain_on_drift: true\n", "")
+    with pytest.raises(DefinitionError) as info:
+        _load(tmp_path, text)
+    assert "only with retrain_on_drift: true" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"lookback": "1h"}, "'lookback' must be at least 'window'"),
+        ({"metric": "auc"}, "metric"),
+        ({"drift": {"method": "kss"}}, "drift.method"),
+        ({"alpha": 2}, "alpha"),
+        ({"alert_on": ["typo"]}, "alert_on"),
+    ],
+)
+def test_bad_fields_are_refused(tmp_path: Path, fields: dict, message: str) -> None:
+    import yaml
+
+    from mlwp.definitions import DefinitionError
+
+    data = yaml.safe_load(DEFINITION)
+    data["workflows"]["watch"]["tasks"]["monitor"].update(fields)
+    with pytest.raises(DefinitionError) as info:
+        _load(tmp_path, yaml.safe_dump(data))
+    assert message in str(info.value)
+
+
+def test_operator_arguments_and_findings() -> None:
+    from airflow.sdk import DAG
+
+    from operators.monitor import MonitorOperator
+
+    with DAG("shop.watch", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)):
+        op = MonitorOperator(task_id="m", model="shop", project="shop", alert_on=["drift"])
+        with pytest.raises(ValueError, match="window must be a duration"):
+            MonitorOperator(task_id="w", model="shop", project="shop", window="soon")
+        with pytest.raises(ValueError, match="metric must be one of"):
+            MonitorOperator(task_id="x", model="shop", project="shop", metric="auc")
+    assert op.window == timedelta(days=1) and op.lookback == timedelta(days=30)
+    result = {
+        "comparison": {"decision": "challenger_worse"},
+        "alerts": [
+            "sample-ratio mismatch: ...",
+            "challenger worse on accuracy: ...",
+            "drift in tenure (share 20%)",
+        ],
+    }
+    assert op.findings(result) == ["drift in tenure (share 20%)"]
+    op.alert_on = ("srm", "challenger_worse")
+    assert op.findings(result) == [
+        "sample-ratio mismatch: ...",
+        "challenger worse on accuracy: ...",
+    ]
+
+
+def test_schema_methods_match_the_drift_module() -> None:
+    from typing import get_args
+
+    from mlwp.definitions.schema import DriftMethod
+    from mlwp.monitoring.drift import METHODS
+
+    assert set(get_args(DriftMethod)) == set(METHODS)
+
+
+def test_churn_example_has_a_monitor_workflow() -> None:
+    from mlwp.definitions.loading import load_project
+
+    project = load_project(REPO_ROOT / "dags" / "projects" / "churn" / "workflow.yaml")
+    workflow = project.workflows["monitor"]
+    assert workflow.schedule == "@daily"
+    assert workflow.tasks["monitor"].type == "monitor"
