@@ -967,6 +967,10 @@ MonitorMetric = Literal["accuracy", "log_loss", "brier", "absolute_error", "squa
 MonitorAlert = Literal["srm", "drift", "challenger_worse", "challenger_better"]
 
 
+def _default_monitor_alerts() -> list[MonitorAlert]:
+    return ["srm", "drift", "challenger_worse"]
+
+
 class DriftColumn(StrictModel):
     """How one column is tested for drift (Evidently's method name and its threshold)."""
 
@@ -1040,7 +1044,7 @@ class MonitorTask(TaskBase):
     confidence: Fraction = Field(default=0.95, gt=0, lt=1, description="Of the metrics' intervals.")
     drift: DriftSpec = Field(default_factory=DriftSpec)
     alert_on: list[MonitorAlert] = Field(
-        default_factory=lambda: ["srm", "drift", "challenger_worse"],
+        default_factory=_default_monitor_alerts,
         description="Findings sent through the project's alerts.on_failure notifiers.",
     )
     retrain_on_drift: bool = Field(
