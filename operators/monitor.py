@@ -21,6 +21,7 @@ Heavy libraries (pandas, scipy, Evidently, MLflow) are imported in ``execute`` o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -198,8 +199,6 @@ class MonitorOperator(MlwpOperator):
         return selected
 
     def _alert(self, context: Context, result: dict[str, Any]) -> None:
-        from operators.notifiers import AlertNotifier
-
         found = self.findings(result)
         if not found:
             return
@@ -216,13 +215,9 @@ class MonitorOperator(MlwpOperator):
             )
             for notifier in self.notifiers:
                 try:
-                    AlertNotifier(
-                        kind=notifier.kind,
-                        conn_id=notifier.conn_id,
-                        text=text,
-                        channel=notifier.channel,
-                        to=notifier.to,
-                    ).notify(context)
+                    alert = copy.copy(notifier)  # the project's notifier, with this text
+                    alert.text = text
+                    alert.notify(context)
                 except Exception as exc:  # an alert that cannot be sent must not lose the look
                     self.log.error("alert through %s failed: %r", notifier.conn_id, exc)
 
