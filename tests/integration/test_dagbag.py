@@ -57,10 +57,16 @@ def test_dag_structure_equals_its_definition(dagbag, dag_id: str) -> None:
     project, workflow_name = DEFINED[dag_id]
     workflow = project.workflows[workflow_name]
     dag = dagbag.dags[dag_id]
-    assert {t.task_id for t in dag.tasks} == set(workflow.tasks)
+    # a monitor task with retrain_on_drift gets a drift-signal task after it (docs/monitoring.md)
+    signals = {
+        f"{task_id}.retrain": task_id
+        for task_id, task in workflow.tasks.items()
+        if task.type == "monitor" and task.retrain_on_drift
+    }
+    assert {t.task_id for t in dag.tasks} == set(workflow.tasks) | set(signals)
     assert {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids} == {
         (dep, task_id) for task_id, task in workflow.tasks.items() for dep in task.after
-    }
+    } | {(monitor, signal) for signal, monitor in signals.items()}
     default_retries = project.defaults.retries if workflow.retries is None else workflow.retries
     for task_id, task in workflow.tasks.items():
         expected = default_retries if task.retries is None else task.retries
