@@ -140,18 +140,18 @@ class DeployOperator(MlwpOperator):
     def _reload_serving(
         self, alias: str, version: str, traffic: dict[str, Any] | None
     ) -> ReloadOutcome:
+        from mlwp.platform.serving_key import task_admin_key
         from mlwp.serving_client import reload_and_wait
         from mlwp.settings import get_settings
 
         settings = get_settings()
-        key = settings.serving_admin_key
         return reload_and_wait(
             self.serving_url or settings.serving_url,
             self.model,
             alias,
             version,
             traffic,
-            api_key=key.get_secret_value() if key else None,
+            api_key=task_admin_key(settings),
             timeout=(
                 settings.deploy_serving_timeout_seconds
                 if self.serving_timeout is None

@@ -148,11 +148,12 @@ def serving_models() -> dict[str, Any]:
     """What serving has loaded (``GET /v1/models``), or why it could not be asked."""
     import httpx
 
+    from mlwp.platform.serving_key import task_admin_key
     from mlwp.settings import get_settings
 
     settings = get_settings()
-    key = settings.serving_admin_key
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    key = task_admin_key(settings)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(
             f"{settings.serving_url}/v1/models", headers=headers, timeout=SERVING_TIMEOUT_SECONDS
@@ -166,11 +167,12 @@ def serving_models() -> dict[str, Any]:
 
 def _reload_serving(model: str, after: dict[str, Any]) -> dict[str, Any]:
     """Ask serving to load the new state now (it would also notice on its next poll)."""
+    from mlwp.platform.serving_key import task_admin_key
     from mlwp.serving_client import reload_and_wait
     from mlwp.settings import get_settings
 
     settings = get_settings()
-    key = settings.serving_admin_key
+    key = task_admin_key(settings)
     champion = after["aliases"].get("champion")
     if champion is None:
         return {"state": "skipped", "message": "no champion to serve"}
@@ -180,7 +182,7 @@ def _reload_serving(model: str, after: dict[str, Any]) -> dict[str, Any]:
         "champion",
         champion,
         after.get("traffic"),
-        api_key=key.get_secret_value() if key else None,
+        api_key=key,
         timeout=RELOAD_WAIT_SECONDS,
     )
     return outcome.as_dict()

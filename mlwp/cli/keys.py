@@ -123,3 +123,24 @@ def revoke_command(
         store.close()
     record(getpass.getuser(), "apikey.revoke", key.key_id, {"name": key.name})
     typer.echo(f"revoked key {key.key_id} ({key.name})")
+
+
+@app.command("install-admin")
+def install_admin_command() -> None:
+    """Register the deploy task's admin key in serving's key store, as `mlwp up` does.
+
+    The token is ``MLWP_SERVING_ADMIN_KEY`` when set (the Helm chart's generated Secret), else
+    the one kept in ``<MLWP_HOME>/secrets.json``, made there on first use (docker compose's
+    init service, whose Airflow containers share that folder). Idempotent; the token is
+    never printed.
+    """
+    from mlwp.errors import PlatformError
+    from mlwp.platform.serving_key import KEY_NAME, ensure_serving_admin_key
+    from mlwp.settings import get_settings
+
+    try:
+        key_id = ensure_serving_admin_key(get_settings(), install_configured=True)
+    except PlatformError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"serving admin key {key_id} ({KEY_NAME}) is registered")

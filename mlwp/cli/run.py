@@ -238,15 +238,13 @@ def run_command(
 
 
 def _serving_key(settings: Any, key: str | None) -> str | None:
-    from mlwp.platform.serving_key import generated_admin_key
+    from mlwp.platform.serving_key import task_admin_key
 
     if key:
         return key
     if os.environ.get("MLWP_SERVING_API_KEY"):
         return os.environ["MLWP_SERVING_API_KEY"]
-    if settings.serving_admin_key is not None:
-        return str(settings.serving_admin_key.get_secret_value())
-    return generated_admin_key(settings) if settings.secrets_file.exists() else None
+    return task_admin_key(settings)
 
 
 def _serving_get(settings: Any, path: str) -> Any:

@@ -7,6 +7,7 @@ with a TLS Secret), each for two Kubernetes versions.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -312,8 +313,81 @@ def test_service_accounts_carry_irsa_roles_only_when_given() -> None:
 
 
 def test_secrets_are_referenced_never_rendered() -> None:
+    """Secrets come from the user; the one the chart makes holds a generated token only."""
     for values_file in CI_VALUES:
-        assert find(render(values_file), "Secret") == []
+        secrets = find(render(values_file), "Secret")
+        assert [s["metadata"]["name"] for s in secrets] in ([], ["mlwp-serving-admin-key"])
+        for secret in secrets:
+            assert set(secret["data"]) == {"token"}
+
+
+# --- the deploy task's serving admin key, as `mlwp up` makes it ------------------------------
+
+
+def generated_token(objects: list[dict[str, Any]]) -> str:
+    secret = one(objects, "Secret", "-serving-admin-key")
+    # Kept when the release goes: serving's key database holds its hash.
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def test_the_serving_admin_key_is_generated_in_servings_token_format(tmp_path: Path) -> None:
+    token = generated_token(render(MINIMAL))
+    other = generated_token(render(MINIMAL, values={"labels": {"x": "y"}}))
+    assert token != other  # random at install (an upgrade keeps the live Secret's: lookup)
+    # serving's own key store takes it as a token of its format.
+    from serving.keys.store import KeyStore, migrate
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    migrate(url)
+    store = KeyStore(url, pepper="pepper", cache_seconds=0)
+    key, added = store.install("mlwp-deploy", ["admin"], token)
+    assert added and key.is_admin and store.verify(token) is not None
+    store.close()
+
+
+def test_the_roles_sync_job_registers_the_key_that_airflow_sends() -> None:
+    job = one(render(MINIMAL), "Job", "-roles-sync")
+    registers = container(job["spec"]["template"]["spec"], "serving-admin-key")
+    assert registers["command"] == ["mlwp", "keys", "install-admin"]
+    env = env_of(registers)
+    key_ref = {"name": "mlwp-serving-admin-key", "key": "token"}
+    assert env["MLWP_SERVING_ADMIN_KEY"]["secretKeyRef"] == key_ref
+    assert env["MLWP_SERVING_DATABASE_URL"]["secretKeyRef"] == {
+        "name": "mlwp-serving",
+        "key": "database-url",
+    }
+    assert env["MLWP_SERVING_KEY_PEPPER"]["secretKeyRef"] == {
+        "name": "mlwp-serving",
+        "key": "key-pepper",
+    }
+    # The official chart's values hand the same Secret to every Airflow container and task pod.
+    airflow = yaml.safe_load((REPO_ROOT / "charts" / "airflow-values.yaml").read_text())
+    (entry,) = [e for e in airflow["secret"] if e["envName"] == "MLWP_SERVING_ADMIN_KEY"]
+    assert {"name": entry["secretName"], "key": entry["secretKey"]} == key_ref
+    pod = yaml.safe_load(airflow["podTemplate"])
+    pod_env = {e["name"]: e.get("valueFrom") for e in pod["spec"]["containers"][0]["env"]}
+    assert pod_env["MLWP_SERVING_ADMIN_KEY"]["secretKeyRef"] == key_ref
+
+
+def test_a_serving_admin_key_of_ones_own_is_used_and_none_generated() -> None:
+    objects = render(MINIMAL, values={"servingAdminKey": {"existingSecret": "my-key"}})
+    assert find(objects, "Secret") == []
+    job = one(objects, "Job", "-roles-sync")
+    env = env_of(container(job["spec"]["template"]["spec"], "serving-admin-key"))
+    assert env["MLWP_SERVING_ADMIN_KEY"]["secretKeyRef"] == {"name": "my-key", "key": "token"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"servingAdminKey": {"enabled": False}}, {"serving": {"enabled": False}}],
+    ids=["disabled", "no-serving"],
+)
+def test_no_serving_admin_key_when_off_or_serving_runs_elsewhere(values: dict[str, Any]) -> None:
+    objects = render(MINIMAL, values=values)
+    assert find(objects, "Secret") == []
+    spec = one(objects, "Job", "-roles-sync")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["roles-sync"]
 
 
 def test_the_ingress_terminates_tls_for_every_host() -> None:

@@ -138,14 +138,32 @@ def test_the_deploy_task_reaches_serving_with_a_key(compose: dict[str, Any]) -> 
         serving_base_url=env["MLWP_SERVING_BASE_URL"],
     )
     assert settings.serving_url == "http://serving:8000"
-    assert "MLWP_SERVING_ADMIN_KEY" in env
+    # Empty unless .env names a key of one's own: then every Airflow container reads the one
+    # airflow-init made in MLWP_HOME, the volume they all share at the same path.
+    assert env["MLWP_SERVING_ADMIN_KEY"] == "${MLWP_SERVING_ADMIN_KEY:-}"
+    init = compose["services"]["airflow-init"]
+    assert "mlwp keys install-admin" in init["command"][-1]
+    for name in (*AIRFLOW_SERVICES, "airflow-init", "airflow-worker"):
+        service = compose["services"][name]
+        assert service["environment"]["MLWP_HOME"] == "/var/lib/mlwp", name
+        assert "mlwp-data:/var/lib/mlwp" in service["volumes"], name
+    # The init service reaches serving's key database with serving's pepper.
+    for variable in ("MLWP_SERVING_DATABASE_URL", "MLWP_SERVING_KEY_PEPPER"):
+        serving = compose["services"]["serving"]["environment"][variable]
+        assert init["environment"][variable] == serving, variable
 
 
 def test_init_writes_the_webserver_config_and_syncs_roles_like_mlwp_up(
     compose: dict[str, Any],
 ) -> None:
     script = compose["services"]["airflow-init"]["command"][-1]
-    steps = ["airflow db migrate", "mlwp config webserver", "mlwp roles sync", "mlwp users add"]
+    steps = [
+        "airflow db migrate",
+        "mlwp config webserver",
+        "mlwp roles sync",
+        "mlwp keys install-admin",
+        "mlwp users add",
+    ]
     positions = [script.index(step) for step in steps]
     assert positions == sorted(positions)
 

@@ -103,3 +103,13 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Whether the chart registers the deploy task's serving admin key (serving runs here). */}}
+{{- define "mlwp.servingAdminKey.enabled" -}}
+{{- if and .Values.servingAdminKey.enabled .Values.serving.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the deploy task's serving admin key under `token`. */}}
+{{- define "mlwp.servingAdminKey.secretName" -}}
+{{- default (include "mlwp.componentName" (dict "root" . "component" "serving-admin-key")) .Values.servingAdminKey.existingSecret -}}
+{{- end -}}
