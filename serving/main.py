@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from serving.api.errors import install_error_handlers
 from serving.api.keyed_route import KeyedRoutes
 from serving.api.middleware import ServingMiddleware
-from serving.api.routes import admin, health, metrics, models, predict
+from serving.api.routes import admin, feedback, health, metrics, models, predict
 from serving.core.config import ServingSettings, get_settings
 from serving.core.logging import configure_logging
 from serving.core.state import Services
@@ -59,6 +59,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.capture.start()
         poller = asyncio.create_task(_poll(services))
         try:
             yield
@@ -78,7 +79,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    for module in (predict, health, models, admin, metrics):
+    for module in (predict, feedback, health, models, admin, metrics):
         app.include_router(module.router)
     # the prediction routes, ahead of the router (the middleware added first is innermost)
     app.add_middleware(KeyedRoutes, routes=app.routes)

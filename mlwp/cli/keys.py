@@ -42,7 +42,11 @@ def create_command(
     *,
     scope: Annotated[
         list[str],
-        typer.Option("--scope", "-s", help="admin, model:<name> or model:*; repeatable."),
+        typer.Option(
+            "--scope",
+            "-s",
+            help="admin, model:<name>, model:*, feedback:<name> or feedback:*; repeatable.",
+        ),
     ],
     rate_limit: Annotated[
         str | None, typer.Option(help="Per-key limit such as '100/second'; default setting.")

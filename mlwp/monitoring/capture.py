@@ -523,8 +523,11 @@ def write_labels(
     source: str,
     classes: Sequence[Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    received_at: datetime | None = None,
     where: str = "labels",
 ) -> tuple[int, list[str]]:
     """Check and store label records for ``model``; return (rows, part URIs)."""
-    table = labels_table(records, source=source, classes=classes, where=where)
+    table = labels_table(
+        records, source=source, classes=classes, received_at=received_at, where=where
+    )
     return table.num_rows, write_parts(root, LABELS, model, table, storage_options)

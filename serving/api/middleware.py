@@ -79,7 +79,9 @@ class ServingMiddleware:
             elif name == b"content-length":
                 length = value
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = started  # the capture's latency (serving/services/capture.py)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         if self.tracing:  # the request's span is current (OpenTelemetry's middleware is outside)
             trace_id = current_trace_id(request_id)

@@ -145,6 +145,47 @@ class ServingSettings(BaseSettings):
         description="Client certificates: required when tls_ca_file is set, else none.",
     )
 
+    # Capture for monitoring (docs/monitoring.md, "Capture"); serving/services/capture.py
+    storage_root: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLWP_SERVING_STORAGE_ROOT", "MLWP_STORAGE_ROOT"),
+        description="Platform storage root (file:// or s3://) where captured predictions and "
+        "labels are written, under monitoring/; <home>/storage when unset, as the platform's.",
+    )
+    capture_percent: float = Field(
+        default=100.0,
+        ge=0,
+        le=100,
+        description="Share of every model's prediction requests captured, in percent (0: off).",
+    )
+    capture_model_percent: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-model capture share in percent, over capture_percent (JSON: {"churn": '
+        "10}).",
+    )
+    entity_field: str = Field(
+        default="entity_key",
+        description="Record field whose value is captured as the row's entity key (labels can "
+        "name it).",
+    )
+    entity_fields: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-model entity-key field, over entity_field (JSON: {"churn": '
+        '"customerID"}).',
+    )
+    capture_buffer_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most captured rows held in memory (being written included); past it, "
+        "requests are not captured and the rows are counted as dropped.",
+    )
+    capture_batch_rows: int = Field(
+        default=10_000, ge=1, description="Write captured rows once this many are waiting."
+    )
+    capture_flush_seconds: float = Field(
+        default=10.0, gt=0, description="Write captured rows at least this often."
+    )
+
     prediction_log_sample_rate: float = Field(default=0.01, ge=0, le=1)
     prediction_log_stream: str = "mlwp:predictions"
     prediction_log_maxlen: int = Field(default=100_000, ge=1)
@@ -176,6 +217,26 @@ class ServingSettings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a rate limit such as '30/minute'") from exc
         return value
+
+    @field_validator("capture_model_percent")
+    @classmethod
+    def _percentages(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, percent in value.items():
+            if not 0 <= percent <= 100:
+                raise ValueError(f"model {model!r}: capture percent {percent} is not in 0..100")
+        return value
+
+    @field_validator("storage_root")
+    @classmethod
+    def _storage_root(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from mlwp.storage import StorageError, normalise_root
+
+        try:
+            return normalise_root(value)
+        except StorageError as exc:
+            raise ValueError(exc.message) from exc
 
     @field_validator("home")
     @classmethod
@@ -234,6 +295,11 @@ class ServingSettings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.model_cache_dir or self.home / "serving-models"
+
+    @property
+    def capture_root(self) -> str:
+        """The storage root captured predictions and labels are written under."""
+        return self.storage_root or (self.home / "storage").as_uri()
 
     @property
     def prediction_log_file(self) -> Path:

@@ -115,6 +115,27 @@ class Metrics:
         self.registry_errors = counter(
             "mlwp_serving_registry_errors", "Registry syncs that failed (MLflow unreachable)."
         )
+        # Capture for monitoring (serving/services/capture.py)
+        self.capture_written = counter(
+            "mlwp_serving_capture_written",
+            "Captured rows written to storage, by model.",
+            ("model",),
+        )
+        self.capture_dropped = counter(
+            "mlwp_serving_capture_dropped",
+            "Captured rows dropped, by model and reason (buffer_full, write_failed).",
+            ("model", "reason"),
+        )
+        self.capture_buffered = Gauge(
+            "mlwp_serving_capture_buffered",
+            "Captured rows waiting in memory or being written.",
+            registry=registry,
+        )
+        self.labels_received = counter(
+            "mlwp_serving_labels_received",
+            "Labels stored through the feedback endpoint, by model.",
+            ("model",),
+        )
         self.predictions_logged = counter(
             "mlwp_serving_predictions_logged", "Sampled predictions written to the log.", ("sink",)
         )

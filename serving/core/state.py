@@ -10,6 +10,7 @@ from serving.keys.store import KeyStore, migrate
 from serving.models.manager import ModelManager
 from serving.models.syncs import SyncRunner
 from serving.services.cache import PredictionCache
+from serving.services.capture import CaptureBuffer
 from serving.services.prediction_log import PredictionLog
 from serving.services.ratelimit import RateLimiter
 from serving.services.redis_link import RedisLink
@@ -28,6 +29,7 @@ class Services:
     cache: PredictionCache | None
     prediction_log: PredictionLog
     redis: RedisLink | None
+    capture: CaptureBuffer
 
     @classmethod
     def build(cls, settings: ServingSettings) -> Services:
@@ -73,9 +75,11 @@ class Services:
                 file=settings.prediction_log_file,
             ),
             redis=link,
+            capture=CaptureBuffer(settings, metrics),
         )
 
     async def close(self) -> None:
+        await self.capture.close()
         await self.syncs.close()
         if self.redis is not None:
             await self.redis.close()

@@ -15,7 +15,9 @@ the keys read last keep serving (a revocation cannot be written while the databa
 and the failure is logged.
 
 Scopes: ``admin`` (every route, including ``/admin/*``), ``model:<name>`` (predictions of
-one model) and ``model:*`` (predictions of every model).
+one model), ``model:*`` (predictions of every model), and ``feedback:<name>`` /
+``feedback:*`` (sending labels of one or every model: the system that learns outcomes is
+seldom the one that asks for predictions, so neither scope implies the other).
 
 The schema is owned by Alembic migrations beside this module, with their own version table
 (``mlwp_serving_alembic_version``) so the keys can share the platform database with Airflow.
@@ -47,7 +49,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "mlwp_serving_alembic_version"
 TOKEN_PREFIX = "mlwp"  # noqa: S105 - a prefix, not a secret
 ADMIN_SCOPE = "admin"
-_SCOPE = re.compile(r"^(admin|model:(\*|[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}))$")
+_SCOPE = re.compile(r"^(admin|(model|feedback):(\*|[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}))$")
 _TOKEN = re.compile(r"^mlwp_([0-9a-f]{16})_([A-Za-z0-9_\-]{32,128})$")
 log = structlog.get_logger("mlwp.serving.keys")
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$")
@@ -90,6 +92,10 @@ class ApiKey:
         """Whether this key may ask ``model`` for predictions."""
         return self.is_admin or "model:*" in self.scopes or f"model:{model}" in self.scopes
 
+    def allows_feedback(self, model: str) -> bool:
+        """Whether this key may send labels (outcomes) of ``model``."""
+        return self.is_admin or "feedback:*" in self.scopes or f"feedback:{model}" in self.scopes
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "key_id": self.key_id,
@@ -104,11 +110,15 @@ class ApiKey:
 def validate_scopes(scopes: list[str]) -> tuple[str, ...]:
     """Check scope strings, naming the first bad one."""
     if not scopes:
-        raise KeyStoreError("a key needs at least one scope (admin, model:<name> or model:*)")
+        raise KeyStoreError(
+            "a key needs at least one scope (admin, model:<name>, model:*, feedback:<name> or "
+            "feedback:*)"
+        )
     for scope in scopes:
         if not _SCOPE.match(scope):
             raise KeyStoreError(
-                f"invalid scope {scope!r}: expected 'admin', 'model:<name>' or 'model:*'",
+                f"invalid scope {scope!r}: expected 'admin', 'model:<name>', 'model:*', "
+                "'feedback:<name>' or 'feedback:*'",
                 code="invalid_scope",
             )
     return tuple(dict.fromkeys(scopes))

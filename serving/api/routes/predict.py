@@ -9,6 +9,7 @@ in the thread pool.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ from serving.core.metrics import child
 from serving.core.state import Services
 from serving.models.manager import ModelState, Variant
 from serving.services.cache import cache_key
+from serving.services.capture import Captured, now_ms
 
 log = structlog.get_logger("mlwp.serving.predict")
 router = APIRouter(tags=["predictions"], route_class=KeyedRoute)
@@ -227,11 +229,30 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
         "timestamp": now_iso(),
         "cached": cached,
     }
+    captured = None
+    if services.capture.sampled(model):
+        # references only: the writer serialises in the background (services/capture.py)
+        started = request.scope["state"].get("started")
+        captured = Captured(
+            inference_id=request_id,
+            time_ms=now_ms(),
+            model=model,
+            version=variant.version,
+            variant=alias,
+            served=True,
+            routing_key=routing,
+            records=data,
+            predictions=scored["predictions"],
+            probabilities=scored["probabilities"],
+            classes=variant.model.classes,
+            latency_ms=(time.perf_counter() - started) * 1000 if started else 0.0,
+        )
+        services.capture.add(captured)
     task = None
     shadow = state.shadow
     log_it = services.prediction_log.sampled()
     if shadow is not None or log_it:
-        task = BackgroundTask(_after, services, model, shadow, data, response, log_it)
+        task = BackgroundTask(_after, services, model, shadow, data, response, log_it, captured)
     return OrjsonResponse(response, background=task)
 
 
@@ -242,8 +263,10 @@ async def _after(  # noqa: PLR0917 - a background task takes its inputs position
     data: list[Any],
     response: dict[str, Any],
     log_it: bool,
+    captured: Captured | None = None,
 ) -> None:
-    """After the response is sent: score the shadow variant, write the prediction log."""
+    """After the response is sent: score the shadow variant (captured beside the served
+    result when the request was), write the prediction log."""
     shadow_result = None
     if shadow is not None:
         try:
@@ -260,6 +283,18 @@ async def _after(  # noqa: PLR0917 - a background task takes its inputs position
             )
             if differing:
                 services.metrics.shadow_disagreements.labels(model, shadow.version).inc(differing)
+            if captured is not None:
+                services.capture.add(
+                    dataclasses.replace(
+                        captured,
+                        version=shadow.version,
+                        variant=shadow.alias,
+                        served=False,
+                        predictions=shadow_result["predictions"],
+                        probabilities=shadow_result["probabilities"],
+                        classes=shadow.model.classes,
+                    )
+                )
     if log_it:
         entry = {
             "request_id": response["request_id"],
