@@ -32,6 +32,7 @@ OPERATORS: dict[str, str] = {
     "batch_predict": "operators.batch_predict.BatchPredictOperator",
     "python": "operators.python_callable.PythonCallableOperator",
     "monitor": "operators.monitor.MonitorOperator",
+    "labels": "operators.labels.LabelsOperator",
 }
 
 OperatorFactory = Callable[..., BaseOperator]

@@ -1063,6 +1063,44 @@ class MonitorTask(TaskBase):
         return self
 
 
+LabelField = Literal["inference_id", "row", "entity_key", "label", "label_time"]
+
+
+class LabelsTask(TaskBase):
+    """Ingest outcomes (labels) of served predictions in bulk from a file, S3 or SQL."""
+
+    type: Literal["labels"] = "labels"
+    model: str = Field(description="Registered model name the outcomes belong to.")
+    source: str | None = Field(
+        default=None,
+        description="Path relative to the project folder, or a file:// or s3:// URI.",
+    )
+    query: str | None = Field(default=None, description="SQL query, with conn_id.")
+    conn_id: str | None = Field(default=None, description="Airflow Postgres connection id.")
+    format: Literal["csv", "parquet"] | None = Field(
+        default=None, description="Inferred from the source's suffix when unset."
+    )
+    read_options: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[LabelField, ColumnName] = Field(
+        default_factory=dict,
+        description="Label field -> source column, where the names differ (e.g. {entity_key: "
+        "customer_id, label: churn}).",
+    )
+    classes: list[str | int | float | bool] | None = Field(
+        default=None,
+        description="Label values in class-index order (e.g. [No, Yes]): values become class "
+        "indices, as the model predicts them; numbers are taken as they are when unset.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelsTask:
+        if (self.source is None) == (self.query is None):
+            raise ValueError("a labels task needs exactly one of 'source' or 'query'")
+        if self.query is not None and self.conn_id is None:
+            raise ValueError("a 'query' needs 'conn_id' (an Airflow Postgres connection id)")
+        return self
+
+
 TASK_MODELS: dict[str, type[TaskBase]] = {
     "extract": ExtractTask,
     "validate": ValidateTask,
@@ -1075,6 +1113,7 @@ TASK_MODELS: dict[str, type[TaskBase]] = {
     "batch_predict": BatchPredictTask,
     "python": PythonTask,
     "monitor": MonitorTask,
+    "labels": LabelsTask,
 }
 TASK_TYPES: tuple[str, ...] = tuple(TASK_MODELS)
 
@@ -1089,7 +1128,8 @@ Task = Annotated[
     | DeployTask
     | BatchPredictTask
     | PythonTask
-    | MonitorTask,
+    | MonitorTask
+    | LabelsTask,
     Field(discriminator="type"),
 ]
 

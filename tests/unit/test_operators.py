@@ -36,6 +36,10 @@ CASES = {
     ),
     "batch_predict": ({"model": "churn"}, {"model", "alias", "input", "output_path"}),
     "monitor": ({"model": "churn", "window": "P1D", "drift": {"method": "ks"}}, {"model", "drift"}),
+    "labels": (
+        {"model": "churn", "source": "data/outcomes.csv", "columns": {"label": "churn"}},
+        {"source", "query", "read_options"},
+    ),
 }
 
 
@@ -72,6 +76,8 @@ def test_template_fields_and_construction(task_type: str) -> None:
         ("deploy", {"model": "m", "traffic": {"champion": 90, "challenger": 20}}, "sum to 100"),
         ("deploy", {"model": "m", "alias": "shadow"}, "alias must be one of"),
         ("deploy", {"model": "m", "serving_timeout": -1}, "serving_timeout must be >= 0"),
+        ("labels", {"model": "m"}, "exactly one of 'source' or 'query'"),
+        ("labels", {"model": "m", "source": "x", "columns": {"lbl": "y"}}, "columns must be one"),
     ],
 )
 def test_bad_arguments_are_named(task_type: str, fields: dict, message: str) -> None:

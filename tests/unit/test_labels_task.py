@@ -1,0 +1,159 @@
+"""The labels task type (issue #14): definition, compiled operator, bulk ingestion from a file
+and from a PostgreSQL query, column mapping, class values, and re-runs that write nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlwp.monitoring.capture import MonitoringError, read_labels
+from mlwp.monitoring.labels import ingest_labels
+
+pytestmark = pytest.mark.unit
+
+DEFINITION = """\
+project: shop
+owner: alice
+workflows:
+  watch:
+    schedule: "@daily"
+    tasks:
+      labels:
+        type: labels
+        model: shop
+        source: data/outcomes.csv
+        columns: {entity_key: customer_id, label: churn, label_time: churned_at}
+        classes: ["No", "Yes"]
+      monitor:
+        type: monitor
+        model: shop
+        after: [labels]
+"""
+
+OUTCOMES = """\
+customer_id,churn,churned_at
+c1,Yes,2026-11-01T10:00:00Z
+c2,No,2026-11-02T10:00:00Z
+"""
+
+
+def _project(tmp_path: Path, text: str = DEFINITION) -> tuple[object, Path]:
+    from mlwp.definitions.loading import load_project
+
+    folder = tmp_path / "shop"
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "data" / "outcomes.csv").write_text(OUTCOMES)
+    (folder / "workflow.yaml").write_text(text)
+    return load_project(folder / "workflow.yaml"), folder
+
+
+def test_compiled_task_ingests_once(tmp_path: Path) -> None:
+    from mlwp.definitions.schema import LabelsTask
+    from operators.compiler import build_dag
+    from operators.labels import LabelsOperator
+
+    project, folder = _project(tmp_path)
+    task = project.workflows["watch"].tasks["labels"]  # type: ignore[attr-defined]
+    assert isinstance(task, LabelsTask)
+    dag = build_dag(project, "watch", project_dir=folder, grant_role=False)
+    operator = dag.get_task("labels")
+    assert isinstance(operator, LabelsOperator)
+    assert dag.get_task("monitor").upstream_task_ids == {"labels"}
+    root = (tmp_path / "storage").as_uri()
+    operator.storage_root = root
+
+    first = operator.execute({})  # type: ignore[arg-type]
+    assert (first["rows"], first["written"], first["unchanged"]) == (2, 2, 0)
+    assert first["source"] == "shop.watch.labels"
+    again = operator.execute({})  # type: ignore[arg-type]
+    assert (again["written"], again["unchanged"], again["parts"]) == (0, 2, [])
+
+    (folder / "data" / "outcomes.csv").write_text(OUTCOMES + "c3,Yes,2026-11-03T10:00:00Z\n")
+    grown = operator.execute({})  # type: ignore[arg-type]
+    assert (grown["written"], grown["unchanged"]) == (1, 2)
+    labels = read_labels(root, "shop")
+    assert dict(zip(labels["entity_key"], labels["label"], strict=True)) == {
+        "c1": 1.0,
+        "c2": 0.0,
+        "c3": 1.0,
+    }
+    assert str(labels["label_time"].iloc[0]) == "2026-11-01 10:00:00+00:00"
+
+
+def test_definition_problems_are_named(tmp_path: Path) -> None:
+    from mlwp.definitions.problems import DefinitionError
+
+    bad = DEFINITION.replace("        source: data/outcomes.csv\n", "")
+    with pytest.raises(DefinitionError, match="exactly one of 'source' or 'query'"):
+        _project(tmp_path, bad)
+    typo = DEFINITION.replace("{entity_key: customer_id", "{entity: customer_id")
+    with pytest.raises(DefinitionError, match="entity"):
+        _project(tmp_path, typo)
+
+
+def test_mapping_and_values_are_checked(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    frame = pd.DataFrame({"id": ["r1", "r2"], "outcome": [1, 0]})
+    with pytest.raises(MonitoringError, match="no 'label' column"):
+        ingest_labels(frame, root=root, model="m", source="s")
+    with pytest.raises(MonitoringError, match=r"columns\.label: the source has no column 'y'"):
+        ingest_labels(frame, root=root, model="m", source="s", columns={"label": "y"})
+    with pytest.raises(MonitoringError, match="needs an 'inference_id' or 'entity_key'"):
+        ingest_labels(frame, root=root, model="m", source="s", columns={"label": "outcome"})
+    summary = ingest_labels(
+        frame, root=root, model="m", source="s", columns={"inference_id": "id", "label": "outcome"}
+    )
+    assert summary["written"] == 2
+    stored = read_labels(root, "m")
+    assert list(stored["row"]) == [0, 0] and list(stored["label"]) == [1.0, 0.0]
+    # a corrected outcome is written and wins
+    frame.loc[0, "outcome"] = 0
+    fixed = ingest_labels(
+        frame, root=root, model="m", source="s", columns={"inference_id": "id", "label": "outcome"}
+    )
+    assert (fixed["written"], fixed["unchanged"]) == (1, 1)
+    assert list(read_labels(root, "m").sort_values("inference_id")["label"]) == [0.0, 0.0]
+    with pytest.raises(MonitoringError, match=r"labels\[1\]: missing label"):
+        ingest_labels(
+            pd.DataFrame({"entity_key": ["a", "b"], "label": [1.0, None]}),
+            root=root,
+            model="m",
+            source="s",
+        )
+
+
+@pytest.mark.integration
+def test_labels_from_a_postgres_query(
+    tmp_path: Path, postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy
+    from airflow.sdk import DAG
+
+    from operators.labels import LabelsOperator
+
+    engine = sqlalchemy.create_engine(postgres_database)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE outcomes (request_id text, churned boolean)"))
+        conn.execute(
+            sqlalchemy.text("INSERT INTO outcomes VALUES ('r1', true), ('r2', false), ('r3', NULL)")
+        )
+    engine.dispose()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OUTCOMES_DB", postgres_database.replace("postgresql", "postgres", 1)
+    )
+    with DAG("shop.watch", schedule=None):
+        operator = LabelsOperator(
+            task_id="labels",
+            project="shop",
+            model="shop",
+            query="SELECT request_id AS inference_id, churned AS label FROM outcomes "
+            "WHERE churned IS NOT NULL",
+            conn_id="outcomes_db",
+            storage_root=str(tmp_path),
+        )
+    summary = operator.execute({})  # type: ignore[arg-type]
+    assert summary["written"] == 2 and summary["from"] == "postgres://outcomes_db"
+    stored = read_labels(str(tmp_path), "shop")
+    assert dict(zip(stored["inference_id"], stored["label"], strict=True)) == {"r1": 1.0, "r2": 0.0}
