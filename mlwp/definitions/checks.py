@@ -24,8 +24,9 @@ from __future__ import annotations
 import ast
 import csv
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mlwp.definitions.problems import PathPart, did_you_mean
 from mlwp.definitions.schema import (
@@ -57,6 +58,52 @@ def check_project(
     """Run every check on ``project``; ``add(path, message, code=..., severity=...)``."""
     for name, workflow in project.workflows.items():
         _WorkflowChecks(name, workflow, project_dir, add, inspect_data).run()
+
+
+def check_valid_workflows(
+    workflows: Mapping[str, Any],
+    project_dir: Path | None,
+    add: AddProblem,
+    *,
+    inspect_data: bool = False,
+) -> None:
+    """The checks of :func:`check_project` for each workflow that is valid on its own.
+
+    For a definition with a schema error elsewhere (the project's fields, another
+    workflow): those errors do not hide the problems of the workflows without one, so a
+    user sees them all in one run.
+    """
+    from pydantic import ValidationError
+
+    for name, raw in workflows.items():
+        workflow: Workflow | None
+        try:
+            workflow = Workflow.model_validate(raw)
+        except ValidationError:
+            workflow = _valid_tasks(raw)
+        if workflow is not None:
+            _WorkflowChecks(str(name), workflow, project_dir, add, inspect_data).run()
+
+
+def _valid_tasks(raw: Any) -> Workflow | None:
+    """The workflow ``raw`` with only its tasks that are valid on their own (None if its
+    other fields are broken): the checks then read each valid task as it stands, and a task
+    that needs a broken one (its columns, its objective) is checked as far as it can be."""
+    from pydantic import ValidationError
+
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("tasks"), Mapping):
+        return None
+    valid = {}
+    for task_id, task in raw["tasks"].items():
+        try:
+            Workflow.model_validate({"tasks": {task_id: task}})
+        except ValidationError:
+            continue
+        valid[task_id] = task
+    try:
+        return Workflow.model_validate({**raw, "tasks": valid})
+    except ValidationError:
+        return None
 
 
 class _WorkflowChecks:

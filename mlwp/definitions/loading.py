@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from mlwp.definitions.checks import check_project
+from mlwp.definitions.checks import check_project, check_valid_workflows
 from mlwp.definitions.problems import DefinitionError, PathPart, Problem, did_you_mean
 from mlwp.definitions.schema import (
     ASSET_NAME_PATTERN,
@@ -680,6 +680,13 @@ def parse_definition(
     if project is not None:
         check_project(
             project,
+            project_dir if check_references else None,
+            ctx.add,
+            inspect_data=inspect_data,
+        )
+    elif isinstance(data.get("workflows"), Mapping):
+        check_valid_workflows(
+            data["workflows"],
             project_dir if check_references else None,
             ctx.add,
             inspect_data=inspect_data,
