@@ -92,7 +92,8 @@ def test_serving_dashboard_covers_what_the_issue_asks() -> None:
     for name in (
         "airflow_dagrun_duration_seconds_bucket",
         "airflow_dagrun_duration_seconds_count",
-        "airflow_task_queued_duration_seconds_bucket",
+        "airflow_task_scheduled_duration_seconds_bucket",
+        "airflow_dagrun_first_task_start_delay_seconds_bucket",
         "airflow_scheduler_heartbeat_total",
     ):
         assert name in pipelines, name
