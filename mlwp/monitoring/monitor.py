@@ -69,9 +69,15 @@ def run_monitor(
 ) -> MonitorOutcome:
     """Run one look (see the module doc); MLflow's tracking URI must be set."""
     from mlwp import registry
-    from mlwp.monitoring.capture import join_labels, read_capture, read_labels
+    from mlwp.monitoring.capture import MonitoringError, join_labels, read_capture, read_labels
 
     now = (now or datetime.now(UTC)).astimezone(UTC)
+    if not registry.registered_model_exists(settings.model):
+        raise MonitoringError(
+            f"model {settings.model!r} is not registered in MLflow: nothing serves it, so there "
+            "is nothing to monitor (check the monitor task's 'model')",
+            code="unknown_model",
+        )
     versions = registry.aliases(settings.model)
     split = registry.get_traffic(settings.model)
     capture = read_capture(
