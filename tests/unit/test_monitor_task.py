@@ -142,3 +142,80 @@ def test_churn_example_has_a_monitor_workflow() -> None:
     workflow = project.workflows["monitor"]
     assert workflow.schedule == "@daily"
     assert workflow.tasks["monitor"].type == "monitor"
+
+
+def test_findings_are_mailed_through_the_project_notifiers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SMTP server (aiosmtpd) receives one mail per selected finding; a notifier whose
+    connection does not exist is logged and does not fail the look."""
+    import json
+    from types import SimpleNamespace
+
+    from aiosmtpd.controller import Controller
+    from airflow.sdk import DAG
+    from server_process import free_port
+
+    from operators.monitor import MonitorOperator
+    from operators.notifiers import AlertNotifier
+
+    received: list[tuple[str, str]] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            import email
+            from email.header import decode_header, make_header
+
+            mail = email.message_from_bytes(envelope.content)
+            received.append((str(make_header(decode_header(mail["Subject"]))), mail["To"]))
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MONITOR_SMTP",
+            json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "login": "",
+                    "extra": {
+                        "disable_tls": True,
+                        "disable_ssl": True,
+                        "from_email": "mlwp@example.com",
+                    },
+                }
+            ),
+        )
+        notifiers = [
+            AlertNotifier(kind="connection", conn_id="no_such_connection"),
+            AlertNotifier(kind="email", conn_id="monitor_smtp", to=["ml-team@example.com"]),
+        ]
+        with DAG("shop.watch", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)):
+            op = MonitorOperator(
+                task_id="monitor", model="shop", project="shop", notifiers=notifiers
+            )
+        result = {
+            "comparison": {"decision": "no_difference_yet"},
+            "alerts": [
+                "sample-ratio mismatch: requests champion 9200, challenger 800 do not "
+                "fit the split {'champion': 90, 'challenger': 10}",
+                "drift in tenure (share 20%)",
+            ],
+        }
+        ti = SimpleNamespace(
+            dag_id="shop.watch",
+            run_id="r1",
+            task_id="monitor",
+            try_number=1,
+            log_url="http://airflow/log",
+        )
+        op._alert({"ti": ti, "run_id": "r1"}, result)
+    finally:
+        controller.stop()
+    assert len(received) == 2
+    subjects = sorted(subject for subject, _ in received)
+    assert subjects[0].startswith("mlwp monitor of shop (shop.watch, run r1): drift in tenure")
+    assert "sample-ratio mismatch" in subjects[1] and "split ('champion': 90" in subjects[1]
+    assert all(to == "ml-team@example.com" for _, to in received)
