@@ -120,7 +120,7 @@ def ingest_labels(
         ):
             before = known.get(_key(i, r, e))
             same = before is not None and before[0] == label
-            if same and has_time:
+            if same and has_time and before is not None:  # (mypy cannot narrow through same)
                 same = before[1] == _as_timestamp(time)
             keep.append(not same)
         unchanged = keep.count(False)
