@@ -18,8 +18,8 @@ rollout reads (``/work/notes/monitoring-contract.md``; docs/monitoring.md):
 - ``alerts``: one sentence per finding worth a notification.
 
 Only rows of the versions currently behind each alias count, so a new challenger starts a
-new experiment. Requests (distinct ``inference_id``) are the units of traffic; labelled rows
-are the units of the metrics.
+new experiment. The units of traffic are distinct sticky routing keys, or requests (distinct
+``inference_id``) without one; labelled rows are the units of the metrics.
 """
 
 from __future__ import annotations
@@ -80,27 +80,46 @@ def _values(frame: pd.DataFrame, metric: str) -> np.ndarray[Any, Any]:
 
 
 def traffic(frame: pd.DataFrame, split: Mapping[str, float]) -> dict[str, dict[str, Any]]:
-    """Requests and rows per served variant, with the observed and configured share."""
+    """Requests, rows and routing units per served variant, with observed and configured share.
+
+    A routing *unit* is the sticky routing key when the request had one, else the request:
+    with sticky routing every request of a key goes to the same variant, so requests of one
+    key are not independent draws of the split, while distinct keys are. The shares (and the
+    SRM check) are over units.
+    """
     served = frame[frame["served"].fillna(True).astype(bool)] if len(frame) else frame
-    total = served["inference_id"].nunique() if len(served) else 0
+    units = _units(served)
+    total = int(units.nunique()) if len(served) else 0
     out: dict[str, dict[str, Any]] = {}
     split_total = sum(split.values()) or 1
-    variants = sorted(
-        set(split) | set(served["variant"].dropna().astype(str)) if len(served) else set(split)
-    )
-    for name in variants:
-        mine = served[served["variant"] == name] if len(served) else served
-        requests = int(mine["inference_id"].nunique()) if len(mine) else 0
+    names = set(split) | (set(served["variant"].dropna().astype(str)) if len(served) else set())
+    for name in sorted(names):
+        mask = (served["variant"] == name).fillna(False).to_numpy(dtype=bool) if len(served) else []
+        mine = served[mask] if len(served) else served
+        count = int(units[mask].nunique()) if len(mine) else 0
         out[name] = {
-            "requests": requests,
+            "units": count,
+            "requests": int(mine["inference_id"].nunique()) if len(mine) else 0,
             "rows": len(mine),
-            "share": requests / total if total else None,
+            "share": count / total if total else None,
             "expected_share": split.get(name, 0) / split_total,
             "versions": sorted(mine["version"].dropna().astype(str).unique().tolist())
             if len(mine)
             else [],
         }
     return out
+
+
+def _units(served: pd.DataFrame) -> pd.Series:
+    import pandas as pd
+
+    if not len(served):
+        return pd.Series([], dtype="string")
+    request = "request:" + served["inference_id"].astype("string")
+    if "routing_key" not in served.columns:
+        return request
+    key = "key:" + served["routing_key"].astype("string")
+    return key.fillna(request)
 
 
 def analyse(
@@ -127,9 +146,7 @@ def analyse(
 
     recent = rows if srm_since is None or not len(rows) else rows[rows["time"] >= srm_since]
     served_traffic = traffic(recent, split)
-    srm = stats.srm_check(
-        {name: t["requests"] for name, t in served_traffic.items()}, split
-    ).to_dict()
+    srm = stats.srm_check({name: t["units"] for name, t in served_traffic.items()}, split).to_dict()
     srm["since"] = srm_since.isoformat() if srm_since else None
 
     metrics: dict[str, dict[str, Any]] = {}
@@ -246,7 +263,7 @@ def alerts(result: Mapping[str, Any]) -> list[str]:
     if srm.get("mismatch"):
         observed = ", ".join(f"{k} {v}" for k, v in srm["observed"].items())
         found.append(
-            f"sample-ratio mismatch: requests {observed} do not fit the split "
+            f"sample-ratio mismatch: routing units {observed} do not fit the split "
             f"{result.get('split')} (p = {srm['p_value']:.2g}); the comparison is not to be "
             "trusted until the routing is fixed"
         )
@@ -278,6 +295,7 @@ def flat_metrics(result: Mapping[str, Any]) -> dict[str, float]:
             out[name] = float(value)
 
     for variant, t in (result.get("traffic") or {}).items():
+        put(f"traffic.{variant}.units", t.get("units"))
         put(f"traffic.{variant}.requests", t.get("requests"))
         put(f"traffic.{variant}.share", t.get("share"))
     srm = result.get("srm") or {}
@@ -345,9 +363,16 @@ def to_html(result: Mapping[str, Any], *, title: str) -> str:
     parts.append(
         "<h2>Traffic</h2>"
         + table(
-            ["variant", "requests", "share", "expected share", "versions"],
+            ["variant", "units", "requests", "share", "expected share", "versions"],
             [
-                [k, t["requests"], t["share"], t["expected_share"], ", ".join(t["versions"])]
+                [
+                    k,
+                    t["units"],
+                    t["requests"],
+                    t["share"],
+                    t["expected_share"],
+                    ", ".join(t["versions"]),
+                ]
                 for k, t in (result.get("traffic") or {}).items()
             ],
         )

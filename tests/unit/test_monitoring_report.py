@@ -124,3 +124,36 @@ def test_no_labels_and_empty_capture(tmp_path: Path) -> None:
     empty = report.analyse(joined.iloc[:0], split={"champion": 100}, versions={})
     assert empty["rows"] == 0 and empty["srm"]["mismatch"] is False
     json.dumps(empty)
+
+
+def test_srm_counts_sticky_routing_keys_not_requests(tmp_path: Path) -> None:
+    """With sticky routing, one busy key sends all its requests to one arm: the SRM check
+    counts keys (the randomised units), so a heavy user does not look like a mismatch."""
+    import pandas as pd
+
+    joined = _joined(
+        tmp_path,
+        requests=2000,
+        split={"champion": 50, "challenger": 50},
+        versions={"champion": "1", "challenger": "2"},
+        accuracy={"champion": 0.8, "challenger": 0.8},
+    )
+    joined["routing_key"] = pd.Series([f"user-{i}" for i in range(len(joined))], dtype="string")
+    # one busy user on the challenger: 800 more requests
+    busy = joined[joined["variant"] == "challenger"].head(1)
+    extra = pd.concat([busy] * 800, ignore_index=True)
+    extra["inference_id"] = [f"busy-{i}" for i in range(800)]
+    both = pd.concat([joined, extra], ignore_index=True)
+    result = report.analyse(
+        both,
+        split={"champion": 50, "challenger": 50},
+        versions={"champion": "1", "challenger": "2"},
+    )
+    assert result["traffic"]["challenger"]["requests"] > result["traffic"]["challenger"]["units"]
+    assert result["srm"]["mismatch"] is False
+    by_request = report.analyse(
+        both.assign(routing_key=pd.NA),
+        split={"champion": 50, "challenger": 50},
+        versions={"champion": "1", "challenger": "2"},
+    )
+    assert by_request["srm"]["mismatch"] is True
