@@ -8,7 +8,7 @@ monitor calls (``tests/unit/test_monitoring_stats.py``). The methods, and what t
   the observed counts per variant against the configured traffic split; a mismatch is
   ``p < 0.001`` (the threshold used by Microsoft's ExP and most A/B platforms, low because the
   check runs on every look and a false alarm stops an analysis). Units must be independent:
-  the monitor counts requests (or sticky routing keys), not rows of one request.
+  the monitor counts sticky routing keys (or requests without one), not rows of a request.
 - **Metric intervals**: proportions (accuracy, positive rate) get Wilson score intervals
   (:func:`wilson_interval`; good coverage down to small n and near 0 or 1); means of per-row
   losses (log loss, Brier, absolute error) get normal (CLT) intervals; RMSE is the square root
