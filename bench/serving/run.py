@@ -4,13 +4,16 @@ All three serve the same registered churn model (trained on the telco data), one
 worker each, on loopback. The same closed-loop load (N client threads, keep-alive
 connections, bounded by time and count) runs at concurrency 1 and 8 with 1-row and 100-row
 bodies; the table prints req/s, p50, p99 and the ratio to mlflow. A last run measures cache
-hits (mlwp with Redis, the same body repeated).
+hits (mlwp with Redis, the same body repeated). A capture section runs two mlwp servers
+side by side, capturing 0 % and 100 % of requests (issue #14): CPU per request, its ratio,
+and the rows the 100 % server dropped (goal: at most 5 % more CPU, nothing dropped).
 
 The load comes from wrk (Debian package ``wrk``, driven by ``load.lua``) when it is
 installed: a C event loop costs the two cores far less than Python client threads, which
 otherwise take CPU from the servers being measured. ``--driver python`` forces the threads.
 
     .venv/bin/python bench/serving/run.py [--mlflow-url URL] [--seconds 8] [--redis-url URL]
+    .venv/bin/python bench/serving/run.py --capture-only --seconds 3 --repeats 3
 """
 
 from __future__ import annotations
@@ -210,6 +213,11 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument(
+        "--capture-only",
+        action="store_true",
+        help="only the capture section: mlwp capturing 0 %% against 100 %%",
+    )
+    parser.add_argument(
         "--driver",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -233,6 +241,11 @@ def main() -> None:
         model_dir = telco.train_model_dir(work / "model", rounds=100, max_depth=5)
         version = telco.register_version(mlflow_url, name, model_dir, aliases=("champion",))
 
+        if args.capture_only:
+            capture = capture_section(args, drive, work, mlflow_url, name, procs)
+            if args.out:
+                args.out.write_text(json.dumps({"capture": capture}, indent=2))
+            return
         # mlflow models serve
         mlflow_port = free_port()
         proc = start(
@@ -386,8 +399,129 @@ def main() -> None:
                 f"(runs: {', '.join(f'{p:.2f}' for p in cache['p99_ms_runs'])}), "
                 f"cpu {cache['cpu_us']:.0f} us/req, errors {cache['errors']}"
             )
+        capture = capture_section(args, drive, work, mlflow_url, name, procs)
         if args.out:
-            args.out.write_text(json.dumps({"results": results, "cache_hits": cache}, indent=2))
+            args.out.write_text(
+                json.dumps({"results": results, "cache_hits": cache, "capture": capture}, indent=2)
+            )
+
+
+def metric_total(port: int, name: str) -> float:
+    """The sum of a metric's samples on a server's /metrics (0 when absent)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            metric = line.split(" ", 1)[0].split("{", 1)[0]
+            if metric == name:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_written(port: int, timeout: float = 30.0) -> None:
+    """Wait until a server holds no captured rows in memory (its writer flushed them)."""
+    deadline = time.monotonic() + timeout
+    while metric_total(port, "mlwp_serving_capture_buffered") > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"captured rows still buffered after {timeout} s")
+        time.sleep(0.2)
+
+
+def capture_section(
+    args: Any,
+    drive: Any,
+    work: Path,
+    mlflow_url: str,
+    name: str,
+    procs: list[subprocess.Popen[bytes]],
+) -> list[dict[str, Any]]:
+    """mlwp capturing 0 % and 100 % of requests, side by side, interleaved runs. A run's
+    CPU is read once the 100 % server has written what it captured, so the writer's work
+    counts (flushed every second here, so the wait is short)."""
+    from serving.keys.store import KeyStore, migrate
+
+    print("\ncapture: starting mlwp at 0 % and 100 % ...", flush=True)
+    servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    tokens: dict[str, str] = {}  # each server's key lives in its own home
+    for percent in (0, 100):
+        home = work / f"capture-{percent}"
+        db = f"sqlite:///{home / 'serving.db'}"
+        migrate(db)
+        store = KeyStore(db)
+        _, token = store.create("bench", [f"model:{name}"], rate_limit="1000000/second")
+        store.close()
+        port = free_port()
+        env = {
+            "MLWP_SERVING_HOME": str(home),
+            "MLWP_SERVING_MLFLOW_TRACKING_URI": mlflow_url,
+            "MLWP_SERVING_MODELS": json.dumps([name]),
+            "MLWP_SERVING_POLL_INTERVAL_SECONDS": "30",
+            "MLWP_SERVING_LOG_LEVEL": "WARNING",
+            "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{percent}").as_uri(),
+            "MLWP_SERVING_CAPTURE_PERCENT": str(percent),
+            "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": "1",
+        }
+        options = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        options += ["--no-access-log", "--log-level", "warning"]
+        log = work / f"mlwp-capture-{percent}.log"
+        proc = start([sys.executable, "-m", "serving", *options], env, log)
+        procs.append(proc)
+        servers[f"{percent} %"] = (port, proc)
+        tokens[f"{percent} %"] = token
+    for label, (port, proc) in servers.items():
+        wait(f"http://127.0.0.1:{port}/health/ready", proc, work / f"mlwp-capture-{label[:-2]}.log")
+    pool = telco.sample_records(1000)
+    path = f"/v1/models/{name}/predict"
+    rows_out: list[dict[str, Any]] = []
+    for rows, concurrency in ((1, 8), (100, 8)):
+        bodies = [
+            json.dumps({"data": pool[i : i + rows]}).encode()
+            for i in range(0, 1000 - rows + 1, max(1, rows // 4))
+        ][:200]
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in servers}
+        for label, (port, _) in servers.items():
+            auth = {"Authorization": f"Bearer {tokens[label]}"}
+            drive(port, path, bodies[:20], auth, concurrency, 1.0, 2000)
+            wait_written(port)
+        for _ in range(args.repeats):
+            for label, (port, proc) in servers.items():
+                auth = {"Authorization": f"Bearer {tokens[label]}"}
+                before = cpu_seconds(proc)
+                result = drive(
+                    port, path, bodies, auth, concurrency, args.seconds, args.max_requests
+                )
+                wait_written(port)
+                used = cpu_seconds(proc) - before
+                result["cpu_us"] = used / max(1, result["requests"]) * 1e6
+                runs[label].append(result)
+        row: dict[str, Any] = {"rows": rows, "concurrency": concurrency}
+        for label, measured in runs.items():
+            row[label] = median_run(measured)
+        rows_out.append(row)
+        off, on = row["0 %"], row["100 %"]
+        print(f"\ncapture, {rows} row(s), concurrency {concurrency}")
+        print(f"  {'capture':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
+        for label in ("0 %", "100 %"):
+            r = row[label]
+            print(
+                f"  {label:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                f"{r['cpu_us']:>11.0f}"
+            )
+        print(
+            f"  100 % / 0 %: cpu per request x{on['cpu_us'] / off['cpu_us']:.3f} "
+            f"({(on['cpu_us'] / off['cpu_us'] - 1) * 100:+.1f} %), "
+            f"req/s x{on['rps'] / off['rps']:.3f}",
+            flush=True,
+        )
+    port = servers["100 %"][0]
+    written = metric_total(port, "mlwp_serving_capture_written_total")
+    dropped = metric_total(port, "mlwp_serving_capture_dropped_total")
+    print(f"  captured rows written {written:.0f}, dropped {dropped:.0f}", flush=True)
+    rows_out.append({"written": written, "dropped": dropped})
+    return rows_out
 
 
 def _print_row(row: dict[str, Any]) -> None:

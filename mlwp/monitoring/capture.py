@@ -447,12 +447,17 @@ def label_value(value: Any, classes: Sequence[Any] | None, where: str) -> float:
 def _time(value: Any, where: str, default: datetime) -> datetime:
     if value is None or value == "":
         return default
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(value), tz=UTC)
     try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(float(value), tz=UTC)
         parsed = _bound(value, "label_time")
     except MonitoringError as exc:
         raise MonitoringError(f"{where}: {exc.message}", code="bad_time") from None
+    except (OverflowError, OSError, ValueError, TypeError):
+        # a time that exists nowhere in UTC (year 9999 west of Greenwich, 1e300 seconds)
+        raise MonitoringError(
+            f"{where}: {value!r} is not a time mlwp can store", code="bad_time"
+        ) from None
     if parsed is None:
         return default
     return parsed

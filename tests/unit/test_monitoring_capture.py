@@ -96,8 +96,9 @@ def test_labels_are_checked_with_where_and_what() -> None:
         labels_table([{"entity_key": "c1", "label": "maybe"}], source="api", classes=["no", "yes"])
     with pytest.raises(MonitoringError, match=r"labels\[0\]\.row"):
         labels_table([{"inference_id": "x", "row": 1.5, "label": 1}], source="api")
-    with pytest.raises(MonitoringError, match=r"labels\[0\]\.label_time"):
-        labels_table([{"inference_id": "x", "label": 1, "label_time": "yesterday"}], source="a")
+    for when in ("yesterday", "9999-12-31T23:59:59-05:00", 1e300):
+        with pytest.raises(MonitoringError, match=r"labels\[0\]\.label_time"):
+            labels_table([{"inference_id": "x", "label": 1, "label_time": when}], source="a")
     table = labels_table(
         [{"inference_id": "x", "label": "yes"}, {"entity_key": 42, "label": 0, "row": None}],
         source="api",
