@@ -34,9 +34,11 @@ from mlwp.definitions.schema import (
     DropStep,
     ExtractTask,
     FilterStep,
+    MonitorTask,
     OnehotStep,
     Project,
     PythonStep,
+    RegisterTask,
     RenameStep,
     SelectStep,
     SplitStep,
@@ -58,6 +60,31 @@ def check_project(
     """Run every check on ``project``; ``add(path, message, code=..., severity=...)``."""
     for name, workflow in project.workflows.items():
         _WorkflowChecks(name, workflow, project_dir, add, inspect_data).run()
+    _check_monitored_models(project, add)
+
+
+def _check_monitored_models(project: Project, add: AddProblem) -> None:
+    """Warn when a monitor task names a model no workflow of the project registers (a typo
+    monitors nothing; a model registered by another project is fine, hence a warning)."""
+    registered = {
+        task.model
+        for workflow in project.workflows.values()
+        for task in workflow.tasks.values()
+        if isinstance(task, RegisterTask)
+    }
+    if not registered:
+        return
+    for name, workflow in project.workflows.items():
+        for task_id, task in workflow.tasks.items():
+            if isinstance(task, MonitorTask) and task.model not in registered:
+                add(
+                    ("workflows", name, "tasks", task_id, "model"),
+                    f"no workflow of this project registers model '{task.model}'"
+                    f"{did_you_mean(task.model, sorted(registered))}; it is monitored only if "
+                    "another project registers it",
+                    code="unknown_model",
+                    severity="warning",
+                )
 
 
 def check_valid_workflows(

@@ -219,3 +219,23 @@ def test_findings_are_mailed_through_the_project_notifiers(monkeypatch: pytest.M
     assert subjects[0].startswith("mlwp monitor of shop (shop.watch, run r1): drift in tenure")
     assert "sample-ratio mismatch" in subjects[1] and "split ('champion': 90" in subjects[1]
     assert all(to == "ml-team@example.com" for _, to in received)
+
+
+def test_a_monitored_model_no_workflow_registers_is_warned(tmp_path: Path) -> None:
+    from mlwp.definitions.loading import check_file
+
+    text = DEFINITION.replace(
+        "      approve: {type: approve, mode: auto}\n",
+        "      approve: {type: approve, mode: auto}\n"
+        "      register: {type: register, model: shops, after: [approve]}\n",
+    )
+    path = tmp_path / "shop" / "workflow.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    project, problems = check_file(path)
+    assert project is not None  # a warning: the model may be registered by another project
+    [problem] = problems
+    assert problem.severity == "warning" and problem.path[-1] == "model"
+    assert "no workflow of this project registers model 'shop' (did you mean 'shops'?)" in (
+        problem.message
+    )
