@@ -117,26 +117,26 @@ class AlertNotifier(BaseNotifier):
         self.build()(context)
 
     def _page(self, context: Any) -> None:
-        """Trigger a PagerDuty event through the provider's Events API v2 hook.
+        """Trigger a PagerDuty event through the PagerDuty provider's Events API v2 hook.
 
-        The provider's ``PagerdutyNotifier`` always posts to events.pagerduty.com; a
-        connection whose host is set (the EU region's https://events.eu.pagerduty.com, or a
-        relay) is honoured here, with the provider's hook (integration key) and its event
-        payload builder, and the PagerDuty client.
+        The provider's async hook posts to its ``base_url``: events.pagerduty.com unless the
+        connection has a host (the EU region's https://events.eu.pagerduty.com, or a relay),
+        which the provider's own ``PagerdutyNotifier`` cannot reach (its client is fixed to
+        the US endpoint and to https).
         """
-        import pagerduty
-        from airflow.providers.pagerduty.hooks.pagerduty_events import (
-            PagerdutyEventsHook,
-            prepare_event_data,
-        )
+        import asyncio
 
-        hook = PagerdutyEventsHook(pagerduty_events_conn_id=self.conn_id)
-        host = (BaseHook.get_connection(self.conn_id).host or "").strip() or None
+        from airflow.providers.pagerduty.hooks.pagerduty_events import PagerdutyEventsAsyncHook
+
+        hook = PagerdutyEventsAsyncHook(pagerduty_events_conn_id=self.conn_id)
+        host = (BaseHook.get_connection(self.conn_id).host or "").strip()
+        if host:
+            hook.base_url = host.rstrip("/")
         ti = context["ti"]
         project, _, workflow = ti.dag_id.partition(".")
         summary, _, _ = self.text.partition("\n")
         exception = context.get("exception")
-        event = prepare_event_data(
+        event = hook.send_event(
             summary=summary[:1024],
             severity=self.severity,
             source="mlwp",
@@ -153,10 +153,8 @@ class AlertNotifier(BaseNotifier):
                 "error": str(exception) if exception else None,
             },
             links=[{"href": ti.log_url, "text": "Task log in Airflow"}],
-            action="trigger",
         )
-        client = pagerduty.EventsApiV2Client(hook.integration_key, base_url=host)
-        client.send_event(**event)
+        asyncio.run(event)
 
 
 def alert_notifiers(specs: list[Any], text: str) -> list[AlertNotifier]:

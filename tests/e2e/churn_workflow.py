@@ -21,6 +21,7 @@ def churn_dag(
     num_boost_round: int = 120,
     approval: str = "auto",
     approve: dict[str, Any] | None = None,
+    alerts: Any = None,
 ) -> Any:
     """The churn train DAG from its YAML, with automatic approval and a short tuning.
 
@@ -37,6 +38,7 @@ def churn_dag(
         num_boost_round=num_boost_round,
         approval=approval,
         approve=approve,
+        alerts=alerts,
     )
 
 
@@ -49,12 +51,14 @@ def train_dag(
     num_boost_round: int,
     approval: str | None = None,
     approve: dict[str, Any] | None = None,
+    alerts: Any = None,
 ) -> Any:
     """The ``train`` DAG of a project definition, shortened for a test.
 
     The train task gets ``trials`` tuning trials and ``num_boost_round`` rounds; ``model``
     (when given) renames the model of the register and deploy tasks; ``approval`` (when given)
-    sets the approve task's mode. Notifiers are dropped.
+    sets the approve task's mode. Notifiers are dropped unless ``alerts`` (an ``Alerts``) is
+    given.
     """
     from mlwp.definitions import Alerts
     from mlwp.definitions.loading import load_project
@@ -88,8 +92,9 @@ def train_dag(
             tasks[task_id] = tasks[task_id].model_copy(update={"model": model})
     project = project.model_copy(
         update={
-            # No SMTP or Slack here: the notifiers are the compiler's concern, tested there.
-            "alerts": Alerts(),
+            # The definition's notifiers name the team's connections; a test that wants alerts
+            # passes its own (receivers it started), the others none.
+            "alerts": alerts if alerts is not None else Alerts(),
             "workflows": {
                 **project.workflows,
                 "train": workflow.model_copy(update={"tasks": tasks}),

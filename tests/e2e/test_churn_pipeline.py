@@ -6,7 +6,11 @@ temporary folder.
   artifacts present, ROC AUC >= 0.80 on the telco test split; the dataset is an asset event;
 - re-running the same DAG run registers nothing new (idempotent registration);
 - corrupted data (nulls, out-of-range values, an unknown category) fails at validation,
-  names those expectations, and registers nothing.
+  names those expectations, and registers nothing; the failure is delivered as an email (to
+  an aiosmtpd server), a Slack webhook post and a PagerDuty event (to a local receiver),
+  each naming project, workflow, task and run, linking the log and listing the failed
+  expectations (issue #17). The run is dag.test()'s: the task's on_failure_callback is the
+  same notifier a scheduler-run task calls, in the task's process either way.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
+from alert_receivers import RECIPIENT, alert_receivers, alerts_to_receivers
 from churn_workflow import CHURN, MODEL, assert_lineage, churn_dag, states, versions, xcom
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -175,7 +181,7 @@ def asset_events(name: str) -> list[dict[str, Any]]:
 
 
 def test_corrupted_data_fails_at_validation_and_registers_nothing(
-    pipeline_env: Path, mlflow_tracking: str, tmp_path: Path
+    pipeline_env: Path, mlflow_tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 
@@ -191,7 +197,10 @@ def test_corrupted_data_fails_at_validation_and_registers_nothing(
     frame.to_csv(csv, index=False)
     before = {v.version for v in versions(mlflow.MlflowClient(mlflow_tracking))}
 
-    run = churn_dag(project_dir).test()
+    with alert_receivers() as received:
+        for name, value in received.environment.items():
+            monkeypatch.setenv(name, value)
+        run = churn_dag(project_dir, alerts=alerts_to_receivers()).test()
     result = states(run)
     assert result["extract"] == "success"
     assert result["validate"] == "failed"
@@ -220,3 +229,29 @@ def test_corrupted_data_fails_at_validation_and_registers_nothing(
         s for s in storage.versions("churn", "extract") if s["uri"] == summary["dataset_uri"]
     ]
     assert sidecar["validation"]["telco_churn_raw"]["success"] is False
+
+    # The failure alert, delivered three ways, each naming where it failed and why.
+    log_url = f"/dags/churn.train/runs/{quote(run.run_id)}/tasks/validate"
+    where = f"project churn, workflow train, task validate, run {run.run_id}"
+    broken = ("expect_column_values_to_not_be_null", "expect_column_values_to_be_between")
+    (mail,) = received.mails
+    assert mail["To"] == RECIPIENT
+    assert mail["Subject"].startswith("mlwp: task failed: ") and where in mail["Subject"]
+    body = mail.get_body(("html", "plain")).get_content()  # type: ignore[union-attr]
+    assert log_url in body and all(name in body for name in broken), body
+    (slack,) = received.slack
+    assert slack["path"] == "/services/T000/B000/XXXX"
+    assert where in slack["text"] and log_url in slack["text"], slack
+    assert all(name in slack["text"] for name in broken), slack["text"]
+    (page,) = received.pagerduty
+    assert page["routing_key"] == "integration-key-0" and page["event_action"] == "trigger"
+    assert where in page["payload"]["summary"] and page["payload"]["severity"] == "critical"
+    details = page["payload"]["custom_details"]
+    assert (details["project"], details["workflow"], details["task"]) == (
+        "churn",
+        "train",
+        "validate",
+    )
+    assert details["run_id"] == run.run_id and log_url in details["log_url"]
+    assert all(name in details["error"] for name in broken), details
+    assert page["links"][0]["href"] == details["log_url"]
