@@ -611,6 +611,8 @@ def describe(name: str) -> dict[str, Any]:
                 if TEST_METRICS_TAG in v.tags
                 else None,
                 "lineage": asdict(Lineage.from_tags(v.tags)),
+                # The newest monitor look that analysed this version (mlwp.monitoring.monitor).
+                "monitoring_run": v.tags.get(f"{TAG}monitoring_run"),
             }
             for v in versions(name)
         ],

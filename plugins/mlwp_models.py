@@ -207,6 +207,12 @@ class PromoteBody(BaseModel):
 
 class RollbackBody(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
+    to: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An event id of the history or an ISO time (default: before the last "
+        "promotion), as `mlwp models rollback --to`.",
+    )
 
 
 class TrafficBody(BaseModel):
@@ -259,7 +265,51 @@ def describe_model(model: str, user: ReaderDep) -> dict[str, Any]:
             "last_sync": served.get("last_sync"),
         },
         "history": model_changes.history(model),
+        "monitoring": latest_monitoring(described),
         "links": _links(described),
+    }
+
+
+def latest_monitoring(described: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest monitor look at the versions behind the aliases, or None before any.
+
+    The monitor task (``mlwp.monitoring.monitor``) logs each look as an MLflow run tagged
+    with the model, the versions analysed and the challenger decision, with the result's
+    numbers as metrics, and tags each analysed version ``mlwp.monitoring_run`` with it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from mlwp import registry
+    from operators.links import mlflow_run_url
+
+    aliased = {v["version"] for v in described["versions"] if v.get("aliases")}
+    run_ids = {
+        v["monitoring_run"]
+        for v in described["versions"]
+        if v["version"] in aliased and v.get("monitoring_run")
+    }
+    if not run_ids:
+        return None
+    runs = []
+    for run_id in run_ids:
+        try:
+            runs.append(registry.client().get_run(run_id))
+        except MlflowException as exc:
+            return {"run_id": run_id, "error": f"MLflow: {exc.message}"}
+    run = max(runs, key=lambda r: r.info.start_time or 0)
+    tags = run.data.tags
+    return {
+        "run_id": run.info.run_id,
+        "url": mlflow_run_url(run.info.run_id, run.info.experiment_id),
+        "time": run.info.start_time,
+        "status": run.info.status,
+        "decision": tags.get("mlwp.decision"),
+        "versions": {
+            key.removeprefix("mlwp.").removesuffix("_version"): value
+            for key, value in tags.items()
+            if key.startswith("mlwp.") and key.endswith("_version")
+        },
+        "metrics": dict(sorted(run.data.metrics.items())),
     }
 
 
@@ -288,11 +338,13 @@ def promote(project: str, model: str, body: PromoteBody, user: ChangerDep) -> di
 
 @app.post("/api/projects/{project}/models/{model}/rollback")
 def rollback(project: str, model: str, body: RollbackBody, user: ChangerDep) -> dict[str, Any]:
-    """Restore the aliases and traffic from before the last promotion."""
+    """Restore the aliases and traffic from before the last promotion, or of a history event."""
     from mlwp import model_changes
 
     _model_in_project(project, model)
-    after = _registry_call(model_changes.rollback, user.get_name(), model, body.reason)
+    after = _registry_call(
+        model_changes.rollback, user.get_name(), model, body.reason, to=body.to or None
+    )
     return {**after, "serving": _reload_serving(model, after)}
 
 

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +282,56 @@ def run_platform(home: Path, *, dag_files: dict[str, str] | None = None) -> Iter
             finally:
                 stop_process_group(proc)
                 server_log.close()
+
+
+def monitor_look(platform: Platform, storage: Path) -> Any:
+    """One look of the real monitor at MODEL: 400 captured, labelled requests (90/10 between
+    the champion and the challenger of the moment) analysed and logged to the platform's
+    MLflow by ``mlwp.monitoring.monitor.run_monitor``; returns its outcome."""
+    import mlflow
+    import pyarrow as pa
+
+    from mlwp import registry
+    from mlwp.monitoring import capture
+    from mlwp.monitoring.monitor import MonitorSettings, run_monitor
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(platform.mlflow_url)
+    try:
+        versions = registry.aliases(MODEL)
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "inference_id": f"req-{i}",
+                "row": 0,
+                "time": now - timedelta(minutes=400 - i),
+                "model": MODEL,
+                "version": versions["challenger" if i % 10 == 0 else "champion"],
+                "variant": "challenger" if i % 10 == 0 else "champion",
+                "served": True,
+                "routing_key": f"customer-{i}",
+                "entity_key": None,
+                "inputs": "{}",
+                "prediction": float(i % 3 == 0),
+                "probability": 0.9 if i % 3 == 0 else 0.2,
+                "outputs": "{}",
+                "latency_ms": 2.0,
+            }
+            for i in range(400)
+        ]
+        root = storage.as_uri()
+        table = pa.Table.from_pylist(rows, schema=capture.CAPTURE_SCHEMA)
+        capture.write_parts(root, "capture", MODEL, table)
+        labels = [
+            {"inference_id": r["inference_id"], "label": int(i % 4 == 0)}
+            for i, r in enumerate(rows)
+        ]
+        capture.write_labels(root, MODEL, labels, source="api")
+        return run_monitor(
+            root,
+            MonitorSettings(model=MODEL, check_drift=False),
+            experiment=f"{MODEL}-monitoring",
+            now=now,
+        )
+    finally:
+        mlflow.set_tracking_uri(previous)

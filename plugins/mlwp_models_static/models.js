@@ -212,13 +212,84 @@
       var d = e.details || {};
       var from = d.from ? JSON.stringify(d.from.aliases) + " " + traffic(d.from.traffic) : "";
       var to = d.to ? JSON.stringify(d.to.aliases) + " " + traffic(d.to.traffic) : JSON.stringify(d);
-      return el("tr", {}, [el("td", { text: e.timestamp.replace("T", " ").slice(0, 19) }), el("td", { text: e.actor }),
-        el("td", { text: e.action }), el("td", { text: from }), el("td", { text: to }), el("td", { text: d.reason || "" })]);
+      // Any recorded state can be restored in one step, as `mlwp models rollback --to <id>`.
+      var back = d.to && e.id !== null && e.id !== undefined ? el("button", {
+        class: "action secondary rollback-to", "data-event": String(e.id), disabled: !model.can_change,
+        title: model.can_change ? "Restore the aliases and traffic right after this change" : model.refusal,
+        onclick: function (event) {
+          event.target.disabled = true;
+          act(model, "rollback", { to: String(e.id), reason: reasonOf() }, function () { event.target.disabled = false; });
+        },
+      }, ["Back to this"]) : null;
+      return el("tr", { "data-event": e.id === undefined ? null : String(e.id) }, [
+        el("td", { class: "muted", text: e.id === null || e.id === undefined ? "" : String(e.id) }),
+        el("td", { text: e.timestamp.replace("T", " ").slice(0, 19) }), el("td", { text: e.actor }),
+        el("td", { text: e.action + (d.kind ? " (" + d.kind + ")" : "") }), el("td", { text: from }),
+        el("td", { text: to }), el("td", { text: d.reason || "" }), el("td", {}, [back])]);
     });
     return el("div", { class: "card" }, [el("h3", { text: "Alias and traffic history" }),
-      rows.length ? el("table", { id: "history" }, [el("tr", {}, ["when (UTC)", "who", "what", "from", "to", "reason"].map(function (h) {
+      rows.length ? el("table", { id: "history" }, [el("tr", {}, ["#", "when (UTC)", "who", "what", "from", "to", "reason", ""].map(function (h) {
         return el("th", { text: h });
       }))].concat(rows)) : el("p", { class: "muted", text: "No change recorded yet." })]);
+  }
+
+  function number(value, digits) {
+    return value === undefined || value === null ? "" : Number(value).toFixed(digits === undefined ? 3 : digits);
+  }
+
+  // The newest monitor look (mlwp.monitoring): traffic, labels, metrics with their confidence
+  // intervals per variant, sample-ratio mismatch, the challenger decision and drift.
+  function monitoringCard(model) {
+    var m = model.monitoring;
+    var title = el("h3", { text: "Monitoring and experiment" });
+    if (!m) {
+      return el("div", { class: "card" }, [title, el("p", { class: "muted", id: "monitoring",
+        text: "No monitor run yet: a workflow with a monitor task reports here (docs/monitoring.md)." })]);
+    }
+    if (m.error) return el("div", { class: "card" }, [title, el("p", { class: "bad", id: "monitoring", text: m.error })]);
+    var metrics = m.metrics || {};
+    var versions = m.versions || {};
+    var decisionClass = m.decision === "challenger_better" ? "ok" : m.decision === "challenger_worse" ? "bad" : "muted";
+    var when = m.time ? new Date(m.time).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "latest run";
+    var variants = ["champion", "challenger", "shadow"].filter(function (v) {
+      return versions[v] || metrics["traffic." + v + ".requests"] !== undefined;
+    });
+    var rows = variants.map(function (v) {
+      var names = Object.keys(metrics).filter(function (k) {
+        return k.indexOf(v + ".") === 0 && !/\.(low|high)$/.test(k);
+      }).sort();
+      return el("tr", { "data-variant": v }, [
+        el("td", {}, [badge(v), versions[v] ? "v" + versions[v] : ""]),
+        el("td", { text: number(metrics["traffic." + v + ".requests"], 0) }),
+        el("td", { text: metrics["traffic." + v + ".share"] === undefined ? "" : number(100 * metrics["traffic." + v + ".share"], 1) + "%" }),
+        el("td", { text: metrics["labels." + v + ".coverage"] === undefined ? "" : number(100 * metrics["labels." + v + ".coverage"], 1) + "%" }),
+        el("td", { class: "metrics" }, names.map(function (k) {
+          var low = metrics[k + ".low"], high = metrics[k + ".high"];
+          return el("div", { text: k.slice(v.length + 1) + " " + number(metrics[k]) +
+            (low !== undefined && high !== undefined ? " [" + number(low) + ", " + number(high) + "]" : "") });
+        })),
+      ]);
+    });
+    var facts = [];
+    if (metrics["srm.p_value"] !== undefined) {
+      facts.push(el("li", { id: "srm", class: metrics["srm.mismatch"] ? "bad" : null, text: "traffic split " +
+        (metrics["srm.mismatch"] ? "MISMATCH" : "as configured") + " (SRM p = " + number(metrics["srm.p_value"], 4) + ")" }));
+    }
+    if (metrics["comparison.difference"] !== undefined || metrics["comparison.p_value"] !== undefined) {
+      facts.push(el("li", { id: "comparison", text: "challenger - champion: " + number(metrics["comparison.difference"], 4) +
+        (metrics["comparison.p_value"] !== undefined ? ", always-valid p = " + number(metrics["comparison.p_value"], 4) : "") }));
+    }
+    if (metrics["drift.share"] !== undefined) {
+      facts.push(el("li", { id: "drift", class: metrics["drift.drifted"] ? "bad" : null, text: "drift: " +
+        number(100 * metrics["drift.share"], 1) + "% of columns" + (metrics["drift.drifted"] ? " (drifted)" : "") }));
+    }
+    return el("div", { class: "card" }, [title,
+      el("p", { id: "monitoring" }, [el("a", { href: m.url, target: "_blank", rel: "noopener", text: when }),
+        " · decision: ", el("strong", { id: "decision", class: decisionClass, text: m.decision || "none" })]),
+      el("table", { id: "monitoring-variants" }, [el("tr", {}, ["variant", "requests", "share", "labelled", "metrics [CI]"].map(function (h) {
+        return el("th", { text: h });
+      }))].concat(rows)),
+      facts.length ? el("ul", { class: "facts" }, facts) : null]);
   }
 
   function loadDetail(name) {
@@ -238,7 +309,7 @@
               target: "_blank", rel: "noopener", text: "registered model" })]),
           ]),
         ]),
-        servingCard(model), actionsCard(model), versionsCard(model), historyCard(model));
+        servingCard(model), monitoringCard(model), actionsCard(model), versionsCard(model), historyCard(model));
     }).catch(function (error) { show("error", error.message); });
   }
 

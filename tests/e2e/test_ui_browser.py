@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ui_platform import MODEL, PASSWORD, Platform, run_platform
+from ui_platform import MODEL, PASSWORD, Platform, monitor_look, run_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -134,6 +134,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             )
             assert done.returncode == 0, (home / "dag-test.log").read_text()[-4000:]
         log.close()
+        # A look of the real monitor, so the view has monitoring results to show.
+        monitor_look(running, home / "monitor-storage")
         yield running
 
 
@@ -191,6 +193,15 @@ def test_a_member_sees_what_serves_and_promotes_from_the_models_view(
     assert serving.locator("tr[data-alias=challenger] .served-version").inner_text() == "v2"
     assert frame.locator("#traffic").inner_text() == "champion 90%, challenger 10%"
     assert frame.locator("#refusal").count() == 0
+    # The latest monitor look: its decision, each variant's share of the traffic and metrics.
+    assert frame.locator("#decision").inner_text() in (
+        "challenger_better",
+        "challenger_worse",
+        "no_difference_yet",
+    )
+    variants = frame.locator("#monitoring-variants")
+    assert "90.0%" in variants.locator("tr[data-variant=champion]").inner_text()
+    assert "accuracy" in variants.locator("tr[data-variant=challenger]").inner_text()
     shot(page, "models-view")
 
     frame.locator("#reason").fill("v2 beats v1 on roc_auc")
@@ -201,6 +212,8 @@ def test_a_member_sees_what_serves_and_promotes_from_the_models_view(
     assert frame.locator("#traffic").inner_text() == "champion 100%"
     history = frame.locator("#history tr").nth(1).inner_text()
     assert "alice" in history and "model.promote" in history and "v2 beats v1" in history
+    # Any recorded state can be restored from its row (mlwp models rollback --to <id>).
+    assert frame.locator("#history button.rollback-to").first.is_enabled()
     shot(page, "models-view-promoted")
 
     # The view follows the Airflow UI's theme: dark when Airflow is dark.
@@ -226,6 +239,7 @@ def test_a_viewer_is_refused_the_same_action(platform: Platform, browser: Any) -
     refusal = frame.locator("#refusal").inner_text()
     assert refusal.startswith("user 'vera' may not change models of project 'churn'")
     assert frame.locator("button.promote").first.is_disabled()
+    assert frame.locator("#history button.rollback-to").first.is_disabled()
     shot(page, "models-view-viewer")
     # The buttons only mirror the decision: the API refuses the request itself.
     answer = frame.locator("body").evaluate(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ui_platform import MODEL, Platform, run_platform
+from ui_platform import MODEL, Platform, monitor_look, run_platform
 
 # Starting three real servers takes minutes on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -150,3 +150,43 @@ def test_a_model_of_another_project_is_not_changed_through_this_one(platform: Pl
     assert response.json()["detail"] == (
         f"model {MODEL!r} belongs to project 'churn', not to 'fraud'"
     )
+
+
+def test_a_member_rolls_back_to_any_event_of_the_history(platform: Platform) -> None:
+    """As `mlwp models rollback --to <event id>`: the state right after that change."""
+    with platform.api("vera") as api:
+        history = api.get(f"/mlwp/api/models/{MODEL}").json()["history"]
+    (split,) = [h for h in history if h["action"] == "traffic.set"]
+    refused = change(platform, "vera", "rollback", {"to": str(split["id"])})
+    assert refused.status_code == 403, refused.text
+    back = change(platform, "alice", "rollback", {"to": str(split["id"]), "reason": "as then"})
+    assert back.status_code == 200, back.text
+    assert back.json()["traffic"] == {"champion": 50, "challenger": 50}
+    unknown = change(platform, "alice", "rollback", {"to": "no-such-point"})
+    assert unknown.status_code == 409 and "--to" in unknown.json()["detail"], unknown.text
+    restored = change(platform, "alice", "traffic", {"traffic": {"champion": 90, "challenger": 10}})
+    assert restored.status_code == 200, restored.text
+
+
+def test_the_view_shows_the_latest_monitor_look(platform: Platform, tmp_path: Path) -> None:
+    """The monitor (mlwp.monitoring.monitor.run_monitor, for real) analyses captured,
+    labelled predictions of both variants and logs the look to MLflow; the view then shows
+    its decision, per-variant traffic, labels and metrics with intervals, and links the run."""
+    with platform.api("vera") as api:
+        before = api.get(f"/mlwp/api/models/{MODEL}").json()
+    assert before["monitoring"] is None
+    outcome = monitor_look(platform, tmp_path / "storage")
+    with platform.api("vera") as api:
+        monitoring = api.get(f"/mlwp/api/models/{MODEL}").json()["monitoring"]
+    assert monitoring["run_id"] == outcome.run_id
+    assert monitoring["url"] == (
+        f"{platform.mlflow_url}/#/experiments/{outcome.experiment_id}/runs/{outcome.run_id}"
+    )
+    assert monitoring["decision"] == outcome.result["comparison"]["decision"]
+    assert monitoring["versions"] == before["aliases"]
+    metrics = monitoring["metrics"]
+    assert metrics["traffic.champion.requests"] == 360
+    assert metrics["traffic.challenger.requests"] == 40
+    assert metrics["labels.champion.coverage"] == 1.0
+    assert metrics["champion.accuracy.low"] <= metrics["champion.accuracy"]
+    assert metrics["champion.accuracy"] <= metrics["champion.accuracy.high"]
