@@ -81,6 +81,7 @@ def test_serving_dashboard_covers_what_the_issue_asks() -> None:
         "mlwp_serving_prediction_requests_total",
         "mlwp_serving_cache_total",
         "mlwp_serving_model_load_failures_total",
+        "mlwp_serving_capture_dropped_total",
     ):
         assert name in serving, name
     pipelines = {
