@@ -273,6 +273,21 @@ def rollback(
     return after
 
 
+def to_champion(
+    actor: str, name: str, reason: str, *, kind: str = "guardrail", **extra: Any
+) -> dict[str, Any]:
+    """Send all traffic back to the champion at once (a guardrail's rollback).
+
+    The challenger alias stays where it is (with 0 %), so what failed can be looked at and
+    the history shows which version it was; recorded as ``model.rollback``.
+    """
+    before = snapshot(name)
+    state = {"aliases": before["aliases"], "traffic": {"champion": 100}}
+    after = registry.restore(name, state)
+    _record(actor, ROLLBACK, name, before=before, after=after, reason=reason, kind=kind, **extra)
+    return after
+
+
 def describe_state(state: Mapping[str, Any] | None) -> str:
     """``champion v1 90%, challenger v2 10%`` (``-`` for no state)."""
     if not state:

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         "(0: ask for the reload, do not wait).",
     )
 
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus server a guarded rollout queries for serving's per-variant "
+        "request, error and latency metrics (every replica); unset: the rollout scrapes "
+        "serving's own /metrics (one process).",
+    )
+
     fernet_key: SecretStr | None = Field(
         default=None,
         description="Airflow's Fernet key; generated into home/secrets.json when unset.",

@@ -54,6 +54,36 @@ def comparison_markdown(registration: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rollout_markdown(registration: dict[str, Any]) -> str:
+    """The evidence of a guarded rollout so far (operators.rollout), as Markdown."""
+    state = registration.get("rollout") or {}
+    checks = state.get("checks") or []
+    if not checks:
+        return ""
+    lines = [
+        "",
+        f"#### Rollout of version {state.get('challenger', '?')} against champion "
+        f"version {state.get('champion', '?')}: guardrails held at every step",
+        "",
+        "| step | challenger % | requests | error rate | p99 ms | monitor decision | drift |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for check in checks[-10:]:
+        evidence = check.get("evidence") or {}
+        mine = (evidence.get("serving") or {}).get("challenger") or {}
+        monitor = evidence.get("monitor") or {}
+        lines.append(
+            f"| {check.get('step', '?')} | {(check.get('traffic') or {}).get('challenger', '?')} "
+            f"| {_fmt(mine.get('requests'))} | {_fmt(mine.get('error_rate'))} "
+            f"| {_fmt(mine.get('p99_ms'))} | {monitor.get('decision', '-')} "
+            f"| {_fmt(monitor.get('prediction_drifted'))} |"
+        )
+    pending = (checks[-1] or {}).get("pending") or []
+    if pending:
+        lines += ["", "Not judged yet: " + "; ".join(pending)]
+    return "\n".join(lines)
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
@@ -119,7 +149,7 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         from operators.links import mlflow_model_version_url
 
         registration = self.upstream_document(context, "version", self.input)
-        body = comparison_markdown(registration)
+        body = comparison_markdown(registration) + rollout_markdown(registration)
         context["ti"].xcom_push(key="registration", value=registration)
         # Stored before the task waits, so the approver opens the version from the request.
         MLflowModelVersionLink.persist(

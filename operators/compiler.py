@@ -212,6 +212,14 @@ def build_dag(
                 task, task_id=task_id, context=context, base=base
             )
             continue
+        if task.type == "rollout":
+            # One task, or steps -> human approval -> promotion (the last keeps the id).
+            from operators.rollout import rollout_tasks_for
+
+            heads[task_id], tasks[task_id] = rollout_tasks_for(
+                task, task_id=task_id, context=context, base=base
+            )
+            continue
         factory = operator_factory(task.type)
         extra: dict[str, Any] = {}
         if isinstance(task, MonitorTask):

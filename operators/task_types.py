@@ -29,6 +29,7 @@ OPERATORS: dict[str, str] = {
     "register": "operators.register.RegisterOperator",
     "approve": "operators.approve.ApproveOperator",
     "deploy": "operators.deploy.DeployOperator",
+    "rollout": "operators.rollout.RolloutOperator",
     "batch_predict": "operators.batch_predict.BatchPredictOperator",
     "python": "operators.python_callable.PythonCallableOperator",
     "monitor": "operators.monitor.MonitorOperator",

@@ -170,6 +170,16 @@ class _WorkflowChecks:
                 self._train_columns(task_id, task)
             if isinstance(task, TransformTask):
                 self.columns_after(task_id)
+            if task.type == "rollout" and getattr(task, "approve", None) is not None:
+                # The compiler adds <id>_steps and <id>_approval beside <id>.
+                for extra in (f"{task_id}_steps", f"{task_id}_approval"):
+                    if extra in self.tasks:
+                        self.add(
+                            self.path(task_id, "approve"),
+                            f"a rollout with approve adds the task {extra!r}, which this "
+                            "workflow already has; rename one of them",
+                            code="task_id_clash",
+                        )
 
     # ----------------------------------------------------------------- metrics
 

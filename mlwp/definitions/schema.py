@@ -8,6 +8,7 @@ arguments of its operator (see ``docs/contracts.md``).
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import PurePosixPath
@@ -919,6 +920,96 @@ class DeployTask(TaskBase):
         return value
 
 
+class RolloutGuardrails(StrictModel):
+    """What must hold for the challenger while a rollout moves traffic to it."""
+
+    max_error_rate: float | None = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest share of the challenger's prediction requests that may fail "
+        "(refused or raised), per step window; null: not checked.",
+    )
+    max_p99_latency_ms: float | None = Field(
+        default=None, gt=0, description="Largest p99 scoring latency of the challenger (ms)."
+    )
+    min_requests: int = Field(
+        default=100,
+        ge=1,
+        description="Challenger requests a step needs before its error rate and latency are "
+        "judged and before it may advance.",
+    )
+    drift: bool = Field(
+        default=True,
+        description="Roll back when the monitor finds the challenger's predictions drifted.",
+    )
+    labels: bool = Field(
+        default=True,
+        description="Roll back when the monitor's labelled comparison finds the challenger "
+        "significantly worse (only once enough labels exist).",
+    )
+
+
+class RolloutApproval(StrictModel):
+    """A human approval of the promotion (the last step), with the rollout's evidence."""
+
+    mode: Literal["human", "auto"] = "human"
+    approvers: list[str] = Field(default_factory=list)
+    min_approvals: int | None = Field(default=None, ge=1)
+    allow_self_approval: bool | None = None
+    allow_admins: bool | None = None
+
+
+class RolloutTask(TaskBase):
+    """Move traffic to the challenger in steps while guardrails hold; promote at 100 %."""
+
+    type: Literal["rollout"] = "rollout"
+    model: str
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [10, 50, 100],
+        min_length=1,
+        description="Challenger percent at each step, increasing; 100 promotes the challenger.",
+    )
+    step_duration: Duration = Field(
+        default=timedelta(hours=1),
+        description="How long each step runs with the guardrails holding before it advances.",
+    )
+    check_every: Duration = Field(
+        default=timedelta(minutes=5), description="How often the guardrails are checked."
+    )
+    guardrails: RolloutGuardrails = Field(default_factory=RolloutGuardrails)
+    approve: RolloutApproval | None = Field(
+        default=None,
+        description="Ask for a human approval before the last step (100 %), the evidence "
+        "in the request.",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        for before, after in itertools.pairwise(value):
+            if after <= before:
+                raise ValueError(f"steps must increase, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _approval_needs_promotion(self) -> RolloutTask:
+        if self.approve is not None and self.steps[-1] != 100:
+            raise ValueError(
+                f"approve asks for an approval of the promotion, but the last step is "
+                f"{self.steps[-1]} %, not 100 %"
+            )
+        if self.check_every.total_seconds() <= 0:
+            raise ValueError("check_every must be positive")
+        return self
+
+    def operator_kwargs(self) -> dict[str, Any]:
+        kwargs = super().operator_kwargs()
+        kwargs["step_duration"] = self.step_duration.total_seconds()
+        kwargs["check_every"] = self.check_every.total_seconds()
+        return kwargs
+
+
 class BatchPredictTask(TaskBase):
     """Score a dataset with a served model version and store the predictions."""
 
@@ -1110,6 +1201,7 @@ TASK_MODELS: dict[str, type[TaskBase]] = {
     "register": RegisterTask,
     "approve": ApproveTask,
     "deploy": DeployTask,
+    "rollout": RolloutTask,
     "batch_predict": BatchPredictTask,
     "python": PythonTask,
     "monitor": MonitorTask,
@@ -1126,6 +1218,7 @@ Task = Annotated[
     | RegisterTask
     | ApproveTask
     | DeployTask
+    | RolloutTask
     | BatchPredictTask
     | PythonTask
     | MonitorTask

@@ -50,6 +50,12 @@ class Metrics:
             "Prediction requests, by model and variant.",
             ("model", "variant"),
         )
+        self.prediction_errors = counter(
+            "mlwp_serving_prediction_errors",
+            "Prediction requests a variant failed to score, by model, variant and kind "
+            "(invalid_input: the variant refused the records; error: it raised).",
+            ("model", "variant", "kind"),
+        )
         self.prediction_seconds = histogram(
             "mlwp_serving_prediction_seconds",
             "Scoring latency by model and variant.",

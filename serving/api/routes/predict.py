@@ -209,10 +209,17 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
     cached = scored is not None
     if scored is None:
         started = time.perf_counter()
-        if len(data) <= settings.inline_rows:
-            scored = _score(variant, data)
-        else:
-            scored = await run_in_threadpool(_score, variant, data)
+        try:
+            if len(data) <= settings.inline_rows:
+                scored = _score(variant, data)
+            else:
+                scored = await run_in_threadpool(_score, variant, data)
+        except Exception as exc:
+            # Per variant, so a guarded rollout sees a challenger that fails what the
+            # champion answers (mlwp.rollout reads this counter).
+            kind = "invalid_input" if isinstance(exc, InvalidInput) else "error"
+            child(metrics.prediction_errors, model, alias, kind).inc()
+            raise
         child(metrics.prediction_seconds, model, alias).observe(time.perf_counter() - started)
         if key is not None and services.cache is not None:
             await services.cache.set(key, scored)

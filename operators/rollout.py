@@ -1,0 +1,427 @@
+"""RolloutOperator: a guarded, stepwise rollout of the challenger (issue #14).
+
+The steps (``[10, 50, 100]``: challenger percent; 100 promotes it) advance only while the
+guardrails hold (``mlwp.rollout``). Between checks the task is *deferred* on a
+``TimeDeltaTrigger`` (the triggerer waits, no worker slot is held); the rollout's state
+travels in the deferral's keyword arguments. A breach sends all traffic back to the champion
+at once (recorded as ``model.rollback`` by ``guardrail:<dag_id>``), asks serving to reload,
+and fails the task with the breach, so the project's ``alerts.on_failure`` notifiers fire.
+
+With ``approve`` in the definition the compiler builds three tasks (:func:`rollout_tasks_for`):
+``<id>_steps`` (the steps below 100), ``<id>_approval`` (the human approval; its request
+carries the evidence) and ``<id>`` (one last guardrail check on the traffic since the
+approval was asked, then the promotion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from operators._common import MlwpOperator, check_choice
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator, Context
+
+    from mlwp.rollout import RolloutPolicy, VariantWindow, Verdict
+
+PHASES = ("all", "steps", "promote")
+KEEP_CHECKS = 30
+
+
+class RolloutOperator(MlwpOperator):
+    """Move traffic to the challenger in ``steps``, advancing while ``guardrails`` hold."""
+
+    template_fields: Sequence[str] = ("model",)
+    ui_color = "#f5cba7"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        steps: Sequence[int] = (10, 50, 100),
+        step_duration: float = 3600.0,
+        check_every: float = 300.0,
+        guardrails: dict[str, Any] | None = None,
+        phase: str = "all",
+        input: str | None = None,
+        serving_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("approve", None)  # the compiler's business (rollout_tasks_for)
+        super().__init__(**kwargs)
+        from mlwp.rollout import RolloutError, policy_from
+
+        if not model:
+            raise ValueError(f"task {self.task_id!r}: 'model' is required")
+        check_choice(self.task_id, "phase", phase, PHASES)
+        self.model = model
+        self.steps = [int(s) for s in steps]
+        self.step_duration = float(step_duration)
+        self.check_every = float(check_every)
+        self.guardrails = dict(guardrails or {})
+        self.phase = phase
+        self.input = input
+        self.serving_url = serving_url
+        try:
+            policy_from(self.steps, self.step_duration, self.check_every, self.guardrails)
+        except RolloutError as exc:
+            raise ValueError(f"task {self.task_id!r}: {exc.message}") from exc
+
+    # ------------------------------------------------------------------ the state machine
+
+    @property
+    def policy(self) -> RolloutPolicy:
+        from mlwp.rollout import policy_from
+
+        steps = self.steps
+        if self.phase == "steps" and steps[-1] == 100:
+            steps = steps[:-1]
+        elif self.phase == "promote":
+            steps = [100]
+        return policy_from(steps, self.step_duration, self.check_every, self.guardrails)
+
+    def execute(self, context: Context) -> Any:
+        from mlwp import registry
+        from operators import _registry
+
+        _registry.use_tracking_server()
+        if self.phase == "promote":
+            decision = self.upstream_document(context, "version", self.input)
+            if decision.get("approved") is False:
+                raise AirflowSkipException("the promotion was rejected; traffic is unchanged")
+            state = dict(decision.get("rollout") or {})
+            if not state:
+                raise AirflowFailException(f"task {self.task_id!r}: upstream has no rollout state")
+            self._check_aliases(state)
+            return self._final_check(context, state)
+        aliases = (
+            registry.aliases(self.model) if registry.registered_model_exists(self.model) else {}
+        )
+        if "challenger" not in aliases or "champion" not in aliases:
+            raise AirflowSkipException(
+                f"{self.model} has no champion and challenger to roll out between "
+                f"(aliases: {aliases or 'none'})"
+            )
+        state: dict[str, Any] = {
+            "champion": aliases["champion"],
+            "challenger": aliases["challenger"],
+            "steps": list(self.policy.steps),
+            "checks": [],
+        }
+        if not state["steps"]:
+            return self._finish(context, state)
+        return self._begin(context, state, 0)
+
+    def resume(
+        self, context: Context, event: Any = None, state: dict[str, Any] | None = None
+    ) -> Any:
+        """Called by Airflow when the wait between two checks is over."""
+        from mlwp import rollout
+        from operators import _registry
+
+        _registry.use_tracking_server()
+        state = dict(state or {})
+        self._check_aliases(state, expected_traffic=state.get("traffic"))
+        now = datetime.now(UTC)
+        elapsed = rollout.elapsed_seconds(state["started"], now)
+        policy = self.policy
+        observed, verdict = self._observe(state, elapsed)
+        if observed is None:
+            action = "rollback" if elapsed >= 2 * policy.step_seconds else "wait"
+            if action == "rollback":
+                verdict.breaches.append(
+                    f"no serving metrics for {elapsed:.0f} s: the challenger cannot be judged"
+                )
+        else:
+            action = rollout.next_action(policy, verdict, elapsed, observed)
+        self._remember(state, verdict, action, elapsed)
+        self.log.info(
+            "%s step %d (challenger %d%%) after %.0f s: %s; breaches %s; pending %s",
+            self.model,
+            state["step"] + 1,
+            state["steps"][state["step"]],
+            elapsed,
+            action,
+            verdict.breaches or "none",
+            verdict.pending or "none",
+        )
+        if action == "rollback":
+            self._rollback(context, state, verdict)
+        if action == "advance":
+            if state["step"] + 1 < len(state["steps"]):
+                return self._begin(context, state, state["step"] + 1)
+            return self._finish(context, state)
+        self._wait(state)
+        return None
+
+    def _begin(self, context: Context, state: dict[str, Any], index: int) -> Any:
+        policy = self.policy
+        if policy.steps[index] == 100:
+            return self._promote(context, state)
+        split = policy.split(index)
+        self._change(
+            context,
+            "traffic",
+            f"rollout step {index + 1}/{len(self.steps)}: challenger v{state['challenger']} "
+            f"{split['challenger']}%",
+            traffic=split,
+        )
+        state.update(
+            step=index,
+            traffic=split,
+            started=datetime.now(UTC).isoformat(),
+            baseline=self._baseline(),
+        )
+        self._wait(state)
+        return None
+
+    def _wait(self, state: dict[str, Any]) -> None:
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=self.check_every)),
+            method_name="resume",
+            kwargs={"state": state},
+        )
+
+    def _finish(self, context: Context, state: dict[str, Any]) -> dict[str, Any]:
+        """The steps are done below 100 %: hand the evidence on (to the approval)."""
+        state.update(
+            started=datetime.now(UTC).isoformat(), baseline=self._baseline(), finished=True
+        )
+        document = self._document(state, "held")
+        self.log.info(
+            "%s: guardrails held at every step; challenger v%s keeps %s%%",
+            self.model,
+            state["challenger"],
+            (state.get("traffic") or {}).get("challenger"),
+        )
+        return document
+
+    def _final_check(self, context: Context, state: dict[str, Any]) -> dict[str, Any]:
+        from mlwp import rollout
+
+        elapsed = rollout.elapsed_seconds(state["started"], datetime.now(UTC))
+        _observed, verdict = self._observe(state, elapsed)
+        self._remember(state, verdict, "promote" if verdict.holds else "rollback", elapsed)
+        if not verdict.holds:
+            self._rollback(context, state, verdict)
+        return self._promote(context, state)
+
+    def _promote(self, context: Context, state: dict[str, Any]) -> dict[str, Any]:
+        last = (state.get("checks") or [{}])[-1]
+        self._change(
+            context,
+            "promote",
+            f"rollout complete: guardrails held at every step; v{state['challenger']} "
+            f"becomes the champion",
+            evidence=last,
+        )
+        self.stat("incr", "rollout.promoted")
+        state["traffic"] = {"champion": 100}
+        return self._document(state, "promoted")
+
+    def _rollback(self, context: Context, state: dict[str, Any], verdict: Verdict) -> None:
+        reason = "; ".join(verdict.breaches)
+        self._change(context, "rollback", reason, evidence=verdict.to_dict())
+        self.stat("incr", "rollout.rolled_back")
+        state["traffic"] = {"champion": 100}
+        context["ti"].xcom_push(key="rollout", value=self._document(state, "rolled_back"))
+        raise AirflowFailException(
+            f"guardrail breach at step {state.get('step', 0) + 1} of {self.model}'s rollout "
+            f"(challenger v{state['challenger']}): {reason}. All traffic is back on the "
+            f"champion v{state['champion']}."
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _check_aliases(
+        self, state: dict[str, Any], expected_traffic: dict[str, int] | None = None
+    ) -> None:
+        """Stop if a person (or another run) changed what serves meanwhile: never fight them."""
+        from mlwp import registry
+
+        now = registry.snapshot(self.model)
+        aliases = now["aliases"]
+        if (
+            aliases.get("champion") != state["champion"]
+            or aliases.get("challenger") != state["challenger"]
+        ):
+            raise AirflowFailException(
+                f"{self.model}'s aliases changed during the rollout (now {aliases}; the rollout "
+                f"was champion v{state['champion']}, challenger v{state['challenger']}); "
+                "stopping without touching them"
+            )
+        if expected_traffic is not None and now["traffic"] != expected_traffic:
+            raise AirflowFailException(
+                f"{self.model}'s traffic changed during the rollout (now {now['traffic']}, "
+                f"expected {expected_traffic}); stopping without touching it"
+            )
+
+    def _change(self, context: Context, what: str, reason: str, **details: Any) -> None:
+        from mlwp import model_changes, registry
+
+        ti = context["ti"]
+        run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id}
+        try:
+            if what == "traffic":
+                model_changes.set_traffic(
+                    model_changes.workflow_actor(ti.dag_id),
+                    self.model,
+                    details["traffic"],
+                    reason,
+                    kind="workflow",
+                    run=run,
+                )
+                alias, version = "challenger", None
+            elif what == "promote":
+                model_changes.promote(
+                    model_changes.workflow_actor(ti.dag_id),
+                    self.model,
+                    None,
+                    reason,
+                    kind="workflow",
+                    run=run,
+                    evidence=details.get("evidence"),
+                )
+                alias, version = "champion", None
+            else:
+                model_changes.to_champion(
+                    model_changes.guardrail_actor(ti.dag_id),
+                    self.model,
+                    reason,
+                    run=run,
+                    evidence=details.get("evidence"),
+                )
+                alias, version = "champion", None
+        except registry.RegistryError as exc:
+            raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+        self._reload_serving(alias, version)
+
+    def _reload_serving(self, alias: str, version: str | None) -> None:
+        from mlwp import registry
+        from mlwp.serving_client import reload_and_wait
+        from mlwp.settings import get_settings
+
+        settings = get_settings()
+        key = settings.serving_admin_key
+        now = registry.snapshot(self.model)
+        reload_and_wait(
+            self.serving_url or settings.serving_url,
+            self.model,
+            alias,
+            version or now["aliases"].get(alias, ""),
+            now["traffic"],
+            api_key=key.get_secret_value() if key else None,
+            timeout=min(settings.deploy_serving_timeout_seconds, 30.0),
+            log=self.log,
+        )
+
+    def _baseline(self) -> dict[str, Any] | None:
+        """Serving's counters now (the start of a window); None with Prometheus or on error."""
+        from mlwp import rollout
+        from mlwp.settings import get_settings
+
+        settings = get_settings()
+        if settings.prometheus_url:
+            return None
+        try:
+            return rollout.scrape_serving(self.serving_url or settings.serving_url, self.model)
+        except rollout.RolloutError as exc:
+            self.log.warning("%s", exc.message)
+            return None
+
+    def _observe(
+        self, state: dict[str, Any], elapsed: float
+    ) -> tuple[dict[str, VariantWindow] | None, Verdict]:
+        from mlwp import rollout
+        from mlwp.settings import get_settings
+
+        settings = get_settings()
+        policy = self.policy
+        observed: dict[str, VariantWindow] | None = None
+        problem = None
+        try:
+            if settings.prometheus_url:
+                observed = rollout.query_prometheus(settings.prometheus_url, self.model, elapsed)
+            else:
+                now = rollout.scrape_serving(self.serving_url or settings.serving_url, self.model)
+                if state.get("baseline") is None:
+                    state["baseline"] = now  # the first readable scrape starts the window
+                observed = rollout.window(now, state["baseline"])
+        except rollout.RolloutError as exc:
+            problem = exc.message
+        monitor = None
+        if policy.guardrails.drift or policy.guardrails.labels:
+            monitor = rollout.read_monitor_result(
+                self.model, state["champion"], state["challenger"]
+            )
+        verdict = rollout.evaluate(policy.guardrails, observed or {}, monitor)
+        if problem:
+            verdict.pending.append(problem)
+        return observed, verdict
+
+    def _remember(
+        self, state: dict[str, Any], verdict: Verdict, action: str, elapsed: float
+    ) -> None:
+        checks = list(state.get("checks") or [])
+        checks.append(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "step": state.get("step", 0) + 1,
+                "traffic": state.get("traffic"),
+                "elapsed_s": round(elapsed, 1),
+                "action": action,
+                **verdict.to_dict(),
+            }
+        )
+        state["checks"] = checks[-KEEP_CHECKS:]
+
+    def _document(self, state: dict[str, Any], outcome: str) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": state["challenger"],
+            "champion": {"version": state["champion"]},
+            "outcome": outcome,
+            "traffic": state.get("traffic"),
+            "rollout": state,
+        }
+
+
+def rollout_tasks_for(
+    task: Any, *, task_id: str, context: dict[str, Any], base: dict[str, Any]
+) -> tuple[BaseOperator, BaseOperator]:
+    """The compiler's entry: one task, or three with a human approval of the promotion.
+
+    Returns (head, tail): upstream edges land on the head, downstream ones leave the tail,
+    which keeps the definition's task id.
+    """
+    from operators.approve import ApproveOperator
+
+    kwargs = task.operator_kwargs()
+    approve = kwargs.pop("approve", None)
+    base = {key: value for key, value in base.items() if key != "task_id"}
+    # A rollout lasts hours: the workflow's compute timeout does not bound it (its own does).
+    base["execution_timeout"] = task.timeout
+    if not approve:
+        single = RolloutOperator(task_id=task_id, phase="all", **kwargs, **context, **base)
+        return single, single
+    steps = RolloutOperator(task_id=f"{task_id}_steps", phase="steps", **kwargs, **context, **base)
+    approval_base = {k: v for k, v in base.items() if k != "execution_timeout"}
+    approval = ApproveOperator(
+        task_id=f"{task_id}_approval",
+        input=steps.task_id,
+        subject=f"Promote the challenger of {task.model} after its rollout?",
+        **approve,
+        **context,
+        **approval_base,
+    )
+    promote = RolloutOperator(
+        task_id=task_id, phase="promote", input=approval.task_id, **kwargs, **context, **base
+    )
+    steps >> approval >> promote
+    return steps, promote
