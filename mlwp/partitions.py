@@ -125,6 +125,54 @@ def partition_uri(dataset_uri: str, partition: Partition) -> str:
     return f"{dataset_uri}/{partition.path}" if partition.path else dataset_uri
 
 
+def record_dataset(
+    storage: Storage,
+    partitions: list[Partition],
+    *,
+    schema: pa.Schema,
+    project: str,
+    name: str,
+    source: str,
+    metadata: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> DatasetRef:
+    """Write the sidecar of a partitioned dataset already at its address (kept if present)."""
+    sha256 = manifest_sha256(partitions)
+    uri = storage.dataset_uri(project, name, sha256)
+    sidecar_uri = storage.sidecar_uri_of(uri)
+    rows = sum(p.rows for p in partitions)
+    columns = list(schema.names)
+    if not storage.exists(sidecar_uri):
+        sidecar: dict[str, Any] = {
+            "uri": uri,
+            "sha256": sha256,
+            "project": project,
+            "name": name,
+            "rows": rows,
+            "columns": columns,
+            "schema": pandas_schema(schema),
+            "bytes": sum(p.bytes for p in partitions),
+            "source": source,
+            "created": datetime.now(UTC).isoformat(),
+            "layout": LAYOUT,
+            "partitions": [p.to_dict() for p in partitions],
+            **(options or {}),
+        }
+        if metadata:
+            sidecar["metadata"] = metadata
+        storage.write_json(sidecar_uri, sidecar)
+    return DatasetRef(
+        uri=uri,
+        sha256=sha256,
+        rows=rows,
+        columns=columns,
+        name=name,
+        project=project,
+        sidecar_uri=sidecar_uri,
+        extra={"layout": LAYOUT, "partitions": len(partitions)},
+    )
+
+
 class _Staging:
     """A staging folder beside the dataset versions; moved to its content address at the end."""
 
@@ -152,37 +200,15 @@ class _Staging:
             self.discard()
         else:
             self.fs.mv(self.path, final_path, recursive=True)
-        sidecar_uri = self.storage.sidecar_uri_of(uri)
-        rows = sum(p.rows for p in partitions)
-        columns = list(schema.names)
-        if not self.storage.exists(sidecar_uri):
-            sidecar: dict[str, Any] = {
-                "uri": uri,
-                "sha256": sha256,
-                "project": project,
-                "name": name,
-                "rows": rows,
-                "columns": columns,
-                "schema": pandas_schema(schema),
-                "bytes": sum(p.bytes for p in partitions),
-                "source": source,
-                "created": datetime.now(UTC).isoformat(),
-                "layout": LAYOUT,
-                "partitions": [p.to_dict() for p in partitions],
-                **(options or {}),
-            }
-            if metadata:
-                sidecar["metadata"] = metadata
-            self.storage.write_json(sidecar_uri, sidecar)
-        return DatasetRef(
-            uri=uri,
-            sha256=sha256,
-            rows=rows,
-            columns=columns,
-            name=name,
+        return record_dataset(
+            self.storage,
+            partitions,
+            schema=schema,
             project=project,
-            sidecar_uri=sidecar_uri,
-            extra={"layout": LAYOUT, "partitions": len(partitions)},
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
         )
 
     def discard(self) -> None:
@@ -339,16 +365,25 @@ def commit_staged(
             fs.mv(staged_path, f"{final_path}/{partition.path}")
     with fs.open(f"{final_path}/{partitions[0].path}", "rb") as handle:
         schema = pq.ParquetFile(handle).schema_arrow
-    # Staged files that were not moved (the dataset already existed) are dropped.
+    # Staged files that were not moved (the dataset already existed) are dropped, and so is
+    # the run's staging folder once the last of them is.
+    folders = set()
     for item in ordered:
         _, staged_path = storage._fs(item["uri"])
+        folders.add(staged_path.rsplit("/", 1)[0])
         if fs.exists(staged_path):
             fs.rm(staged_path)
-    staging = _Staging.__new__(_Staging)
-    staging.storage, staging.fs, staging.path = storage, fs, final_path
-    staging.directory = storage.dataset_dir(project, name)
-    return staging.commit(
-        partitions, schema=schema, project=project, name=name, source=source, metadata=metadata
+    for folder in folders:
+        if fs.exists(folder) and not fs.ls(folder):
+            fs.rm(folder, recursive=True)
+    return record_dataset(
+        storage,
+        partitions,
+        schema=schema,
+        project=project,
+        name=name,
+        source=source,
+        metadata=metadata,
     )
 
 
@@ -452,3 +487,15 @@ def read_partitioned(storage: Storage, dataset_uri: str, *, verify: bool = True)
             tables.append(pa.Table.from_batches(batches))
     table = pa.concat_tables(tables, promote_options="permissive")
     return table.to_pandas()
+
+
+def copy_dataset(storage: Storage, dataset_uri: str, target_uri: str) -> None:
+    """Copy a partitioned dataset's files under the folder ``target_uri``, 1 MiB at a time."""
+    for partition in partitions_of(storage, dataset_uri):
+        source_fs, source_path = storage._fs(partition_uri(dataset_uri, partition))
+        target = f"{target_uri.rstrip('/')}/{partition.path or 'part-0.parquet'}"
+        target_fs, target_path = storage._fs(target)
+        target_fs.makedirs(target_path.rsplit("/", 1)[0], exist_ok=True)
+        with source_fs.open(source_path, "rb") as reader, target_fs.open(target_path, "wb") as out:
+            while block := reader.read(HASH_BLOCK):
+                out.write(block)

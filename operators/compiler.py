@@ -220,6 +220,14 @@ def build_dag(
                 task, task_id=task_id, context=context, base=base
             )
             continue
+        if task.type == "batch_predict" and task.map_partitions:
+            # plan -> score (mapped over the input's partitions) -> collect (keeps the id)
+            from operators.batch_predict import batch_predict_tasks
+
+            arguments = task.operator_kwargs()
+            arguments.pop("map_partitions")
+            heads[task_id], tasks[task_id] = batch_predict_tasks(**arguments, **context, **base)
+            continue
         factory = operator_factory(task.type)
         extra: dict[str, Any] = {}
         if isinstance(task, MonitorTask):

@@ -36,9 +36,11 @@ class TransformOperator(MlwpOperator):
         *,
         steps: list[dict[str, Any]],
         input: str | None = None,
+        fit_sample_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.fit_sample_rows = fit_sample_rows
         if not steps:
             raise ValueError(f"task {self.task_id!r}: 'steps' needs at least one step")
         for index, step in enumerate(steps):
@@ -47,6 +49,32 @@ class TransformOperator(MlwpOperator):
         self.steps = [dict(step) for step in steps]
         self.input = input
 
+    def _transform_partitions(self, storage: Any, dataset: dict[str, Any]) -> Any:
+        """A partitioned input: fit on a seeded sample, split partition by partition."""
+        from mlwp.transform import TransformError
+        from mlwp.transform_partitions import DEFAULT_SAMPLE_ROWS, transform_partitioned
+
+        try:
+            result = transform_partitioned(
+                storage,
+                dataset["uri"],
+                self.steps,
+                project=self.project,
+                name=self.task_id,
+                sample_rows=self.fit_sample_rows or DEFAULT_SAMPLE_ROWS,
+                metadata={"input_sha256": dataset["sha256"]},
+            )
+        except TransformError as exc:
+            raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+        self.log.info(
+            "Fitted on a seeded sample of %s of %s rows (seed %s); split %s partitions",
+            result.fit_sample["rows"],
+            result.fit_sample["of_rows"],
+            result.fit_sample["seed"],
+            dataset.get("partitions"),
+        )
+        return result
+
     def execute(self, context: Context) -> dict[str, Any]:
         from mlwp.transform import TransformError, run_transform
         from operators.links import dataset_url
@@ -54,25 +82,34 @@ class TransformOperator(MlwpOperator):
         started = time.monotonic()
         storage = self.storage()
         dataset = self.upstream_document(context, "sha256", self.input)
-        frame = storage.read_dataset(dataset["uri"])
-        try:
-            result = run_transform(frame, self.steps)
-        except TransformError as exc:
-            # A missing column or a bad step will fail the same way on a retry.
-            raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
         lineage = self.lineage(context)
         splits: dict[str, dict[str, Any]] = {}
-        for split, rows in result.splits.items():
-            ref = storage.write_dataset(
-                rows,
-                project=self.project,
-                name=f"{self.task_id}-{split}",
-                source=dataset["uri"],
-                metadata={"split": split, "input_sha256": dataset["sha256"]},
-            )
-            storage.update_sidecar(ref.uri, produced_by=lineage)
-            splits[split] = ref.to_dict()
-            self.log.info("Split %s: %s rows -> %s", split, ref.rows, ref.uri)
+        fit_sample: dict[str, Any] | None = None
+        if dataset.get("layout") == "partitioned":
+            result: Any = self._transform_partitions(storage, dataset)
+            fit_sample = result.fit_sample
+            for split, ref in result.splits.items():
+                storage.update_sidecar(ref.uri, produced_by=lineage)
+                splits[split] = ref.to_dict()
+                self.log.info("Split %s: %s rows -> %s", split, ref.rows, ref.uri)
+        else:
+            frame = storage.read_dataset(dataset["uri"])
+            try:
+                result = run_transform(frame, self.steps)
+            except TransformError as exc:
+                # A missing column or a bad step will fail the same way on a retry.
+                raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
+            for split, rows in result.splits.items():
+                ref = storage.write_dataset(
+                    rows,
+                    project=self.project,
+                    name=f"{self.task_id}-{split}",
+                    source=dataset["uri"],
+                    metadata={"split": split, "input_sha256": dataset["sha256"]},
+                )
+                storage.update_sidecar(ref.uri, produced_by=lineage)
+                splits[split] = ref.to_dict()
+                self.log.info("Split %s: %s rows -> %s", split, ref.rows, ref.uri)
         DatasetLink.persist(context, dataset_url(*(s["uri"] for s in splits.values())))
         preprocessing = result.preprocessing.to_json()
         train_uri = splits["train"]["uri"]
@@ -88,6 +125,8 @@ class TransformOperator(MlwpOperator):
             "validation": storage.read_sidecar(dataset["uri"]).get("validation") or {},
             "task_id": self.task_id,
         }
+        if fit_sample is not None:
+            document["fit_sample"] = fit_sample
         self.emit_dataset_event(
             context,
             {

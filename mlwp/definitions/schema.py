@@ -708,6 +708,12 @@ class TransformTask(TaskBase):
     type: Literal["transform"] = "transform"
     steps: list[TransformStep] = Field(min_length=1)
     input: TaskId | None = None
+    fit_sample_rows: int | None = Field(
+        default=None,
+        ge=1000,
+        description="For a partitioned input: fit on a seeded sample of about this many rows "
+        "(200000 when unset), then apply per partition (docs/scale.md).",
+    )
 
     PRODUCES_DATASET: ClassVar[bool] = True
 
@@ -1020,8 +1026,31 @@ class BatchPredictTask(TaskBase):
     output: str | None = Field(
         default=None, description="Where predictions go; storage when unset."
     )
+    map_partitions: bool = Field(
+        default=False,
+        description="Score each partition of the input in its own mapped Airflow task, spread "
+        "over the workers, in chunks of chunk_rows (docs/scale.md).",
+    )
+    chunk_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Rows scored at a time by each mapped task (65536 when unset).",
+    )
 
     PRODUCES_DATASET: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _chunks_when_mapped(self) -> BatchPredictTask:
+        if self.chunk_rows is not None and not self.map_partitions:
+            raise ValueError("'chunk_rows' applies to 'map_partitions: true', which is not set")
+        return self
+
+    def operator_kwargs(self) -> dict[str, Any]:
+        """The single-task operator takes no ``map_partitions``; the compiler reads it."""
+        arguments = super().operator_kwargs()
+        if not self.map_partitions:
+            arguments.pop("map_partitions", None)
+        return arguments
 
 
 class PythonTask(TaskBase):

@@ -29,7 +29,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_churn_pipeline_end_to_end(
-    pipeline_env: Path, mlflow_tracking: str, monkeypatch: pytest.MonkeyPatch
+    pipeline_env: Path,
+    mlflow_tracking: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    dag_runner: Any,
 ) -> None:
     import mlflow
 
@@ -163,6 +167,45 @@ def test_churn_pipeline_end_to_end(
     frame = storage.read_dataset(predictions["uri"])
     assert set(frame["prediction"]) <= {"Yes", "No"}
     assert frame["probability_Yes"].between(0, 1).all()
+
+    # At scale (#16): the extract streams into partitions of 3,000 rows and batch prediction
+    # maps one Airflow task over each, scoring in chunks; same answers as the single task.
+    run = dag_runner(scaled_score_dag(tmp_path))  # a DAG outside the folder: serialized first
+    assert states(run) == {
+        "extract": "success",
+        "predict_plan": "success",
+        "predict_score": "success",
+        "predict": "success",
+    }, states(run)
+    mapped = xcom(run, "predict", "return_value")
+    assert mapped["layout"] == "partitioned" and mapped["partitions"] == 3
+    sidecar = storage.read_sidecar(mapped["uri"])
+    assert sidecar["metadata"]["version"] == version.version
+    assert sidecar["metadata"]["mapped_tasks"] == 3
+    assert sidecar["produced_by"]["dag_id"] == "churn.score_at_scale"
+    at_scale = storage.read_dataset(mapped["uri"])
+    assert at_scale["prediction"].tolist() == frame["prediction"].tolist()
+    assert (at_scale["probability_Yes"] - frame["probability_Yes"]).abs().max() < 1e-6
+
+
+def scaled_score_dag(tmp_path: Path) -> Any:
+    """The churn score workflow as a project at scale writes it: streamed, mapped."""
+    import yaml
+
+    from mlwp.definitions.loading import load_project
+    from operators.compiler import build_dag
+
+    project_dir = tmp_path / "churn-at-scale"
+    shutil.copytree(CHURN, project_dir)
+    definition = yaml.safe_load((project_dir / "workflow.yaml").read_text())
+    workflow = definition["workflows"]["score"]
+    workflow["tasks"]["extract"]["rows_per_partition"] = 3000
+    workflow["tasks"]["predict"].update(map_partitions=True, chunk_rows=1000)
+    workflow["schedule"] = None
+    definition["workflows"] = {"score_at_scale": workflow}
+    (project_dir / "workflow.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    return build_dag(load_project(project_dir / "workflow.yaml"), "score_at_scale",
+                     project_dir=project_dir)  # fmt: skip
 
 
 def asset_events(name: str) -> list[dict[str, Any]]:
