@@ -13,7 +13,7 @@ partition's size.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,8 +29,7 @@ def score_batch(model: Model, batch: pa.RecordBatch) -> pa.RecordBatch:
     """The batch with its predictions (and class probabilities) appended."""
     import pyarrow as pa
 
-    frame = batch.to_pandas()
-    matrix = model.preprocessing.transform_frame(frame)
+    matrix = feature_matrix(model, batch)
     if matrix.shape[0] == 0:
         raw = np.zeros((0,), dtype=np.float64)
     else:
@@ -56,6 +55,52 @@ def score_batch(model: Model, batch: pa.RecordBatch) -> pa.RecordBatch:
         names.append(f"probability_{label}")
         arrays.append(pa.array(probabilities[:, index], type=pa.float64()))
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def feature_matrix(model: Model, batch: pa.RecordBatch) -> np.ndarray[Any, Any]:
+    """The model's feature matrix of a batch's raw rows.
+
+    Arrow columns are read straight into the preprocessing's column arrays when their types
+    are what the model expects (text as ``str``/None objects, numbers as float64 with NaN for
+    missing): Arrow guarantees every value's type, which is what the per-value checks of the
+    DataFrame path establish. Anything else (a missing column, another type, a value a step
+    refuses) takes :meth:`~mlwp.preprocessing.Preprocessing.transform_frame`, which reads it
+    or names the problem.
+    """
+    from mlwp.preprocessing import Columns, _ValueProblem
+
+    preprocessing = model.preprocessing
+    columns = _arrow_columns(preprocessing, batch, Columns)
+    if columns is not None:
+        try:
+            out = preprocessing.transform_columns(columns)
+            return out.matrix(out.names)
+        except _ValueProblem:
+            pass
+    return preprocessing.transform_frame(batch.to_pandas())
+
+
+def _arrow_columns(preprocessing: Any, batch: pa.RecordBatch, columns_type: Any) -> Any:
+    import pyarrow as pa
+
+    dtypes = {f.name: f.dtype for f in preprocessing.inputs}
+    names = set(batch.schema.names)
+    if any(f.required and f.name not in names for f in preprocessing.features):
+        return None
+    present = [f.name for f in preprocessing.features if f.name in names]
+    data = {}
+    for name in present:
+        array = batch.column(name)
+        kind = array.type
+        if dtypes.get(name) == "str":
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                return None
+            data[name] = array.to_numpy(zero_copy_only=False)
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            data[name] = array.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            return None
+    return columns_type(present, data, batch.num_rows)
 
 
 def score_batches(model: Model, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("task", choices=sorted(TASKS))
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--csv-block-mb", type=float, default=None, help="CSV bytes parsed at a time (16 MiB)"
+    )
     args = parser.parse_args(argv)
     # The libraries every task uses, imported before the baseline is taken.
     import numpy  # noqa: F401
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     import mlwp.etl
     import mlwp.partitions  # noqa: F401
 
+    if args.csv_block_mb:
+        mlwp.etl.CSV_BLOCK_BYTES = int(args.csv_block_mb * (1 << 20))
     args.workdir.mkdir(parents=True, exist_ok=True)
     baseline = peak_mb()
     started = time.perf_counter()

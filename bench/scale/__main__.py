@@ -1,0 +1,124 @@
+"""Scale benchmark: wall time and peak RSS per data task at two sizes, side by side in one run.
+
+    python -m bench.scale                          # 1M and 10M rows
+    python -m bench.scale --rows 100000,1000000    # a quicker run
+
+For each size, a synthetic churn-like CSV is generated, then each task of
+``bench/scale/tasks.py`` runs alone in a fresh process (so its ``ru_maxrss`` is its own):
+extract (streamed into partitions), the whole-file extract (the control), validate, transform,
+train, batch prediction (every partition scored in chunks, one worker) and the floor
+(XGBoost's raw ``inplace_predict`` on the same rows' feature matrix).
+
+Printed: per task, seconds and the memory the task held at its peak (peak RSS minus the
+process's peak after imports) at each size and their ratio, then batch prediction's rows per
+second against the floor's. Goals (issue 16): at 10x the rows, peak within 1.2x for the
+streaming tasks; batch prediction >= 0.5x the floor's rows/s. Never a CI gate; on a shared
+machine absolute numbers move, the side-by-side ratios are what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+TASKS = (
+    "extract",
+    "extract_whole",
+    "validate",
+    "transform",
+    "train",
+    "predict",
+    "floor",
+)
+HOW = {
+    "extract": "streamed, partitions of 250k",
+    "extract_whole": "whole file (control)",
+    "validate": "GX on the whole frame",
+    "transform": "in memory",
+    "train": "in memory",
+    "predict": "partitions in chunks",
+    "floor": "inplace_predict only",
+}
+
+
+def run_task(task: str, workdir: Path, rows: int) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.scale.tasks", task, str(workdir), "--rows", str(rows)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return {"task": task, "error": result.stderr.strip().splitlines()[-1:]}
+    document: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1000000,10000000", help="two sizes, comma-separated")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    args = parser.parse_args(argv)
+    sizes = [int(value) for value in args.rows.split(",")]
+    tasks = [t for t in args.tasks.split(",") if t]
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    base = Path(tempfile.mkdtemp(prefix="mlwp-bench-scale-"))
+    try:
+        for rows in sizes:
+            workdir = base / str(rows)
+            generated = run_task("generate", workdir, rows)
+            print(f"generated {rows:,} rows ({generated.get('bytes', 0) / 1e6:.0f} MB CSV)")
+            results[rows] = {}
+            for task in tasks:
+                results[rows][task] = document = run_task(task, workdir, rows)
+                print(f"  {rows:>11,} {task:<14} {json.dumps(document)}", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(table(results, sizes, tasks))
+    return 0
+
+
+def table(results: dict[int, dict[str, dict[str, Any]]], sizes: list[int], tasks: list[str]) -> str:
+    small, large = sizes[0], sizes[-1]
+    lines = [
+        f"| task | how | s @ {small:,} | s @ {large:,} | task MB @ {small:,} | "
+        f"task MB @ {large:,} | MB ratio | peak RSS MB @ {small:,} | peak RSS MB @ {large:,} |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for task in tasks:
+        a, b = results[small].get(task, {}), results[large].get(task, {})
+        if "error" in a or "error" in b:
+            lines.append(f"| {task} | failed: {a.get('error') or b.get('error')} |")
+            continue
+        ratio = b["task_mb"] / a["task_mb"] if a.get("task_mb") else float("nan")
+        lines.append(
+            f"| {task} | {HOW.get(task, '')} | {a['seconds']:.1f} | {b['seconds']:.1f} | "
+            f"{a['task_mb']:.0f} | {b['task_mb']:.0f} | {ratio:.2f}x | {a['peak_mb']:.0f} | "
+            f"{b['peak_mb']:.0f} |"
+        )
+    if "predict" in tasks and "floor" in tasks:
+        lines.append("")
+        for rows in sizes:
+            ours = results[rows]["predict"].get("rows_per_second")
+            floor = results[rows]["floor"].get("rows_per_second")
+            if ours and floor:
+                lines.append(
+                    f"batch prediction @ {rows:,}: {ours:,.0f} rows/s, floor (inplace_predict) "
+                    f"{floor:,.0f} rows/s: {ours / floor:.2f}x the floor"
+                )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
