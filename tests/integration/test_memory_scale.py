@@ -27,8 +27,10 @@ SLACK_MB = 24
 
 
 def measure(task: str, workdir: Path) -> dict[str, Any]:
+    # 1 MiB CSV blocks: both files span several blocks, so the bound is reached at both sizes
+    # (with the default 16 MiB, the 100k-row file is a single partial block).
     result = subprocess.run(
-        [sys.executable, "-m", "bench.scale.tasks", task, str(workdir)],
+        [sys.executable, "-m", "bench.scale.tasks", task, str(workdir), "--csv-block-mb", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
