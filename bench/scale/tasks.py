@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     import xgboost  # noqa: F401
 
     import mlwp.etl
-    import mlwp.partitions  # noqa: F401
+    import mlwp.partitions
 
     if args.csv_block_mb:
         mlwp.etl.CSV_BLOCK_BYTES = int(args.csv_block_mb * (1 << 20))
