@@ -1,18 +1,28 @@
-"""Serving benchmark: mlflow models serve vs the mlwp service vs a bare FastAPI floor.
+"""Serving benchmark: mlwp against mlflow models serve, MLServer and a bare FastAPI floor.
 
-All three serve the same registered churn model (trained on the telco data), one uvicorn
-worker each, on loopback. The same closed-loop load (N client threads, keep-alive
-connections, bounded by time and count) runs at concurrency 1 and 8 with 1-row and 100-row
-bodies; the table prints req/s, p50, p99 and the ratio to mlflow. A last run measures cache
-hits (mlwp with Redis, the same body repeated). A capture section runs two mlwp servers
-side by side, capturing 0 % and 100 % of requests (issue #14): CPU per request, its ratio,
-and the rows the 100 % server dropped (goal: at most 5 % more CPU, nothing dropped).
+All serve the same registered churn model (trained on the telco data), one worker each, on
+loopback. MLServer (with its XGBoost runtime, the engine behind KServe's and Seldon's
+XGBoost servers) serves the same booster file and is sent the already-encoded feature
+vectors through the V2 inference protocol, so it does less work than mlwp: once with its
+default settings (inference in a separate worker process) and once with inference in the
+server process (``parallel_workers: 0``). It pins libraries (FastAPI among them) below the
+project's lock, so the benchmark installs it with uv into an environment of its own,
+``.bench/mlserver`` (``--no-mlserver`` leaves it out). When granian is importable, the mlwp
+service also runs under granian (``mlwp-granian``) beside uvicorn. The same closed-loop
+load (N client threads, keep-alive connections, bounded by time and count) runs at
+concurrency 1 and 8 with 1-row and 100-row bodies; the table prints req/s, p50, p99, CPU
+microseconds per request and the ratios, and a line per cell gives mlwp's ratio to every
+peer. A last run measures cache hits (mlwp with Redis, the same body repeated). A capture
+section runs two mlwp servers side by side, capturing 0 % and 100 % of requests (issue
+#14): CPU per request, its ratio, and the rows the 100 % server dropped (goal: at most 5 %
+more CPU, nothing dropped).
 
 The load comes from wrk (Debian package ``wrk``, driven by ``load.lua``) when it is
 installed: a C event loop costs the two cores far less than Python client threads, which
 otherwise take CPU from the servers being measured. ``--driver python`` forces the threads.
 
     .venv/bin/python bench/serving/run.py [--mlflow-url URL] [--seconds 8] [--redis-url URL]
+    .venv/bin/python bench/serving/run.py --no-capture --no-cache --seconds 3 --repeats 3
     .venv/bin/python bench/serving/run.py --capture-only --seconds 3 --repeats 3
 """
 
@@ -94,6 +104,135 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     median["errors"] = sum(run["errors"] for run in runs)
     median["p99_ms_runs"] = [run["p99_ms"] for run in runs]
     return median
+
+
+MLSERVER = ("mlserver==1.7.1", "mlserver-xgboost==1.7.1")
+
+
+def mlserver_environment(root: Path) -> Path | None:
+    """The ``mlserver`` command of an environment of its own (MLServer pins FastAPI and other
+    libraries below the project's lock), with the project's XGBoost so that it loads the
+    same booster the same way. Installed with uv once; None (MLServer left out) without uv."""
+    import xgboost
+
+    wanted = " ".join([*MLSERVER, f"xgboost=={xgboost.__version__}"])
+    marker = root / "installed.txt"
+    command = root / "bin" / "mlserver"
+    if marker.exists() and marker.read_text() == wanted and command.exists():
+        return command
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path.home() / ".local" / "bin"))
+    if uv is None:
+        print("MLServer left out: uv not found to install it under .bench/", flush=True)
+        return None
+    print(f"installing {wanted} into {root} ...", flush=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    subprocess.run([uv, "venv", "-q", "--python", version, str(root)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--python", str(root / "bin" / "python"), *wanted.split()],
+        check=True,
+    )
+    marker.write_text(wanted)
+    return command
+
+
+def start_mlserver(
+    command: Path, root: Path, model_dir: Path, parallel_workers: int | None
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """MLServer serving the model's booster file as model ``churn`` with its XGBoost
+    runtime; its settings are the defaults but for the ports (and ``parallel_workers``
+    when given: 0 runs inference in the server process)."""
+    from mlwp import model as mlwp_model
+
+    (root / "churn").mkdir(parents=True)
+    booster = root / "churn" / "model.ubj"
+    shutil.copyfile(model_dir / mlwp_model.MODEL_FILE, booster)
+    (root / "churn" / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "churn",
+                "implementation": "mlserver_xgboost.XGBoostModel",
+                "parameters": {"uri": str(booster)},
+            }
+        )
+    )
+    port = free_port()
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+    }
+    if parallel_workers is not None:
+        settings["parallel_workers"] = parallel_workers
+    (root / "settings.json").write_text(json.dumps(settings))
+    clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    proc = subprocess.Popen(
+        [str(command), "start", str(root)],
+        env={**clean, "PATH": f"{command.parent}{os.pathsep}{clean.get('PATH', '')}"},
+        cwd=root,
+        stdout=(root.parent / f"{root.name}.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return port, proc
+
+
+def v2_body(matrix: Any) -> bytes:
+    """A V2 inference request carrying an encoded feature matrix (float32)."""
+    rows, columns = matrix.shape
+    tensor = {
+        "name": "input-0",
+        "shape": [rows, columns],
+        "datatype": "FP32",
+        "data": matrix.ravel().tolist(),
+    }
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def granian_available() -> bool:
+    return importlib.util.find_spec("granian") is not None
+
+
+def granian_command(port: int) -> list[str]:
+    """The mlwp service under granian (ASGI, one worker), as ``python -m serving`` runs it
+    under uvicorn."""
+    return [
+        str(BIN / "granian"),
+        "--interface",
+        "asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "--no-ws",
+        "serving.main:app",
+    ]
+
+
+def answered(
+    port: int, path: str, body: bytes, headers: dict[str, str], server: str, log: Path
+) -> None:
+    """Wait until a server answers a prediction with 200 (a model may still be loading)."""
+    deadline = time.monotonic() + 120
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request(
+            "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
+        )
+        response = conn.getresponse()
+        text = response.read()
+        conn.close()
+        if response.status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{server}: {response.status} {text[:300]!r}\n{log.read_text()[-2000:]}"
+            )
+        time.sleep(0.5)
 
 
 def drive_threads(
@@ -218,6 +357,11 @@ def main() -> None:
         help="only the capture section: mlwp capturing 0 %% against 100 %%",
     )
     parser.add_argument(
+        "--no-mlserver", action="store_true", help="leave MLServer out (no install under .bench/)"
+    )
+    parser.add_argument("--no-cache", action="store_true", help="skip the cache-hit run")
+    parser.add_argument("--no-capture", action="store_true", help="skip the capture section")
+    parser.add_argument(
         "--driver",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -265,7 +409,7 @@ def main() -> None:
                 "1",
             ],
             {"MLFLOW_TRACKING_URI": mlflow_url},
-            work / "serve.log",
+            work / "mlflow.log",
         )
         procs.append(proc)
         # the mlwp service
@@ -305,32 +449,59 @@ def main() -> None:
             work / "floor.log",
         )
         procs.append(floor)
-        print("waiting for the three servers ...", flush=True)
-        wait(f"http://127.0.0.1:{mlflow_port}/health", procs[-3], work / "serve.log")
-        wait(f"http://127.0.0.1:{mlwp_port}/health/ready", procs[-2], work / "mlwp.log")
-        wait(f"http://127.0.0.1:{floor_port}/docs", floor, work / "floor.log")
-
-        pool = telco.sample_records(1000)
-        bodies = {
-            rows: {
-                "mlflow": [
-                    json.dumps({"dataframe_records": pool[i : i + rows]}).encode()
-                    for i in range(0, 1000 - rows + 1, max(1, rows // 4))
-                ][:200],
-                "mlwp": [
-                    json.dumps({"data": pool[i : i + rows]}).encode()
-                    for i in range(0, 1000 - rows + 1, max(1, rows // 4))
-                ][:200],
-            }
-            for rows in (1, 100)
+        servers = {"mlflow": procs[-3], "mlwp": procs[-2], "floor": floor}
+        waits = {
+            "mlflow": f"http://127.0.0.1:{mlflow_port}/health",
+            "mlwp": f"http://127.0.0.1:{mlwp_port}/health/ready",
+            "floor": f"http://127.0.0.1:{floor_port}/docs",
         }
+        pool = telco.sample_records(1000)
         auth = {"Authorization": f"Bearer {token}"}
         targets = {
             "mlflow": (mlflow_port, "/invocations", "mlflow", {}),
             "mlwp": (mlwp_port, f"/v1/models/{name}/predict", "mlwp", auth),
             "floor": (floor_port, "/predict", "mlwp", {}),
         }
-        servers = {"mlflow": procs[-3], "mlwp": procs[-2], "floor": floor}
+        if granian_available():
+            port = free_port()
+            proc = start(
+                granian_command(port), {**mlwp_env, "MLWP_SERVING_HOME": str(home)}, work / "g.log"
+            )
+            procs.append(proc)
+            servers["mlwp-granian"] = proc
+            waits["mlwp-granian"] = f"http://127.0.0.1:{port}/health/ready"
+            targets["mlwp-granian"] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
+        mlserver = None if args.no_mlserver else mlserver_environment(REPO / ".bench" / "mlserver")
+        if mlserver is not None:
+            for label, workers in (("mlserver", None), ("mlserver-inproc", 0)):
+                port, proc = start_mlserver(mlserver, work / label, model_dir, workers)
+                procs.append(proc)
+                servers[label] = proc
+                waits[label] = f"http://127.0.0.1:{port}/v2/models/churn/ready"
+                targets[label] = (port, "/v2/models/churn/infer", "v2", {})
+        print(f"waiting for {', '.join(servers)} ...", flush=True)
+        for server, url in waits.items():
+            wait(url, servers[server], work / f"{server}.log")
+
+        from mlwp import model as mlwp_model
+
+        features = mlwp_model.load(model_dir).transform(pool).astype("float32")
+        windows = {rows: range(0, 1000 - rows + 1, max(1, rows // 4)) for rows in (1, 100)}
+        bodies = {
+            rows: {
+                "mlflow": [
+                    json.dumps({"dataframe_records": pool[i : i + rows]}).encode()
+                    for i in windows[rows]
+                ][:200],
+                "mlwp": [json.dumps({"data": pool[i : i + rows]}).encode() for i in windows[rows]][
+                    :200
+                ],
+                "v2": [v2_body(features[i : i + rows]) for i in windows[rows]][:200],
+            }
+            for rows in (1, 100)
+        }
+        for server, (port, path, kind, headers) in targets.items():
+            answered(port, path, bodies[1][kind][0], headers, server, work / f"{server}.log")
         results: list[dict[str, Any]] = []
         for rows in (1, 100):
             for concurrency in (1, 8):
@@ -361,13 +532,17 @@ def main() -> None:
                 _print_row(row)
 
         cache = None
-        try:
-            import redis
+        reachable = False
+        if not args.no_cache:
+            try:
+                import redis
 
-            redis.Redis.from_url(args.redis_url, socket_connect_timeout=1).ping()
-        except Exception as exc:  # the cache run is optional
-            print(f"cache run skipped: Redis unreachable at {args.redis_url} ({exc})")
-        else:
+                reachable = bool(
+                    redis.Redis.from_url(args.redis_url, socket_connect_timeout=1).ping()
+                )
+            except Exception as exc:  # the cache run is optional
+                print(f"cache run skipped: Redis unreachable at {args.redis_url} ({exc})")
+        if reachable:
             cache_port = free_port()
             proc = start(
                 [*serving, "--port", str(cache_port)],
@@ -399,7 +574,9 @@ def main() -> None:
                 f"(runs: {', '.join(f'{p:.2f}' for p in cache['p99_ms_runs'])}), "
                 f"cpu {cache['cpu_us']:.0f} us/req, errors {cache['errors']}"
             )
-        capture = capture_section(args, drive, work, mlflow_url, name, procs)
+        capture = (
+            None if args.no_capture else capture_section(args, drive, work, mlflow_url, name, procs)
+        )
         if args.out:
             args.out.write_text(
                 json.dumps({"results": results, "cache_hits": cache, "capture": capture}, indent=2)
@@ -525,20 +702,32 @@ def capture_section(
 
 
 def _print_row(row: dict[str, Any]) -> None:
-    base = row["mlflow"]
+    """One cell: every server's numbers, with req/s and CPU per request as ratios to mlflow
+    and to the floor, and a line of mlwp's ratios to every peer."""
+    base, floor, mlwp = row["mlflow"], row["floor"], row["mlwp"]
+    nan = float("nan")
+    servers = [key for key in row if key not in ("rows", "concurrency")]
     print(f"\n{row['rows']} row(s), concurrency {row['concurrency']}")
     print(
-        f"  {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x mlflow':>9} "
-        f"{'cpu us/req':>11} {'x mlflow':>9} {'errors':>7}"
+        f"  {'server':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x mlflow':>9} "
+        f"{'x floor':>8} {'cpu us/req':>11} {'cpu x mlflow':>13} {'errors':>7}"
     )
-    for server in ("mlflow", "mlwp", "floor"):
+    for server in servers:
         r = row[server]
         print(
-            f"  {server:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-            f"{r['rps'] / (base['rps'] or float('nan')):>9.1f} {r['cpu_us']:>11.0f} "
-            f"{base['cpu_us'] / (r['cpu_us'] or float('nan')):>9.1f} {r['errors']:>7}",
+            f"  {server:<16} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['rps'] / (base['rps'] or nan):>9.1f} {r['rps'] / (floor['rps'] or nan):>8.2f} "
+            f"{r['cpu_us']:>11.0f} {base['cpu_us'] / (r['cpu_us'] or nan):>13.1f} "
+            f"{r['errors']:>7}",
             flush=True,
         )
+    ratios = ", ".join(
+        f"{server} x{mlwp['rps'] / (row[server]['rps'] or nan):.2f} "
+        f"(cpu x{row[server]['cpu_us'] / (mlwp['cpu_us'] or nan):.2f})"
+        for server in servers
+        if server != "mlwp"
+    )
+    print(f"  mlwp req/s against each peer (and peer cpu / mlwp cpu): {ratios}", flush=True)
 
 
 if __name__ == "__main__":
