@@ -464,9 +464,13 @@ def main() -> None:
         }
         if granian_available():
             port = free_port()
-            proc = start(
-                granian_command(port), {**mlwp_env, "MLWP_SERVING_HOME": str(home)}, work / "g.log"
-            )
+            # its own home (captured rows apart), the same key database
+            granian_env = {
+                **mlwp_env,
+                "MLWP_SERVING_HOME": str(work / "home-granian"),
+                "MLWP_SERVING_DATABASE_URL": db,
+            }
+            proc = start(granian_command(port), granian_env, work / "mlwp-granian.log")
             procs.append(proc)
             servers["mlwp-granian"] = proc
             waits["mlwp-granian"] = f"http://127.0.0.1:{port}/health/ready"
@@ -574,12 +578,12 @@ def main() -> None:
                 f"(runs: {', '.join(f'{p:.2f}' for p in cache['p99_ms_runs'])}), "
                 f"cpu {cache['cpu_us']:.0f} us/req, errors {cache['errors']}"
             )
-        capture = (
-            None if args.no_capture else capture_section(args, drive, work, mlflow_url, name, procs)
-        )
+        captured = None
+        if not args.no_capture:
+            captured = capture_section(args, drive, work, mlflow_url, name, procs)
         if args.out:
             args.out.write_text(
-                json.dumps({"results": results, "cache_hits": cache, "capture": capture}, indent=2)
+                json.dumps({"results": results, "cache_hits": cache, "capture": captured}, indent=2)
             )
 
 
