@@ -106,7 +106,9 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return median
 
 
-MLSERVER = ("mlserver==1.7.1", "mlserver-xgboost==1.7.1")
+# uvloop 0.22 refuses asyncio.get_event_loop() without a loop, which MLServer 1.7.1's inference
+# worker calls at start: its default setting (a worker process) fails to load any model.
+MLSERVER = ("mlserver==1.7.1", "mlserver-xgboost==1.7.1", "uvloop<0.22")
 
 
 def mlserver_environment(root: Path) -> Path | None:
@@ -126,7 +128,7 @@ def mlserver_environment(root: Path) -> Path | None:
         return None
     print(f"installing {wanted} into {root} ...", flush=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    subprocess.run([uv, "venv", "-q", "--python", version, str(root)], check=True)
+    subprocess.run([uv, "venv", "-q", "--clear", "--python", version, str(root)], check=True)
     subprocess.run(
         [uv, "pip", "install", "-q", "--python", str(root / "bin" / "python"), *wanted.split()],
         check=True,
@@ -220,18 +222,20 @@ def answered(
     deadline = time.monotonic() + 120
     while True:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request(
-            "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
-        )
-        response = conn.getresponse()
-        text = response.read()
-        conn.close()
-        if response.status == 200:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{server}: {response.status} {text[:300]!r}\n{log.read_text()[-2000:]}"
+        try:
+            conn.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
             )
+            response = conn.getresponse()
+            last = f"{response.status} {response.read()[:300]!r}"
+            if response.status == 200:
+                return
+        except OSError as exc:
+            last = repr(exc)
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server}: {last}\n{log.read_text()[-2000:]}")
         time.sleep(0.5)
 
 
