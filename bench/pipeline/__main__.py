@@ -187,6 +187,21 @@ def platform_processes(settings: Any, env: dict[str, str]) -> list[tuple[str, li
     return commands
 
 
+def wait_for_workers(settings: Any, env: dict[str, str], timeout: float) -> None:
+    """Wait until every Celery worker answers a ping through the broker (``mlwp up``'s own
+    readiness probe): a run triggered before would wait for the workers' start (their
+    preload imports the ML stack), which is start-up time, not the executor's overhead."""
+    from mlwp.platform.processes import celery_worker_processes
+
+    deadline = time.monotonic() + timeout
+    for spec in celery_worker_processes(settings, env):
+        assert spec.ready is not None
+        while (reason := spec.ready()) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{spec.name} not ready after {timeout:.0f} s: {reason}")
+            time.sleep(1)
+
+
 def trigger_all(env: dict[str, str], dag_ids: list[str]) -> None:
     """Trigger each DAG once from one Python process (one Airflow import, not one per run)."""
     script = (
@@ -233,7 +248,7 @@ def run_platform(
         database = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         wanted = ["churn.train", *(f"{project}.train" for project in projects)]
         wait_for_dags(database, wanted, 300)
-        time.sleep(5 * platform.workers)  # the Celery workers' start (their ping is not read)
+        wait_for_workers(settings, env, 900)
         trigger_all(env, ["churn.train"])
         # Polled with one SQL query on the metadata database: a Python process importing
         # Airflow every second would take a core from the run on a two-core machine.

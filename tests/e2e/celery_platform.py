@@ -94,7 +94,14 @@ class Workers:
     root: Path
     started: list[Worker] = field(default_factory=list)
 
-    def start(self, name: str) -> Worker:
+    def start(self, *names: str) -> list[Worker]:
+        """Start the workers at once (their imports overlap), then wait for each to be ready."""
+        started = [self.launch(name) for name in names]
+        for worker in started:
+            self.wait_ready(worker)
+        return started
+
+    def launch(self, name: str) -> Worker:
         home = self.root / name
         home.mkdir(parents=True)
         env = {**self.env, "MLWP_HOME": str(home)}
@@ -111,14 +118,18 @@ class Workers:
             )
         worker = Worker(name, home, proc, log)
         self.started.append(worker)
+        return worker
 
+    @staticmethod
+    def wait_ready(worker: Worker) -> None:
         def ready() -> bool | None:
-            if proc.poll() is not None:
-                pytest.fail(f"worker {name} exited with {proc.returncode}:\n{worker.output()}")
+            if worker.proc.poll() is not None:
+                pytest.fail(
+                    f"worker {worker.name} exited with {worker.proc.returncode}:\n{worker.output()}"
+                )
             return True if " ready." in worker.output() else None
 
-        wait_until(f"Celery worker {name} ready", ready, timeout=300, interval=1)
-        return worker
+        wait_until(f"Celery worker {worker.name} ready", ready, timeout=600, interval=1)
 
     def stop(self) -> None:
         for worker in self.started:

@@ -23,6 +23,7 @@ keeps the default or sets its own.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import subprocess
 import time
@@ -85,7 +86,8 @@ def scaled_down_churn(dags: Path) -> Path:
     project = dags / "projects" / "churn"
     project.mkdir(parents=True)
     (project / "workflow.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
-    (project / "data").symlink_to(CHURN / "data")
+    # A copy, not a symlink: extract refuses a source that resolves outside the project folder.
+    shutil.copytree(CHURN / "data", project / "data")
     (dags / "mlwp_projects.py").write_text(LOADER)
     return dags
 
@@ -193,7 +195,7 @@ def test_worker_killed_in_training_then_broker_stopped(
             running_platform(env, home) as platform,
             celery_workers(env, [home], tmp_path / "workers") as workers,
         ):
-            first, second = workers.start("worker-1"), workers.start("worker-2")
+            first, second = workers.start("worker-1", "worker-2")
             api = admin_api(platform)
             api.patch(f"/dags/{DAG_ID}", {"is_paused": False})
 

@@ -78,8 +78,7 @@ def test_churn_through_the_scheduler_with_two_celery_workers(
             running_platform(env, home) as platform,
             celery_workers(env, [home], tmp_path / "workers") as workers,
         ):
-            for name in ("worker-1", "worker-2"):
-                workers.start(name)
+            workers.start("worker-1", "worker-2")
             outcome = run_churn(platform, client_key)
             api = outcome.api
 
