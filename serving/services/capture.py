@@ -39,7 +39,7 @@ from serving.core.metrics import Metrics
 log = structlog.get_logger("mlwp.serving.capture")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Captured:
     """One scored request (or its shadow's scoring), as the route had it at hand."""
 
@@ -79,6 +79,8 @@ class CaptureBuffer:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._flushing: asyncio.Lock | None = None
+        # read at scrape time: the request path pays nothing for it
+        metrics.capture_buffered.set_function(lambda: self._rows)
 
     # ------------------------------------------------------------------ request side
 
@@ -101,7 +103,6 @@ class CaptureBuffer:
             return False
         self._pending.append(captured)
         self._rows += rows
-        self.metrics.capture_buffered.set(self._rows)
         if self._wake is not None and self._rows >= self.batch_rows:
             self._wake.set()
         return True
@@ -137,7 +138,6 @@ class CaptureBuffer:
                 return await asyncio.to_thread(self._write, pending)
             finally:
                 self._rows -= sum(len(c.records) for c in pending)
-                self.metrics.capture_buffered.set(self._rows)
 
     async def close(self) -> None:
         """Stop the writer and write what is left (the application's shutdown)."""
@@ -172,45 +172,134 @@ class CaptureBuffer:
         return written
 
     def _table(self, items: list[Captured]) -> Any:
+        """The rows of ``items`` as one Arrow table, built column-wise: per-request values
+        are taken once and repeated by Arrow, records and outputs are serialised in one
+        orjson call per batch (:func:`json_rows`); Python touches each row only to find its
+        class index and entity key."""
+        import numpy as np
         import pyarrow as pa
 
         from mlwp.monitoring.capture import capture_schema
 
-        columns: dict[str, list[Any]] = {name: [] for name in capture_schema().names}
-        dumps = orjson.dumps
-        option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-        for c in items:
-            field = self.entity_fields.get(c.model, self.default_entity_field)
-            index = {_key(k): i for i, k in enumerate(c.classes)} if c.classes else None
-            binary = c.classes is not None and len(c.classes) == 2
-            n = len(c.records)
-            columns["inference_id"].extend([c.inference_id] * n)
-            columns["row"].extend(range(n))
-            columns["time"].extend([c.time_ms] * n)
-            columns["model"].extend([c.model] * n)
-            columns["version"].extend([c.version] * n)
-            columns["variant"].extend([c.variant] * n)
-            columns["served"].extend([c.served] * n)
-            columns["routing_key"].extend([c.routing_key] * n)
-            columns["latency_ms"].extend([c.latency_ms] * n)
-            probabilities = c.probabilities
-            for i, record in enumerate(c.records):
-                columns["entity_key"].append(
-                    _entity(record.get(field)) if isinstance(record, dict) else None
+        counts = np.fromiter((len(c.records) for c in items), dtype=np.int64, count=len(items))
+        total = int(counts.sum())
+        request = pa.array(np.repeat(np.arange(len(items)), counts))
+        starts = np.cumsum(counts) - counts
+        # one model per table (``_write`` groups by model); variants may differ in classes
+        field = self.entity_fields.get(items[0].model, self.default_entity_field)
+        records = [r for c in items for r in c.records]
+        predictions = [p for c in items for p in c.predictions]
+        # records are objects: the model refused the request otherwise
+        entities = [r.get(field) for r in records]
+        classes = items[0].classes
+        if all(c.classes == classes for c in items):
+            numbers = _numbers(predictions, classes)
+        else:
+            numbers = [x for c in items for x in _numbers(c.predictions, c.classes)]
+        probabilities: list[Any]
+        if all(c.probabilities is not None for c in items):
+            probabilities = [q for c in items for q in c.probabilities]  # type: ignore[union-attr]
+        else:
+            probabilities = [
+                q
+                for c in items
+                for q in (
+                    c.probabilities if c.probabilities is not None else [None] * len(c.records)
                 )
-                columns["inputs"].append(dumps(record, option=option).decode())
-                prediction = c.predictions[i]
-                probability = probabilities[i] if probabilities is not None else None
-                columns["outputs"].append(
-                    dumps(
-                        {"prediction": prediction, "probabilities": probability}, option=option
-                    ).decode()
+            ]
+        if all(c.classes is not None and len(c.classes) == 2 for c in items):
+            positive = [q[1] if q is not None else None for q in probabilities]
+        else:
+            positive = [
+                q[1] if q is not None and c.classes is not None and len(c.classes) == 2 else None
+                for c in items
+                for q in (
+                    c.probabilities if c.probabilities is not None else [None] * len(c.records)
                 )
-                columns["prediction"].append(_number(prediction, index))
-                columns["probability"].append(
-                    float(probability[1]) if binary and probability is not None else None
-                )
+            ]
+        outputs = [
+            {"prediction": p, "probabilities": q}
+            for p, q in zip(predictions, probabilities, strict=True)
+        ]
+
+        def per_request(values: list[Any], kind: Any) -> Any:
+            return pa.array(values, type=kind).take(request)
+
+        columns = {
+            "inference_id": per_request([c.inference_id for c in items], pa.string()),
+            "row": pa.array(np.arange(total) - np.repeat(starts, counts), type=pa.int32()),
+            "time": per_request([c.time_ms for c in items], pa.timestamp("ms", tz="UTC")),
+            "model": per_request([c.model for c in items], pa.string()),
+            "version": per_request([c.version for c in items], pa.string()),
+            "variant": per_request([c.variant for c in items], pa.string()),
+            "served": per_request([c.served for c in items], pa.bool_()),
+            "routing_key": per_request([c.routing_key for c in items], pa.string()),
+            "entity_key": _entity_keys(entities),
+            "inputs": json_rows(records),
+            "prediction": pa.array(numbers, type=pa.float64()),
+            "probability": pa.array(positive, type=pa.float64()),
+            "outputs": json_rows(outputs),
+            "latency_ms": per_request([c.latency_ms for c in items], pa.float64()),
+        }
         return pa.Table.from_pydict(columns, schema=capture_schema())
+
+
+_JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def json_rows(values: list[Any]) -> Any:
+    """Each value (a JSON object) as its JSON text, in one Arrow string array.
+
+    One ``orjson.dumps`` of the whole list, then the objects are cut apart where ``},{``
+    separates them (numpy finds the places), and Arrow strips the separating commas; no
+    Python runs per row. When ``},{`` also occurs inside a value (a string holding it, a list
+    of objects), the count of cuts is wrong and each value is serialised on its own instead.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    n = len(values)
+    if n == 0:
+        return pa.array([], type=pa.string())
+    blob = orjson.dumps(values, option=_JSON)
+    data = np.frombuffer(blob, dtype=np.uint8)
+    cuts = np.flatnonzero((data[:-2] == 0x7D) & (data[1:-1] == 0x2C) & (data[2:] == 0x7B))
+    if len(cuts) != n - 1 or len(blob) >= 2**31 or blob[1:2] != b"{":
+        return pa.array([orjson.dumps(v, option=_JSON).decode() for v in values], pa.string())
+    # object i spans from its "{" to the next object's "{", or to the closing "]"; the comma
+    # between two objects becomes a space, which JSON allows after a value
+    text = data.copy()
+    text[cuts + 1] = 0x20
+    offsets = np.concatenate(([1], cuts + 2, [len(blob) - 1])).astype(np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
+
+
+def _numbers(predictions: Sequence[Any], classes: Sequence[Any] | None) -> list[float | None]:
+    """Class indices of ``predictions`` (``classes`` given), else the values as numbers."""
+    if not classes:
+        return [_number(p) for p in predictions]
+    index = {k: float(i) for i, k in enumerate(classes)}
+    numbers = [index.get(p) for p in predictions]
+    if None in numbers:  # a cached answer's JSON round trip: 1.0 for the class 1
+        numbers = [_class_index(p, index) for p in predictions]
+    return numbers
+
+
+def _entity_keys(values: list[Any]) -> Any:
+    import pyarrow as pa
+
+    if all(v is None for v in values):
+        return pa.nulls(len(values), type=pa.string())
+    if all(v is None or type(v) is str for v in values):
+        return pa.array(values, type=pa.string())
+    return pa.array([_entity(v) for v in values], type=pa.string())
+
+
+def _class_index(prediction: Any, index: dict[Any, float]) -> float | None:
+    position = index.get(prediction)
+    if position is None:
+        position = {_key(k): i for k, i in index.items()}.get(_key(prediction))
+    return position
 
 
 def _key(value: Any) -> Any:
@@ -218,10 +307,7 @@ def _key(value: Any) -> Any:
     return str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
 
 
-def _number(prediction: Any, index: dict[Any, int] | None) -> float | None:
-    if index is not None:
-        position = index.get(_key(prediction))
-        return None if position is None else float(position)
+def _number(prediction: Any) -> float | None:
     if isinstance(prediction, bool):
         return float(prediction)
     if isinstance(prediction, int | float):
