@@ -54,3 +54,22 @@ def test_sqlite_store(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_postgres_store(postgres_database: str) -> None:
     _exercise(postgres_database)
+
+
+def test_feedback_scopes_are_separate_from_prediction_scopes() -> None:
+    from datetime import UTC, datetime
+
+    from serving.keys.store import ApiKey, validate_scopes
+
+    assert validate_scopes(["feedback:churn", "feedback:*", "model:churn"])
+    with pytest.raises(KeyStoreError, match="'feedback:<name>' or 'feedback:\\*'"):
+        validate_scopes(["labels:churn"])
+
+    def key(*scopes: str) -> ApiKey:
+        return ApiKey("k", "k", scopes, None, datetime.now(UTC), None)
+
+    assert key("feedback:churn").allows_feedback("churn")
+    assert not key("feedback:churn").allows_feedback("other")
+    assert not key("feedback:churn").allows_model("churn")
+    assert not key("model:churn").allows_feedback("churn")
+    assert key("feedback:*").allows_feedback("any") and key("admin").allows_feedback("any")
