@@ -202,22 +202,6 @@ def drop_database(admin_url: str, url: str) -> None:
     admin.dispose()
 
 
-def empty_redis_database(redis_url: str) -> str:
-    """A Redis database number of this test's own on the shared server: the highest empty
-    one, claimed with a marker key (never one that holds someone else's keys)."""
-    import redis
-
-    for number in range(15, 0, -1):
-        url = urlparse(redis_url)._replace(path=f"/{number}").geturl()
-        client = redis.Redis.from_url(url)
-        try:
-            if client.dbsize() == 0 and client.set("mlwp-test-claim", "1", nx=True):
-                return url
-        finally:
-            client.close()
-    pytest.fail(f"no empty Redis database on {redis_url}")
-
-
 def bucket_keys(aws: dict[str, str], bucket: str, prefix: str) -> list[str]:
     import boto3
 

@@ -29,7 +29,6 @@ never promotes an identical retrain, so its register would be skipped.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,15 +38,6 @@ import orjson
 import pytest
 from churn_workflow import CHURN
 from platform_process import AirflowApi, RunningPlatform, mlwp, wait_until
-
-# Opt-in until these tests have run green end to end: the session that wrote them had a
-# two-core machine at load 15-30, where `mlwp up` itself timed out in its roles sync, so
-# they never completed there. MLWP_REAL_PATH_TESTS=1 runs them; CI will once one run is
-# green on a quiet machine (then drop this marker).
-REAL_PATH_OPT_IN = pytest.mark.skipif(
-    os.environ.get("MLWP_REAL_PATH_TESTS") != "1",
-    reason="real-path tests are opt-in (MLWP_REAL_PATH_TESTS=1) until a first green run",
-)
 
 TRAIN, SCORE = "churn.train", "churn.score"
 MODEL = "churn"
@@ -198,10 +188,10 @@ def registered_model(platform: RunningPlatform) -> dict[str, Any]:
     }
 
 
-def model_versions(platform: RunningPlatform) -> list[dict[str, Any]]:
+def model_versions(platform: RunningPlatform, model: str = MODEL) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{platform.url('mlflow')}/api/2.0/mlflow/model-versions/search",
-        params={"filter": f"name='{MODEL}'", "max_results": 100},
+        params={"filter": f"name='{model}'", "max_results": 100},
         timeout=30,
     )
     assert response.status_code == 200, response.text
