@@ -1,5 +1,7 @@
-"""`mlwp up` with CeleryExecutor: real Celery workers under the supervisor run a task, are
-seen by `mlwp status` and stopped by `mlwp down`.
+"""`mlwp up` with CeleryExecutor: real Celery workers under the supervisor, ready when they
+answer a ping through the broker, seen by `mlwp status` and stopped by `mlwp down`. Tasks
+going through the broker to workers, and the whole churn workflow run by them, are the Celery
+real-path test's (tests/e2e/test_real_path_celery.py), so none is run here.
 
 PostgreSQL (a fresh database of this test) holds Airflow's metadata and Celery's results;
 the shared Redis is the broker, in a database number this test claims for itself (an empty
@@ -10,7 +12,6 @@ serving keep their embedded defaults: this test is about the workers.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import orjson
 import psutil
 import pytest
@@ -76,27 +76,6 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-
-
-def airflow_api(env: dict[str, str], home: Path) -> httpx.Client:
-    """The REST API as a user reaches it: a JWT for the admin from ``POST /auth/token``."""
-    base = f"http://127.0.0.1:{env['MLWP_AIRFLOW_PORT']}"
-    credentials = orjson.loads((home / "credentials").read_bytes())
-    login = {"username": credentials["username"], "password": credentials["password"]}
-    response = httpx.post(f"{base}/auth/token", json=login, timeout=60)
-    assert response.status_code == 201, response.text
-    headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
-    return httpx.Client(base_url=f"{base}/api/v2", headers=headers, timeout=60)
-
-
-def wait_for(what: str, check: object, timeout: float) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()  # type: ignore[operator]
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(2)
 
 
 def run_mlwp(
@@ -174,42 +153,6 @@ def test_up_supervises_celery_workers_that_status_shows_and_down_stops(
             pool = worker.children(recursive=True)
             assert pool, f"{name} has no pool processes"
             assert any("xgboost" in m.path for m in worker.memory_maps()), name
-
-        # A real task goes through the broker to a worker: churn.train's extract.
-        api = airflow_api(env, home)
-        wait_for("churn.train", lambda: api.get("/dags/churn.train").status_code == 200, 600)
-        # Unpausing a @weekly DAG without catchup makes the scheduler create the latest
-        # interval's run at once; with max_active_runs 1 a triggered run would wait behind it
-        # (and its human approval), so the test follows that first run.
-        assert api.patch("/dags/churn.train", json={"is_paused": False}).status_code == 200
-
-        def first_run() -> str | None:
-            runs = api.get("/dags/churn.train/dagRuns").json()["dag_runs"]
-            return str(runs[0]["dag_run_id"]) if runs else None
-
-        run_id = wait_for("a churn.train run", first_run, 600)
-        url = f"/dags/churn.train/dagRuns/{run_id}/taskInstances/extract"
-
-        def extract_ended() -> dict[str, object] | None:
-            instance = api.get(url).json()
-            return instance if instance.get("state") in ("success", "failed") else None
-
-        instance = wait_for("extract to end", extract_ended, 900)
-        assert isinstance(instance, dict)
-        assert instance["state"] == "success", instance
-        assert instance["queue"] == "default"
-        received = [
-            name
-            for name in workers
-            # Celery's own line for a task it took from the broker (the banner lists the
-            # task name too, so the name alone proves nothing).
-            if re.search(
-                r"Task execute_workload\[[0-9a-f-]+\] received",
-                (home / "logs" / f"{name}.log").read_text(errors="replace"),
-            )
-        ]
-        assert received, "no worker log shows the task"
-        assert api.patch("/dags/churn.train", json={"is_paused": True}).status_code == 200
 
         down = run_mlwp(env, "down", timeout=300)
         assert down.returncode == 0, down.stdout + down.stderr
