@@ -1,8 +1,9 @@
 """`mlwp up` for real: Airflow (FAB), MLflow and serving as child processes, then a clean stop.
 
 Runs the command a new user runs, in a subprocess with a fresh ``MLWP_HOME`` and free ports,
-once on the embedded SQLite defaults (stopped with Ctrl-C, i.e. SIGINT) and once
 production-shaped on PostgreSQL with a separate MLflow database (stopped with ``mlwp down``).
+The embedded SQLite defaults (stopped with Ctrl-C) are the platform of a new user's first run,
+``test_first_run.py``, which reuses :func:`check_platform_serves`.
 """
 
 from __future__ import annotations
@@ -66,12 +67,9 @@ def wait_for_churn_dag(platform: RunningPlatform, headers: dict[str, str]) -> li
         time.sleep(2)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
-    """Database settings: embedded SQLite, or PostgreSQL for Airflow plus one for MLflow."""
-    if request.param == "sqlite":
-        yield "sqlite", {}
-        return
+@pytest.fixture
+def postgres_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """PostgreSQL for Airflow plus a database of its own for MLflow."""
     import sqlalchemy
 
     airflow_url: str = request.getfixturevalue("postgres_database")
@@ -81,76 +79,73 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     mlflow_url = urlparse(admin_url)._replace(path=f"/{name}").geturl()
-    yield (
-        "postgres",
-        {
-            "MLWP_DATABASE_URL": airflow_url,
-            "MLWP_MLFLOW_BACKEND_STORE_URI": mlflow_url,
-        },
-    )
+    yield {"MLWP_DATABASE_URL": airflow_url, "MLWP_MLFLOW_BACKEND_STORE_URI": mlflow_url}
     with admin.connect() as conn:
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
+def check_platform_serves(platform: RunningPlatform) -> list[psutil.Process]:
+    """What `mlwp up` promises once ready; returns its child processes."""
+    children = psutil.Process(platform.proc.pid).children(recursive=True)
+    commands = [" ".join(child.cmdline()) for child in children if child.is_running()]
+    assert not any("standalone" in command for command in commands), commands
+
+    # Airflow: the FAB login page, a JWT for the admin, the churn DAG in the DAG list.
+    login_page = httpx.get(f"{platform.url('airflow')}/auth/login/", timeout=30)
+    assert login_page.status_code == 200
+    assert "Sign In" in login_page.text
+    headers = {"Authorization": f"Bearer {token(platform)}"}
+    assert wait_for_churn_dag(platform, headers)
+    health = httpx.get(f"{platform.url('airflow')}/api/v2/monitor/health").json()
+    assert health["scheduler"]["status"] == "healthy"
+    assert health["dag_processor"]["status"] == "healthy"
+
+    # MLflow's REST API and the serving service's health.
+    experiments = httpx.post(
+        f"{platform.url('mlflow')}/api/2.0/mlflow/experiments/search",
+        json={"max_results": 10},
+        timeout=30,
+    )
+    assert experiments.status_code == 200, experiments.text
+    assert any(e["name"] == "Default" for e in experiments.json()["experiments"])
+    assert httpx.get(f"{platform.url('serving')}/health/live").status_code == 200
+
+    # Another terminal: status sees everything; a second `up` is refused.
+    status = platform.mlwp("status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = orjson.loads(status.stdout)
+    assert report["running"] is True
+    assert {p["name"] for p in report["processes"] if p["alive"]} == {
+        "api-server", "scheduler", "dag-processor", "triggerer", "mlflow", "serving",
+        "roles-sync",
+    }  # fmt: skip
+    # Each is a real child process of `mlwp up` (separate components, not standalone).
+    assert {p["pid"] for p in report["processes"]} <= {child.pid for child in children}
+    healthy = {p["name"]: p["health"] for p in report["processes"]}
+    assert healthy["scheduler"] == "healthy", healthy
+    assert healthy["api-server"] == "healthy", healthy
+    second = platform.mlwp("up", timeout=60)
+    assert second.returncode == 1
+    assert "already running" in second.stderr
+    return children
+
+
+# The embedded SQLite defaults, stopped with Ctrl-C: tests/integration/test_first_run.py (one
+# `mlwp up` for a new user's whole first run).
 @pytest.mark.integration
 @pytest.mark.slow
-def test_up_serves_airflow_mlflow_and_serving_then_stops_cleanly(
-    backend: tuple[str, dict[str, str]], tmp_path: Path
+def test_up_on_postgres_serves_airflow_mlflow_and_serving_then_mlwp_down_stops_it(
+    postgres_backend: dict[str, str], tmp_path: Path
 ) -> None:
-    kind, database_env = backend
     home = tmp_path / "home"
-    platform = start_platform(clean_environment(home, **database_env), home)
+    platform = start_platform(clean_environment(home, **postgres_backend), home)
     children: list[psutil.Process] = []
     try:
-        children = psutil.Process(platform.proc.pid).children(recursive=True)
-        commands = [" ".join(child.cmdline()) for child in children if child.is_running()]
-        assert not any("standalone" in command for command in commands), commands
-
-        # Airflow: the FAB login page, a JWT for the admin, the churn DAG in the DAG list.
-        login_page = httpx.get(f"{platform.url('airflow')}/auth/login/", timeout=30)
-        assert login_page.status_code == 200
-        assert "Sign In" in login_page.text
-        headers = {"Authorization": f"Bearer {token(platform)}"}
-        assert wait_for_churn_dag(platform, headers)
-        health = httpx.get(f"{platform.url('airflow')}/api/v2/monitor/health").json()
-        assert health["scheduler"]["status"] == "healthy"
-        assert health["dag_processor"]["status"] == "healthy"
-
-        # MLflow's REST API and the serving service's health.
-        experiments = httpx.post(
-            f"{platform.url('mlflow')}/api/2.0/mlflow/experiments/search",
-            json={"max_results": 10},
-            timeout=30,
-        )
-        assert experiments.status_code == 200, experiments.text
-        assert any(e["name"] == "Default" for e in experiments.json()["experiments"])
-        assert httpx.get(f"{platform.url('serving')}/health/live").status_code == 200
-
-        # Another terminal: status sees everything; a second `up` is refused.
-        status = platform.mlwp("status", "--json")
-        assert status.returncode == 0, status.stdout + status.stderr
-        report = orjson.loads(status.stdout)
-        assert report["running"] is True
-        assert {p["name"] for p in report["processes"] if p["alive"]} == {
-            "api-server", "scheduler", "dag-processor", "triggerer", "mlflow", "serving",
-            "roles-sync",
-        }  # fmt: skip
-        # Each is a real child process of `mlwp up` (separate components, not standalone).
-        assert {p["pid"] for p in report["processes"]} <= {child.pid for child in children}
-        healthy = {p["name"]: p["health"] for p in report["processes"]}
-        assert healthy["scheduler"] == "healthy", healthy
-        assert healthy["api-server"] == "healthy", healthy
-        second = platform.mlwp("up", timeout=60)
-        assert second.returncode == 1
-        assert "already running" in second.stderr
-
-        if kind == "postgres":
-            down = platform.mlwp("down")
-            assert down.returncode == 0, down.stderr
-            assert "mlwp stopped" in down.stdout
-        else:
-            platform.proc.send_signal(signal.SIGINT)
+        children = check_platform_serves(platform)
+        down = platform.mlwp("down")
+        assert down.returncode == 0, down.stderr
+        assert "mlwp stopped" in down.stdout
         assert platform.proc.wait(timeout=120) == 0, platform.output()
     finally:
         if platform.proc.poll() is None:

@@ -168,7 +168,7 @@ def test_missing_operator_fails_loudly_when_run(churn, monkeypatch: pytest.Monke
         operator_factory.cache_clear()
     approve = dag.get_task("approve")
     assert isinstance(approve, MissingOperator)
-    assert approve.fields == {"mode": "human", "approvers": ["alice"]}
+    assert approve.fields == {"mode": "human", "approvers": ["alice"], "allow_admins": True}
     with pytest.raises(AirflowException, match="task type 'approve' has no operator yet"):
         approve.execute({})
 

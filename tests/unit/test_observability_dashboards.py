@@ -5,7 +5,7 @@ and the Helm chart.
 
 Which metrics really arrive is proven elsewhere: serving's names against a live serving
 process (tests/serving/test_metric_names.py), Airflow's against the packets of a real DAG
-run through the mapping (tests/integration/test_new_project.py).
+run through the mapping (tests/integration/test_first_run.py).
 """
 
 from __future__ import annotations
