@@ -282,6 +282,27 @@ def _statsd_of_the_run(lines: list[str]) -> None:
     assert not missing, f"dashboards/rules name {sorted(missing)}; the run sent {sent}"
 
 
+@pytest.mark.timeout(900)
+def test_validate_warns_about_people_the_running_platform_does_not_know(
+    platform: RunningPlatform, tmp_path: Path
+) -> None:
+    """Before: `mlwp validate` passed a definition whose owner was no Airflow user."""
+    folder = tmp_path / "ghosts"
+    folder.mkdir()
+    (folder / "workflow.yaml").write_text(
+        HELLO.replace("project: hello", "project: ghosts").replace(
+            "owner: admin", "owner: casper\nmembers: [admin]"
+        )
+    )
+    checked = platform.mlwp("validate", str(folder), timeout=600)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # warnings do not fail
+    assert "owner: user 'casper' is not an Airflow user" in checked.stdout, checked.stdout
+    assert "mlwp users add casper --role DataScientist --project ghosts" in checked.stdout
+    assert "user 'admin'" not in checked.stdout  # the admin `mlwp up` made is known
+    assert "role 'project:ghosts' does not exist yet" in checked.stdout
+    assert "0 problems, 2 warnings" in checked.stderr, checked.stderr
+
+
 def test_the_docs_agree_on_the_first_prediction_commands() -> None:
     commands = first_prediction_commands()
     assert [shlex.split(c)[:2] for c in commands] == [
