@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -381,10 +382,35 @@ def register(
     except MlflowException as exc:
         if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    with _notes_to_log():
+        version = mlflow.register_model(model_uri, name, tags=tags)
     if description:
         mlflow_client.update_model_version(name, version.version, description=description)
     return Registration(name, str(version.version), True, version.source, version.run_id)
+
+
+# MLflow's fluent registry API prints these notes to stderr (its ``eprint``), which Airflow's
+# task supervisor logs at ERROR.
+_MLFLOW_NOTES = ("Created version ", "Successfully registered model ", "Registered model ")
+
+
+@contextmanager
+def _notes_to_log() -> Iterator[None]:
+    """Log what MLflow prints to stderr meanwhile: its notes at INFO, anything else at WARNING."""
+    import contextlib
+    import io
+    import logging
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        log = logging.getLogger("mlwp.registry")
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                level = logging.INFO if line.startswith(_MLFLOW_NOTES) else logging.WARNING
+                log.log(level, "%s", line.strip())
 
 
 # ---------------------------------------------------------------------------------------------

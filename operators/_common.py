@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 # Fields every operator takes besides its task type's own (docs/contracts.md).
 CONTEXT_FIELDS = ("project", "workflow", "project_dir")
 
+# MLflow draws progress bars ("Downloading artifacts: 33%|...") on stderr, and Airflow's task
+# supervisor logs a task's stderr at ERROR: a clean run would show error lines. Tasks need no
+# progress bar; an explicit setting is kept.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 class MlwpOperator(BaseOperator):
     """Base of the mlwp operators: stores the project context and resolves shared things."""
