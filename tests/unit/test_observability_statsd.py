@@ -6,7 +6,7 @@ counter, the training timing, the monitor task's gauges. The packets reach a UDP
 of this test and go through observability/statsd/mapping.yaml; every ``mlwp_*`` name the
 dashboards and alert rules use must come out, with project, workflow and task labels (and the
 model for the monitor's). Airflow's own metrics of a real scheduler run are checked the same
-way in tests/integration/test_new_project.py.
+way in tests/integration/test_first_run.py.
 """
 
 from __future__ import annotations
