@@ -70,3 +70,36 @@ def test_a_task_runs_dag_is_built_without_deprecation_warnings() -> None:
         str(w.message) for w in caught if issubclass(w.category, DeprecationWarning | FutureWarning)
     ]
     assert deprecations == []
+
+
+def test_mlflows_registration_notes_are_logged_at_info_not_printed_to_stderr(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """mlflow.register_model prints "Created version ..." to stderr (its eprint), which the
+    task supervisor logged at ERROR; mlwp.registry logs it at INFO, anything else at WARNING."""
+    import logging
+
+    from mlflow.utils.logging_utils import eprint
+
+    from mlwp.registry import _notes_to_log
+
+    with caplog.at_level(logging.INFO, logger="mlwp.registry"), _notes_to_log():
+        eprint("Created version '3' of model 'churn'.")
+        eprint("something unexpected")
+    assert capsys.readouterr().err == ""
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "Created version '3' of model 'churn'."),
+        ("WARNING", "something unexpected"),
+    ]
+
+
+def test_tasks_draw_no_mlflow_progress_bar() -> None:
+    """MLflow's artifact progress bars go to stderr, which a task logs at ERROR."""
+    import os
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    import operators._common  # noqa: F401 - sets the default for every task process
+
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
