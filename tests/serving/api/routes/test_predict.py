@@ -85,6 +85,12 @@ async def test_errors_name_row_and_field_and_follow_the_schema(
         response = await svc.client.post(url, json={"data": missing}, headers=svc.auth())
         assert response.status_code == 422
         assert response.json()["error"]["details"][0]["field"] == "contract"
+        # Counted per variant: a guarded rollout judges the challenger by it (mlwp.rollout).
+        metrics = (await svc.client.get("/metrics")).text
+        assert (
+            'mlwp_serving_prediction_errors_total{kind="invalid_input",'
+            f'model="{model_name}",variant="champion"}} 2.0'
+        ) in metrics
 
         response = await svc.client.post(url, content=b"{not json", headers=svc.auth())
         assert response.status_code == 400
