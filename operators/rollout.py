@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 PHASES = ("all", "steps", "promote")
 KEEP_CHECKS = 30
+STATE_XCOM_KEY = "rollout_state"
 
 
 class RolloutOperator(MlwpOperator):
@@ -93,11 +94,11 @@ class RolloutOperator(MlwpOperator):
             decision = self.upstream_document(context, "version", self.input)
             if decision.get("approved") is False:
                 raise AirflowSkipException("the promotion was rejected; traffic is unchanged")
-            state = dict(decision.get("rollout") or {})
-            if not state:
+            handed = dict(decision.get("rollout") or {})
+            if not handed:
                 raise AirflowFailException(f"task {self.task_id!r}: upstream has no rollout state")
-            self._check_aliases(state)
-            return self._final_check(context, state)
+            self._check_aliases(handed)
+            return self._final_check(context, handed)
         aliases = (
             registry.aliases(self.model) if registry.registered_model_exists(self.model) else {}
         )
@@ -124,7 +125,11 @@ class RolloutOperator(MlwpOperator):
         from operators import _registry
 
         _registry.use_tracking_server()
-        state = dict(state or {})
+        state = dict(
+            state or context["ti"].xcom_pull(task_ids=self.task_id, key=STATE_XCOM_KEY) or {}
+        )
+        if "champion" not in state:
+            raise AirflowFailException(f"task {self.task_id!r}: the rollout's state is lost")
         self._check_aliases(state, expected_traffic=state.get("traffic"))
         now = datetime.now(UTC)
         elapsed = rollout.elapsed_seconds(state["started"], now)
@@ -155,7 +160,7 @@ class RolloutOperator(MlwpOperator):
             if state["step"] + 1 < len(state["steps"]):
                 return self._begin(context, state, state["step"] + 1)
             return self._finish(context, state)
-        self._wait(state)
+        self._wait(context, state)
         return None
 
     def _begin(self, context: Context, state: dict[str, Any], index: int) -> Any:
@@ -176,12 +181,15 @@ class RolloutOperator(MlwpOperator):
             started=datetime.now(UTC).isoformat(),
             baseline=self._baseline(),
         )
-        self._wait(state)
+        self._wait(context, state)
         return None
 
-    def _wait(self, state: dict[str, Any]) -> None:
+    def _wait(self, context: Context, state: dict[str, Any]) -> None:
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
+        # Also an XCom: the triggerer hands the kwargs back, but dag.test() replaces them with
+        # the trigger's event, and the XCom shows the rollout's progress in the UI.
+        context["ti"].xcom_push(key=STATE_XCOM_KEY, value=state)
         self.defer(
             trigger=TimeDeltaTrigger(timedelta(seconds=self.check_every)),
             method_name="resume",
@@ -407,6 +415,8 @@ def rollout_tasks_for(
     base = {key: value for key, value in base.items() if key != "task_id"}
     # A rollout lasts hours: the workflow's compute timeout does not bound it (its own does).
     base["execution_timeout"] = task.timeout
+    # A retry would start again from the first step: not unless the definition asks for it.
+    base["retries"] = task.retries or 0
     if not approve:
         single = RolloutOperator(task_id=task_id, phase="all", **kwargs, **context, **base)
         return single, single

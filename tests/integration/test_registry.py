@@ -303,6 +303,51 @@ def test_history_and_rollback_to_any_recorded_state(logged: dict[str, str]) -> N
     assert latest[2]["details"]["restored"].startswith(f"the state after event {canary['id']}")
 
 
+def test_a_rollout_reads_the_monitor_result_of_its_two_versions(
+    logged: dict[str, str], tmp_path: Path
+) -> None:
+    """The guardrails' labels and drift come from the monitor task's MLflow run, found from
+    the challenger version's tag, and only when the run is about the same two versions."""
+    import json
+
+    from mlwp import rollout
+
+    name = "churn-monitored"
+    v1 = registry.register(name, logged["weak"], lineage("m1")).version
+    v2 = registry.register(name, logged["strong"], lineage("m2")).version
+    assert rollout.read_monitor_result(name, v1, v2) is None  # no monitoring yet
+    client = registry.client()
+    experiment = client.create_experiment("monitoring-for-rollout")
+    run = client.create_run(
+        experiment,
+        tags={
+            "mlwp.kind": "monitoring",
+            "mlwp.model": name,
+            "mlwp.champion_version": v1,
+            "mlwp.challenger_version": v2,
+        },
+    )
+    result = {
+        "comparison": {"decision": "challenger_worse", "metric": "roc_auc"},
+        "drift": {"drifted": False, "variants": {"challenger": {"prediction_drifted": False}}},
+    }
+    folder = tmp_path / "monitor"
+    folder.mkdir()
+    (folder / "result.json").write_text(json.dumps(result))
+    client.log_artifacts(run.info.run_id, str(folder), artifact_path="monitor")
+    client.set_model_version_tag(name, v2, rollout.MONITORING_RUN_TAG, run.info.run_id)
+    found = rollout.read_monitor_result(name, v1, v2)
+    assert found is not None and found["comparison"]["decision"] == "challenger_worse"
+    assert found["mlflow_run_id"] == run.info.run_id
+    verdict = rollout.evaluate(
+        rollout.Guardrails(min_requests=1),
+        {"challenger": rollout.VariantWindow(requests=50)},
+        found,
+    )
+    assert verdict.breaches == ["labelled outcomes: challenger significantly worse on roc_auc"]
+    assert rollout.read_monitor_result(name, v2, v1) is None  # another pair of versions
+
+
 def test_train_model_tunes_and_tracks_one_run(tracking: str, data: dict, tmp_path: Path) -> None:
     import mlflow
 
