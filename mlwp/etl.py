@@ -223,7 +223,9 @@ def _csv_arrow_options(options: dict[str, Any], block_bytes: int) -> tuple[Any, 
             "whole",
             code="bad_read_options",
         )
-    read = pacsv.ReadOptions(block_size=block_bytes, encoding=options.get("encoding", "utf8"))
+    read = pacsv.ReadOptions(
+        block_size=block_bytes, encoding=options.get("encoding", "utf8"), use_threads=False
+    )
     header = options.get("header", 0 if "names" not in options else None)
     names = options.get("names")
     skip = options.get("skiprows", 0)

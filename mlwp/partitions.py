@@ -227,9 +227,32 @@ def write_partitioned(
     partition_by: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> DatasetRef:
-    """Stream ``reader``'s record batches into a partitioned, content-addressed dataset."""
+    """Stream ``reader``'s record batches into a partitioned, content-addressed dataset.
+
+    Without ``partition_by``, one Parquet writer at a time takes the batches in order and a
+    new file starts every ``rows_per_partition`` rows (the least memory: a row group). With it,
+    pyarrow's dataset writer routes rows into the Hive folders.
+    """
     import pyarrow.dataset as ds
 
+    options = {
+        "rows_per_partition": rows_per_partition,
+        "partition_by": list(partition_by or []),
+        # the Hive folder names hold these columns' values; their types come back
+        "partition_types": {
+            column: str(reader.schema.field(column).type) for column in partition_by or []
+        },
+    }
+    if not partition_by:
+        return write_parts(
+            storage,
+            _split_rows(reader, rows_per_partition),
+            project=project,
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
+        )
     staging = _Staging(storage, project, name)
     written: list[str] = []
     group = min(MAX_ROWS_PER_GROUP, rows_per_partition or MAX_ROWS_PER_GROUP)
@@ -258,14 +281,7 @@ def write_partitioned(
             name=name,
             source=source,
             metadata=metadata,
-            options={
-                "rows_per_partition": rows_per_partition,
-                "partition_by": list(partition_by or []),
-                # the Hive folder names hold these columns' values; their types come back
-                "partition_types": {
-                    column: str(reader.schema.field(column).type) for column in partition_by or []
-                },
-            },
+            options=options,
         )
     except BaseException:
         staging.discard()
@@ -295,6 +311,37 @@ def _natural(path: str) -> tuple[Any, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
 
 
+def _split_rows(
+    reader: pa.RecordBatchReader, limit: int | None
+) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+    """Cut a batch stream into consecutive parts of ``limit`` rows (each part consumed in turn)."""
+    stream = iter(reader)
+    pending: list[pa.RecordBatch] = []
+
+    def part(first: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        rows = 0
+        batch: pa.RecordBatch | None = first
+        while batch is not None:
+            if limit and rows + batch.num_rows > limit:
+                keep = limit - rows
+                yield batch.slice(0, keep)
+                pending.append(batch.slice(keep))
+                return
+            yield batch
+            rows += batch.num_rows
+            if limit and rows == limit:
+                return
+            batch = next(stream, None)
+
+    while True:
+        first = pending.pop() if pending else next(stream, None)
+        if first is None:
+            return
+        if first.num_rows == 0:
+            continue
+        yield reader.schema, part(first)
+
+
 def write_parts(
     storage: Storage,
     parts: Iterable[tuple[pa.Schema, Iterator[pa.RecordBatch]]],
@@ -303,6 +350,7 @@ def write_parts(
     name: str,
     source: str,
     metadata: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> DatasetRef:
     """Write each (schema, batches) as one file ``part-<n>.parquet``, in order, then commit."""
     import pyarrow.parquet as pq
@@ -322,10 +370,16 @@ def write_parts(
                 for batch in batches:
                     writer.write_batch(batch, row_group_size=MAX_ROWS_PER_GROUP)
             partitions.extend(_hash_partitions(staging, [path]))
-        if schema is None:
-            raise StorageError("no partition to store", code="empty_dataset")
+        if schema is None or not partitions:
+            raise StorageError("the source produced no rows to store", code="empty_dataset")
         return staging.commit(
-            partitions, schema=schema, project=project, name=name, source=source, metadata=metadata
+            partitions,
+            schema=schema,
+            project=project,
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
         )
     except BaseException:
         staging.discard()
