@@ -27,6 +27,9 @@ import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The peer, kept out of the project's environment: its Airflow plugin (an entry point) would load
+# in every task process of every user's platform and log Airflow 2 deprecation warnings there.
+DAG_FACTORY = "dag-factory==1.1.0"
 TASK_TYPES = ("extract", "validate", "transform", "train", "register", "approve", "deploy")
 
 
@@ -229,6 +232,24 @@ print(json.dumps({
 """
 
 
+def dag_factory_path(root: Path) -> Path:
+    """A folder holding dag-factory alone (its dependencies are the project's), installed with
+    uv once, for the dag-factory parse's PYTHONPATH only."""
+    marker = root / "installed.txt"
+    if marker.exists() and marker.read_text() == DAG_FACTORY:
+        return root
+    uv = shutil.which("uv") or shutil.which("uv", path=str(Path.home() / ".local" / "bin"))
+    if uv is None:
+        raise SystemExit(f"uv is needed to install {DAG_FACTORY} under {root} for the comparison")
+    print(f"installing {DAG_FACTORY} into {root} ...", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--no-deps", "--target", str(root), DAG_FACTORY], check=True
+    )
+    marker.write_text(DAG_FACTORY)
+    return root
+
+
 def parse_in_fresh_process(folder: Path, env: dict[str, str]) -> dict:
     completed = subprocess.run(
         [sys.executable, "-c", PARSE_SCRIPT, str(folder)],
@@ -266,7 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folders = generate(root, args.n)
         env["MLWP_EXPECTATIONS_FOLDER"] = str(folders.pop("_exp"))
-        results = {name: parse_in_fresh_process(folder, env) for name, folder in folders.items()}
+        factory_env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join(
+                [str(dag_factory_path(REPO_ROOT / ".bench" / "dag-factory")), env["PYTHONPATH"]]
+            ),
+        }
+        results = {
+            name: parse_in_fresh_process(folder, factory_env if name == "dagfactory" else env)
+            for name, folder in folders.items()
+        }
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -378,19 +378,6 @@ def task_log_lines(platform: RunningPlatform, dag_id: str, run_id: str) -> list[
     return lines
 
 
-def _from_the_dagfactory_plugin(line: Any) -> bool:
-    """A deprecation warning raised by loading dag-factory's Airflow plugin (an entry point of
-    the dev group's dag-factory, the parsing benchmark's peer): its module imports Airflow 2
-    names, and every task process loads plugins. Not the project's code; reported apart."""
-    if not isinstance(line, dict):
-        return False
-    filename = str(line.get("filename", ""))
-    return "/dagfactory/" in filename or (
-        filename.endswith("airflow/providers/standard/sensors/python.py")
-        and "determine_kwargs" in str(line.get("event", ""))
-    )
-
-
 def test_the_clean_churn_run_logs_no_error_and_no_deprecation_warning(
     platform: RunningPlatform,
 ) -> None:
@@ -405,7 +392,7 @@ def test_the_clean_churn_run_logs_no_error_and_no_deprecation_warning(
         text = orjson.dumps(line).decode() if isinstance(line, dict) else line
         if level in ("error", "critical") or (not level and re.search(r"\bERROR\b", text)):
             errors.append((task, text[:300]))
-        if "deprecat" in text.lower() and not _from_the_dagfactory_plugin(line):
+        if "deprecat" in text.lower():
             deprecations.append((task, text[:300]))
     found = [f"ERROR {task}: {text}" for task, text in errors]
     found += [f"DEPRECATION {task}: {text}" for task, text in deprecations]

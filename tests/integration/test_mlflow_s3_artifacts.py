@@ -115,8 +115,13 @@ def test_a_run_from_another_process_lands_in_s3_and_downloads_through_the_proxy(
     keys = sorted(item["Key"].removeprefix(prefix) for item in listed.get("Contents", []))
     assert keys == ["notes/hello.txt", "summary.json"]
 
+    # The server named explicitly: an earlier test in this worker may have set mlflow's
+    # process-wide tracking URI, which wins over the environment variable.
     downloaded = mlflow.artifacts.download_artifacts(
-        run_id=logged["run_id"], artifact_path="notes/hello.txt", dst_path=str(tmp_path / "dl")
+        run_id=logged["run_id"],
+        artifact_path="notes/hello.txt",
+        dst_path=str(tmp_path / "dl"),
+        tracking_uri=s3_tracking,
     )
     assert Path(downloaded).read_text() == "logged from elsewhere"
 
