@@ -218,3 +218,21 @@ def which(name: str) -> str:
 def dag_runner(airflow_db: None) -> object:
     """:func:`run_dag`, as a fixture (test modules cannot import conftest reliably)."""
     return run_dag
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored() -> Iterator[None]:
+    """Code under test calls mlflow.set_tracking_uri (the CLI, operators), which sets a
+    process-wide URI and the MLFLOW_TRACKING_URI variable; both would win over later tests'
+    environments in the same worker. Put both back after each test."""
+    before_env = os.environ.get("MLFLOW_TRACKING_URI")
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    before = getattr(utils, "_tracking_uri", None)
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and utils._tracking_uri != before:
+        utils.set_tracking_uri(before)
+    if before_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before_env

@@ -72,7 +72,10 @@ def s3_server(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture
 def s3_tracking(s3_server: dict, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", s3_server["url"])
+    mlflow.set_tracking_uri(s3_server["url"])  # over any process-wide URI (restored by conftest)
     return str(s3_server["url"])
 
 
