@@ -16,12 +16,8 @@ so the only thing that can make it load a deployed version is the deploy task's
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +25,7 @@ import httpx
 import pandas as pd
 import pytest
 from churn_workflow import CHURN, churn_dag, states, xcom
-from server_process import free_port, stop_process_group, wait_for_http
-
-from mlwp.settings import REPO_ROOT
+from serving_service import Serving, run_serving
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,88 +35,14 @@ TASKS = ("extract", "validate", "features", "train", "evaluate", "register", "ap
 ROUTING_KEYS = [f"customer-{i}" for i in range(200)]
 
 
-@dataclass
-class Serving:
-    """The serving process: its URL, a prediction key for MODEL, and its log."""
-
-    url: str
-    key: str
-    log: Path
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", headers=self.auth(), timeout=30)
-
-    def predict(self, records: list[dict[str, Any]], **headers: str) -> httpx.Response:
-        return httpx.post(
-            f"{self.url}/predict",
-            json={"data": records},
-            headers={**self.auth(), **headers},
-            timeout=30,
-        )
-
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-5000:]
-
-
 @pytest.fixture
 def serving(
     pipeline_env: Path, mlflow_tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Serving]:
-    """``python -m serving`` on a free port, reading MODEL from the MLflow server.
-
-    Its key database is made here: an admin key for the deploy task, and a key limited to
-    MODEL for the client. The deploy task finds the service through the platform settings
-    (``MLWP_SERVING_PORT``) and authenticates with ``MLWP_SERVING_ADMIN_KEY``.
-    """
-    from serving.keys.store import KeyStore, migrate
-
-    home = tmp_path / "serving"
-    home.mkdir()
-    database = f"sqlite:///{home / 'serving.db'}"
-    migrate(database)
-    store = KeyStore(database, cache_seconds=0)
-    _, admin = store.create("airflow-deploy", ["admin"])
-    _, client = store.create("e2e-client", [f"model:{MODEL}"])
-    store.close()
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLWP_SERVING_")}
-    env.update(
-        MLWP_SERVING_HOME=str(home),
-        MLWP_SERVING_DATABASE_URL=database,
-        MLWP_SERVING_MLFLOW_TRACKING_URI=mlflow_tracking,
-        MLWP_SERVING_MODELS=json.dumps([MODEL]),
-        MLWP_SERVING_DEFAULT_MODEL=MODEL,
-        # Only the deploy's reload request may bring a new version in.
-        MLWP_SERVING_POLL_INTERVAL_SECONDS="0",
-        MLWP_SERVING_PREDICTION_LOG_SAMPLE_RATE="0",
-        MLWP_SERVING_LOG_LEVEL="INFO",
-        PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
-    )
-    log = home / "serving.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    service = Serving(f"http://127.0.0.1:{port}", client, log)
-    try:
-        try:
-            wait_for_http(f"{service.url}/health/live", timeout=180, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"serving did not start: {exc}\n{service.output()}")
-        monkeypatch.setenv("MLWP_SERVING_PORT", str(port))
-        monkeypatch.setenv("MLWP_SERVING_ADMIN_KEY", admin)
+    """``python -m serving`` reading MODEL from the MLflow server; the deploy task reaches it
+    through MLWP_SERVING_PORT with MLWP_SERVING_ADMIN_KEY (tests/e2e/serving_service.py)."""
+    with run_serving(MODEL, mlflow_tracking, tmp_path / "serving", monkeypatch) as service:
         yield service
-    finally:
-        stop_process_group(proc)
 
 
 def raw_records(count: int) -> list[dict[str, Any]]:
