@@ -38,9 +38,10 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-default-groups --group platform
 
 # The code under /opt/mlwp/app stays root-owned and read-only to the platform user; its state
-# (MLWP_HOME) and Airflow's home are the only writable places, and volumes mount there.
+# (MLWP_HOME), the storage root under it and Airflow's home are the only writable places, and
+# volumes mount there (a new volume takes the owner of the folder it first mounts on).
 RUN useradd --uid 50000 --gid 0 --home-dir /home/airflow --create-home --shell /bin/bash airflow \
-    && mkdir -p /opt/airflow/logs /var/lib/mlwp \
+    && mkdir -p /opt/airflow/logs /var/lib/mlwp/storage \
     && chown -R 50000:0 /opt/airflow /var/lib/mlwp \
     && chmod -R g+rwX /opt/airflow /var/lib/mlwp
 ENV AIRFLOW_HOME=/opt/airflow \

@@ -51,9 +51,6 @@ MEANINGS = {
     "max_body_bytes": "Largest request body (413 above).",
     "max_rows": "Most records per prediction request (413 above).",
     "cors_origins": "Origins allowed by CORS (JSON list).",
-    "prediction_log_sample_rate": "Share of scored requests captured for monitoring.",
-    "prediction_log_stream": "Redis stream of captured predictions.",
-    "prediction_log_maxlen": "Approximate length cap of that stream.",
     "log_level": "Log level of the service.",
     "kubernetes_image_pull_policy": "Image pull policy of task pods (KubernetesExecutor).",
 }

@@ -1,7 +1,7 @@
 """What every mlwp operator shares: project context, storage, upstream documents, assets.
 
 Operators pass small JSON documents through XCom (``return_value``): a dataset document
-(:meth:`mlwp.storage.DatasetRef.to_dict`), a transform document (``splits`` of dataset
+(:meth:`mlwp.data.storage.DatasetRef.to_dict`), a transform document (``splits`` of dataset
 documents plus ``preprocessing_uri``), a training document (``run_id``, ``model_uri``,
 ``metrics``), a registration document (``model``, ``version``). A task finds its input in the
 task its ``input`` field names, else in the nearest upstream task whose document has the key
@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowException
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlwp.storage import Storage
+    from mlwp.data.storage import Storage
 
 # Fields every operator takes besides its task type's own (docs/contracts.md).
 CONTEXT_FIELDS = ("project", "workflow", "project_dir")
@@ -64,7 +64,7 @@ class MlwpOperator(BaseOperator):
         An ``s3://`` root is reached with the credentials, region and endpoint of the Airflow
         AWS connection ``aws_conn_id`` (``aws_default``), like every Amazon provider operator.
         """
-        from mlwp.storage import Storage, default_storage
+        from mlwp.data.storage import Storage, default_storage
 
         storage = default_storage(self.storage_root)
         if storage.root.startswith("s3://"):
@@ -201,6 +201,6 @@ def mlflow_tracking_uri() -> str:
 
 def to_jsonable(value: Any) -> Any:
     """Plain JSON values for XCom and asset extras (numpy scalars, tuples, NaN handled)."""
-    from mlwp.validation import jsonable
+    from mlwp.data.validation import jsonable
 
     return jsonable(value)

@@ -50,41 +50,11 @@ def comparison_markdown(registration: dict[str, Any]) -> str:
             if isinstance(new_value, int | float) and isinstance(old_value, int | float)
             else ""
         )
-        lines.append(f"| {name} | {_fmt(new_value)} | {_fmt(old_value)} | {change} |")
+        lines.append(f"| {name} | {fmt(new_value)} | {fmt(old_value)} | {change} |")
     return "\n".join(lines)
 
 
-def rollout_markdown(registration: dict[str, Any]) -> str:
-    """The evidence of a guarded rollout so far (operators.rollout), as Markdown."""
-    state = registration.get("rollout") or {}
-    checks = state.get("checks") or []
-    if not checks:
-        return ""
-    lines = [
-        "",
-        f"#### Rollout of version {state.get('challenger', '?')} against champion "
-        f"version {state.get('champion', '?')}: guardrails held at every step",
-        "",
-        "| step | challenger % | requests | error rate | p99 ms | monitor decision | drift |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for check in checks[-10:]:
-        evidence = check.get("evidence") or {}
-        mine = (evidence.get("serving") or {}).get("challenger") or {}
-        monitor = evidence.get("monitor") or {}
-        lines.append(
-            f"| {check.get('step', '?')} | {(check.get('traffic') or {}).get('challenger', '?')} "
-            f"| {_fmt(mine.get('requests'))} | {_fmt(mine.get('error_rate'))} "
-            f"| {_fmt(mine.get('p99_ms'))} | {monitor.get('decision', '-')} "
-            f"| {_fmt(monitor.get('prediction_drifted'))} |"
-        )
-    pending = (checks[-1] or {}).get("pending") or []
-    if pending:
-        lines += ["", "Not judged yet: " + "; ".join(pending)]
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
@@ -135,6 +105,10 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         except SecurityError as exc:
             raise ValueError(f"task {self.task_id!r}: {exc.message}") from exc
 
+    def request_body(self, registration: dict[str, Any]) -> str:
+        """What the person reads before answering (Markdown): the new version's metrics."""
+        return comparison_markdown(registration)
+
     @property
     def policy(self) -> ApprovalPolicy:
         """The four-eyes rules the api-server applies to answers (plugins/mlwp_approvals.py)."""
@@ -149,7 +123,7 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         from operators.links import mlflow_model_version_url
 
         registration = self.upstream_document(context, "version", self.input)
-        body = comparison_markdown(registration) + rollout_markdown(registration)
+        body = self.request_body(registration)
         context["ti"].xcom_push(key="registration", value=registration)
         # Stored before the task waits, so the approver opens the version from the request.
         MLflowModelVersionLink.persist(

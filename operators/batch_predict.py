@@ -19,15 +19,18 @@ from operators._common import MlwpOperator, check_choice
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
 
+    from mlwp.data.storage import Storage
+
 ALIASES = ("champion", "challenger")
 
 
 class BatchPredictOperator(MlwpOperator):
     """Score the upstream dataset with ``models:/<model>@<alias>`` into storage.
 
-    The output is the input rows plus ``prediction`` (and ``probability_<class>`` columns for
-    classifiers), stored as the dataset ``<task_id>`` and, when ``output`` is set, also
-    written as Parquet at that URI (or path relative to the project folder).
+    The output is each row's ``keys`` columns (or its ``row`` position when there are none;
+    every input column with ``join_input``) plus ``prediction`` (and ``probability_<class>``
+    columns for classifiers), stored as the dataset ``<task_id>`` and, when ``output`` is set,
+    also written as Parquet at that URI (or path relative to the project folder).
     """
 
     # `output` is BaseOperator's XComArg property, hence `output_path` for the field.
@@ -41,6 +44,8 @@ class BatchPredictOperator(MlwpOperator):
         alias: str = "champion",
         input: str | None = None,
         output: str | None = None,
+        keys: Sequence[str] = (),
+        join_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -51,12 +56,18 @@ class BatchPredictOperator(MlwpOperator):
         self.alias = alias
         self.input = input
         self.output_path = output
+        self.keys = list(keys)
+        self.join_input = join_input
 
     def execute(self, context: Context) -> dict[str, Any]:
+        import numpy as np
+        import pandas as pd
+
         from mlwp import registry
-        from mlwp.etl import resolve_source
+        from mlwp.data.batch_scoring import ROW_COLUMN, Output, OutputColumnsError
+        from mlwp.data.extract import resolve_source
+        from mlwp.data.storage import frame_to_parquet_bytes
         from mlwp.model import RecordError
-        from mlwp.storage import frame_to_parquet_bytes
         from operators import _registry
 
         _registry.use_tracking_server()
@@ -69,12 +80,21 @@ class BatchPredictOperator(MlwpOperator):
         dataset = self.upstream_document(context, "sha256", self.input)
         frame = storage.read_dataset(dataset["uri"])
         model = _registry.load_model(f"models:/{self.model}@{self.alias}")
+        output = Output.of(self.keys, self.join_input)
+        predicted = ["prediction", *(f"probability_{label}" for label in model.classes or [])]
+        try:
+            output.check(list(frame.columns), f"task {self.task_id!r}: {dataset['uri']}", predicted)
+        except OutputColumnsError as exc:
+            raise AirflowFailException(exc.message) from exc
         records = frame.to_dict(orient="records")
         try:
             result = model.predict(records)
         except RecordError as exc:
             raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
-        scored = frame.copy()
+        if output.row_index:
+            scored = pd.DataFrame({ROW_COLUMN: np.arange(len(frame), dtype=np.int64)})
+        else:
+            scored = frame[output.carried(list(frame.columns))].reset_index(drop=True)
         scored["prediction"] = result.predictions
         if result.probabilities is not None and model.classes:
             for index, label in enumerate(model.classes):
@@ -84,7 +104,12 @@ class BatchPredictOperator(MlwpOperator):
             project=self.project,
             name=self.task_id,
             source=dataset["uri"],
-            metadata={"model": self.model, "alias": self.alias, "version": str(version.version)},
+            metadata={
+                "model": self.model,
+                "alias": self.alias,
+                "version": str(version.version),
+                "output": output.to_dict(),
+            },
         )
         storage.update_sidecar(ref.uri, produced_by=self.lineage(context))
         output_uri = None
@@ -133,17 +158,27 @@ class BatchPredictPlanOperator(MlwpOperator):
     ui_color = "#f9e79f"
 
     def __init__(
-        self, *, model: str, alias: str = "champion", input: str | None = None, **kwargs: Any
+        self,
+        *,
+        model: str,
+        alias: str = "champion",
+        input: str | None = None,
+        keys: Sequence[str] = (),
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_choice(self.task_id, "alias", alias, ALIASES)
         self.model = model
         self.alias = alias
         self.input = input
+        self.keys = list(keys)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        from itertools import accumulate
+
         from mlwp import registry
-        from mlwp.partitions import partitions_of
+        from mlwp.data.batch_scoring import Output, OutputColumnsError
+        from mlwp.data.partitions import partitions_of
         from operators import _registry
 
         _registry.use_tracking_server()
@@ -153,7 +188,16 @@ class BatchPredictPlanOperator(MlwpOperator):
                 f"task {self.task_id!r}: model {self.model!r} has no {self.alias!r} alias yet"
             )
         dataset = self.upstream_document(context, "sha256", self.input)
-        partitions = partitions_of(self.storage(), dataset["uri"])
+        storage = self.storage()
+        try:  # before any mapped task starts: a missing key would fail every one of them
+            Output.of(self.keys).check(
+                storage.read_sidecar(dataset["uri"]).get("columns") or [],
+                f"task {self.task_id!r}: {dataset['uri']}",
+            )
+        except OutputColumnsError as exc:
+            raise AirflowFailException(exc.message) from exc
+        partitions = partitions_of(storage, dataset["uri"])
+        first_rows = [0, *accumulate(p.rows for p in partitions)]
         self.log.info(
             "Scoring %s rows of %s in %s mapped tasks with %s version %s",
             dataset["rows"],
@@ -168,6 +212,7 @@ class BatchPredictPlanOperator(MlwpOperator):
                 "dataset_sha256": dataset["sha256"],
                 "partition": partition.to_dict(),
                 "index": index,
+                "first_row": first_rows[index],
                 "model_version": str(version.version),
             }
             for index, partition in enumerate(partitions)
@@ -187,6 +232,8 @@ class BatchPredictPartitionOperator(MlwpOperator):
         partition: dict[str, Any],
         dataset: str,
         chunk_rows: int = 65_536,
+        keys: Sequence[str] = (),
+        join_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -196,13 +243,15 @@ class BatchPredictPartitionOperator(MlwpOperator):
         self.partition = partition
         self.dataset = dataset
         self.chunk_rows = chunk_rows
+        self.keys = list(keys)
+        self.join_input = join_input
 
     def execute(self, context: Context) -> dict[str, Any]:
         import time
 
-        from mlwp.batch_scoring import score_stream
-        from mlwp.partitions import Partition, PartitionedReader, stage_part
-        from mlwp.preprocessing import PreprocessingError
+        from mlwp.data.batch_scoring import Output, OutputColumnsError, score_partition
+        from mlwp.data.partitions import Partition, PartitionedReader, stage_part
+        from mlwp.model.features import PreprocessingError
         from operators import _registry
 
         started = time.monotonic()
@@ -211,15 +260,21 @@ class BatchPredictPartitionOperator(MlwpOperator):
         model = _registry.load_model(f"models:/{self.model}/{plan['model_version']}")
         reader = PartitionedReader(storage, plan["dataset_uri"])
         partition = Partition.from_dict(plan["partition"])
-        first = reader.batches(partition, batch_rows=self.chunk_rows)
+        if partition.rows == 0:
+            raise AirflowFailException(
+                f"task {self.task_id!r}: partition {partition.path or plan['dataset_uri']} "
+                "has no rows"
+            )
+        output = Output.of(self.keys, self.join_input)
         try:
-            head = next(first, None)
-            if head is None:
-                raise AirflowFailException(
-                    f"task {self.task_id!r}: partition {partition.path or plan['dataset_uri']} "
-                    "has no rows"
-                )
-            schema, scored = score_stream(model, _chain(head, first), head.schema)
+            schema, scored = score_partition(
+                model,
+                reader,
+                partition,
+                chunk_rows=self.chunk_rows,
+                output=output,
+                first_row=int(plan.get("first_row", 0)),
+            )
             ti = context["ti"]
             staged = stage_part(
                 storage,
@@ -229,8 +284,9 @@ class BatchPredictPartitionOperator(MlwpOperator):
                 name=self.dataset,
                 key=_run_key(ti.run_id),
                 index=int(plan["index"]),
+                unique=output.unique(),
             )
-        except PreprocessingError as exc:
+        except (PreprocessingError, OutputColumnsError) as exc:
             raise AirflowFailException(
                 f"task {self.task_id!r}: partition {partition.path or plan['dataset_uri']}: "
                 f"{exc.message}"
@@ -248,55 +304,60 @@ class BatchPredictPartitionOperator(MlwpOperator):
         return {**staged, "source_partition": partition.path}
 
 
-class BatchPredictCollectOperator(MlwpOperator):
-    """Gather the mapped tasks' files into one partitioned output dataset with its lineage.
+class PredictionsCollector(MlwpOperator):
+    """Base of the tasks that gather staged prediction files into the output dataset.
 
     Keeps the definition's task id: downstream tasks and XCom lookups see one batch
     prediction task, as with the single-task form.
     """
-
-    template_fields: Sequence[str] = ("staged", "plan", "output_path")
-    ui_color = "#f9e79f"
 
     def __init__(
         self,
         *,
         model: str,
         alias: str,
-        staged: Any,
-        plan: Any,
         output: str | None = None,
+        keys: Sequence[str] = (),
+        join_input: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.model = model
         self.alias = alias
-        self.staged = staged
-        self.plan = plan
         self.output_path = output
+        self.keys = list(keys)
+        self.join_input = join_input
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from mlwp.etl import resolve_source
-        from mlwp.partitions import commit_staged, copy_dataset
+    def publish(
+        self,
+        context: Context,
+        storage: Storage,
+        staged: list[dict[str, Any]],
+        *,
+        plan: dict[str, Any],
+        metadata: dict[str, Any],
+        how: str,
+    ) -> dict[str, Any]:
+        """Commit ``staged`` (the plan's input scored by its pinned version) with lineage,
+        copy it to ``output``, emit the asset event; the task's XCom document."""
+        from mlwp.data.batch_scoring import Output
+        from mlwp.data.extract import resolve_source
+        from mlwp.data.partitions import commit_staged, copy_dataset
 
-        storage = self.storage()
-        plan = list(self.plan)
-        staged = [dict(item) for item in self.staged]
-        if not plan:
-            raise AirflowFailException(f"task {self.task_id!r}: the input has no partitions")
-        version = plan[0]["model_version"]
+        version = plan["model_version"]
         ref = commit_staged(
             storage,
             staged,
             project=self.project,
             name=self.task_id,
-            source=plan[0]["dataset_uri"],
+            source=plan["dataset_uri"],
             metadata={
                 "model": self.model,
                 "alias": self.alias,
                 "version": version,
-                "input_sha256": plan[0]["dataset_sha256"],
-                "mapped_tasks": len(staged),
+                "input_sha256": plan["dataset_sha256"],
+                "output": Output.of(self.keys, self.join_input).to_dict(),
+                **metadata,
             },
         )
         storage.update_sidecar(ref.uri, produced_by=self.lineage(context))
@@ -305,12 +366,12 @@ class BatchPredictCollectOperator(MlwpOperator):
             output_uri = resolve_source(self.output_path, self.project_dir)
             copy_dataset(storage, ref.uri, output_uri)
         self.log.info(
-            "Scored %s rows with %s@%s (version %s) in %s mapped tasks -> %s",
+            "Scored %s rows with %s@%s (version %s) %s -> %s",
             ref.rows,
             self.model,
             self.alias,
             version,
-            len(staged),
+            how,
             ref.uri,
         )
         self.emit_dataset_event(
@@ -333,9 +394,30 @@ class BatchPredictCollectOperator(MlwpOperator):
         }
 
 
-def _chain(head: Any, rest: Any) -> Any:
-    yield head
-    yield from rest
+class BatchPredictCollectOperator(PredictionsCollector):
+    """Gather the mapped tasks' files into one partitioned output dataset with its lineage."""
+
+    template_fields: Sequence[str] = ("staged", "plan", "output_path")
+    ui_color = "#f9e79f"
+
+    def __init__(self, *, staged: Any, plan: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.staged = staged
+        self.plan = plan
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        plan = list(self.plan)
+        staged = [dict(item) for item in self.staged]
+        if not plan:
+            raise AirflowFailException(f"task {self.task_id!r}: the input has no partitions")
+        return self.publish(
+            context,
+            self.storage(),
+            staged,
+            plan=plan[0],
+            metadata={"mapped_tasks": len(staged)},
+            how=f"in {len(staged)} mapped tasks",
+        )
 
 
 def _run_key(run_id: str) -> str:
@@ -353,6 +435,8 @@ def batch_predict_tasks(
     input: str | None = None,
     output: str | None = None,
     chunk_rows: int = 65_536,
+    keys: Sequence[str] = (),
+    join_input: bool = False,
     project: str,
     workflow: str | None = None,
     project_dir: str | None = None,
@@ -367,13 +451,21 @@ def batch_predict_tasks(
     outlets = base.pop("outlets", None)
     base.pop("task_id", None)
     plan = BatchPredictPlanOperator(
-        task_id=f"{task_id}_plan", model=model, alias=alias, input=input, **context, **base
+        task_id=f"{task_id}_plan",
+        model=model,
+        alias=alias,
+        input=input,
+        keys=keys,
+        **context,
+        **base,
     )
     score = BatchPredictPartitionOperator.partial(
         task_id=f"{task_id}_score",
         model=model,
         dataset=task_id,
         chunk_rows=chunk_rows,
+        keys=keys,
+        join_input=join_input,
         **context,
         **base,
     ).expand(partition=plan.output)
@@ -384,6 +476,8 @@ def batch_predict_tasks(
         staged=score.output,
         plan=plan.output,
         output=output,
+        keys=keys,
+        join_input=join_input,
         outlets=outlets or [],
         **context,
         **base,

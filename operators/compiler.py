@@ -22,15 +22,18 @@ import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, Param
 
 from mlwp.definitions import (
     AssetSchedule,
+    ExtractTask,
     MonitorTask,
     Project,
+    ValidateTask,
     Workflow,
     asset_name,
     asset_uri,
@@ -83,9 +86,27 @@ def existing_project_roles() -> frozenset[str] | None:
 
 def _schedule(project: Project, workflow: Workflow) -> Any:
     schedule = workflow.schedule
-    if isinstance(schedule, AssetSchedule):
-        return [Asset(name=name, uri=asset_uri(*name.split("."))) for name in schedule.assets]
-    return schedule
+    if not isinstance(schedule, AssetSchedule):
+        return schedule
+    assets = [Asset(name=name, uri=asset_uri(*name.split("."))) for name in schedule.assets]
+    if schedule.cron is None:
+        return assets
+    start_date = workflow.start_date or project.defaults.start_date
+    return AssetOrTimeSchedule(timetable=cron_timetable(schedule.cron, start_date), assets=assets)
+
+
+def cron_timetable(expression: str, start_date: datetime) -> Any:
+    """The timetable Airflow makes of ``schedule=expression`` for a DAG starting at
+    ``start_date``: the cron half of ``{cron: ..., assets: [...]}`` runs exactly as the same
+    cron alone would (the DAG's time zone, ``[scheduler] create_cron_data_intervals``)."""
+    import pendulum
+    from airflow.sdk import CronDataIntervalTimetable, CronTriggerTimetable
+    from airflow.sdk.configuration import conf
+
+    timezone = pendulum.instance(start_date).timezone
+    if conf.getboolean("scheduler", "create_cron_data_intervals"):
+        return CronDataIntervalTimetable(expression, timezone)
+    return CronTriggerTimetable(expression, timezone=timezone)
 
 
 def doc_md(project: Project, workflow_name: str, source: str | None = None) -> str:
@@ -94,6 +115,8 @@ def doc_md(project: Project, workflow_name: str, source: str | None = None) -> s
     schedule = workflow.schedule
     if isinstance(schedule, AssetSchedule):
         schedule_text = "when these assets update: " + ", ".join(f"`{a}`" for a in schedule.assets)
+        if schedule.cron is not None:
+            schedule_text = f"`{schedule.cron}`, or {schedule_text}"
     else:
         schedule_text = f"`{schedule}`" if schedule else "manual only"
     lines = [
@@ -220,6 +243,14 @@ def build_dag(
                 task, task_id=task_id, context=context, base=base
             )
             continue
+        if task.type == "batch_predict" and task.backend == "sagemaker":
+            # request -> provider transform job (deferrable) -> collect (keeps the id)
+            from operators.batch_transform import batch_transform_tasks
+
+            heads[task_id], tasks[task_id] = batch_transform_tasks(
+                task, task_id=task_id, context=context, base=base
+            )
+            continue
         if task.type == "batch_predict" and task.map_partitions:
             # plan -> score (mapped over the input's partitions) -> collect (keeps the id)
             from operators.batch_predict import batch_predict_tasks
@@ -228,8 +259,18 @@ def build_dag(
             arguments.pop("map_partitions")
             heads[task_id], tasks[task_id] = batch_predict_tasks(**arguments, **context, **base)
             continue
+        if task.type == "validate" and task.map_partitions:
+            # plan -> validate (mapped over the partitions) -> combine (keeps the id)
+            from operators.validate import validate_tasks
+
+            heads[task_id], tasks[task_id] = validate_tasks(
+                **task.operator_kwargs(), **context, **base
+            )
+            continue
         factory = operator_factory(task.type)
         extra: dict[str, Any] = {}
+        if isinstance(task, ValidateTask) and task.in_database:
+            extra.update(sql_source(workflow, task_id, task))
         if isinstance(task, MonitorTask):
             extra["notifiers"] = alert_notifiers(project.alerts.on_failure, FAILURE_TEXT)
         tasks[task_id] = heads[task_id] = factory(
@@ -259,6 +300,19 @@ def build_dag(
         for upstream in task.after:
             tasks[upstream] >> heads[task_id]
     return dag
+
+
+def sql_source(workflow: Workflow, task_id: str, task: ValidateTask) -> dict[str, Any]:
+    """``query`` and ``conn_id`` of the extract an ``in_database`` validate task checks."""
+    upstream = task.input or (task.after[0] if len(task.after) == 1 else None)
+    source = workflow.tasks.get(upstream) if upstream else None
+    if not isinstance(source, ExtractTask) or source.query is None:
+        # checks.py reports this with its file and line; a hand-built project gets it here
+        raise ValueError(
+            f"task {task_id!r}: 'in_database' validates the query of its input extract task; "
+            "set 'input' to an extract task with a 'query'"
+        )
+    return {"query": source.query, "conn_id": source.conn_id}
 
 
 def placement_arguments(task: TaskBase) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from operators.links import MLflowModelVersionLink
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlwp.serving_client import ReloadOutcome
+    from mlwp.registry.serving_client import ReloadOutcome
 
 ALIASES = ("champion", "challenger")
 
@@ -25,12 +25,12 @@ class DeployOperator(MlwpOperator):
     are what it reads. Afterwards the serving service is asked to reload
     (``POST <serving url>/admin/reload``, answered at once) and the task waits, at most
     ``serving_timeout`` seconds (default ``MLWP_DEPLOY_SERVING_TIMEOUT_SECONDS``, 60), until
-    ``GET /v1/models`` shows the version under the alias (``mlwp.serving_client``). What it
+    ``GET /v1/models`` shows the version under the alias (``mlwp.registry.serving_client``). What it
     saw is logged and returned; serving being unreachable, slow or failing to load never
     fails the task, because the registry is the contract and serving also polls it.
 
     The change is recorded in the model's history (``mlwp models history``) with the actor
-    ``workflow:<dag_id>``, the run and the approvers (``mlwp.model_changes``).
+    ``workflow:<dag_id>``, the run and the approvers (``mlwp.registry.model_changes``).
     """
 
     template_fields: Sequence[str] = ("model", "alias", "traffic")
@@ -72,7 +72,8 @@ class DeployOperator(MlwpOperator):
         self.serving_timeout = serving_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlwp import model_changes, registry
+        from mlwp import registry
+        from mlwp.registry import model_changes
         from operators import _registry
         from operators.links import mlflow_model_version_url
 
@@ -141,7 +142,7 @@ class DeployOperator(MlwpOperator):
         self, alias: str, version: str, traffic: dict[str, Any] | None
     ) -> ReloadOutcome:
         from mlwp.platform.serving_key import task_admin_key
-        from mlwp.serving_client import reload_and_wait
+        from mlwp.registry.serving_client import reload_and_wait
         from mlwp.settings import get_settings
 
         settings = get_settings()

@@ -70,7 +70,7 @@ class ExtractOperator(MlwpOperator):
         return self.rows_per_partition is not None or bool(self.partition_by)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlwp import etl
+        from mlwp.data import extract
         from operators.links import dataset_url
 
         started = time.monotonic()
@@ -79,7 +79,7 @@ class ExtractOperator(MlwpOperator):
             ref = self._query_partitioned(storage)
         elif self.query is not None:
             frame = self._query_frame()
-            ref = etl.store_extract(
+            ref = extract.store_extract(
                 frame,
                 storage=storage,
                 project=self.project,
@@ -87,7 +87,7 @@ class ExtractOperator(MlwpOperator):
                 source=self._query_source(),
             )
         elif self.streams:
-            ref = etl.extract_partitioned(
+            ref = extract.extract_partitioned(
                 str(self.source),
                 storage=storage,
                 project=self.project,
@@ -100,7 +100,7 @@ class ExtractOperator(MlwpOperator):
                 source_storage_options=self._source_storage_options(),
             )
         else:
-            ref = etl.extract(
+            ref = extract.extract(
                 str(self.source),
                 storage=storage,
                 project=self.project,
@@ -144,7 +144,7 @@ class ExtractOperator(MlwpOperator):
         """Run the query with a server-side cursor and stream its rows into partitions."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        from mlwp import etl
+        from mlwp.data import extract
 
         hook = PostgresHook(postgres_conn_id=self.conn_id)
         connection = hook.get_conn()
@@ -155,8 +155,10 @@ class ExtractOperator(MlwpOperator):
                 cursor.execute(str(self.query))
                 # psycopg2 fills a named cursor's description only after a first fetch.
                 first = cursor.fetchmany(etl_batch_rows())
-                reader = etl.cursor_reader(_Prefetched(cursor, first), batch_rows=etl_batch_rows())
-                return etl.write_reader(
+                reader = extract.cursor_reader(
+                    _Prefetched(cursor, first), batch_rows=etl_batch_rows()
+                )
+                return extract.write_reader(
                     reader,
                     storage=storage,
                     project=self.project,

@@ -95,10 +95,10 @@ class LabelsOperator(MlwpOperator):
 
             hook = PostgresHook(postgres_conn_id=self.conn_id)
             return hook.get_df(str(self.query), df_type="pandas"), f"postgres://{self.conn_id}"
-        from mlwp import etl
+        from mlwp.data import extract
         from operators._common import s3_storage_options
 
-        uri = etl.resolve_source(str(self.source), self.project_dir)
+        uri = extract.resolve_source(str(self.source), self.project_dir)
         options = s3_storage_options(self.aws_conn_id) if uri.startswith("s3://") else {}
-        fmt = etl.infer_format(uri, self.format)
-        return etl.read_frame(uri, fmt, self.read_options, options), uri
+        fmt = extract.infer_format(uri, self.format)
+        return extract.read_frame(uri, fmt, self.read_options, options), uri

@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 # Every alert names the project, workflow, task and run and links the task's log (dag ids of
 # generated DAGs are <project>.<workflow>); the error follows, which for a failed validation
-# lists each failed expectation (mlwp.validation.ValidationReport.failure_message).
+# lists each failed expectation (mlwp.data.validation.ValidationReport.failure_message).
 _WHERE = (
     "project {{ ti.dag_id.split('.', 1)[0] }}, workflow {{ ti.dag_id.split('.', 1)[-1] }}, "
     "task {{ ti.task_id }}, run {{ run_id }}, try {{ ti.try_number }}"

@@ -1,7 +1,7 @@
 """RolloutOperator: a guarded, stepwise rollout of the challenger (issue #14).
 
 The steps (``[10, 50, 100]``: challenger percent; 100 promotes it) advance only while the
-guardrails hold (``mlwp.rollout``). Between checks the task is *deferred* on a
+guardrails hold (``mlwp.registry.rollout``). Between checks the task is *deferred* on a
 ``TimeDeltaTrigger`` (the triggerer waits, no worker slot is held); the rollout's state
 travels in the deferral's keyword arguments. A breach sends all traffic back to the champion
 at once (recorded as ``model.rollback`` by ``guardrail:<dag_id>``), asks serving to reload,
@@ -19,14 +19,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowSkipException,
+    DownstreamTasksSkipped,
+)
 
 from operators._common import MlwpOperator, check_choice
+from operators.approve import ApproveOperator, fmt
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
 
-    from mlwp.rollout import RolloutPolicy, VariantWindow, Verdict
+    from mlwp.registry.rollout import RolloutPolicy, VariantWindow, Verdict
 
 PHASES = ("all", "steps", "promote")
 KEEP_CHECKS = 30
@@ -54,7 +59,7 @@ class RolloutOperator(MlwpOperator):
     ) -> None:
         kwargs.pop("approve", None)  # the compiler's business (rollout_tasks_for)
         super().__init__(**kwargs)
-        from mlwp.rollout import RolloutError, policy_from
+        from mlwp.registry.rollout import RolloutError, policy_from
 
         if not model:
             raise ValueError(f"task {self.task_id!r}: 'model' is required")
@@ -76,7 +81,7 @@ class RolloutOperator(MlwpOperator):
 
     @property
     def policy(self) -> RolloutPolicy:
-        from mlwp.rollout import policy_from
+        from mlwp.registry.rollout import policy_from
 
         steps = self.steps
         if self.phase == "steps" and steps[-1] == 100:
@@ -121,7 +126,7 @@ class RolloutOperator(MlwpOperator):
         self, context: Context, event: Any = None, state: dict[str, Any] | None = None
     ) -> Any:
         """Called by Airflow when the wait between two checks is over."""
-        from mlwp import rollout
+        from mlwp.registry import rollout
         from operators import _registry
 
         _registry.use_tracking_server()
@@ -211,7 +216,7 @@ class RolloutOperator(MlwpOperator):
         return document
 
     def _final_check(self, context: Context, state: dict[str, Any]) -> dict[str, Any]:
-        from mlwp import rollout
+        from mlwp.registry import rollout
 
         elapsed = rollout.elapsed_seconds(state["started"], datetime.now(UTC))
         _observed, verdict = self._observe(state, elapsed)
@@ -271,7 +276,8 @@ class RolloutOperator(MlwpOperator):
             )
 
     def _change(self, context: Context, what: str, reason: str, **details: Any) -> None:
-        from mlwp import model_changes, registry
+        from mlwp import registry
+        from mlwp.registry import model_changes
 
         ti = context["ti"]
         run = {"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id}
@@ -308,30 +314,11 @@ class RolloutOperator(MlwpOperator):
                 alias, version = "champion", None
         except registry.RegistryError as exc:
             raise AirflowFailException(f"task {self.task_id!r}: {exc.message}") from exc
-        self._reload_serving(alias, version)
-
-    def _reload_serving(self, alias: str, version: str | None) -> None:
-        from mlwp import registry
-        from mlwp.serving_client import reload_and_wait
-        from mlwp.settings import get_settings
-
-        settings = get_settings()
-        key = settings.serving_admin_key
-        now = registry.snapshot(self.model)
-        reload_and_wait(
-            self.serving_url or settings.serving_url,
-            self.model,
-            alias,
-            version or now["aliases"].get(alias, ""),
-            now["traffic"],
-            api_key=key.get_secret_value() if key else None,
-            timeout=min(settings.deploy_serving_timeout_seconds, 30.0),
-            log=self.log,
-        )
+        reload_serving(self.model, alias, version, self.serving_url, self.log)
 
     def _baseline(self) -> dict[str, Any] | None:
         """Serving's counters now (the start of a window); None with Prometheus or on error."""
-        from mlwp import rollout
+        from mlwp.registry import rollout
         from mlwp.settings import get_settings
 
         settings = get_settings()
@@ -346,7 +333,7 @@ class RolloutOperator(MlwpOperator):
     def _observe(
         self, state: dict[str, Any], elapsed: float
     ) -> tuple[dict[str, VariantWindow] | None, Verdict]:
-        from mlwp import rollout
+        from mlwp.registry import rollout
         from mlwp.settings import get_settings
 
         settings = get_settings()
@@ -368,6 +355,8 @@ class RolloutOperator(MlwpOperator):
             monitor = rollout.read_monitor_result(
                 self.model, state["champion"], state["challenger"]
             )
+        if monitor is not None:
+            state["monitor"] = monitor  # the latest analysis: the approval request shows it
         verdict = rollout.evaluate(policy.guardrails, observed or {}, monitor)
         if problem:
             verdict.pending.append(problem)
@@ -400,6 +389,203 @@ class RolloutOperator(MlwpOperator):
         }
 
 
+def rollout_markdown(registration: dict[str, Any]) -> str:
+    """The evidence of a guarded rollout for its approval request, as Markdown: the last
+    guardrail check of every step, then the monitor's latest analysis of the two versions."""
+    state = registration.get("rollout") or {}
+    checks = state.get("checks") or []
+    last_of_step = {check.get("step"): check for check in checks}  # checks are in time order
+    lines = [
+        "",
+        f"#### Rollout of version {state.get('challenger', '?')} against champion "
+        f"version {state.get('champion', '?')}: guardrails held at every step",
+        "",
+        "| step | challenger % | requests | error rate | p99 ms | monitor decision | drift |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for check in last_of_step.values():
+        evidence = check.get("evidence") or {}
+        mine = (evidence.get("serving") or {}).get("challenger") or {}
+        monitor = evidence.get("monitor") or {}
+        lines.append(
+            f"| {check.get('step', '?')} | {(check.get('traffic') or {}).get('challenger', '?')} "
+            f"| {fmt(mine.get('requests'))} | {fmt(mine.get('error_rate'))} "
+            f"| {fmt(mine.get('p99_ms'))} | {monitor.get('decision', '-')} "
+            f"| {fmt(monitor.get('prediction_drifted'))} |"
+        )
+    pending = (checks[-1] if checks else {}).get("pending") or []
+    if pending:
+        lines += ["", "Not judged yet: " + "; ".join(pending)]
+    return "\n".join(lines) + monitor_markdown(state.get("monitor"))
+
+
+def monitor_markdown(monitor: dict[str, Any] | None) -> str:
+    """The monitor's analysis (its ``MonitorResult``) as Markdown: per variant traffic, label
+    coverage and metrics with their intervals, then SRM, the comparison, drift, and the link
+    to the MLflow monitoring run."""
+    from operators.links import mlflow_run_url
+
+    if not monitor:
+        return (
+            "\n\n#### The monitor's analysis\n\nNone for these two versions yet: the labelled "
+            "comparison and prediction drift are not judged (schedule the monitor workflow "
+            "more often than a step lasts)."
+        )
+    versions = monitor.get("versions") or {}
+    variants = [v for v in ("champion", "challenger", "shadow") if v in versions]
+    traffic = monitor.get("traffic") or {}
+    coverage = monitor.get("label_coverage") or {}
+    metrics = monitor.get("metrics") or {}
+    run_id = monitor.get("mlflow_run_id")
+    lines = [
+        "",
+        "",
+        f"#### The monitor's analysis ({monitor.get('time', '?')})",
+        "",
+        f"MLflow monitoring run: [{run_id}]({mlflow_run_url(run_id, None)})" if run_id else "",
+        "",
+        "| | " + " | ".join(f"{v} v{versions[v]}" for v in variants) + " |",
+        "| --- |" + " --- |" * len(variants),
+        "| traffic share (expected) | "
+        + " | ".join(
+            f"{fmt((traffic.get(v) or {}).get('share'))} "
+            f"({fmt((traffic.get(v) or {}).get('expected_share'))})"
+            for v in variants
+        )
+        + " |",
+        "| labelled rows (coverage) | "
+        + " | ".join(
+            f"{fmt((coverage.get(v) or {}).get('labelled'))} "
+            f"({fmt((coverage.get(v) or {}).get('coverage'))})"
+            for v in variants
+        )
+        + " |",
+    ]
+    names = sorted({name for v in variants for name in metrics.get(v) or {}})
+    for name in names:
+        cells = []
+        for v in variants:
+            m = (metrics.get(v) or {}).get(name) or {}
+            cells.append(
+                f"{fmt(m.get('value'))} [{fmt(m.get('low'))}, {fmt(m.get('high'))}] "
+                f"n={fmt(m.get('n'))}"
+                if m
+                else "-"
+            )
+        confidence = next(
+            ((metrics.get(v) or {}).get(name, {}).get("confidence") for v in variants), None
+        )
+        level = f" ({confidence:.0%} interval)" if isinstance(confidence, float) else ""
+        lines.append(f"| {name}{level} | " + " | ".join(cells) + " |")
+    srm = monitor.get("srm") or {}
+    comparison = monitor.get("comparison") or {}
+    lines += [
+        "",
+        f"- Sample-ratio mismatch: {'**yes**' if srm.get('mismatch') else 'no'} "
+        f"(chi-square p = {fmt(srm.get('p_value'))}, alarm below {fmt(srm.get('alpha'))})",
+        f"- Challenger against champion on {comparison.get('metric', '?')} "
+        f"({comparison.get('method', 'always-valid test')}): difference "
+        f"{fmt(comparison.get('difference'))} [{fmt(comparison.get('low'))}, "
+        f"{fmt(comparison.get('high'))}], p = {fmt(comparison.get('p_value'))}: "
+        f"**{comparison.get('decision', '?')}**",
+    ]
+    drift = monitor.get("drift") or {}
+    for variant, found in (drift.get("variants") or {}).items():
+        columns = [n for n, c in (found.get("columns") or {}).items() if c.get("drifted")]
+        what = found.get("skipped") or (", ".join(columns) if columns else "none")
+        predictions = "drifted" if found.get("prediction_drifted") else "not drifted"
+        lines.append(
+            f"- Drift of {variant} v{found.get('version', '?')}: {what} (predictions {predictions})"
+        )
+    return "\n".join(lines)
+
+
+def reload_serving(
+    model: str, alias: str, version: str | None, serving_url: str | None, log: Any
+) -> None:
+    """Ask serving to load what the registry now says (a failed reload is logged)."""
+    from mlwp import registry
+    from mlwp.registry.serving_client import reload_and_wait
+    from mlwp.settings import get_settings
+
+    settings = get_settings()
+    key = settings.serving_admin_key
+    now = registry.snapshot(model)
+    reload_and_wait(
+        serving_url or settings.serving_url,
+        model,
+        alias,
+        version or now["aliases"].get(alias, ""),
+        now["traffic"],
+        api_key=key.get_secret_value() if key else None,
+        timeout=min(settings.deploy_serving_timeout_seconds, 30.0),
+        log=log,
+    )
+
+
+class RolloutApprovalOperator(ApproveOperator):
+    """The person's answer to a rollout's promotion, with the rollout's evidence in the request.
+
+    The request shows the guardrail checks of every step and the monitor's latest analysis of
+    the two versions (:func:`rollout_markdown`). A rejection sends all traffic back to the
+    champion at once, recorded as ``model.rollback`` by the person who rejected: the
+    challenger must not keep the last step's share with no rollout watching it any more.
+    """
+
+    def __init__(self, *, model: str, serving_url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.serving_url = serving_url
+
+    def request_body(self, registration: dict[str, Any]) -> str:
+        state = registration.get("rollout") or {}
+        traffic = registration.get("traffic") or {}
+        head = (
+            f"### Promote `{self.model}` version {state.get('challenger', '?')} to champion?\n\n"
+            f"It serves {traffic.get('challenger', '?')} % of the traffic now, beside the "
+            f"champion version {state.get('champion', '?')}. Approve: it gets all the traffic. "
+            "Reject: all the traffic goes back to the champion.\n"
+        )
+        return head + rollout_markdown(registration)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        try:
+            return super().execute_complete(context, event)
+        except DownstreamTasksSkipped:
+            self._back_to_champion(context, event)
+            raise
+
+    def _back_to_champion(self, context: Context, event: dict[str, Any]) -> None:
+        from mlwp import registry
+        from mlwp.registry import model_changes
+
+        ti = context["ti"]
+        registration = ti.xcom_pull(task_ids=self.task_id, key="registration") or {}
+        state = registration.get("rollout") or {}
+        who = ((event or {}).get("responded_by_user") or {}).get("name") or "unknown"
+        aliases = registry.aliases(self.model)
+        if (aliases.get("champion"), aliases.get("challenger")) != (
+            state.get("champion"),
+            state.get("challenger"),
+        ):
+            # Someone changed what serves while the request waited: people win, leave it.
+            self.log.warning(
+                "%s's aliases changed while the promotion waited (now %s): left as they are",
+                self.model,
+                aliases,
+            )
+            return
+        model_changes.to_champion(
+            who,
+            self.model,
+            f"{who} rejected the promotion of v{state.get('challenger')} after its rollout",
+            kind="person",
+            run={"dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id},
+        )
+        reload_serving(self.model, "champion", None, self.serving_url, self.log)
+        self.log.info("promotion rejected by %s: all traffic is back on the champion", who)
+
+
 def rollout_tasks_for(
     task: Any, *, task_id: str, context: dict[str, Any], base: dict[str, Any]
 ) -> tuple[BaseOperator, BaseOperator]:
@@ -408,22 +594,24 @@ def rollout_tasks_for(
     Returns (head, tail): upstream edges land on the head, downstream ones leave the tail,
     which keeps the definition's task id.
     """
-    from operators.approve import ApproveOperator
-
     kwargs = task.operator_kwargs()
     approve = kwargs.pop("approve", None)
-    base = {key: value for key, value in base.items() if key != "task_id"}
+    given = {key: value for key, value in base.items() if key != "task_id"}
     # A rollout lasts hours: the workflow's compute timeout does not bound it (its own does).
-    base["execution_timeout"] = task.timeout
     # A retry would start again from the first step: not unless the definition asks for it.
-    base["retries"] = task.retries or 0
+    base = {**given, "execution_timeout": task.timeout, "retries": task.retries or 0}
     if not approve:
         single = RolloutOperator(task_id=task_id, phase="all", **kwargs, **context, **base)
         return single, single
     steps = RolloutOperator(task_id=f"{task_id}_steps", phase="steps", **kwargs, **context, **base)
-    approval_base = {k: v for k, v in base.items() if k != "execution_timeout"}
-    approval = ApproveOperator(
+    # The approval is an approve task: no compute deadline on people (an inherited one would
+    # also make HITLOperator warn at every parse), and the workflow's retries (Airflow 3.3 can
+    # fail an approval answered very early, mlwp/cli/run.py; its retry asks again).
+    approval_base = {**given, "execution_timeout": None}
+    approval = RolloutApprovalOperator(
         task_id=f"{task_id}_approval",
+        model=task.model,
+        serving_url=kwargs.get("serving_url"),
         input=steps.task_id,
         subject=f"Promote the challenger of {task.model} after its rollout?",
         **approve,

@@ -30,8 +30,8 @@ from operators.links import MLflowRunLink, SageMakerJobLink
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
 
+    from mlwp.data.storage import Storage
     from mlwp.definitions import TrainTask
-    from mlwp.storage import Storage
 
 DEFAULT_AWS_CONN_ID = "aws_default"
 # Where an execution role is found when the definition does not name one.
@@ -42,15 +42,64 @@ OUTPUT_ROOT_EXTRA_KEY = "sagemaker_output_root"
 MODEL_ARCHIVE = "model.tar.gz"
 
 
-def _s3_storage(operator: MlwpOperator) -> Storage:
+def sagemaker_storage(operator: MlwpOperator) -> Storage:
+    """The task's storage, which a SageMaker job reads and writes: refused unless on S3."""
     storage = operator.storage()
     if not storage.root.startswith("s3://"):
         raise AirflowFailException(
-            f"task {operator.task_id!r}: backend sagemaker reads its channels from S3, but the "
+            f"task {operator.task_id!r}: backend sagemaker reads its input from S3, but the "
             f"storage root is {storage.root!r}; set the project's storage root (or "
             "MLWP_STORAGE_ROOT) to an s3:// URI"
         )
     return storage
+
+
+def upload_source(storage: Storage, project: str) -> str:
+    """Upload the source tarball (entry point, inference handler, ``mlwp/``) once per content."""
+    from mlwp.training import sagemaker as sm
+
+    code = sm.source_tarball()
+    sha256 = hashlib.sha256(code).hexdigest()
+    code_uri = f"{storage.root}/{project}/code/{sha256}/{sm.SOURCE_TARBALL}"
+    if not storage.exists(code_uri):
+        storage.write_bytes(code_uri, code)
+    return code_uri
+
+
+def execution_role(operator: Any, hook: Any, role_arn: str | None) -> str:
+    """The definition's execution role, else the one in the AWS connection's extra."""
+    role = role_arn or hook.conn_config.extra_config.get(ROLE_EXTRA_KEY)
+    if not role:
+        raise AirflowFailException(
+            f"task {operator.task_id!r}: no SageMaker execution role: set sagemaker.role_arn in "
+            f"the definition or '{ROLE_EXTRA_KEY}' in the extra of connection "
+            f"{operator.aws_conn_id!r}"
+        )
+    return str(role)
+
+
+def job_output_base(operator: Any, hook: Any, base: str, name: str) -> str:
+    """Where job ``name`` writes: under ``sagemaker_output_root`` when the connection sets
+    one (a bucket the execution role may write), else ``base`` under the storage root."""
+    output_root = hook.conn_config.extra_config.get(OUTPUT_ROOT_EXTRA_KEY)
+    if not output_root:
+        return base
+    if not str(output_root).startswith("s3://"):
+        raise AirflowFailException(
+            f"task {operator.task_id!r}: '{OUTPUT_ROOT_EXTRA_KEY}' in the extra of connection "
+            f"{operator.aws_conn_id!r} must be an s3:// URI, got {output_root!r}"
+        )
+    return f"{str(output_root).rstrip('/')}/{operator.project}/sagemaker/{name}"
+
+
+def job_name(operator: MlwpOperator, lineage: dict[str, Any]) -> str:
+    """The SageMaker job name of a ``<task>_request`` task's job: per run and try, so a retry
+    starts a new job (SageMaker names are unique and final)."""
+    from mlwp.training import sagemaker as sm
+
+    task = operator.task_id.removesuffix("_request")
+    run_hash = hashlib.sha256(lineage["run_id"].encode()).hexdigest()[:8]
+    return sm.job_name("mlwp", operator.project, task, run_hash, str(lineage["try_number"]))
 
 
 class SageMakerRequestOperator(MlwpOperator):
@@ -84,63 +133,54 @@ class SageMakerRequestOperator(MlwpOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-        from mlwp import sagemaker as sm
+        from mlwp.data.partitions import copy_dataset, partitions_of
+        from mlwp.training import sagemaker as sm
         from mlwp.training.metrics import METRICS_BY_OBJECTIVE
 
-        storage = _s3_storage(self)
+        storage = sagemaker_storage(self)
         features = self.upstream_document(context, "splits", self.input)
         hook = AwsBaseHook(aws_conn_id=self.aws_conn_id, client_type="sagemaker")
         region = hook.region_name or "us-east-1"
         lineage = self.lineage(context)
-        train_task = self.task_id.removesuffix("_request")
-        run_hash = hashlib.sha256(lineage["run_id"].encode()).hexdigest()[:8]
-        name = sm.job_name("mlwp", self.project, train_task, run_hash, str(lineage["try_number"]))
+        name = job_name(self, lineage)
         base = f"{storage.root}/{self.project}/sagemaker/{name}"
-        output_root = hook.conn_config.extra_config.get(OUTPUT_ROOT_EXTRA_KEY)
-        if output_root and not str(output_root).startswith("s3://"):
-            raise AirflowFailException(
-                f"task {self.task_id!r}: '{OUTPUT_ROOT_EXTRA_KEY}' in the extra of connection "
-                f"{self.aws_conn_id!r} must be an s3:// URI, got {output_root!r}"
-            )
-        output_base = (
-            f"{str(output_root).rstrip('/')}/{self.project}/sagemaker/{name}"
-            if output_root
-            else base
-        )
-
-        channels: dict[str, str] = {}
-        for split, document in features["splits"].items():
-            uri = f"{base}/input/{split}/data.parquet"
-            storage.write_bytes(uri, storage.read_bytes(document["uri"]))
-            channels[split] = uri.rsplit("/", 1)[0]
-        if features.get("preprocessing_uri"):
-            storage.write_bytes(
-                f"{channels['train']}/preprocessing.json",
-                storage.read_bytes(features["preprocessing_uri"]),
-            )
-        code = sm.source_tarball()
-        code_uri = (
-            f"{storage.root}/{self.project}/code/{hashlib.sha256(code).hexdigest()}/"
-            f"{sm.SOURCE_TARBALL}"
-        )
-        if not storage.exists(code_uri):
-            storage.write_bytes(code_uri, code)
+        output_base = job_output_base(self, hook, base, name)
 
         settings = self.sagemaker
-        role_arn = settings.get("role_arn") or hook.conn_config.extra_config.get(ROLE_EXTRA_KEY)
-        if not role_arn:
+        instance_count = int(settings.get("instance_count", 1))
+        train_files = len(partitions_of(storage, features["splits"]["train"]["uri"]))
+        if instance_count > train_files:
+            # ShardedByS3Key hands out whole objects: a host without one has no data.
             raise AirflowFailException(
-                f"task {self.task_id!r}: no SageMaker execution role: set sagemaker.role_arn in "
-                f"the definition or '{ROLE_EXTRA_KEY}' in the extra of connection "
-                f"{self.aws_conn_id!r}"
+                f"task {self.task_id!r}: sagemaker.instance_count {instance_count} is more than "
+                f"the {train_files} file(s) of the train split; every host needs at least one: "
+                "lower instance_count, or partition the data (rows_per_partition on the extract)"
             )
+        channels: dict[str, str] = {}
+        for split, document in features["splits"].items():
+            # One object per partition file, copied 1 MiB at a time: the unit ShardedByS3Key
+            # distributes over the hosts.
+            channels[split] = f"{base}/input/{split}"
+            copy_dataset(storage, document["uri"], channels[split])
+        if features.get("preprocessing_uri"):
+            # A sharded train channel would hand the file to one host only: with several
+            # instances it is a (replicated) channel of its own.
+            if instance_count > 1:
+                channels["preprocessing"] = f"{base}/input/preprocessing"
+            storage.write_bytes(
+                f"{channels['preprocessing' if instance_count > 1 else 'train']}/"
+                "preprocessing.json",
+                storage.read_bytes(features["preprocessing_uri"]),
+            )
+        code_uri = upload_source(storage, self.project)
+        role_arn = execution_role(self, hook, settings.get("role_arn"))
         spec = sm.SageMakerJobSpec(
             role_arn=role_arn,
             image_uri=settings.get("image_uri") or sm.xgboost_image_uri(region),
             source_uri=code_uri,
             output_uri=f"{output_base}/output",
             instance_type=settings.get("instance_type", "ml.m5.large"),
-            instance_count=int(settings.get("instance_count", 1)),
+            instance_count=instance_count,
             volume_size_gb=int(settings.get("volume_size_gb", 30)),
             max_runtime_seconds=int(settings.get("max_runtime_seconds", 7200)),
             spot=bool(settings.get("spot", False)),
@@ -152,7 +192,7 @@ class SageMakerRequestOperator(MlwpOperator):
                 "mlwp:project": self.project,
                 "mlwp:workflow": self.workflow,
                 "mlwp:dag_id": lineage["dag_id"],
-                "mlwp:task_id": train_task,
+                "mlwp:task_id": self.task_id.removesuffix("_request"),
             },
         )
         metrics = [f"validation:{m}" for m in METRICS_BY_OBJECTIVE[self.objective]]
@@ -252,13 +292,17 @@ class SageMakerModelOperator(MlwpOperator):
                 tuning="Tuning" in result,
             ),
         )
-        storage = _s3_storage(self)
+        storage = sagemaker_storage(self)
         artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
         model_dir = Path(tempfile.mkdtemp(prefix="mlwp-sagemaker-model-"))
         extract_model_archive(storage.read_bytes(artifact), model_dir)
 
+        from mlwp.training.local import StoredSplit
+
         features = self.upstream_document(context, "splits")
-        splits = {n: storage.read_dataset(d["uri"]) for n, d in features["splits"].items()}
+        # A seeded sample (all rows of a small split) for the input example, plots and drift
+        # baseline: a split trained on several hosts need not fit in this worker.
+        splits = {n: StoredSplit(storage, d["uri"]).sample() for n, d in features["splits"].items()}
         metrics = {m["MetricName"]: float(m["Value"]) for m in job.get("FinalMetricDataList", [])}
         lineage = self.lineage(context)
         train_split = features["splits"]["train"]
@@ -422,6 +466,7 @@ def sagemaker_tasks_for(
         early_stopping_rounds=task.early_stopping_rounds,
         threshold=task.threshold,
         seed=task.seed,
+        data=task.data,
     )
     return sagemaker_train_tasks(
         task_id=task_id,

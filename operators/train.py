@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("binary", "multiclass", "regression")
 BACKENDS = ("local", "sagemaker")
+DATA_MODES = ("auto", "in_memory", "external_memory")
 
 
 def task_params(params: Any) -> dict[str, Any]:
@@ -41,6 +42,11 @@ class TrainOperator(MlwpOperator):
     (``mlwp.training``); its output streams into the task log and a failure surfaces the
     stderr tail. With ``tuning`` the Optuna trials are nested runs and the best parameters
     train the final model. Returns ``run_id``, ``model_uri``, ``metrics`` and the splits.
+
+    ``data`` chooses how the entry point holds the splits: ``in_memory``, ``external_memory``
+    (XGBoost's external memory; the splits stay in storage and are streamed, never read by
+    this task) or ``auto`` (external memory above ``AUTO_CELLS`` cells of the train split,
+    unless tuning, which needs the data in memory). docs/scale.md.
     """
 
     template_fields: Sequence[str] = ("target", "hyperparameters", "tuning", "input")
@@ -63,6 +69,7 @@ class TrainOperator(MlwpOperator):
         sagemaker: dict[str, Any] | None = None,
         input: str | None = None,
         experiment: str | None = None,
+        data: str = "auto",
         **kwargs: Any,
     ) -> None:
         # `params` stays BaseOperator's too (merged with the DAG's params), see task_params.
@@ -71,6 +78,7 @@ class TrainOperator(MlwpOperator):
             raise ValueError(f"task {self.task_id!r}: 'target' is required")
         check_choice(self.task_id, "objective", objective, OBJECTIVES)
         check_choice(self.task_id, "backend", backend, BACKENDS)
+        check_choice(self.task_id, "data", data, DATA_MODES)
         if num_boost_round < 1:
             raise ValueError(f"task {self.task_id!r}: num_boost_round must be >= 1")
         self.target = target
@@ -87,12 +95,15 @@ class TrainOperator(MlwpOperator):
         self.sagemaker = sagemaker
         self.input = input
         self.experiment = experiment
+        self.data = data
 
     def execute(self, context: Context) -> dict[str, Any]:
         import mlflow
 
         from mlwp.errors import MlwpError
-        from mlwp.preprocessing import Preprocessing
+        from mlwp.model.preprocessing import Preprocessing
+        from mlwp.training.external_memory import AUTO, uses_external_memory
+        from mlwp.training.local import StoredSplit
         from mlwp.training.pipeline import hyperparameters_of, train_model
         from operators.links import mlflow_run_url
 
@@ -105,15 +116,33 @@ class TrainOperator(MlwpOperator):
         mlflow.set_tracking_uri(mlflow_tracking_uri())
         storage = self.storage()
         features = self.upstream_document(context, "splits", self.input)
-        splits = {
-            name: storage.read_dataset(document["uri"])
-            for name, document in features["splits"].items()
-        }
-        missing = [name for name, frame in splits.items() if self.target not in frame.columns]
+        documents = features["splits"]
+        train_document = documents["train"]
+        external = uses_external_memory(
+            self.data,
+            int(train_document.get("rows") or 0),
+            len(train_document.get("columns") or []),
+        )
+        if external and self.tuning and self.data == AUTO:
+            self.log.info(
+                "train split of %s rows: above the external-memory size, but tuning needs the "
+                "data in memory; training in memory",
+                train_document.get("rows"),
+            )
+            external = False
+        splits: dict[str, Any]
+        if external:
+            # The splits stay in storage; the entry point streams their files.
+            splits = {name: StoredSplit(storage, d["uri"]) for name, d in documents.items()}
+            columns = {name: list(d.get("columns") or []) for name, d in documents.items()}
+        else:
+            splits = {name: storage.read_dataset(d["uri"]) for name, d in documents.items()}
+            columns = {name: list(frame.columns) for name, frame in splits.items()}
+        missing = [name for name, names in columns.items() if self.target not in names]
         if missing:
             raise AirflowFailException(
                 f"task {self.task_id!r}: target column {self.target!r} is not in the "
-                f"{', '.join(missing)} split(s); columns are {list(splits[missing[0]].columns)}"
+                f"{', '.join(missing)} split(s); columns are {columns[missing[0]]}"
             )
         preprocessing = (
             Preprocessing.from_json(storage.read_bytes(features["preprocessing_uri"]))
@@ -129,6 +158,8 @@ class TrainOperator(MlwpOperator):
             seed=self.seed,
             threshold=self.threshold,
         )
+        hyperparameters["data"] = "external_memory" if external else "in_memory"
+        self.log.info("training %s", "with external memory" if external else "in memory")
         lineage = self.lineage(context)
         train_split = features["splits"]["train"]
         tags = {

@@ -18,7 +18,7 @@ PREPROCESSING_NAME = "preprocessing.json"
 
 
 class TransformOperator(MlwpOperator):
-    """Run the transform ``steps`` (mlwp.transform) on the upstream dataset.
+    """Run the transform ``steps`` (mlwp.data.transform) on the upstream dataset.
 
     Each split (train, validation, test: the raw rows after the leading dataset steps, label
     included) is stored as its own dataset ``<task_id>-<split>``; the fitted preprocessing is
@@ -51,8 +51,8 @@ class TransformOperator(MlwpOperator):
 
     def _transform_partitions(self, storage: Any, dataset: dict[str, Any]) -> Any:
         """A partitioned input: fit on a seeded sample, split partition by partition."""
-        from mlwp.transform import TransformError
-        from mlwp.transform_partitions import DEFAULT_SAMPLE_ROWS, transform_partitioned
+        from mlwp.data.transform import TransformError
+        from mlwp.data.transform_partitions import DEFAULT_SAMPLE_ROWS, transform_partitioned
 
         try:
             result = transform_partitioned(
@@ -76,7 +76,7 @@ class TransformOperator(MlwpOperator):
         return result
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mlwp.transform import TransformError, run_transform
+        from mlwp.data.transform import TransformError, run_transform
         from operators.links import dataset_url
 
         started = time.monotonic()

@@ -143,7 +143,7 @@ def _judge(match: re.Match[str], user: Any, body: bytes) -> Any:
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from mlwp import audit
+    from mlwp.security import audit
     from mlwp.security.approvals import (
         AUDIT_APPROVE,
         AUDIT_REFUSE,

@@ -12,7 +12,7 @@ token), exactly as Airflow's own API reads it; what they may do comes from Airfl
 manager. Reading needs read access to DAGs; promote, roll back and traffic need edit access
 to a DAG of the model's project (``change_model`` in mlwp.security.roles: Admins and the
 project's DataScientist members). The changes themselves go through
-``mlwp.model_changes``, the code path of ``mlwp models``, which writes the audit trail.
+``mlwp.registry.model_changes``, the code path of ``mlwp models``, which writes the audit trail.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def serving_models() -> dict[str, Any]:
 def _reload_serving(model: str, after: dict[str, Any]) -> dict[str, Any]:
     """Ask serving to load the new state now (it would also notice on its next poll)."""
     from mlwp.platform.serving_key import task_admin_key
-    from mlwp.serving_client import reload_and_wait
+    from mlwp.registry.serving_client import reload_and_wait
     from mlwp.settings import get_settings
 
     settings = get_settings()
@@ -245,7 +245,8 @@ def _by_project(entry: dict[str, Any]) -> str:
 @app.get("/api/models/{model}")
 def describe_model(model: str, user: ReaderDep) -> dict[str, Any]:
     """A model's versions (metrics, lineage), aliases, traffic, serving state and history."""
-    from mlwp import model_changes, registry
+    from mlwp import registry
+    from mlwp.registry import model_changes
 
     described = _registry_call(registry.describe, model)
     if not described["versions"] and not _registry_call(registry.registered_model_exists, model):
@@ -329,7 +330,7 @@ def _links(described: dict[str, Any]) -> dict[str, Any]:
 @app.post("/api/projects/{project}/models/{model}/promote")
 def promote(project: str, model: str, body: PromoteBody, user: ChangerDep) -> dict[str, Any]:
     """Make a version (default: the challenger) the champion with all the traffic."""
-    from mlwp import model_changes
+    from mlwp.registry import model_changes
 
     _model_in_project(project, model)
     after = _registry_call(model_changes.promote, user.get_name(), model, body.version, body.reason)
@@ -339,7 +340,7 @@ def promote(project: str, model: str, body: PromoteBody, user: ChangerDep) -> di
 @app.post("/api/projects/{project}/models/{model}/rollback")
 def rollback(project: str, model: str, body: RollbackBody, user: ChangerDep) -> dict[str, Any]:
     """Restore the aliases and traffic from before the last promotion, or of a history event."""
-    from mlwp import model_changes
+    from mlwp.registry import model_changes
 
     _model_in_project(project, model)
     after = _registry_call(
@@ -351,7 +352,8 @@ def rollback(project: str, model: str, body: RollbackBody, user: ChangerDep) -> 
 @app.post("/api/projects/{project}/models/{model}/traffic")
 def traffic(project: str, model: str, body: TrafficBody, user: ChangerDep) -> dict[str, Any]:
     """Set the traffic split between champion and challenger (percent, summing to 100)."""
-    from mlwp import model_changes, registry
+    from mlwp import registry
+    from mlwp.registry import model_changes
 
     _model_in_project(project, model)
     split = _registry_call(
@@ -385,8 +387,8 @@ def static(name: str) -> Response:
 
 
 def _storage() -> Any:
+    from mlwp.data.storage import Storage
     from mlwp.settings import get_settings
-    from mlwp.storage import Storage
 
     return Storage(get_settings().storage_uri)
 
@@ -401,7 +403,7 @@ def _under_root(path: str) -> str:
 @app.get("/storage/{path:path}")
 def storage_file(path: str, user: ReaderDep) -> Response:
     """A file under the platform's storage root (GX data docs, results, sidecars)."""
-    from mlwp.storage import StorageError
+    from mlwp.data.storage import StorageError
 
     storage = _storage()
     uri = f"{storage.root}/{_under_root(path)}"
@@ -422,7 +424,7 @@ def storage_file(path: str, user: ReaderDep) -> Response:
 @app.get("/datasets", response_class=HTMLResponse)
 def datasets_page(user: ReaderDep, path: Annotated[list[str], Query()]) -> str:
     """Stored datasets (an extract's, a transform's splits): their sidecar metadata."""
-    from mlwp.storage import StorageError
+    from mlwp.data.storage import StorageError
 
     storage = _storage()
     sections = []

@@ -28,12 +28,21 @@ Every other option is uvicorn's own: ``python -m serving --host 0.0.0.0 --port 8
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import ssl
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import Scope
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
+from serving.api.fast_predict import fast_predict_of
 from serving.core.config import ServingSettings, get_settings
 
 APP = "serving.main:app"
@@ -80,24 +89,126 @@ class HttpProtocol(HttpToolsProtocol):
         self._header_timeout = get_settings().header_timeout_seconds
         self._header_timer: asyncio.TimerHandle | None = None
         self._request_started = False
+        # the prediction routes answered here (serving.api.fast_predict), when the app has them
+        self._fast = fast_predict_of(self.app)
+        if self.config.reset_contextvars:
+            self._fast = None  # each request's own empty context is the ASGI task's
+        self._proxy = _proxy_headers_of(self.app)
+        self._trusted_proxy = False
+        self._feeding = False
+        # a prediction request held while its chunk is parsed: (cycle, route scope)
+        self._held: tuple[RequestResponseCycle, Scope] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm_header_timer()
+        client = self.client[0] if self.client else None
+        self._trusted_proxy = self._proxy is not None and client in self._proxy.trusted_hosts
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        self._feeding = True
+        try:
+            super().data_received(data)
+        finally:
+            self._feeding = False
+        if self._held is not None:
+            self._answer_held()
+        # A request whose headers came whole in this chunk (nearly all of them) is parsed
+        # by now and needs no timer; one that stopped halfway gets it here, a few
+        # microseconds after its first byte, not a timer set and cancelled per request.
+        if self._request_started and self._header_timer is None:
+            self._arm_header_timer()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._request_started = True
-        self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         self._request_started = False
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # A prediction request is held until the chunk that brought its headers is parsed:
+        # with its whole body it is answered here, else it goes to the app like any other.
+        if self._feeding and self._fast is not None and self._held is None and app is self.app:
+            scope: Any = cycle.scope
+            route_scope = self._fast.match(scope, trusted_proxy=self._trusted_proxy)
+            if route_scope is not None and not cycle.waiting_for_100_continue:
+                self._held = (cycle, route_scope)
+                return
+        super()._start_asgi_task(cycle, app)
+
+    def _answer_held(self) -> None:
+        assert self._held is not None and self._fast is not None
+        (cycle, route_scope), self._held = self._held, None
+        if cycle.more_body or self.transport.is_closing():
+            super()._start_asgi_task(cycle, self.app)
+            return
+        context = contextvars.copy_context()  # the request's log context stays its own
+
+        def respond(
+            status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview
+        ) -> None:
+            self._write_response(cycle, status, headers, body)
+
+        def close() -> None:
+            self.transport.close()
+
+        scope: Any = cycle.scope
+        answer = self._fast(scope, bytes(cycle.body), route_scope, respond, close)
+        # A task of its own from the first step: the loop calls this protocol outside any
+        # task, and what a request may await needs one (asyncio.timeout in redis-py's
+        # commands, anyio's thread pool for batches above inline_rows). Run by hand, its
+        # first step made every Redis call fail ("Timeout should be used inside a task",
+        # raised by redis-py as ConnectionError: the shared rate limit and the cache were
+        # bypassed for good) and every thread-pool batch answer 500.
+        task = self.loop.create_task(answer, context=context)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _write_response(
+        self,
+        cycle: RequestResponseCycle,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | memoryview,
+    ) -> None:
+        """What uvicorn's ``RequestResponseCycle.send`` writes for a response with a
+        Content-Length, sent whole (the headers are the service's own: valid, lower case)."""
+        if cycle.disconnected:
+            return
+        content: list[bytes | memoryview] = [STATUS_LINE[status]]
+        has_connection_close = False
+        for name, value in (*cycle.default_headers, *headers):
+            if name == b"connection" and b"close" in [
+                token.lower().strip() for token in value.split(b",")
+            ]:
+                cycle.keep_alive = False
+                has_connection_close = True
+            content.extend((name, b": ", value, b"\r\n"))
+        if not cycle.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        content.append(b"\r\n")
+        content.append(body)
+        cycle.response_started = cycle.response_complete = True
+        if cycle.access_log:
+            cycle.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(cycle.scope),
+                cycle.scope["method"],
+                get_path_with_query_string(cycle.scope),
+                cycle.scope["http_version"],
+                status,
+            )
+        self.transport.write(b"".join(content))
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
 
     def on_response_complete(self) -> None:
         cycle = self.cycle
@@ -122,6 +233,15 @@ class HttpProtocol(HttpToolsProtocol):
         if self._request_started:  # a partial request is owed an answer (as Node.js does)
             self.transport.write(REQUEST_TIMEOUT)
         self.transport.close()
+
+
+def _proxy_headers_of(app: Any) -> ProxyHeadersMiddleware | None:
+    """uvicorn's X-Forwarded-* middleware around the app, when it is on."""
+    while app is not None:
+        if isinstance(app, ProxyHeadersMiddleware):
+            return app
+        app = getattr(app, "app", None)
+    return None
 
 
 _TIMEOUT_BODY = (

@@ -12,12 +12,16 @@ locals {
   task_log_key = "airflow" # the prefix of remote task logs in the logs bucket
 
   sagemaker_arn_prefix = "arn:${local.partition}:sagemaker:${local.region}:${local.account_id}"
-  # mlwp names every job mlwp-<project>-<task>-... (mlwp.sagemaker.job_name).
+  # mlwp names every job mlwp-<project>-<task>-... and every batch-transform model
+  # mlwp-<project>-<model>-v<version>-<archive sha> (mlwp.training.sagemaker.job_name).
   sagemaker_job_arns = [
     "${local.sagemaker_arn_prefix}:training-job/mlwp-*",
     "${local.sagemaker_arn_prefix}:hyper-parameter-tuning-job/mlwp-*",
+    "${local.sagemaker_arn_prefix}:transform-job/mlwp-*",
   ]
-  sagemaker_log_group_arn = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/aws/sagemaker/TrainingJobs"
+  sagemaker_model_arns              = ["${local.sagemaker_arn_prefix}:model/mlwp-*"]
+  sagemaker_log_group_arn           = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/aws/sagemaker/TrainingJobs"
+  sagemaker_transform_log_group_arn = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:/aws/sagemaker/TransformJobs"
 
   # Use of the deployment key, only through S3 (SSE-KMS with bucket keys).
   s3_kms_statement = {
@@ -39,6 +43,8 @@ locals {
       resources = ["${local.bucket_arns.data}/*"]
     }
     ModelsBucketList = {
+      # A batch transform's collect task lists the job's output; without ListBucket a missing
+      # model.tar.gz would also read as 403 instead of 404 (the error naming the wrong cause).
       actions   = ["s3:ListBucket"]
       resources = [local.bucket_arns.models]
     }
@@ -60,13 +66,22 @@ locals {
         "sagemaker:AddTags",
         "sagemaker:CreateHyperParameterTuningJob",
         "sagemaker:CreateTrainingJob",
+        "sagemaker:CreateTransformJob",
         "sagemaker:DescribeHyperParameterTuningJob",
         "sagemaker:DescribeTrainingJob",
+        "sagemaker:DescribeTransformJob",
         "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
         "sagemaker:StopHyperParameterTuningJob",
         "sagemaker:StopTrainingJob",
       ]
       resources = local.sagemaker_job_arns
+    }
+    SageMakerModels = {
+      # batch_predict backend: sagemaker: the request task's model (CreateModel, tagged; its
+      # execution role is passed by PassSageMakerExecutionRole), looked up first by the
+      # provider's transform operator (DescribeModel) and described again for its result.
+      actions   = ["sagemaker:AddTags", "sagemaker:CreateModel", "sagemaker:DescribeModel"]
+      resources = local.sagemaker_model_arns
     }
     TrainingJobLogs = {
       # The training operator copies the job's CloudWatch log into the task log (print_log).
@@ -120,6 +135,30 @@ locals {
     BucketKey = local.s3_kms_statement
   }
 
+  # Serving: prediction capture and POST /v1/models/{model}/feedback add Parquet parts under
+  # <storage root>/monitoring/capture/ and .../labels/, where the monitor task reads them
+  # (docs/monitoring.md). It reads models through MLflow's HTTP API and keeps its state in
+  # PostgreSQL and Redis, so this is all it may do on AWS: no read of captures, labels or
+  # datasets, no delete, no other prefix.
+  serving_permissions = {
+    # s3fs probes the bucket (HeadBucket) before each batch's first part: that is ListBucket
+    # on the bucket, which no prefix condition can narrow (HeadBucket carries no prefix).
+    DataBucketProbe = {
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arns.data]
+    }
+    WriteCapturesAndLabels = {
+      actions = ["s3:PutObject"]
+      # under the storage root, the data bucket's root (output storage_root), as
+      # mlwp.monitoring.capture.kind_uri lays them out
+      resources = [
+        "${local.bucket_arns.data}/monitoring/capture/*",
+        "${local.bucket_arns.data}/monitoring/labels/*",
+      ]
+    }
+    BucketKey = local.s3_kms_statement
+  }
+
   # Fluent Bit: writes the pods' logs into the deployment's log groups.
   log_shipper_permissions = {
     ShipPodLogs = {
@@ -130,7 +169,9 @@ locals {
 
   # The SageMaker execution role: the training container reads its channels and code from the
   # data bucket, writes model.tar.gz (and checkpoints) to the models bucket, logs and reports
-  # metrics, and pulls its image.
+  # metrics, and pulls its image. A batch transform job reads the model archive, the manifest
+  # and the dataset partitions it lists from the data bucket, and writes its output under
+  # the models bucket's <project>/sagemaker/<job>/output/ (WriteModelsAndCheckpoints).
   sagemaker_execution_permissions = {
     ListChannels = {
       actions   = ["s3:ListBucket"]
@@ -142,6 +183,14 @@ locals {
       resources = [
         "${local.bucket_arns.data}/*/sagemaker/*/input/*",
         "${local.bucket_arns.data}/*/code/*",
+      ]
+    }
+    ReadTransformInputs = {
+      actions = ["s3:GetObject"]
+      resources = [
+        "${local.bucket_arns.data}/*/sagemaker/models/*", # model.tar.gz, by its sha256
+        "${local.bucket_arns.data}/*/sagemaker/*/input.manifest",
+        "${local.bucket_arns.data}/*/datasets/*", # the partitions the manifest lists
       ]
     }
     ModelsBucketList = {
@@ -158,6 +207,10 @@ locals {
       actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
       resources = [local.sagemaker_log_group_arn, "${local.sagemaker_log_group_arn}:*"]
     }
+    TransformLogs = {
+      actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"]
+      resources = [local.sagemaker_transform_log_group_arn, "${local.sagemaker_transform_log_group_arn}:*"]
+    }
     TrainingMetrics = {
       actions   = ["cloudwatch:PutMetricData"]
       resources = ["*"] # PutMetricData has no resource type; the namespace condition scopes it
@@ -171,7 +224,7 @@ locals {
       actions = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
       resources = [
         # mlwp's own images, and the AWS-owned XGBoost framework image (its account differs
-        # per region, see mlwp.sagemaker.xgboost_image_uri).
+        # per region, see mlwp.training.sagemaker.xgboost_image_uri).
         "arn:${local.partition}:ecr:${local.region}:${local.account_id}:repository/${var.name}/*",
         "arn:${local.partition}:ecr:${local.region}:*:repository/sagemaker-xgboost",
       ]
@@ -218,11 +271,8 @@ locals {
       permissions = local.mlflow_permissions
     }
     serving = {
-      # Serving reads models through MLflow's HTTP API and keeps state in PostgreSQL and
-      # Redis: it needs no AWS permission yet. The role exists so that the chart's service
-      # account is bound from day one.
       description = "mlwp serving of ${var.name}"
-      permissions = {}
+      permissions = local.serving_permissions
     }
     log_shipper = {
       description = "Fluent Bit shipping the pods' logs of mlwp ${var.name} to CloudWatch"
@@ -298,7 +348,7 @@ module "sagemaker_execution_role" {
 
   name            = "${var.name}-sagemaker-execution"
   use_name_prefix = false
-  description     = "SageMaker training and tuning jobs of mlwp ${var.name}"
+  description     = "SageMaker training, tuning and batch transform jobs of mlwp ${var.name}"
 
   trust_policy_permissions = {
     SageMakerOfThisAccount = {

@@ -64,7 +64,7 @@ output "sagemaker_security_group_id" {
 }
 
 output "storage_root" {
-  description = "MLWP_STORAGE_ROOT: where datasets, features and SageMaker channels live."
+  description = "MLWP_STORAGE_ROOT: where datasets, features, SageMaker channels and prediction captures live; the Airflow pods and serving (charts/mlwp serving.storage.root) get the same."
   value       = "s3://${module.bucket["data"].s3_bucket_id}"
 }
 

@@ -5,9 +5,10 @@ and aiobotocore's alike: Airflow's hooks, s3fs, the triggerer) and records each 
 its parameters, before it is sent. :func:`required_permissions` translates a call into the IAM
 authorizations AWS checks for it, following the Service Authorization Reference: an S3
 ``HeadObject`` is ``s3:GetObject`` on the object, a ``CopyObject`` is a read of the source and
-a write of the target, a ``CreateTrainingJob`` is also ``iam:PassRole`` on its role and
-``sagemaker:AddTags`` when tagged, and every object read or written in an SSE-KMS bucket is
-a ``kms:Decrypt`` or ``kms:GenerateDataKey`` through S3. :func:`allowed` evaluates IAM
+a write of the target, a ``CreateTrainingJob`` (or ``CreateModel``, whose role is its
+``ExecutionRoleArn``) is also ``iam:PassRole`` on its role and ``sagemaker:AddTags`` when
+tagged, and every object read or written in an SSE-KMS bucket is a ``kms:Decrypt`` or
+``kms:GenerateDataKey`` through S3. :func:`allowed` evaluates IAM
 statements (actions, resources, the condition operators used in terraform/) against one.
 
 An operation missing from the translation table fails loudly: a new call in the code must be
@@ -157,9 +158,13 @@ def _s3(call: Call) -> Iterator[Permission]:
         raise KeyError(op)
 
 
+# The parameter that names a call's resource, first match wins: a CreateTransformJob also
+# names its model (ModelName), but IAM authorizes it on the transform job.
 _SAGEMAKER_RESOURCES = {
     "TrainingJobName": "training-job",
     "HyperParameterTuningJobName": "hyper-parameter-tuning-job",
+    "TransformJobName": "transform-job",
+    "ModelName": "model",
 }
 
 
@@ -176,7 +181,11 @@ def _sagemaker(call: Call) -> Iterator[Permission]:
     yield Permission(f"sagemaker:{op}", resource, because=why)
     if op.startswith("Create") and p.get("Tags"):
         yield Permission("sagemaker:AddTags", resource, because=f"{why} with Tags")
-    role = p.get("RoleArn") or p.get("TrainingJobDefinition", {}).get("RoleArn")
+    role = (
+        p.get("RoleArn")
+        or p.get("ExecutionRoleArn")  # CreateModel: the role the model's containers run as
+        or p.get("TrainingJobDefinition", {}).get("RoleArn")
+    )
     if op.startswith("Create") and role:
         yield Permission(
             "iam:PassRole",

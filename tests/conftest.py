@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import pytest
 from aws_endpoint import aws_environment
 from server_process import run_mlflow_server
+from stored_dags import store_dag
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -158,16 +159,55 @@ def s3_bucket(aws_env: str) -> str:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite + local artifacts) on a free port; yields its URL."""
-    with run_mlflow_server(tmp_path_factory.mktemp("mlflow"), timeout=300) as (url, _):
+    """A real MLflow tracking server (SQLite + local artifacts) on a free port; yields its URL.
+
+    One per test process, shared by every test that needs one (each names its models and
+    experiments uniquely): a start costs half a minute or more on a loaded two-core machine,
+    hence the patience too. ``MLWP_TEST_MLFLOW_URL`` reuses a running server instead.
+    """
+    existing = os.environ.get("MLWP_TEST_MLFLOW_URL")
+    if existing:
+        yield existing
+        return
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow"), timeout=600) as (url, _):
         yield url
 
 
 @pytest.fixture
 def mlflow_tracking(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point MLflow clients at the test tracking server for one test."""
+    import mlflow
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    # A process-wide URI wins over the variable, and one set by code that ran outside any
+    # test (a session fixture's setup) escapes _mlflow_tracking_uri_restored: set both here
+    # (the CI run's monitor test reached the platform default 127.0.0.1:5000 that way).
+    mlflow.set_tracking_uri(mlflow_server)
     return mlflow_server
+
+
+@pytest.fixture(scope="session")
+def migrated_airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty Airflow metadata database (SQLite) as ``airflow db migrate`` leaves it, to copy
+    to ``<home>/airflow.db`` of a test's platform home (``shutil.copy``).
+
+    For tests that need a migrated database but do not test the migration: each
+    ``airflow db migrate`` is a new Airflow process, seconds to a minute on a loaded machine,
+    about as long on an up-to-date database as on an empty one. The migration from empty stays
+    proven by every ``mlwp up`` of the tests (test_first_run, test_platform_up, tests/e2e).
+    """
+    import subprocess
+
+    from mlwp.platform.airflow_config import airflow_environment
+    from mlwp.settings import Settings
+
+    home = tmp_path_factory.mktemp("airflow-migrated")
+    env = {**os.environ, **airflow_environment(Settings(home=home, dags_folder=home / "dags"))}
+    migrated = subprocess.run(
+        [which("airflow"), "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    return home / "airflow.db"
 
 
 @pytest.fixture(scope="session")
@@ -194,16 +234,9 @@ def run_dag(dag: object, **kwargs: object) -> object:
     """``dag.test()`` for a DAG built inside a test rather than in the DAG folder.
 
     Airflow 3.3's ``dag.test()`` looks the DAG up among the serialized DAGs of a bundle; a
-    DAG defined in a test module is in none, so it is serialized into the default bundle
-    first.
+    DAG defined in a test module is in none, so it is stored first.
     """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder=os.devnull, collect_dags=False)
-    bag.bag_dag(dag)  # type: ignore[arg-type]
-    sync_bag_to_db(bag, "dags-folder", None)
+    store_dag(dag)
     return dag.test(**kwargs)  # type: ignore[attr-defined]
 
 

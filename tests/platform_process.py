@@ -28,7 +28,7 @@ from server_process import free_port
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 # Generous: these tests check behaviour, not speed, on machines shared with other test runs.
-READY_TIMEOUT = 900.0
+READY_TIMEOUT = 600.0
 
 T = TypeVar("T")
 

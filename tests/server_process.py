@@ -74,6 +74,42 @@ def run_mlflow_server(
         log.close()
 
 
+@contextmanager
+def run_prometheus(
+    prometheus: str, root: Path, targets: list[str], interval: str = "500ms"
+) -> Iterator[str]:
+    """A real Prometheus server (the binary ``prometheus``) scraping ``targets``
+    (``host:port``, path ``/metrics``) every ``interval``; yields its URL once ready."""
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "prometheus.yml"
+    config.write_text(
+        f"global: {{scrape_interval: {interval}, scrape_timeout: {interval}}}\n"
+        "scrape_configs:\n"
+        f"  - {{job_name: serving, static_configs: [{{targets: {targets!r}}}]}}\n"
+    )
+    argv = [
+        prometheus,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={root / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    log = (root / "prometheus.log").open("ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            wait_for_http(f"{url}/-/ready", timeout=60, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(
+                f"prometheus: {exc}\n" + (root / "prometheus.log").read_text()[-4000:]
+            ) from None
+        yield url
+    finally:
+        stop_process_group(proc)
+        log.close()
+
+
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     """Stop a process started with ``start_new_session=True`` and every child it made:
     SIGTERM the group, SIGKILL what is left."""

@@ -1,8 +1,9 @@
 """A real platform for the UI tests: MLflow server, serving and the Airflow api-server (FAB).
 
 Everything runs as its own process on free ports under one temporary home, as ``mlwp up``
-would run it: the MLflow tracking server (``server_process.run_mlflow_server``), ``python -m
-serving`` reading the registry (polling off: only reload requests bring changes in, so a test
+would run it, but for the MLflow tracking server: the test session's (``mlflow_server``),
+shared with the other tests of the process, each naming its models uniquely. ``python -m
+serving`` reads the registry (polling off: only reload requests bring changes in, so a test
 sees exactly what its action caused), and ``airflow api-server`` with the repository's
 plugins (the Models view), the FAB auth manager, the platform roles and these users:
 
@@ -11,14 +12,16 @@ plugins (the Models view), the FAB auth manager, the platform roles and these us
 - ``vera``: Viewer;
 - ``root``: Admin.
 
-The model ``MODEL`` (project ``churn``) has version 1 as champion and version 2 as
-challenger at 90/10 when the platform starts.
+The platform's model (``Platform.model``, project ``churn``; a test module names it with
+:func:`model_name`) has version 1 as champion and version 2 as challenger at 90/10 when the
+platform starts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -30,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from server_process import free_port, run_mlflow_server, stop_process_group, wait_for_http
+from server_process import free_port, stop_process_group, wait_for_http
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "correct-horse-battery"
-MODEL = f"churn-ui-{uuid.uuid4().hex[:6]}"
 USERS: dict[str, tuple[str, list[str]]] = {
     "alice": ("DataScientist", ["churn"]),
     "bob": ("DataScientist", ["churn"]),
@@ -62,13 +64,17 @@ for _project in ("churn", "fraud"):
     globals()[_project] = _dag
 '''
 
-# The platform roles (as `mlwp roles sync` makes them), then the users, in one FAB start.
+# The roles sync of `mlwp roles sync`, then `mlwp users add` of each user, in one process:
+# each `operators.rbac` process pays Airflow's import and FAB's start, minutes in all on a
+# loaded machine (the CLI's own path, one process per command, is tests/integration/
+# test_rbac_cli.py's subject).
 ADD_USERS = """
 import json, sys
 from operators import rbac
-rbac.sync({"projects": {"churn": {}, "fraud": {}}})
-for request in json.loads(sys.argv[1]):
-    rbac.user_add(request)
+request = json.loads(sys.argv[1])
+rbac.sync({"projects": request["projects"]})
+for user in request["users"]:
+    rbac.user_add(user)
 """
 
 
@@ -77,6 +83,7 @@ class Platform:
     """The running platform: URLs, the environment of its processes, and login helpers."""
 
     home: Path
+    model: str
     airflow_url: str
     mlflow_url: str
     serving_url: str
@@ -100,14 +107,14 @@ class Platform:
         return httpx.Client(base_url=self.airflow_url, headers=headers, timeout=120)
 
     def served(self) -> dict[str, Any]:
-        """Serving's ``GET /v1/models`` entry of MODEL (variant alias -> version)."""
+        """Serving's ``GET /v1/models`` entry of the model (variant alias -> version)."""
         response = httpx.get(
             f"{self.serving_url}/v1/models",
             headers={"Authorization": f"Bearer {self.env['MLWP_SERVING_ADMIN_KEY']}"},
             timeout=30,
         )
         response.raise_for_status()
-        entry = next(m for m in response.json()["models"] if m["name"] == MODEL)
+        entry = next(m for m in response.json()["models"] if m["name"] == self.model)
         return {v["alias"]: str(v["version"]) for v in entry["variants"]}
 
 
@@ -130,8 +137,24 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
         raise RuntimeError(f"{args} failed:\n{log.read_text()[-4000:]}")
 
 
-def register_model(mlflow_url: str, model_dir: Path) -> str:
-    """MODEL v1 (champion) and v2 (challenger, 90/10), tagged with the churn project;
+def add_roles_and_users(
+    projects: dict[str, Any], users: list[dict[str, Any]], env: dict[str, str], log: Path
+) -> None:
+    """Sync the platform and ``projects``' roles, then add ``users`` (``user_add`` requests)."""
+    from mlwp.platform.processes import without_fab_sync
+
+    request = json.dumps({"projects": projects, "users": users})
+    # As `mlwp roles sync` runs it (mlwp.security.client): the sync does FAB's own sync first.
+    _run([sys.executable, "-c", ADD_USERS, request], without_fab_sync(env), log)
+
+
+def model_name(purpose: str) -> str:
+    """A name no other test of the session's MLflow server uses."""
+    return f"churn-{purpose}-{uuid.uuid4().hex[:6]}"
+
+
+def register_model(mlflow_url: str, model: str, model_dir: Path) -> str:
+    """``model`` v1 (champion) and v2 (challenger, 90/10), tagged with the churn project;
     returns the MLflow run id of v1."""
     from mlflow import MlflowClient
 
@@ -139,21 +162,21 @@ def register_model(mlflow_url: str, model_dir: Path) -> str:
 
     client = MlflowClient(mlflow_url)
     for alias in ("champion", "challenger"):
-        version = register_version(mlflow_url, MODEL, model_dir, aliases=(alias,))
+        version = register_version(mlflow_url, model, model_dir, aliases=(alias,))
         for key, value in {
             "mlwp.project": "churn",
             "mlwp.dag_id": "churn.train",
             "mlwp.airflow_run_id": f"manual__{alias}",
             "mlwp.test_metrics": json.dumps({"roc_auc": 0.84 if alias == "champion" else 0.86}),
         }.items():
-            client.set_model_version_tag(MODEL, version, key, value)
-    set_traffic(mlflow_url, MODEL, {"champion": 90, "challenger": 10})
-    return str(client.get_model_version(MODEL, "1").run_id)
+            client.set_model_version_tag(model, version, key, value)
+    set_traffic(mlflow_url, model, {"champion": 90, "challenger": 10})
+    return str(client.get_model_version(model, "1").run_id)
 
 
 @contextmanager
-def serving_process(home: Path, mlflow_url: str) -> Iterator[tuple[str, str]]:
-    """``python -m serving`` serving MODEL; yields its URL and an admin key."""
+def serving_process(home: Path, mlflow_url: str, model: str) -> Iterator[tuple[str, str]]:
+    """``python -m serving`` serving ``model``; yields its URL and an admin key."""
     from serving.keys.store import KeyStore, migrate
 
     home.mkdir(parents=True, exist_ok=True)
@@ -168,10 +191,9 @@ def serving_process(home: Path, mlflow_url: str) -> Iterator[tuple[str, str]]:
         MLWP_SERVING_HOME=str(home),
         MLWP_SERVING_DATABASE_URL=database,
         MLWP_SERVING_MLFLOW_TRACKING_URI=mlflow_url,
-        MLWP_SERVING_MODELS=json.dumps([MODEL]),
-        MLWP_SERVING_DEFAULT_MODEL=MODEL,
+        MLWP_SERVING_MODELS=json.dumps([model]),
+        MLWP_SERVING_DEFAULT_MODEL=model,
         MLWP_SERVING_POLL_INTERVAL_SECONDS="0",
-        MLWP_SERVING_PREDICTION_LOG_SAMPLE_RATE="0",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
     )
     log = home / "serving.log"
@@ -196,13 +218,23 @@ def serving_process(home: Path, mlflow_url: str) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def run_platform(home: Path, *, dag_files: dict[str, str] | None = None) -> Iterator[Platform]:
-    """Start MLflow, serving and the api-server under ``home``; stop them all at the end.
+def run_platform(
+    home: Path,
+    mlflow_url: str,
+    model: str,
+    migrated_db: Path,
+    *,
+    dag_files: dict[str, str] | None = None,
+) -> Iterator[Platform]:
+    """Register ``model`` in the MLflow server at ``mlflow_url``, start serving and the
+    api-server under ``home`` with a copy of ``migrated_db`` (the ``migrated_airflow_db``
+    fixture) as its metadata database; stop them at the end.
 
     ``dag_files`` are written to the DAG folder with ``{model}`` and ``{run_id}`` (the MLflow
-    run of MODEL v1) filled in.
+    run of the model's v1) filled in.
     """
     from mlwp.platform.airflow_config import airflow_environment
+    from mlwp.platform.processes import without_fab_sync
     from mlwp.platform.webserver_config import write_webserver_config
     from mlwp.settings import Settings
 
@@ -210,84 +242,82 @@ def run_platform(home: Path, *, dag_files: dict[str, str] | None = None) -> Iter
     dags.mkdir(parents=True, exist_ok=True)
     (dags / "ui_projects.py").write_text(DAG_FILE)
     model_dir = _telco().train_model_dir(home / "model", rounds=5)
-    with run_mlflow_server(home / "mlflow") as (mlflow_url, _mlflow):
-        run_id = register_model(mlflow_url, model_dir)
-        for name, text in (dag_files or {}).items():
-            (dags / name).write_text(text.format(model=MODEL, run_id=run_id))
-        with serving_process(home / "serving", mlflow_url) as (serving_url, admin_key):
-            port = free_port()
-            settings = Settings(
-                home=home,
-                dags_folder=dags,
-                airflow_port=port,
-                serving_port=int(serving_url.rsplit(":", 1)[1]),
-                mlflow_tracking_uri=mlflow_url,
-                storage_root=(home / "storage").as_uri(),
-            )
-            write_webserver_config(settings)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MLWP_")}
-            env.pop("MLFLOW_TRACKING_URI", None)
-            env.update(airflow_environment(settings))
-            env.update(
-                {
-                    "PYTHONPATH": str(REPO_ROOT),
-                    "MLWP_HOME": str(home),
-                    "MLWP_DAGS_FOLDER": str(dags),
-                    "MLWP_AIRFLOW_PORT": str(port),
-                    "MLWP_SERVING_PORT": str(settings.serving_port),
-                    "MLWP_SERVING_ADMIN_KEY": admin_key,
-                    "MLWP_MLFLOW_TRACKING_URI": mlflow_url,
-                    "MLWP_STORAGE_ROOT": settings.storage_uri,
-                    "AIRFLOW__API__WORKERS": "1",
-                    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-                    # FAB caches a user's permissions for 30 s; the tests change none.
-                    "MLWP_AUTH_RATE_LIMIT": "1000 per 1 second",
-                }
-            )
-            log = home / "setup.log"
-            airflow = str(VENV_BIN / "airflow")
-            _run([airflow, "db", "migrate"], env, log)
-            # Roles and users in one process: each FAB start costs minutes on a loaded machine.
-            requests = [
-                {
-                    "username": username,
-                    "email": f"{username}@example.org",
-                    "role": role,
-                    "projects": projects,
-                    "password": PASSWORD,
-                }
-                for username, (role, projects) in USERS.items()
-            ]
-            _run([sys.executable, "-c", ADD_USERS, json.dumps(requests)], env, log)
-            _run([airflow, "dags", "reserialize"], env, log)
-            server_log = (home / "api-server.log").open("wb")
-            proc = subprocess.Popen(
-                [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=server_log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            url = f"http://127.0.0.1:{port}"
+    run_id = register_model(mlflow_url, model, model_dir)
+    for name, text in (dag_files or {}).items():
+        (dags / name).write_text(text.format(model=model, run_id=run_id))
+    with serving_process(home / "serving", mlflow_url, model) as (serving_url, admin_key):
+        port = free_port()
+        settings = Settings(
+            home=home,
+            dags_folder=dags,
+            airflow_port=port,
+            serving_port=int(serving_url.rsplit(":", 1)[1]),
+            mlflow_tracking_uri=mlflow_url,
+            storage_root=(home / "storage").as_uri(),
+        )
+        write_webserver_config(settings)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLWP_")}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.update(airflow_environment(settings))
+        env.update(
+            {
+                "PYTHONPATH": str(REPO_ROOT),
+                "MLWP_HOME": str(home),
+                "MLWP_DAGS_FOLDER": str(dags),
+                "MLWP_AIRFLOW_PORT": str(port),
+                "MLWP_SERVING_PORT": str(settings.serving_port),
+                "MLWP_SERVING_ADMIN_KEY": admin_key,
+                "MLWP_MLFLOW_TRACKING_URI": mlflow_url,
+                "MLWP_STORAGE_ROOT": settings.storage_uri,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                # FAB caches a user's permissions for 30 s; the tests change none.
+                "MLWP_AUTH_RATE_LIMIT": "1000 per 1 second",
+            }
+        )
+        log = home / "setup.log"
+        airflow = str(VENV_BIN / "airflow")
+        shutil.copy(migrated_db, home / "airflow.db")
+        users = [
+            {
+                "username": username,
+                "email": f"{username}@example.org",
+                "role": role,
+                "projects": projects,
+                "password": PASSWORD,
+            }
+            for username, (role, projects) in USERS.items()
+        ]
+        add_roles_and_users({"churn": {}, "fraud": {}}, users, env, log)
+        _run([airflow, "dags", "reserialize"], env, log)
+        server_log = (home / "api-server.log").open("wb")
+        proc = subprocess.Popen(
+            [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+            env=without_fab_sync(env),  # as `mlwp up` starts it, after the roles sync
+            cwd=REPO_ROOT,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
             try:
-                try:
-                    wait_for_http(f"{url}/api/v2/monitor/health", timeout=300, proc=proc)
-                except (RuntimeError, TimeoutError) as exc:
-                    server_log.flush()
-                    raise RuntimeError(
-                        f"api-server: {exc}\n{(home / 'api-server.log').read_text()[-4000:]}"
-                    ) from None
-                yield Platform(home, url, mlflow_url, serving_url, env)
-            finally:
-                stop_process_group(proc)
-                server_log.close()
+                wait_for_http(f"{url}/api/v2/monitor/health", timeout=300, proc=proc)
+            except (RuntimeError, TimeoutError) as exc:
+                server_log.flush()
+                raise RuntimeError(
+                    f"api-server: {exc}\n{(home / 'api-server.log').read_text()[-4000:]}"
+                ) from None
+            yield Platform(home, model, url, mlflow_url, serving_url, env)
+        finally:
+            stop_process_group(proc)
+            server_log.close()
 
 
 def monitor_look(platform: Platform, storage: Path) -> Any:
-    """One look of the real monitor at MODEL: 400 captured, labelled requests (90/10 between
-    the champion and the challenger of the moment) analysed and logged to the platform's
-    MLflow by ``mlwp.monitoring.monitor.run_monitor``; returns its outcome."""
+    """One look of the real monitor at the platform's model: 400 captured, labelled requests
+    (90/10 between the champion and the challenger of the moment) analysed and logged to the
+    platform's MLflow by ``mlwp.monitoring.monitor.run_monitor``; returns its outcome."""
     import mlflow
     import pyarrow as pa
 
@@ -298,14 +328,14 @@ def monitor_look(platform: Platform, storage: Path) -> Any:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(platform.mlflow_url)
     try:
-        versions = registry.aliases(MODEL)
+        versions = registry.aliases(platform.model)
         now = datetime.now(UTC)
         rows = [
             {
                 "inference_id": f"req-{i}",
                 "row": 0,
                 "time": now - timedelta(minutes=400 - i),
-                "model": MODEL,
+                "model": platform.model,
                 "version": versions["challenger" if i % 10 == 0 else "champion"],
                 "variant": "challenger" if i % 10 == 0 else "champion",
                 "served": True,
@@ -321,16 +351,16 @@ def monitor_look(platform: Platform, storage: Path) -> Any:
         ]
         root = storage.as_uri()
         table = pa.Table.from_pylist(rows, schema=capture.CAPTURE_SCHEMA)
-        capture.write_parts(root, "capture", MODEL, table)
+        capture.write_parts(root, "capture", platform.model, table)
         labels = [
             {"inference_id": r["inference_id"], "label": int(i % 4 == 0)}
             for i, r in enumerate(rows)
         ]
-        capture.write_labels(root, MODEL, labels, source="api")
+        capture.write_labels(root, platform.model, labels, source="api")
         return run_monitor(
             root,
-            MonitorSettings(model=MODEL, check_drift=False),
-            experiment=f"{MODEL}-monitoring",
+            MonitorSettings(model=platform.model, check_drift=False),
+            experiment=f"{platform.model}-monitoring",
             now=now,
         )
     finally:

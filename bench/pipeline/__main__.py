@@ -217,26 +217,24 @@ def trigger_all(env: dict[str, str], dag_ids: list[str]) -> None:
     )  # fmt: skip
 
 
-def run_platform(
-    home: Path, mlflow_url: str, trials: int, platform: Platform, concurrent: int
-) -> dict[str, Any]:
-    """One churn.train run through the scheduler, then ``concurrent`` projects' runs at once."""
-    projects = [f"bench{number}" for number in range(concurrent)]
-    write_dag_folder(home, f"churn-bench-{home.name}", trials, projects)
-    settings = platform_settings(home, mlflow_url, free_port(), platform)
-    env = environment(settings)
+@contextmanager
+def started_platform(
+    settings: Any, env: dict[str, str], processes: list[tuple[str, list[str]]], logs: Path
+) -> Iterator[str]:
+    """Migrate the metadata database, start ``processes`` (each logging to ``logs/<name>.log``)
+    and wait for the api-server's health; stop them all on the way out. Yields the metadata
+    database's URL. The benchmarks' DAGs are manual only: they run unpaused (one CLI call
+    less each), and the DAG folder is looked at every 5 s."""
     env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] = "5"
     env["AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL"] = "5"
-    # The benchmark's DAGs are manual only: running them unpaused spares one CLI call each.
     env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
     env["AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG"] = "16"
     airflow = str(VENV_BIN / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    logs = home / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
-        for name, argv in platform_processes(settings, env):
+        for name, argv in processes:
             handle = (logs / f"{name}.log").open("wb")
             procs.append(
                 subprocess.Popen(
@@ -245,7 +243,27 @@ def run_platform(
                 )
             )  # fmt: skip
         wait_for_http(f"{settings.airflow_url}/api/v2/monitor/health", 300)
-        database = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        yield env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+def run_platform(
+    home: Path, mlflow_url: str, trials: int, platform: Platform, concurrent: int
+) -> dict[str, Any]:
+    """One churn.train run through the scheduler, then ``concurrent`` projects' runs at once."""
+    projects = [f"bench{number}" for number in range(concurrent)]
+    write_dag_folder(home, f"churn-bench-{home.name}", trials, projects)
+    settings = platform_settings(home, mlflow_url, free_port(), platform)
+    env = environment(settings)
+    processes = platform_processes(settings, env)
+    with started_platform(settings, env, processes, home / "logs") as database:
         wanted = ["churn.train", *(f"{project}.train" for project in projects)]
         wait_for_dags(database, wanted, 300)
         wait_for_workers(settings, env, 900)
@@ -265,14 +283,6 @@ def run_platform(
             runs = wait_for_runs(database, batch, 3600)
             result["concurrent"] = summarize_concurrent(runs)
         return result
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
 
 
 def wait_for_dags(database_url: str, dag_ids: list[str], timeout: float) -> None:

@@ -16,12 +16,13 @@ from bench.pipeline.workflow import CHURN, bench_dag, bench_project
 
 def floor(model: str, trials: int) -> dict[str, Any]:
     """The same steps as the DAG's tasks, called directly in this process."""
-    from mlwp import etl, registry
-    from mlwp.preprocessing import Preprocessing
-    from mlwp.storage import default_storage
+    from mlwp import registry
+    from mlwp.data import extract
+    from mlwp.data.storage import default_storage
+    from mlwp.data.transform import run_transform
+    from mlwp.data.validation import validate_dataset
+    from mlwp.model.preprocessing import Preprocessing
     from mlwp.training.pipeline import hyperparameters_of, train_model
-    from mlwp.transform import run_transform
-    from mlwp.validation import validate_dataset
     from operators import _registry
 
     project = bench_project(model, trials)
@@ -35,7 +36,7 @@ def floor(model: str, trials: int) -> dict[str, Any]:
         return now
 
     storage = default_storage()
-    ref = etl.extract(
+    ref = extract.extract(
         "data/telco_churn.csv", storage=storage, project="churn", name="extract", project_dir=CHURN
     )
     mark = lap("extract", started)

@@ -5,13 +5,22 @@
 Tasks (each reads what the previous ones left in ``<workdir>``; ``generate`` first):
 
 - ``generate``: a synthetic churn-like CSV of N rows, written 100k rows at a time;
-- ``extract``: the CSV streamed into a partitioned dataset (mlwp.etl.extract_partitioned);
+- ``extract``: the CSV streamed into a partitioned dataset (mlwp.data.extract.extract_partitioned);
 - ``extract_whole``: the single-task extract (pandas, the whole file in memory), a control;
-- ``validate``: the GX suite over the dataset;
+- ``validate``: the GX suite partition by partition in chunks, as the mapped tasks do (one
+  worker), then their combine into one verdict and data docs;
+- ``validate_whole``: the single validate task (GX on the whole frame), a control;
 - ``transform``: the transform steps;
-- ``train``: the local XGBoost training entry point;
+- ``train``: the local XGBoost training entry point, the splits in memory;
+- ``transform_partitioned``: the transform of the partitioned dataset (fit on a seeded sample,
+  split partition by partition) into partitioned splits, which ``train_external`` reads;
+- ``train_external``: the same entry point with ``data: external_memory`` on those splits, as
+  the train task runs it (split files copied into the channel, streamed into XGBoost's
+  external memory);
 - ``predict``: every partition scored in chunks, as the mapped batch prediction tasks do, one
-  after the other in this process (one worker);
+  after the other in this process (one worker), the output lean: ``keys: [customer_id]`` and
+  the scores;
+- ``predict_join``: the same with ``join_input: true`` (every input column written back out);
 - ``floor``: XGBoost's raw ``inplace_predict`` on the same rows' feature matrix, in chunks.
 
 Peak RSS is ``ru_maxrss`` of this process (``peak_mb``); ``task_mb`` is what the task itself
@@ -53,6 +62,11 @@ SUITE = {
         {
             "type": "expect_column_values_to_be_in_set",
             "kwargs": {"column": "contract", "value_set": CONTRACTS},
+        },
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}},
+        {
+            "type": "expect_column_mean_to_be_between",
+            "kwargs": {"column": "monthly_charges", "min_value": 18, "max_value": 120},
         },
     ],
 }
@@ -132,7 +146,7 @@ def generate(workdir: Path, rows: int) -> dict[str, Any]:
 
 
 def _storage(workdir: Path) -> Any:
-    from mlwp.storage import Storage
+    from mlwp.data.storage import Storage
 
     return Storage(str(workdir / "storage"))
 
@@ -143,7 +157,7 @@ def _dataset(workdir: Path, name: str = "extract") -> str:
 
 
 def extract(workdir: Path) -> dict[str, Any]:
-    from mlwp.etl import extract_partitioned
+    from mlwp.data.extract import extract_partitioned
 
     ref = extract_partitioned(
         str(workdir / "churn.csv"),
@@ -157,7 +171,7 @@ def extract(workdir: Path) -> dict[str, Any]:
 
 
 def extract_whole(workdir: Path) -> dict[str, Any]:
-    from mlwp.etl import extract as extract_frame
+    from mlwp.data.extract import extract as extract_frame
 
     ref = extract_frame(
         "churn.csv", storage=_storage(workdir), project=PROJECT, name="whole", project_dir=workdir
@@ -165,24 +179,58 @@ def extract_whole(workdir: Path) -> dict[str, Any]:
     return {"rows": ref.rows}
 
 
-def validate(workdir: Path) -> dict[str, Any]:
-    from mlwp.validation import validate_dataset
-
+def _suite_folder(workdir: Path) -> Path:
     folder = workdir / "expectations"
     folder.mkdir(exist_ok=True)
     (folder / "bench_churn.json").write_text(json.dumps(SUITE))
+    return folder
+
+
+def validate(workdir: Path) -> dict[str, Any]:
+    """Each partition validated in chunks, as the mapped tasks do, one after the other in
+    this process (one worker); then the combine, with its data docs."""
+    from mlwp.data.partitions import partitions_of
+    from mlwp.data.validation import load_suite
+    from mlwp.data.validation_partitions import (
+        combine_partitions,
+        partition_frames,
+        validate_partition,
+    )
+
+    folder = _suite_folder(workdir)
+    storage = _storage(workdir)
+    uri = _dataset(workdir)
+    spec = load_suite("bench_churn", folder)
+    documents = [
+        {
+            **validate_partition(
+                partition_frames(storage, uri, partition), spec, partition=partition.path
+            ),
+            "index": index,
+        }
+        for index, partition in enumerate(partitions_of(storage, uri))
+    ]
+    report = combine_partitions(storage, uri, "bench_churn", documents, expectations_folder=folder)
+    rows = sum(int(document["rows"]) for document in documents)
+    return {"rows": rows, "success": report.success, "partitions": len(documents)}
+
+
+def validate_whole(workdir: Path) -> dict[str, Any]:
+    """The single validate task: GX on the whole dataset as one frame (a control)."""
+    from mlwp.data.validation import validate_dataset
+
     report = validate_dataset(
         _storage(workdir),
         _dataset(workdir),
         "bench_churn",
-        expectations_folder=str(folder),
+        expectations_folder=str(_suite_folder(workdir)),
         data_docs=False,
     )
     return {"success": report.success}
 
 
 def transform(workdir: Path) -> dict[str, Any]:
-    from mlwp.transform import run_transform
+    from mlwp.data.transform import run_transform
 
     storage = _storage(workdir)
     result = run_transform(storage.read_dataset(_dataset(workdir)), STEPS)
@@ -193,7 +241,7 @@ def transform(workdir: Path) -> dict[str, Any]:
 
 
 def train(workdir: Path) -> dict[str, Any]:
-    from mlwp.preprocessing import Preprocessing
+    from mlwp.model.preprocessing import Preprocessing
     from mlwp.training import entrypoint
     from mlwp.training.local import prepare_workdir
 
@@ -207,43 +255,104 @@ def train(workdir: Path) -> dict[str, Any]:
         workdir / "train",
         splits,
         preprocessing,
-        {"target": "churn", "num_boost_round": 20, "max_depth": 4, "nthread": 2, "seed": 1},
+        HYPERPARAMETERS,
     )
     del splits
-    entrypoint.run(environ)
-    return {"model": str(workdir / "train" / "model")}
+    metrics = entrypoint.run(environ)
+    return {
+        "model": str(workdir / "train" / "model"),
+        "validation_roc_auc": metrics["validation:roc_auc"],
+    }
 
 
-def predict(workdir: Path) -> dict[str, Any]:
-    from mlwp.batch_scoring import score_stream
+HYPERPARAMETERS = {
+    "target": "churn",
+    "num_boost_round": 20,
+    "max_depth": 4,
+    "nthread": 2,
+    "seed": 1,
+}
+
+
+def transform_partitioned(workdir: Path) -> dict[str, Any]:
+    from mlwp.data.transform_partitions import transform_partitioned as run
+
+    result = run(_storage(workdir), _dataset(workdir), STEPS, project=PROJECT, name="pfeatures")
+    (workdir / "preprocessing-partitioned.json").write_bytes(result.preprocessing.to_json())
+    return {"rows": result.rows_in, "partitions": result.splits["train"].extra.get("partitions")}
+
+
+def train_external(workdir: Path) -> dict[str, Any]:
+    import json as json_module
+
+    from mlwp.model.preprocessing import Preprocessing
+    from mlwp.training import entrypoint
+    from mlwp.training.local import StoredSplit, prepare_workdir
+
+    storage = _storage(workdir)
+    splits = {
+        split: StoredSplit(storage, _dataset(workdir, f"pfeatures-{split}"))
+        for split in ("train", "validation", "test")
+    }
+    preprocessing = Preprocessing.from_json(
+        (workdir / "preprocessing-partitioned.json").read_bytes()
+    )
+    environ = prepare_workdir(
+        workdir / "train_external",
+        splits,
+        preprocessing,
+        {**HYPERPARAMETERS, "data": "external_memory"},
+    )
+    metrics = entrypoint.run(environ)
+    rows = json_module.loads((workdir / "train_external" / "model" / "mlwp.json").read_text())
+    return {"rows": rows["rows"]["train"], "validation_roc_auc": metrics["validation:roc_auc"]}
+
+
+def predict(workdir: Path, *, join_input: bool = False) -> dict[str, Any]:
+    from mlwp.data.batch_scoring import Output, score_partition
+    from mlwp.data.partitions import PartitionedReader, commit_staged, stage_part
     from mlwp.model import load
-    from mlwp.partitions import PartitionedReader, commit_staged, stage_part
 
     storage = _storage(workdir)
     model = load(workdir / "train" / "model")
     reader = PartitionedReader(storage, _dataset(workdir))
+    output = Output(join_input=True) if join_input else Output(keys=("customer_id",))
+    name = "predict_join" if join_input else "predict"
     staged = []
+    first_row = 0
     started = time.perf_counter()
     for index, partition in enumerate(reader.partitions):
-        batches = reader.batches(partition, batch_rows=CHUNK_ROWS)
-        head = next(batches)
-        schema, scored = score_stream(model, _chain(head, batches), head.schema)
+        schema, scored = score_partition(
+            model, reader, partition, chunk_rows=CHUNK_ROWS, output=output, first_row=first_row
+        )
         staged.append(
             stage_part(
-                storage, schema, scored, project=PROJECT, name="predict", key="bench", index=index
+                storage,
+                schema,
+                scored,
+                project=PROJECT,
+                name=name,
+                key="b",
+                index=index,
+                unique=output.unique(),
             )
         )
-    ref = commit_staged(storage, staged, project=PROJECT, name="predict", source=reader.uri)
+        first_row += partition.rows
+    ref = commit_staged(storage, staged, project=PROJECT, name=name, source=reader.uri)
     seconds = time.perf_counter() - started
     return {"rows": ref.rows, "rows_per_second": ref.rows / seconds}
+
+
+def predict_join(workdir: Path) -> dict[str, Any]:
+    return predict(workdir, join_input=True)
 
 
 def floor(workdir: Path) -> dict[str, Any]:
     """XGBoost's raw inplace_predict over the same rows' feature matrix (built untimed)."""
     import numpy as np
 
+    from mlwp.data.partitions import PartitionedReader
     from mlwp.model import load
-    from mlwp.partitions import PartitionedReader
 
     storage = _storage(workdir)
     model = load(workdir / "train" / "model")
@@ -260,19 +369,18 @@ def floor(workdir: Path) -> dict[str, Any]:
     return {"rows": rows, "rows_per_second": rows / seconds}
 
 
-def _chain(head: Any, rest: Any) -> Any:
-    yield head
-    yield from rest
-
-
 TASKS = {
     "generate": None,
     "extract": extract,
     "extract_whole": extract_whole,
     "validate": validate,
+    "validate_whole": validate_whole,
     "transform": transform,
     "train": train,
+    "transform_partitioned": transform_partitioned,
+    "train_external": train_external,
     "predict": predict,
+    "predict_join": predict_join,
     "floor": floor,
 }
 
@@ -283,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument(
-        "--csv-block-mb", type=float, default=None, help="CSV bytes parsed at a time (16 MiB)"
+        "--csv-block-mb", type=float, default=None, help="CSV MiB parsed at a time (1)"
+    )
+    parser.add_argument(
+        "--batch-rows", type=int, default=None, help="rows per external-memory batch (262144)"
     )
     args = parser.parse_args(argv)
     # The libraries every task uses, imported before the baseline is taken.
@@ -292,11 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet  # noqa: F401
     import xgboost  # noqa: F401
 
-    import mlwp.etl
-    import mlwp.partitions
+    import mlwp.data.extract
+    import mlwp.data.partitions
 
+    if args.task.startswith("validate"):
+        import great_expectations  # noqa: F401  (seconds and ~100 MB: not the task's own)
+
+    if args.batch_rows:
+        import mlwp.training.external_memory
+
+        mlwp.training.external_memory.BATCH_ROWS = args.batch_rows
     if args.csv_block_mb:
-        mlwp.etl.CSV_BLOCK_BYTES = int(args.csv_block_mb * (1 << 20))
+        mlwp.data.extract.CSV_STREAM_BLOCK_BYTES = int(args.csv_block_mb * (1 << 20))
     args.workdir.mkdir(parents=True, exist_ok=True)
     baseline = peak_mb()
     resident = reset_peak()

@@ -8,14 +8,20 @@ default settings (inference in a separate worker process) and once with inferenc
 server process (``parallel_workers: 0``). It pins libraries (FastAPI among them) below the
 project's lock, so the benchmark installs it with uv into an environment of its own,
 ``.bench/mlserver`` (``--no-mlserver`` leaves it out). When granian is importable, the mlwp
-service also runs under granian (``mlwp-granian``) beside uvicorn. The same closed-loop
+service also runs under granian (``mlwp-granian``) beside uvicorn; ``mlwp-capture-0`` is the
+service capturing no request (``mlwp`` runs as shipped, capture at 100 %), and with ``--asgi``
+``mlwp-capture-0-asgi`` is that one with the prediction routes through the ASGI app instead of
+mlwp's protocol (``MLWP_SERVING_FAST_PREDICT=false``). The same closed-loop
 load (N client threads, keep-alive connections, bounded by time and count) runs at
 concurrency 1 and 8 with 1-row and 100-row bodies; the table prints req/s, p50, p99, CPU
 microseconds per request and the ratios, and a line per cell gives mlwp's ratio to every
 peer. A last run measures cache hits (mlwp with Redis, the same body repeated). A capture
 section runs two mlwp servers side by side, capturing 0 % and 100 % of requests (issue
-#14): CPU per request, its ratio, and the rows the 100 % server dropped (goal: at most 5 %
-more CPU, nothing dropped).
+#14): CPU per request and the share of it spent by the capture writer's thread, the ratio,
+the event loop's thread as Linux counts it (user and system time, page faults, waits and
+preemptions per request: where its extra goes), the rows the 100 % server wrote against
+those it answered, and the rows it dropped, by reason (goal: at most 5 % more CPU, nothing
+dropped).
 
 The load comes from wrk (Debian package ``wrk``, driven by ``load.lua``) when it is
 installed: a C event loop costs the two cores far less than Python client threads, which
@@ -94,6 +100,50 @@ def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def cpu_outside_loop(proc: subprocess.Popen[bytes]) -> float:
+    """CPU time of a server's threads other than its main one (the event loop's): in the
+    capture section, the capture writer's, which shows what it costs apart from what the
+    request path pays (the append, the garbage collector's passes)."""
+    import psutil
+
+    return sum(
+        t.user_time + t.system_time for t in psutil.Process(proc.pid).threads() if t.id != proc.pid
+    )
+
+
+def loop_thread(proc: subprocess.Popen[bytes]) -> dict[str, float]:
+    """The event loop's thread (a server's main one) as Linux counts it: user and system CPU
+    seconds, minor page faults, context switches it gave up (waiting: the interpreter lock,
+    a read) or was forced into (preempted), and moves to another CPU (migrated: its cached
+    data stays behind). Where its extra CPU in the capturing server goes: system time and
+    faults are memory the kernel maps, voluntary switches the interpreter lock handed back
+    and forth. Empty off Linux."""
+    task = Path(f"/proc/{proc.pid}/task/{proc.pid}")
+    try:
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        status = (task / "status").read_text().splitlines()
+    except OSError:
+        return {}
+    try:
+        sched = (task / "sched").read_text().splitlines()
+        moved = next(float(line.split(":")[1]) for line in sched if "nr_migrations" in line)
+    except (OSError, StopIteration, ValueError):
+        moved = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    switches = {
+        line.split(":")[0]: float(line.split()[1]) for line in status if "ctxt_switches" in line
+    }
+    # fields after the name: state is [0], minflt [7], utime [11], stime [12]
+    return {
+        "user": int(fields[11]) / ticks,
+        "system": int(fields[12]) / ticks,
+        "faults": float(fields[7]),
+        "waits": switches.get("voluntary_ctxt_switches", 0.0),
+        "preempted": switches.get("nonvoluntary_ctxt_switches", 0.0),
+        "migrated": moved,
+    }
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,8 +413,21 @@ def main() -> None:
     parser.add_argument(
         "--no-mlserver", action="store_true", help="leave MLServer out (no install under .bench/)"
     )
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="also run mlwp-capture-0 with the prediction routes through the ASGI app "
+        "(MLWP_SERVING_FAST_PREDICT=false)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="skip the cache-hit run")
     parser.add_argument("--no-capture", action="store_true", help="skip the capture section")
+    parser.add_argument(
+        "--capture-rows",
+        type=int,
+        nargs="+",
+        default=[1, 100],
+        help="the capture section's rows per request, one cell each (default: 1 100)",
+    )
     parser.add_argument(
         "--driver",
         choices=("auto", "wrk", "python"),
@@ -466,6 +529,41 @@ def main() -> None:
             "mlwp": (mlwp_port, f"/v1/models/{name}/predict", "mlwp", auth),
             "floor": (floor_port, "/predict", "mlwp", {}),
         }
+        # the same service capturing nothing: what capture (100 % by default) costs in
+        # each cell, beside the peers (its own home, the same key database)
+        port = free_port()
+        proc = start(
+            [*serving, "--port", str(port)],
+            {
+                **mlwp_env,
+                "MLWP_SERVING_HOME": str(work / "home-capture-0"),
+                "MLWP_SERVING_DATABASE_URL": db,
+                "MLWP_SERVING_CAPTURE_PERCENT": "0",
+            },
+            work / "mlwp-capture-0.log",
+        )
+        procs.append(proc)
+        servers["mlwp-capture-0"] = proc
+        waits["mlwp-capture-0"] = f"http://127.0.0.1:{port}/health/ready"
+        targets["mlwp-capture-0"] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
+        if args.asgi:
+            # the same again with the prediction routes through the ASGI app (no fast path)
+            port = free_port()
+            proc = start(
+                [*serving, "--port", str(port)],
+                {
+                    **mlwp_env,
+                    "MLWP_SERVING_HOME": str(work / "home-capture-0-asgi"),
+                    "MLWP_SERVING_DATABASE_URL": db,
+                    "MLWP_SERVING_CAPTURE_PERCENT": "0",
+                    "MLWP_SERVING_FAST_PREDICT": "false",
+                },
+                work / "mlwp-capture-0-asgi.log",
+            )
+            procs.append(proc)
+            servers["mlwp-capture-0-asgi"] = proc
+            waits["mlwp-capture-0-asgi"] = f"http://127.0.0.1:{port}/health/ready"
+            targets["mlwp-capture-0-asgi"] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
         if granian_available():
             port = free_port()
             # its own home (captured rows apart), the same key database
@@ -591,23 +689,45 @@ def main() -> None:
             )
 
 
-def metric_total(port: int, name: str) -> float:
-    """The sum of a metric's samples on a server's /metrics (0 when absent)."""
+def metric_samples(port: int, name: str) -> dict[str, float]:
+    """A metric's samples on a server's /metrics, by their label text (``{...}`` or "")."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    total = 0.0
+    samples: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
-            metric = line.split(" ", 1)[0].split("{", 1)[0]
+            series, value = line.rsplit(" ", 1)
+            metric, _, labels = series.partition("{")
             if metric == name:
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+                samples[labels and "{" + labels] = float(value)
+    return samples
+
+
+def metric_total(port: int, name: str) -> float:
+    """The sum of a metric's samples on a server's /metrics (0 when absent)."""
+    return sum(metric_samples(port, name).values())
+
+
+def dropped_by_reason(port: int) -> dict[str, float]:
+    """Captured rows dropped so far, by reason (buffer_full, write_failed)."""
+    by_reason: dict[str, float] = {}
+    for labels, value in metric_samples(port, "mlwp_serving_capture_dropped_total").items():
+        reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+        by_reason[reason] = by_reason.get(reason, 0.0) + value
+    return by_reason
+
+
+CAPTURE_FLUSH_SECONDS = 1.0
 
 
 def wait_written(port: int, timeout: float = 30.0) -> None:
-    """Wait until a server holds no captured rows in memory (its writer flushed them)."""
+    """Wait until a server holds no captured rows in memory (its writer flushed them). It
+    first sleeps one and a half flush intervals (the writer flushes within one, then
+    writes), so a server is scraped once: a scrape costs the server CPU (milliseconds), and
+    both servers of a pair should pay alike."""
+    time.sleep(CAPTURE_FLUSH_SECONDS * 1.5)
     deadline = time.monotonic() + timeout
     while metric_total(port, "mlwp_serving_capture_buffered") > 0:
         if time.monotonic() > deadline:
@@ -625,7 +745,10 @@ def capture_section(
 ) -> list[dict[str, Any]]:
     """mlwp capturing 0 % and 100 % of requests, side by side, interleaved runs. A run's
     CPU is read once the 100 % server has written what it captured, so the writer's work
-    counts (flushed every second here, so the wait is short)."""
+    counts (flushed every second here, so the wait is short); "of which writer" is the CPU
+    of the threads other than the event loop's. Each cell also checks that
+    every answered row was captured: rows written against rows answered, and the rows
+    dropped, by reason."""
     from serving.keys.store import KeyStore, migrate
 
     print("\ncapture: starting mlwp at 0 % and 100 % ...", flush=True)
@@ -647,7 +770,7 @@ def capture_section(
             "MLWP_SERVING_LOG_LEVEL": "WARNING",
             "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{percent}").as_uri(),
             "MLWP_SERVING_CAPTURE_PERCENT": str(percent),
-            "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": "1",
+            "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": str(CAPTURE_FLUSH_SECONDS),
         }
         options = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         options += ["--no-access-log", "--log-level", "warning"]
@@ -661,7 +784,9 @@ def capture_section(
     pool = telco.sample_records(1000)
     path = f"/v1/models/{name}/predict"
     rows_out: list[dict[str, Any]] = []
-    for rows, concurrency in ((1, 8), (100, 8)):
+    capturing = servers["100 %"][0]
+    concurrency = 8
+    for rows in args.capture_rows:
         bodies = [
             json.dumps({"data": pool[i : i + rows]}).encode()
             for i in range(0, 1000 - rows + 1, max(1, rows // 4))
@@ -671,41 +796,85 @@ def capture_section(
             auth = {"Authorization": f"Bearer {tokens[label]}"}
             drive(port, path, bodies[:20], auth, concurrency, 1.0, 2000)
             wait_written(port)
+        written_before = metric_total(capturing, "mlwp_serving_capture_written_total")
+        dropped_before = dropped_by_reason(capturing)
+        answered = 0
         for _ in range(args.repeats):
             for label, (port, proc) in servers.items():
                 auth = {"Authorization": f"Bearer {tokens[label]}"}
-                before = cpu_seconds(proc)
+                before, threads_before = cpu_seconds(proc), cpu_outside_loop(proc)
+                loop_before = loop_thread(proc)
                 result = drive(
                     port, path, bodies, auth, concurrency, args.seconds, args.max_requests
                 )
                 wait_written(port)
                 used = cpu_seconds(proc) - before
                 result["cpu_us"] = used / max(1, result["requests"]) * 1e6
+                threads = cpu_outside_loop(proc) - threads_before
+                result["threads_us"] = threads / max(1, result["requests"]) * 1e6
+                loop_after = loop_thread(proc)
+                for measure, before_value in loop_before.items():
+                    per = 1e6 if measure in ("user", "system") else 1.0
+                    result[f"loop_{measure}"] = (
+                        (loop_after[measure] - before_value) / max(1, result["requests"]) * per
+                    )
                 runs[label].append(result)
+                if port == capturing:
+                    answered += (result["requests"] - result["errors"]) * rows
         row: dict[str, Any] = {"rows": rows, "concurrency": concurrency}
         for label, measured in runs.items():
             row[label] = median_run(measured)
+        dropped_after = dropped_by_reason(capturing)
+        row["written"] = metric_total(capturing, "mlwp_serving_capture_written_total") - (
+            written_before
+        )
+        row["answered_rows"] = answered
+        row["dropped"] = {
+            reason: value - dropped_before.get(reason, 0.0)
+            for reason, value in dropped_after.items()
+        }
         rows_out.append(row)
         off, on = row["0 %"], row["100 %"]
         print(f"\ncapture, {rows} row(s), concurrency {concurrency}")
-        print(f"  {'capture':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11}")
+        print(
+            f"  {'capture':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} "
+            f"{'of which writer':>16}"
+        )
         for label in ("0 %", "100 %"):
             r = row[label]
             print(
                 f"  {label:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                f"{r['cpu_us']:>11.0f}"
+                f"{r['cpu_us']:>11.0f} {r['threads_us']:>16.0f}"
             )
+        if "loop_user" in off:
+            print(
+                f"  {'loop thread':<11} {'user us':>8} {'sys us':>7} {'faults':>7} "
+                f"{'waits':>6} {'preempted':>10} {'migrated':>9}   (per request)"
+            )
+            for label in ("0 %", "100 %"):
+                r = row[label]
+                print(
+                    f"  {label:<11} {r['loop_user']:>8.0f} {r['loop_system']:>7.0f} "
+                    f"{r['loop_faults']:>7.1f} {r['loop_waits']:>6.2f} "
+                    f"{r['loop_preempted']:>10.2f} {r['loop_migrated']:>9.2f}"
+                )
+        dropped = ", ".join(f"{k} {v:.0f}" for k, v in row["dropped"].items()) or "none"
         print(
             f"  100 % / 0 %: cpu per request x{on['cpu_us'] / off['cpu_us']:.3f} "
-            f"({(on['cpu_us'] / off['cpu_us'] - 1) * 100:+.1f} %), "
-            f"req/s x{on['rps'] / off['rps']:.3f}",
+            f"({(on['cpu_us'] / off['cpu_us'] - 1) * 100:+.1f} %, "
+            f"{on['cpu_us'] - off['cpu_us']:+.0f} us), req/s x{on['rps'] / off['rps']:.3f}; "
+            f"rows written {row['written']:.0f} (answered in the measured runs: "
+            f"{answered}, a few more in flight), dropped: {dropped}",
             flush=True,
         )
-    port = servers["100 %"][0]
-    written = metric_total(port, "mlwp_serving_capture_written_total")
-    dropped = metric_total(port, "mlwp_serving_capture_dropped_total")
-    print(f"  captured rows written {written:.0f}, dropped {dropped:.0f}", flush=True)
-    rows_out.append({"written": written, "dropped": dropped})
+    written = metric_total(capturing, "mlwp_serving_capture_written_total")
+    dropped_total = dropped_by_reason(capturing)
+    print(
+        f"  captured rows written {written:.0f}, dropped "
+        f"{sum(dropped_total.values()):.0f} {dropped_total or ''}",
+        flush=True,
+    )
+    rows_out.append({"written": written, "dropped": sum(dropped_total.values())})
     return rows_out
 
 
@@ -717,13 +886,13 @@ def _print_row(row: dict[str, Any]) -> None:
     servers = [key for key in row if key not in ("rows", "concurrency")]
     print(f"\n{row['rows']} row(s), concurrency {row['concurrency']}")
     print(
-        f"  {'server':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x mlflow':>9} "
+        f"  {'server':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x mlflow':>9} "
         f"{'x floor':>8} {'cpu us/req':>11} {'cpu x mlflow':>13} {'errors':>7}"
     )
     for server in servers:
         r = row[server]
         print(
-            f"  {server:<16} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"  {server:<20} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{r['rps'] / (base['rps'] or nan):>9.1f} {r['rps'] / (floor['rps'] or nan):>8.2f} "
             f"{r['cpu_us']:>11.0f} {base['cpu_us'] / (r['cpu_us'] or nan):>13.1f} "
             f"{r['errors']:>7}",

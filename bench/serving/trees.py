@@ -2,8 +2,8 @@
 
 On the benchmark's churn model (100 trees of depth 5, trained on the telco data) and its
 encoded rows, per batch size (1 and 100 rows), one thread each: XGBoost's C predictor as the
-service calls it (``mlwp.predictor.DensePredictor``), the trees compiled to Python
-(``mlwp.compiled_trees``), Treelite's GTIL predictor and TL2cgen's C code compiled with gcc
+service calls it (``mlwp.model.predictor.DensePredictor``), the trees compiled to Python
+(``mlwp.model.compiled_trees``), Treelite's GTIL predictor and TL2cgen's C code compiled with gcc
 and loaded as a shared library. It prints how many of 1,000 rows each one scores other than
 XGBoost (the service needs 0: bit-identical), then microseconds per call and the ratio to
 XGBoost. Treelite and TL2cgen are not in the project's lock (see docs/serving.md, "Runtime
@@ -33,8 +33,8 @@ def main() -> None:
     import treelite
 
     from mlwp import model as mlwp_model
-    from mlwp.compiled_trees import CompiledTrees
-    from mlwp.predictor import DensePredictor
+    from mlwp.model.compiled_trees import CompiledTrees
+    from mlwp.model.predictor import DensePredictor
 
     spec = importlib.util.spec_from_file_location("telco", REPO / "tests" / "serving" / "telco.py")
     telco = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from mlwp.security.roles import project_access_control
 from operators.approve import ApproveOperator
@@ -19,6 +19,7 @@ from operators.deploy import DeployOperator
 from operators.evaluate import EvaluateOperator
 from operators.extract import ExtractOperator
 from operators.register import RegisterOperator
+from operators.rollout import RolloutApprovalOperator, RolloutOperator
 from operators.train import TrainOperator
 from operators.transform import TransformOperator
 from operators.validate import ValidateOperator
@@ -29,7 +30,11 @@ CONTEXT = {"project": "churn", "workflow": "train", "project_dir": PROJECT_DIR}
 with DAG(
     dag_id="examples.churn_train",
     description="Extract, validate, featurise, train, register, approve and deploy.",
-    schedule="@weekly",
+    # Weekly, or when the churn monitor finds drift (`{cron: "@weekly", assets: [...]}`).
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("@weekly", timezone="UTC"),
+        assets=[Asset(name="churn.monitor.monitor", uri="x-mlwp://churn/monitor/monitor")],
+    ),
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
@@ -128,4 +133,38 @@ with DAG(
         traffic={"champion": 90, "challenger": 10},
         **CONTEXT,
     )
+    # The guarded rollout: the steps below 100 %, alice's answer with the evidence, then the
+    # promotion. It lasts days: no compute deadline, and no retry (it would restart the steps).
+    rollout = {
+        "model": "churn",
+        "steps": [10, 50, 100],
+        "step_duration": 86400.0,
+        "check_every": 900.0,
+        "guardrails": {
+            "max_error_rate": 0.01,
+            "max_p99_latency_ms": 250,
+            "min_requests": 100,
+            "drift": True,
+            "labels": True,
+        },
+        "execution_timeout": None,
+        "retries": 0,
+        **CONTEXT,
+    }
+    rollout_steps = RolloutOperator(task_id="rollout_steps", phase="steps", **rollout)
+    rollout_approval = RolloutApprovalOperator(
+        task_id="rollout_approval",
+        model="churn",
+        input="rollout_steps",
+        subject="Promote the challenger of churn after its rollout?",
+        mode="human",
+        approvers=["alice"],
+        allow_admins=True,
+        execution_timeout=None,
+        **CONTEXT,
+    )
+    promote = RolloutOperator(
+        task_id="rollout", phase="promote", input="rollout_approval", **rollout
+    )
     extract >> validate >> features >> train >> evaluate >> register >> approve >> deploy
+    deploy >> rollout_steps >> rollout_approval >> promote

@@ -31,7 +31,7 @@ def list_command(
     ] = False,
 ) -> None:
     """List recorded admin actions, newest last."""
-    from mlwp.audit import list_events
+    from mlwp.security.audit import list_events
 
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
@@ -61,7 +61,7 @@ def import_command(
     ] = None,
 ) -> None:
     """Import a JSON-lines audit trail written by an older mlwp (each line once)."""
-    from mlwp.audit import AuditError, audit_path, import_jsonl
+    from mlwp.security.audit import AuditError, audit_path, import_jsonl
 
     source = path or audit_path()
     if not source.is_file():

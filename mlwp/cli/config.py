@@ -67,7 +67,8 @@ def pod_template_command(
     `podTemplate` value or a ConfigMap. It holds no secret: secret variables are references
     to the keys of MLWP_KUBERNETES_SECRET.
     """
-    from mlwp.platform.kubernetes import POD_TEMPLATE_NAME, pod_template_yaml
+    from mlwp.platform.airflow_config import POD_TEMPLATE_NAME
+    from mlwp.platform.kubernetes import pod_template_yaml
     from mlwp.platform.secrets import write_private
     from mlwp.settings import get_settings
 
@@ -107,3 +108,31 @@ def mlflow_auth_command(
     except MlwpError as exc:
         raise _fail(exc.message) from None
     typer.echo(f"wrote {output}")
+
+
+@app.command("serving-entity-fields")
+def serving_entity_fields_command(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Definition files or folders; the DAG folder's projects/ by default."),
+    ] = None,
+) -> None:
+    """Print serving's MLWP_SERVING_ENTITY_FIELDS (JSON) as the definitions' labels tasks
+    declare each model's entity key; exit 1 when definitions disagree or do not load.
+
+    `mlwp up` passes it to serving itself; for the Helm chart:
+    helm ... --set-json "serving.entityFields=$(mlwp config serving-entity-fields)".
+    """
+    import json
+
+    from mlwp.definitions.entity_keys import serving_entity_fields
+    from mlwp.definitions.loading import find_definitions
+    from mlwp.settings import get_settings
+
+    targets = paths or [get_settings().dags_folder / "projects"]
+    fields, problems = serving_entity_fields(find_definitions(targets))
+    typer.echo(json.dumps(fields, sort_keys=True))
+    for problem in problems:
+        typer.echo(f"mlwp: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)

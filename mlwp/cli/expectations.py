@@ -13,8 +13,8 @@ app = typer.Typer(help="Great Expectations suites: suggest and check.", no_args_
 
 def _read(dataset: str, fmt: str | None) -> object:
     """Read a CSV/Parquet path or URI, or a stored dataset (<sha256>.parquet, verified)."""
-    from mlwp.etl import extract_frame
-    from mlwp.storage import SHA256_PATTERN, Storage
+    from mlwp.data.extract import extract_frame
+    from mlwp.data.storage import SHA256_PATTERN, Storage
 
     stem = dataset.rsplit("/", 1)[-1].removesuffix(".parquet")
     if dataset.endswith(".parquet") and SHA256_PATTERN.match(stem):
@@ -44,9 +44,9 @@ def suggest(
     stdout: Annotated[bool, typer.Option("--stdout", help="Print the suite instead.")] = False,
 ) -> None:
     """Draft a suite from data: columns, types, null fractions, value sets and ranges."""
+    from mlwp.data.validation import suggest_suite
     from mlwp.errors import MlwpError
     from mlwp.settings import get_settings
-    from mlwp.validation import suggest_suite
 
     suite_name = name or Path(dataset.rsplit("/", 1)[-1]).stem.split(".")[0]
     try:
@@ -76,8 +76,8 @@ def check(
     fmt: Annotated[str | None, typer.Option("--format", help="csv or parquet.")] = None,
 ) -> None:
     """Validate data against a suite and print each failed expectation; exit 1 on failure."""
+    from mlwp.data.validation import validate_frame
     from mlwp.errors import MlwpError
-    from mlwp.validation import validate_frame
 
     try:
         report = validate_frame(_read(dataset, fmt), suite)  # type: ignore[arg-type]

@@ -54,7 +54,7 @@ def create_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a key and print its token once (it is stored only as a hash)."""
-    from mlwp.audit import record
+    from mlwp.security.audit import record
     from serving.core.errors import KeyStoreError
 
     store = _store()
@@ -114,7 +114,7 @@ def revoke_command(
     key_id: Annotated[str, typer.Argument(help="The key id (the part after 'mlwp_').")],
 ) -> None:
     """Revoke a key; the service refuses it within its key cache time (5 s by default)."""
-    from mlwp.audit import record
+    from mlwp.security.audit import record
     from serving.core.errors import KeyStoreError
 
     store = _store()

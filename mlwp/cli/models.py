@@ -110,7 +110,7 @@ def promote_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Make a version (default: the challenger) the champion with 100% of the traffic."""
-    from mlwp import model_changes
+    from mlwp.registry import model_changes
 
     _connect()
     try:
@@ -138,7 +138,7 @@ def rollback_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Return the aliases and traffic to an earlier recorded state, in one step."""
-    from mlwp import model_changes
+    from mlwp.registry import model_changes
 
     _connect()
     try:
@@ -157,7 +157,7 @@ def history_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every alias and traffic change of a model, newest first: who, why, from -> to."""
-    from mlwp import model_changes
+    from mlwp.registry import model_changes
 
     try:
         changes = model_changes.history(name, limit)
@@ -195,7 +195,8 @@ def traffic_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show, or set, the traffic split between champion and challenger."""
-    from mlwp import model_changes, registry
+    from mlwp import registry
+    from mlwp.registry import model_changes
 
     _connect()
     try:

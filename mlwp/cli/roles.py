@@ -21,7 +21,7 @@ def current_actor() -> str:
 
 def _sync(extra_projects: list[str]) -> dict[str, Any]:
     """Run one sync of the roles against the definitions; record changes in the audit trail."""
-    from mlwp.audit import record
+    from mlwp.security.audit import record
     from mlwp.security.client import run_rbac
     from mlwp.security.projects import ProjectMembers, discover_projects
     from mlwp.security.roles import check_project_name

@@ -43,8 +43,8 @@ def _mlflow_users() -> Any:
 
 
 def _audit(action: str, target: str, details: dict[str, Any]) -> None:
-    from mlwp.audit import record
     from mlwp.cli.roles import current_actor
+    from mlwp.security.audit import record
 
     record(current_actor(), action, target, details)
 

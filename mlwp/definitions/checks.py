@@ -12,6 +12,7 @@ is never computed skips registration on every run):
   expression and the train ``target`` may only name columns that exist at that point. After
   a ``python`` step the columns are unknown and checking stops; after ``onehot`` the
   generated ``<column>=<value>`` names are accepted;
+- a ``backend: sagemaker`` task needs an ``s3://`` project ``storage`` when one is given;
 - with ``inspect_data`` (``mlwp validate``), a binary target read from a local source is
   warned about when its rarer class is under :data:`IMBALANCE_SHARE` of the rows.
 
@@ -28,8 +29,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlwp.definitions.problems import PathPart, did_you_mean
+from mlwp.definitions.problems import PathPart, did_you_mean, format_path
 from mlwp.definitions.schema import (
+    BatchPredictTask,
     DeriveStep,
     DropStep,
     ExtractTask,
@@ -44,7 +46,9 @@ from mlwp.definitions.schema import (
     SplitStep,
     TrainTask,
     TransformTask,
+    ValidateTask,
     Workflow,
+    declared_entity_fields,
 )
 from mlwp.training.metric_names import METRICS_BY_OBJECTIVE
 
@@ -61,6 +65,43 @@ def check_project(
     for name, workflow in project.workflows.items():
         _WorkflowChecks(name, workflow, project_dir, add, inspect_data).run()
     _check_monitored_models(project, add)
+    _check_entity_fields(project, add)
+    _check_sagemaker_storage(project, add)
+
+
+def _check_entity_fields(project: Project, add: AddProblem) -> None:
+    """Serving captures one entity-key field per model (``mlwp.definitions.entity_keys``):
+    two labels tasks of one model may not key their outcomes by different fields."""
+    first: dict[str, tuple[str, str]] = {}
+    for declared in declared_entity_fields(project):
+        where = format_path(declared.path)
+        field, where = first.setdefault(declared.model, (declared.field, where))
+        if field != declared.field:
+            add(
+                declared.path,
+                f"model '{declared.model}' is already labelled by field '{field}' ({where}); "
+                "serving captures one entity-key field per model",
+                code="entity_field_conflict",
+            )
+
+
+def _check_sagemaker_storage(project: Project, add: AddProblem) -> None:
+    """A SageMaker backend reads and writes S3: refuse a project storage root that is not.
+
+    Without ``storage`` the platform's root applies, known only when the task runs (the
+    task fails then, naming MLWP_STORAGE_ROOT).
+    """
+    if project.storage is None or project.storage.startswith("s3://"):
+        return
+    for name, workflow in project.workflows.items():
+        for task_id, task in workflow.tasks.items():
+            if isinstance(task, TrainTask | BatchPredictTask) and task.backend == "sagemaker":
+                add(
+                    ("workflows", name, "tasks", task_id, "backend"),
+                    f"backend sagemaker reads its input from S3 and writes there, but the "
+                    f"project's storage is {project.storage!r}: set 'storage' to an s3:// URI",
+                    code="sagemaker_needs_s3",
+                )
 
 
 def _check_monitored_models(project: Project, add: AddProblem) -> None:
@@ -170,6 +211,8 @@ class _WorkflowChecks:
                 self._train_columns(task_id, task)
             if isinstance(task, TransformTask):
                 self.columns_after(task_id)
+            if isinstance(task, ValidateTask) and task.in_database:
+                self._sql_source(task_id, task)
             if task.type == "rollout" and getattr(task, "approve", None) is not None:
                 # The compiler adds <id>_steps and <id>_approval beside <id>.
                 for extra in (f"{task_id}_steps", f"{task_id}_approval"):
@@ -180,6 +223,18 @@ class _WorkflowChecks:
                             "workflow already has; rename one of them",
                             code="task_id_clash",
                         )
+
+    def _sql_source(self, task_id: str, task: ValidateTask) -> None:
+        upstream = self._upstream(task_id)
+        source = self.tasks.get(upstream[0]) if len(upstream) == 1 else None
+        if not isinstance(source, ExtractTask) or source.query is None:
+            self.add(
+                self.path(task_id, "in_database"),
+                "'in_database' validates the query of its input extract task inside "
+                "PostgreSQL; set 'input' to an extract task with a 'query' "
+                f"(upstream: {', '.join(upstream) or 'none'})",
+                code="in_database_needs_query",
+            )
 
     # ----------------------------------------------------------------- metrics
 

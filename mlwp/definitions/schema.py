@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -155,6 +156,32 @@ ScheduleText = Annotated[
             "type": "string",
             "description": "A preset (" + ", ".join(SCHEDULE_PRESETS) + ") or a cron expression.",
             "examples": ["@daily", "0 3 * * 1"],
+        }
+    ),
+]
+
+# Presets that are no time of day: they cannot be one half of "cron OR assets".
+_NOT_CRON_PRESETS = ("@once", "@continuous")
+CRON_PRESETS = tuple(p for p in SCHEDULE_PRESETS if p not in _NOT_CRON_PRESETS)
+
+
+def _check_cron_text(value: Any) -> Any:
+    if isinstance(value, str) and value.strip() in _NOT_CRON_PRESETS:
+        raise ValueError(
+            f"{value.strip()!r} cannot be combined with assets; the time half of a schedule is "
+            f"a cron expression or one of {', '.join(CRON_PRESETS)}"
+        )
+    return _check_schedule_text(value)
+
+
+CronText = Annotated[
+    str,
+    BeforeValidator(_check_cron_text),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A cron expression or a cron preset (" + ", ".join(CRON_PRESETS) + ").",
+            "examples": ["@weekly", "0 3 * * 1"],
         }
     ),
 ]
@@ -308,7 +335,14 @@ class ParamSpec(StrictModel):
 
 
 class AssetSchedule(StrictModel):
-    """Run a workflow whenever datasets produced by other workflows are updated."""
+    """Run a workflow whenever datasets produced by other workflows are updated; with
+    ``cron``, also on that time schedule (Airflow's ``AssetOrTimeSchedule``)."""
+
+    cron: CronText | None = Field(
+        default=None,
+        description="Also run on this cron schedule: the workflow runs at these times OR when "
+        "the assets update.",
+    )
 
     assets: Annotated[
         list[AssetName],
@@ -316,7 +350,8 @@ class AssetSchedule(StrictModel):
         _one_or_many({"type": "string", "pattern": ASSET_NAME_PATTERN}, 1),
     ] = Field(
         min_length=1,
-        description="Asset names '<project>.<workflow>.<task>' of dataset-producing tasks.",
+        description="Asset names '<project>.<workflow>.<task>' of dataset-producing tasks "
+        "(or of a monitor task with retrain_on_drift); a run starts once all have updated.",
     )
 
 
@@ -516,6 +551,30 @@ class ValidateTask(TaskBase):
     type: Literal["validate"] = "validate"
     suite: str = Field(description="Name of expectations/<suite>.json.")
     input: TaskId | None = Field(default=None, description="Upstream task whose dataset to check.")
+    map_partitions: bool = Field(
+        default=False,
+        description="Validate each partition of the input in its own mapped Airflow task and "
+        "combine the results into one verdict and one data-docs report (docs/scale.md).",
+    )
+
+    in_database: bool = Field(
+        default=False,
+        description="Run the suite inside PostgreSQL on the query of the input extract task "
+        "(a GX SQL data source: the rows never leave the database; docs/scale.md).",
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ValidateTask:
+        if self.map_partitions and self.in_database:
+            raise ValueError("choose one of 'map_partitions' or 'in_database'")
+        return self
+
+    def operator_kwargs(self) -> dict[str, Any]:
+        """The operator takes neither switch: the compiler reads them."""
+        arguments = super().operator_kwargs()
+        arguments.pop("map_partitions", None)
+        arguments.pop("in_database", None)
+        return arguments
 
 
 def _fraction(value: Any) -> Any:
@@ -752,35 +811,113 @@ class Tuning(StrictModel):
     ranges: dict[str, TuningRange] = Field(min_length=1)
 
 
-class SageMakerSettings(StrictModel):
-    """Where a SageMaker training job runs (see docs/sagemaker.md)."""
+# SageMaker instance types: ml.<family>.<size>, e.g. ml.m5.xlarge, ml.g4dn.2xlarge.
+SAGEMAKER_INSTANCE_PATTERN = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"
 
-    instance_type: str = "ml.m5.large"
+
+class SageMakerPlacement(StrictModel):
+    """Where SageMaker runs a job: instances, execution role, image, network, connection."""
+
+    instance_type: str = Field(default="ml.m5.large", pattern=SAGEMAKER_INSTANCE_PATTERN)
     instance_count: int = Field(default=1, ge=1)
-    volume_size_gb: int = Field(default=30, ge=1)
-    max_runtime: Duration = timedelta(hours=2)
     role_arn: str | None = Field(
         default=None,
         pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
         description="Execution role; else 'sagemaker_role_arn' in the AWS connection's extra.",
     )
     image_uri: str | None = Field(
-        default=None, description="Training image; the AWS XGBoost 3.2-0 image when unset."
-    )
-    spot: bool = False
-    max_wait: Duration | None = Field(
-        default=None, description="Spot training: how long to wait for capacity (>= max_runtime)."
+        default=None, description="Container image; AWS's XGBoost 3.2-0 framework image when unset."
     )
     subnets: list[str] = Field(default_factory=list)
     security_group_ids: list[str] = Field(default_factory=list)
     aws_conn_id: str = "aws_default"
 
     @model_validator(mode="after")
-    def _vpc_and_spot(self) -> SageMakerSettings:
+    def _vpc(self) -> SageMakerPlacement:
         if bool(self.subnets) != bool(self.security_group_ids):
             raise ValueError("a VPC needs both 'subnets' and 'security_group_ids'")
+        return self
+
+
+class SageMakerSettings(SageMakerPlacement):
+    """Where a SageMaker training job runs (see docs/sagemaker.md)."""
+
+    volume_size_gb: int = Field(default=30, ge=1)
+    max_runtime: Duration = timedelta(hours=2)
+    spot: bool = False
+    max_wait: Duration | None = Field(
+        default=None, description="Spot training: how long to wait for capacity (>= max_runtime)."
+    )
+
+    @model_validator(mode="after")
+    def _spot(self) -> SageMakerSettings:
         if self.max_wait is not None and self.max_wait < self.max_runtime:
             raise ValueError("'max_wait' must be at least 'max_runtime'")
+        return self
+
+
+class BatchTransformSettings(SageMakerPlacement):
+    """Where a SageMaker Batch Transform job scores a dataset (docs/scale.md).
+
+    Each Parquet partition is one request to the container (SplitType None: SageMaker splits
+    only line, RecordIO and TFRecord files), so ``max_payload_mb`` must hold the largest
+    partition file; the partitions are spread over ``instance_count`` instances, each taking
+    ``max_concurrent_transforms`` at a time.
+    """
+
+    instance_type: str = Field(
+        default="ml.m5.xlarge",
+        pattern=SAGEMAKER_INSTANCE_PATTERN,
+        description="A SageMaker transform instance type, e.g. ml.m5.xlarge.",
+    )
+    max_payload_mb: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="MaxPayloadInMB: the largest partition file sent in one request.",
+    )
+    max_concurrent_transforms: int = Field(
+        default=1,
+        ge=1,
+        description="Requests at once per instance (times max_payload_mb at most 100 MB).",
+    )
+    invocation_timeout: Duration = Field(
+        default=timedelta(minutes=10),
+        description="How long one partition may take in the container (at most 1h).",
+    )
+    invocation_retries: int = Field(default=1, ge=0, le=3)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _transform_instance(cls, value: str) -> str:
+        # botocore's service model lists the instance types a transform job accepts (its
+        # parameter validation does not check enums); imported only for these definitions.
+        import botocore.session
+
+        from mlwp.definitions.problems import did_you_mean
+
+        shape = (
+            botocore.session.get_session()
+            .get_service_model("sagemaker")
+            .shape_for("TransformInstanceType")
+        )
+        if value not in shape.enum:
+            raise ValueError(
+                f"{value!r} is not a SageMaker transform instance type"
+                f"{did_you_mean(value, shape.enum)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _payload(self) -> BatchTransformSettings:
+        if self.max_payload_mb * self.max_concurrent_transforms > 100:
+            raise ValueError(
+                f"max_payload_mb times max_concurrent_transforms may be at most 100 (MB), got "
+                f"{self.max_payload_mb} x {self.max_concurrent_transforms}"
+            )
+        seconds = self.invocation_timeout.total_seconds()
+        if not 1 <= seconds <= 3600:
+            raise ValueError(f"invocation_timeout must be 1s to 1h, got {seconds:g} s")
         return self
 
 
@@ -807,6 +944,22 @@ class TrainTask(TaskBase):
     tuning: Tuning | None = None
     sagemaker: SageMakerSettings | None = None
     input: TaskId | None = None
+    data: Literal["auto", "in_memory", "external_memory"] = Field(
+        default="auto",
+        description="How training holds the splits: external_memory streams them through "
+        "XGBoost's external memory (never whole in memory); auto does so above 20 million "
+        "cells (rows x columns) of the train split (docs/scale.md).",
+    )
+
+    @model_validator(mode="after")
+    def _external_memory_tuning(self) -> TrainTask:
+        if self.data == "external_memory" and self.tuning is not None and self.backend == "local":
+            raise ValueError(
+                "'tuning' trains every trial on data held in memory and cannot run with "
+                "'data: external_memory': remove one of them (backend sagemaker tunes with "
+                "one job per trial)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _threshold_field(self) -> TrainTask:
@@ -1026,6 +1179,17 @@ class BatchPredictTask(TaskBase):
     output: str | None = Field(
         default=None, description="Where predictions go; storage when unset."
     )
+    keys: list[ColumnName] = Field(
+        default_factory=list,
+        description="Input columns that identify a row (e.g. customer_id), written beside its "
+        "predictions; without keys, a 'row' column: the row's position in the input "
+        '(docs/scale.md, "What the output holds").',
+    )
+    join_input: bool = Field(
+        default=False,
+        description="Write every input column beside the predictions (SageMaker's JoinSource: "
+        "Input) instead of the keys; a larger output, slower to write.",
+    )
     map_partitions: bool = Field(
         default=False,
         description="Score each partition of the input in its own mapped Airflow task, spread "
@@ -1034,13 +1198,31 @@ class BatchPredictTask(TaskBase):
     chunk_rows: int | None = Field(
         default=None,
         ge=1,
-        description="Rows scored at a time by each mapped task (65536 when unset).",
+        description="Rows scored at a time by each mapped task, or by the SageMaker container "
+        "(65536 when unset).",
     )
+    backend: Literal["local", "sagemaker"] = Field(
+        default="local",
+        description="sagemaker: a SageMaker Batch Transform job scores the partitions "
+        "(docs/scale.md); the storage root must be s3://.",
+    )
+    sagemaker: BatchTransformSettings | None = None
 
     PRODUCES_DATASET: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _chunks_when_mapped(self) -> BatchPredictTask:
+        if self.join_input and self.keys:
+            raise ValueError("'join_input' writes every input column, keys included: remove 'keys'")
+        if self.backend == "sagemaker":
+            if self.map_partitions:
+                raise ValueError(
+                    "'map_partitions' maps local tasks; with 'backend: sagemaker' the "
+                    "Batch Transform job spreads the partitions over its instances: remove it"
+                )
+            return self
+        if self.sagemaker is not None:
+            raise ValueError("'sagemaker' settings apply to 'backend: sagemaker', which is not set")
         if self.chunk_rows is not None and not self.map_partitions:
             raise ValueError("'chunk_rows' applies to 'map_partitions: true', which is not set")
         return self
@@ -1050,6 +1232,9 @@ class BatchPredictTask(TaskBase):
         arguments = super().operator_kwargs()
         if not self.map_partitions:
             arguments.pop("map_partitions", None)
+        if self.backend == "local":
+            arguments.pop("backend", None)
+            arguments.pop("sagemaker", None)
         return arguments
 
 
@@ -1277,13 +1462,15 @@ class Workflow(StrictModel):
             Discriminator(
                 _schedule_kind,
                 custom_error_type="schedule_kind",
-                custom_error_message="a schedule is a preset, a cron expression or {assets: [...]}",
+                custom_error_message="a schedule is a preset, a cron expression, "
+                "{assets: [...]} or {cron: ..., assets: [...]}",
             ),
         ]
         | None
     ) = Field(
         default=None,
-        description="A preset, a cron expression, {assets: [...]} or null (manual only).",
+        description="A preset, a cron expression, {assets: [...]}, {cron: ..., assets: [...]} "
+        "(on the cron OR when the assets update) or null (manual only).",
     )
     start_date: StartDate | None = None
     catchup: bool | None = None
@@ -1347,6 +1534,25 @@ def asset_uri(project: str, workflow: str, task_id: str) -> str:
     makes it load every provider's URI normalizers (and boto3) while a DAG file is parsed.
     """
     return f"x-mlwp://{project}/{workflow}/{task_id}"
+
+
+class EntityField(NamedTuple):
+    """A labels task's declaration: the outcomes of ``model`` are keyed by its records'
+    ``field`` (``columns: {entity_key: <field>}``), at ``path`` in the definition."""
+
+    model: str
+    field: str
+    path: tuple[str, ...]  # ("workflows", <workflow>, "tasks", <task>, "columns", "entity_key")
+
+
+def declared_entity_fields(project: Project) -> Iterator[EntityField]:
+    """Every labels task of ``project`` that keys its outcomes by a record field (serving's
+    entity-key field of that model: ``mlwp.definitions.entity_keys``)."""
+    for workflow_name, workflow in project.workflows.items():
+        for task_id, task in workflow.tasks.items():
+            if isinstance(task, LabelsTask) and "entity_key" in task.columns:
+                path = ("workflows", workflow_name, "tasks", task_id, "columns", "entity_key")
+                yield EntityField(task.model, task.columns["entity_key"], path)
 
 
 def definition_json_schema() -> dict[str, Any]:

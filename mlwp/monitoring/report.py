@@ -276,8 +276,17 @@ def alerts(result: Mapping[str, Any]) -> list[str]:
         )
     drift = result.get("drift") or {}
     if drift.get("drifted"):
-        columns = [n for n, c in (drift.get("columns") or {}).items() if c.get("drifted")]
-        found.append(f"drift in {', '.join(columns)} (share {drift.get('share', 0):.0%})")
+        # Per variant: the summary's own columns are the champion's, and it is often only
+        # the challenger's inputs that drifted.
+        variants = drift.get("variants") or {"": drift}
+        where = []
+        for variant, found_in in variants.items():
+            columns = [n for n, c in (found_in.get("columns") or {}).items() if c.get("drifted")]
+            if columns:
+                name = f"{variant} v{found_in.get('version')}: " if variant else ""
+                share = found_in.get("share", 0)
+                where.append(f"{name}{', '.join(columns)} (share {share:.0%})")
+        found.append(f"drift in {'; '.join(where)}")
     return found
 
 

@@ -15,6 +15,8 @@ from mlwp.platform.serving_key import generated_admin_key
 from mlwp.settings import Settings
 
 FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+# The KubernetesExecutor's pod template, in AIRFLOW_HOME (written by mlwp.platform.kubernetes).
+POD_TEMPLATE_NAME = "pod_template.yaml"
 
 # What a task process of the shipped workflows imports: the heavy libraries first (imported
 # before Airflow configures logging, so GX's import-time chatter stays out of the scheduler
@@ -39,10 +41,10 @@ PRELOAD_MODULES: tuple[str, ...] = (
     "airflow.executors.local_executor",
     "operators.compiler",
     "operators._registry",
-    "mlwp.etl",
-    "mlwp.storage",
-    "mlwp.validation",
-    "mlwp.transform",
+    "mlwp.data.extract",
+    "mlwp.data.storage",
+    "mlwp.data.validation",
+    "mlwp.data.transform",
     "mlwp.registry",
     "mlwp.training.pipeline",
     "mlwp.training.tracking",
@@ -134,6 +136,16 @@ def celery_config(settings: Settings) -> dict[tuple[str, str], str]:
     return config
 
 
+def kubernetes_config(settings: Settings) -> dict[tuple[str, str], str]:
+    """Airflow's ``[kubernetes_executor]`` options: the template file and the namespace."""
+    return {
+        ("kubernetes_executor", "pod_template_file"): str(
+            settings.airflow_home / POD_TEMPLATE_NAME
+        ),
+        ("kubernetes_executor", "namespace"): settings.kubernetes_namespace,
+    }
+
+
 def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
     """Return Airflow options as ``{(section, key): value}`` for these settings."""
     secrets = installation_secrets(settings)
@@ -191,8 +203,6 @@ def airflow_config(settings: Settings) -> dict[tuple[str, str], str]:
     config.update(remote_logging_config(settings))
     config.update(celery_config(settings))
     if settings.configured_executors.uses(ExecutorKind.KUBERNETES):
-        from mlwp.platform.kubernetes import kubernetes_config
-
         config.update(kubernetes_config(settings))
     if settings.secrets_manager_region:
         from mlwp.security.secrets_backend import secrets_manager_config

@@ -225,7 +225,7 @@ def migrate_audit(settings: Settings) -> str | None:
 
     Returns a line for the user when a legacy trail was imported, else None.
     """
-    from mlwp import audit
+    from mlwp.security import audit
 
     try:
         audit.migrate(settings.audit_url)

@@ -29,13 +29,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlwp.platform.airflow_config import POD_TEMPLATE_NAME, airflow_environment
 from mlwp.settings import Settings
 
 # Airflow merges a pod_override onto the template's container of this name.
 BASE_CONTAINER = "base"
 # The platform image's user: the official Airflow image's uid, in group 0 (OpenShift-style).
 RUN_AS_USER, RUN_AS_GROUP = 50000, 0
-POD_TEMPLATE_NAME = "pod_template.yaml"
 
 # Variables whose value is a secret by name, whatever it looks like.
 _SECRET_SUFFIXES = ("_KEY", "_SECRET", "_PASSWORD", "_TOKEN")
@@ -100,8 +100,6 @@ def resource_requirements(cpu: str | None, memory: str | None) -> dict[str, Any]
 def pod_template(settings: Settings, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod template of every task pod, as a manifest."""
     if env is None:
-        from mlwp.platform.airflow_config import airflow_environment
-
         env = airflow_environment(settings)
     container_env, _ = task_environment(settings, env)
     spec: dict[str, Any] = {
@@ -163,16 +161,6 @@ def task_pod_override(cpu: str | None, memory: str | None) -> dict[str, Any]:
                 {"name": BASE_CONTAINER, "resources": resource_requirements(cpu, memory)}
             ]
         },
-    }
-
-
-def kubernetes_config(settings: Settings) -> dict[tuple[str, str], str]:
-    """Airflow's ``[kubernetes_executor]`` options: the template file and the namespace."""
-    return {
-        ("kubernetes_executor", "pod_template_file"): str(
-            settings.airflow_home / POD_TEMPLATE_NAME
-        ),
-        ("kubernetes_executor", "namespace"): settings.kubernetes_namespace,
     }
 
 

@@ -189,7 +189,11 @@ def _supervise(settings: Settings, echo: Echo, stop: threading.Event, started: f
     # Before serving starts (it migrates the same key store) and before the environment of
     # the Airflow processes is made (it carries the key to the deploy tasks).
     ensure_serving_admin_key(settings)
-    specs = processes.platform_processes(settings)
+    # Serving captures each model's entity key as the definitions' labels tasks declare it.
+    entity_fields, problems = processes.serving_entity_fields(settings)
+    for problem in problems:
+        echo(f"mlwp: warning: serving's entity-key fields: {problem}")
+    specs = processes.platform_processes(settings, entity_fields)
     env = processes.child_environment(settings)
     airflow = processes.executable("airflow")
     init_log = settings.logs_dir / "init.log"

@@ -252,11 +252,20 @@ def check_shared_state(settings: Settings) -> None:
     )
 
 
+def display_broker(url: str) -> str:
+    """A broker URL with its password hidden, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def check_redis(user: str, url: str, *, timeout: float = 5.0) -> None:
     """PING the Redis at ``url`` once; raise a one-line cause naming ``user`` if it fails."""
     import redis
-
-    from mlwp.platform.processes import display_broker
 
     shown = display_broker(url)
     try:

@@ -9,6 +9,7 @@ nothing imports Airflow.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ import httpx
 from mlwp.errors import ConfigurationError, MlwpError
 from mlwp.platform.airflow_config import airflow_environment
 from mlwp.platform.executors import ExecutorKind
-from mlwp.platform.preflight import PortRequest
+from mlwp.platform.preflight import PortRequest, check_redis, display_broker
 from mlwp.platform.supervisor import ProcessSpec, ReadinessProbe
 from mlwp.settings import REPO_ROOT, Settings
 
@@ -71,6 +72,37 @@ def child_environment(settings: Settings) -> dict[str, str]:
         part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
     )
     return env
+
+
+def serving_entity_fields(settings: Settings) -> tuple[dict[str, str], list[str]]:
+    """Serving's per-model entity-key fields as the definitions under the DAG folder declare
+    them in their labels tasks (:mod:`mlwp.definitions.entity_keys`), and the problems met."""
+    from mlwp.definitions.entity_keys import serving_entity_fields as derive
+    from mlwp.definitions.loading import find_definitions
+
+    return derive(find_definitions([settings.dags_folder / "projects"]))
+
+
+def serving_environment(env: Mapping[str, str], entity_fields: Mapping[str, str]) -> dict[str, str]:
+    """Serving's environment: ``env`` plus ``MLWP_SERVING_ENTITY_FIELDS`` of the derived
+    ``entity_fields``, under the models an explicit ``MLWP_SERVING_ENTITY_FIELDS`` in ``env``
+    names (the operator's word wins, model by model; a value that is not a JSON object is left
+    as it is, for serving to refuse with its own message)."""
+    from mlwp.definitions.entity_keys import ENTITY_FIELDS_VARIABLE
+
+    merged = dict(entity_fields)
+    explicit = env.get(ENTITY_FIELDS_VARIABLE)
+    if explicit:
+        try:
+            given = json.loads(explicit)
+        except ValueError:
+            return dict(env)
+        if not isinstance(given, dict):
+            return dict(env)
+        merged.update(given)
+    if not merged:
+        return dict(env)
+    return {**env, ENTITY_FIELDS_VARIABLE: json.dumps(merged, sort_keys=True)}
 
 
 def without_fab_sync(env: Mapping[str, str]) -> dict[str, str]:
@@ -164,8 +196,6 @@ def celery_ping(broker_url: str, node: str, timeout: float = 1.0) -> ReadinessPr
     """
 
     def probe() -> str | None:
-        from mlwp.platform.preflight import check_redis
-
         # A plain PING first: a broker that is down is reported at once, with Redis's own
         # reason, instead of after Celery's connection retries (and its first, slow import).
         try:
@@ -186,17 +216,6 @@ def celery_ping(broker_url: str, node: str, timeout: float = 1.0) -> ReadinessPr
         return None if answered else f"no ping reply from {node} yet"
 
     return probe
-
-
-def display_broker(url: str) -> str:
-    """A broker URL with its password hidden, for messages."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def celery_worker_argv(
@@ -256,9 +275,16 @@ def port_requests(settings: Settings) -> list[PortRequest]:
     ]
 
 
-def platform_processes(settings: Settings) -> list[ProcessSpec]:
-    """Describe every long-running process of the embedded platform."""
+def platform_processes(
+    settings: Settings, entity_fields: Mapping[str, str] | None = None
+) -> list[ProcessSpec]:
+    """Describe every long-running process of the embedded platform.
+
+    ``entity_fields`` are serving's per-model entity-key fields (derived from the
+    definitions when not given, :func:`serving_entity_fields`)."""
     env = child_environment(settings)
+    if entity_fields is None:
+        entity_fields = serving_entity_fields(settings)[0]
     airflow = executable("airflow")
     mlflow_url = f"http://{settings.host}:{settings.mlflow_port}"
     # MLflow's job runner (huey consumers for GenAI scoring jobs) is not used by mlwp; off, it
@@ -299,7 +325,8 @@ def platform_processes(settings: Settings) -> list[ProcessSpec]:
                 "--port",
                 str(settings.serving_port),
             ],
-            env=env,
+            # The entity key each model's labels are joined by (docs/monitoring.md).
+            env=serving_environment(env, entity_fields),
             cwd=REPO_ROOT,
             # /health/ready means "models loaded" (a load balancer's question); a new platform
             # has no model yet, so the platform waits for the process to answer at all.

@@ -1,4 +1,5 @@
-"""Users and roles of the platform as data: no Airflow import here (see ``roles``)."""
+"""Users and roles of the platform as data (no Airflow import here, see ``roles``), approvals,
+MLflow's auth, secrets, and the audit trail of admin actions (``audit``, with its migrations)."""
 
 from mlwp.security.roles import (
     ACTIONS,

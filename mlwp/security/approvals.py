@@ -172,7 +172,7 @@ def approval_target(dag_id: str, run_id: str, task_id: str, map_index: int, try_
 
 def approvals_so_far(target: str) -> list[str]:
     """Who approved this request so far (counted approvals, in order), from the audit trail."""
-    from mlwp.audit import list_events
+    from mlwp.security.audit import list_events
 
     return list(
         dict.fromkeys(event.actor for event in list_events(action=AUDIT_APPROVE, target=target))

@@ -20,8 +20,13 @@ from mlwp.settings import REPO_ROOT, Settings
 def run_rbac(command: str, request: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Run one ``operators.rbac`` command and return its JSON answer, or raise its error."""
     from mlwp.platform.airflow_config import airflow_environment
+    from mlwp.platform.processes import without_fab_sync
 
-    env = {**os.environ, **airflow_environment(settings)}
+    # FAB syncs its permissions whenever its app starts unless told not to. No command needs
+    # that: `sync` does FAB's sync itself, first (as `airflow sync-perm` does), and the others
+    # read or add users. It cost every command seconds, and made each a writer of FAB's tables
+    # next to a running roles sync (the one writer `mlwp up` intends).
+    env = without_fab_sync({**os.environ, **airflow_environment(settings)})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "operators.rbac", command],

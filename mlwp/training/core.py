@@ -15,7 +15,9 @@ import numpy as np
 
 from mlwp.errors import MlwpError
 from mlwp.model import OBJECTIVES
-from mlwp.preprocessing import Preprocessing, PreprocessingError, columns_from_frame
+from mlwp.model.columns import columns_from_frame
+from mlwp.model.features import PreprocessingError
+from mlwp.model.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,8 +34,11 @@ RESERVED = frozenset(
         "params",
         "threshold",
         "verbose_eval",
+        "data",
     }
 )
+# How the entry point holds the data: mlwp.training.external_memory decides "auto".
+DATA_MODES = ("auto", "in_memory", "external_memory")
 EVAL_METRICS = {
     "binary": ["logloss", "auc"],
     "multiclass": ["mlogloss", "merror"],
@@ -58,6 +63,8 @@ class TrainingConfig:
     seed: int = 42
     threshold: float = 0.5
     verbose_eval: int = 10
+    # auto, in_memory or external_memory (mlwp.training.external_memory)
+    data: str = "auto"
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -72,6 +79,11 @@ class TrainingConfig:
             raise TrainingError(
                 f"hyperparameters.objective: expected one of {', '.join(OBJECTIVES)}, "
                 f"got {objective!r}"
+            )
+        data = str(values.get("data") or "auto")
+        if data not in DATA_MODES:
+            raise TrainingError(
+                f"hyperparameters.data: expected one of {', '.join(DATA_MODES)}, got {data!r}"
             )
         params = dict(values.get("params") or {})
         params.update({k: v for k, v in values.items() if k not in RESERVED})
@@ -90,6 +102,7 @@ class TrainingConfig:
                 seed=int(values.get("seed", 42)),
                 threshold=float(values.get("threshold", 0.5)),
                 verbose_eval=int(values.get("verbose_eval", 10)),
+                data=data,
                 params=params,
             )
         except (TypeError, ValueError) as exc:
@@ -208,9 +221,36 @@ def train_booster(
 
     names = list(feature_names)
     dtrain = xgboost.DMatrix(train.matrix, label=train.labels, feature_names=names)
-    evals = [(dtrain, "train")]
+    dvalid = None
     if validation is not None and len(validation.labels):
         dvalid = xgboost.DMatrix(validation.matrix, label=validation.labels, feature_names=names)
+    return boost(
+        config,
+        dtrain,
+        dvalid,
+        num_class,
+        callbacks=callbacks,
+        params=params,
+        verbose=verbose,
+    )
+
+
+def boost(
+    config: TrainingConfig,
+    dtrain: xgboost.DMatrix,
+    dvalid: xgboost.DMatrix | None,
+    num_class: int | None,
+    *,
+    callbacks: Sequence[Any] = (),
+    params: Mapping[str, Any] | None = None,
+    verbose: bool = True,
+) -> tuple[xgboost.Booster, int]:
+    """Boost on built matrices (in memory or external memory); the booster cut to its best
+    iteration, and that iteration."""
+    import xgboost
+
+    evals = [(dtrain, "train")]
+    if dvalid is not None:
         evals.append((dvalid, "validation"))
     full_params = config.xgboost_params(num_class)
     full_params.update(params or {})

@@ -5,9 +5,15 @@ every ``SM_*`` variable pointed into a working directory::
 
     <workdir>/input/config/hyperparameters.json
     <workdir>/input/data/{train,validation,test}/data.parquet (+ train/preprocessing.json)
+                                 (or part-<n>.parquet: a split left in storage, StoredSplit)
     <workdir>/model/            SM_MODEL_DIR
     <workdir>/output/data/      SM_OUTPUT_DATA_DIR (metrics.json)
     <workdir>/output/failure    written by the entry point when it fails
+
+A split is a DataFrame (written as one file) or a :class:`StoredSplit`: a dataset left in
+storage whose files are copied into the channel one by one, each checked against the
+dataset's manifest, so training with external memory never holds a split in this process.
+The channels are removed when the entry point has finished (they are copies).
 
 Its output is streamed line by line to a callback (the Airflow task log); when it fails, the
 raised :class:`~mlwp.training.core.TrainingError` carries the tail of its stderr.
@@ -16,9 +22,11 @@ raised :class:`~mlwp.training.core.TrainingError` carries the tail of its stderr
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,11 +43,51 @@ from mlwp.training.metrics import parse_metric_lines
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlwp.preprocessing import Preprocessing
+    from mlwp.data.storage import Storage
+    from mlwp.model.preprocessing import Preprocessing
 
 log = logging.getLogger("mlwp.training")
 STDERR_TAIL_LINES = 40
 ENTRY_MODULE = "mlwp.training.entrypoint"
+# Rows of a stored split that the MLflow run sees (input example, plots, drift baseline).
+SAMPLE_ROWS = 100_000
+
+
+@dataclass(frozen=True)
+class StoredSplit:
+    """A split left in storage (single-file or partitioned), never read whole here."""
+
+    storage: Storage
+    uri: str
+
+    def stage(self, channel: Path) -> None:
+        """Copy the split's files into ``channel`` as part-<n>.parquet, verifying each."""
+        from mlwp.data.partitions import HASH_BLOCK, partition_uri, partitions_of
+        from mlwp.data.storage import DatasetIntegrityError
+
+        for index, partition in enumerate(partitions_of(self.storage, self.uri)):
+            uri = partition_uri(self.uri, partition)
+            fs, path = self.storage._fs(uri)
+            digest = hashlib.sha256()
+            with (
+                fs.open(path, "rb") as source,
+                (channel / f"part-{index}.parquet").open("wb") as target,
+            ):
+                while block := source.read(HASH_BLOCK):
+                    digest.update(block)
+                    target.write(block)
+            if digest.hexdigest() != partition.sha256:
+                raise DatasetIntegrityError(
+                    f"{uri} is corrupt or was modified: its sha256 is {digest.hexdigest()}, "
+                    f"the dataset's manifest says {partition.sha256}"
+                )
+
+    def sample(self, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
+        """A seeded uniform sample of about ``rows`` rows, read one batch at a time."""
+        from mlwp.data.partitions import PartitionedReader
+        from mlwp.data.transform_partitions import seeded_sample
+
+        return seeded_sample(PartitionedReader(self.storage, self.uri), rows)
 
 
 @dataclass
@@ -59,7 +107,7 @@ def encode_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, str]
 
 def prepare_workdir(
     workdir: Path,
-    splits: Mapping[str, pd.DataFrame],
+    splits: Mapping[str, pd.DataFrame | StoredSplit],
     preprocessing: Preprocessing | None,
     hyperparameters: Mapping[str, Any],
 ) -> dict[str, str]:
@@ -77,10 +125,13 @@ def prepare_workdir(
         "SM_OUTPUT_DATA_DIR": str(workdir / "output" / "data"),
         "SM_OUTPUT_DIR": str(workdir / "output"),
     }
-    for name, frame in splits.items():
+    for name, split in splits.items():
         channel = workdir / "input" / "data" / name
         channel.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(channel / "data.parquet", index=False)
+        if isinstance(split, StoredSplit):
+            split.stage(channel)
+        else:
+            split.to_parquet(channel / "data.parquet", index=False)
         environ[f"SM_CHANNEL_{name.upper()}"] = str(channel)
     if preprocessing is not None:
         channel = workdir / "input" / "data" / "train" / PREPROCESSING_FILE
@@ -155,7 +206,7 @@ def run_entrypoint(
 
 
 def train_local(
-    splits: Mapping[str, pd.DataFrame],
+    splits: Mapping[str, pd.DataFrame | StoredSplit],
     preprocessing: Preprocessing | None,
     hyperparameters: Mapping[str, Any],
     *,
@@ -165,6 +216,10 @@ def train_local(
 ) -> LocalTrainingResult:
     """Train with the entry point in a subprocess; the model lands in ``<workdir>/model``."""
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mlwp-train-"))
-    environ = prepare_workdir(root, splits, preprocessing, hyperparameters)
-    stdout = run_entrypoint(environ, on_line=on_line, timeout=timeout)
+    try:
+        environ = prepare_workdir(root, splits, preprocessing, hyperparameters)
+        stdout = run_entrypoint(environ, on_line=on_line, timeout=timeout)
+    finally:
+        # copies of the splits; a stored split's may be as large as the dataset
+        shutil.rmtree(root / "input" / "data", ignore_errors=True)
     return LocalTrainingResult(root, root / "model", parse_metric_lines(stdout), stdout)

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlwp.training.core import TrainingConfig, TrainingError, dataset, label_classes
-from mlwp.training.local import train_local
+from mlwp.training.local import StoredSplit, train_local
 from mlwp.training.tracking import TrackedModel, log_model_run
 from mlwp.training.tracking import experiment_id as tracking_experiment_id
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mlwp.preprocessing import Preprocessing
+    from mlwp.model.preprocessing import Preprocessing
 
 
 @dataclass
@@ -58,6 +58,7 @@ def hyperparameters_of(
     early_stopping_rounds: int | None = None,
     seed: int = 42,
     threshold: float | None = None,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """The entry point's hyperparameters from a train task's fields."""
     hyperparameters = {
@@ -70,11 +71,13 @@ def hyperparameters_of(
     }
     if threshold is not None:
         hyperparameters["threshold"] = threshold
+    if data is not None:
+        hyperparameters["data"] = data
     return hyperparameters
 
 
 def train_model(
-    splits: Mapping[str, pd.DataFrame],
+    splits: Mapping[str, pd.DataFrame | StoredSplit],
     preprocessing: Preprocessing | None,
     hyperparameters: Mapping[str, Any],
     *,
@@ -86,8 +89,23 @@ def train_model(
     on_line: Callable[[str], None] | None = None,
     timeout: float | None = None,
 ) -> TrainingOutcome:
-    """Tune (optionally), train with the local backend and log the run; see module doc."""
+    """Tune (optionally), train with the local backend and log the run; see module doc.
+
+    A :class:`StoredSplit` stays in storage: the entry point streams its files (with
+    ``data: external_memory``), and the MLflow run's input example, plots and drift baseline
+    see a seeded sample of it (``local.SAMPLE_ROWS`` rows). Tuning needs every split in
+    memory, so it is refused for stored splits.
+    """
     import mlflow
+
+    stored = sorted(name for name, split in splits.items() if isinstance(split, StoredSplit))
+    if stored and tuning is not None:
+        raise TrainingError(
+            "tuning trains every trial on data held in memory and cannot run with "
+            f"external memory (the {', '.join(stored)} split(s) stay in storage): remove "
+            "'tuning', or set 'data: in_memory' on a worker that holds the splits, or tune "
+            "on a sample in another workflow"
+        )
 
     client = mlflow.MlflowClient()
     experiment_id = tracking_experiment_id(client, experiment)
@@ -102,7 +120,12 @@ def train_model(
     try:
         if tuning is not None:
             tuning_summary = _tune(
-                splits, preprocessing, hyper, tuning, experiment_id=experiment_id, run_id=run_id
+                {n: s for n, s in splits.items() if not isinstance(s, StoredSplit)},
+                preprocessing,
+                hyper,
+                tuning,
+                experiment_id=experiment_id,
+                run_id=run_id,
             )
             hyper.update(tuning_summary["best_params"])
         result = train_local(
@@ -111,8 +134,12 @@ def train_model(
         metrics = dict(result.metrics)
         if tuning_summary is not None:
             metrics["tuning_best_value"] = float(tuning_summary["best_value"])
+        frames = {
+            name: split.sample() if isinstance(split, StoredSplit) else split
+            for name, split in splits.items()
+        }
         tracked: TrackedModel = log_model_run(
-            run_id, result.model_dir, splits=splits, metrics=metrics, params=hyper
+            run_id, result.model_dir, splits=frames, metrics=metrics, params=hyper
         )
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
@@ -139,7 +166,7 @@ def _tune(
     experiment_id: str,
     run_id: str,
 ) -> dict[str, Any]:
-    from mlwp.preprocessing import Preprocessing as _Preprocessing
+    from mlwp.model.preprocessing import Preprocessing as _Preprocessing
     from mlwp.training.tuning import tune
 
     started = time.monotonic()

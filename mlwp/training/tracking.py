@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlwp.model import load
-from mlwp.preprocessing import Feature
+from mlwp.model.features import Feature
 from mlwp.training import flavor
 from mlwp.training.core import TrainingError
 

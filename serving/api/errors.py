@@ -75,7 +75,8 @@ def _validation_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def _unexpected_error(request: Request, exc: Exception) -> Response:
+def unexpected_error(request: Request, exc: Exception) -> Response:
+    """The 500 answer to an error nobody expected, logged with its traceback."""
     log.error("unhandled_error", path=request.url.path, exc_info=exc)
     return OrjsonResponse(
         error_body(
@@ -91,4 +92,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -71,25 +71,11 @@ class ServingMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = None
-        length = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")
-            elif name == b"content-length":
-                length = value
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["started"] = started  # the capture's latency (serving/services/capture.py)
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        if self.tracing:  # the request's span is current (OpenTelemetry's middleware is outside)
-            trace_id = current_trace_id(request_id)
-            if trace_id is not None:
-                structlog.contextvars.bind_contextvars(trace_id=trace_id)
+        request_id, length = request_id_and_length(scope["headers"])
+        begin_request(scope, request_id, started, tracing=self.tracing)
         status = 500
         path: str = scope["path"]
-        is_doc = path.startswith(_DOC_PATHS)
+        added_headers = response_headers(request_id, path)
 
         loop = asyncio.get_running_loop()
         body_deadline = loop.time() + self.body_timeout
@@ -115,16 +101,11 @@ class ServingMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                headers.extend(SECURITY_HEADERS)
-                if not is_doc:
-                    headers.append(_CSP_API)
-                message["headers"] = headers
+                message["headers"] = [*message.get("headers", []), *added_headers]
             await send(message)
 
         try:
-            if length is not None and _too_large(length, self.max_body_bytes):
+            if length is not None and too_large(length, self.max_body_bytes):
                 await _reject_413(send_wrapper, request_id, self.max_body_bytes)
             else:
                 await self.app(scope, receive_in_time, send_wrapper)
@@ -132,31 +113,62 @@ class ServingMiddleware:
             # only the body reader raises it, so no response has started
             status = CLIENT_CLOSED_REQUEST
         finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            child(self.metrics.requests, template, scope["method"], str(status)).inc()
-            child(self.metrics.request_seconds, template).observe(elapsed)
-            if status >= 400:
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    path=path,
-                    status=status,
-                    ms=round(elapsed * 1000, 3),
-                )
-            else:
-                log.debug(
-                    "request",
-                    method=scope["method"],
-                    path=path,
-                    status=status,
-                    ms=round(elapsed * 1000, 3),
-                )
-            structlog.contextvars.unbind_contextvars("request_id", "trace_id")
+            end_request(self.metrics, scope, status, started)
 
 
-def _too_large(length: bytes, limit: int) -> bool:
+def request_id_and_length(headers: Any) -> tuple[str, bytes | None]:
+    """The request's id (its X-Request-ID when well formed, else a new one) and its
+    Content-Length header as sent."""
+    incoming = None
+    length = None
+    for name, value in headers:
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+        elif name == b"content-length":
+            length = value
+    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+    return request_id, length
+
+
+def begin_request(scope: Scope, request_id: str, started: float, *, tracing: bool) -> None:
+    """Put the request id and start time in the request's state and the log context."""
+    state = scope.setdefault("state", {})
+    state["request_id"] = request_id
+    state["started"] = started  # the capture's latency (serving/services/capture.py)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    if tracing:  # the request's span is current (OpenTelemetry's middleware is outside)
+        trace_id = current_trace_id(request_id)
+        if trace_id is not None:
+            structlog.contextvars.bind_contextvars(trace_id=trace_id)
+
+
+def response_headers(request_id: str, path: str) -> list[tuple[bytes, bytes]]:
+    """The headers added to every response: its request id and the security headers."""
+    headers = [(b"x-request-id", request_id.encode()), *SECURITY_HEADERS]
+    if not path.startswith(_DOC_PATHS):
+        headers.append(_CSP_API)
+    return headers
+
+
+def end_request(metrics: Metrics, scope: Scope, status: int, started: float) -> None:
+    """Count the request by route template, method and status, time it, log it, and clear
+    the log context."""
+    elapsed = time.perf_counter() - started
+    route = scope.get("route")
+    template = getattr(route, "path", None) or "unmatched"
+    child(metrics.requests, template, scope["method"], str(status)).inc()
+    child(metrics.request_seconds, template).observe(elapsed)
+    (log.info if status >= 400 else log.debug)(
+        "request",
+        method=scope["method"],
+        path=scope["path"],
+        status=status,
+        ms=round(elapsed * 1000, 3),
+    )
+    structlog.contextvars.unbind_contextvars("request_id", "trace_id")
+
+
+def too_large(length: bytes, limit: int) -> bool:
     try:
         return int(length) > limit
     except ValueError:

@@ -33,7 +33,7 @@ class ServingSettings(BaseSettings):
     home: Path = Field(
         default=DEFAULT_HOME,
         validation_alias=AliasChoices("MLWP_SERVING_HOME", "MLWP_HOME"),
-        description="State folder; the API-key database and the prediction log live here.",
+        description="State folder; the API-key database lives here (captures: storage_root).",
     )
     mlflow_tracking_uri: str = Field(
         default="http://127.0.0.1:5000",
@@ -72,7 +72,7 @@ class ServingSettings(BaseSettings):
     )
 
     redis_url: SecretStr | None = Field(
-        default=None, description="Redis for the cache, rate limits and prediction log."
+        default=None, description="Redis for the cache and rate limits."
     )
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     redis_retry_seconds: float = Field(
@@ -105,6 +105,12 @@ class ServingSettings(BaseSettings):
         default=1, ge=1, description="XGBoost threads per prediction (nthread of the booster)."
     )
     cors_origins: list[str] = Field(default_factory=list)
+    fast_predict: bool = Field(
+        default=True,
+        description="`python -m serving` answers the prediction routes from its HTTP protocol, "
+        "without the ASGI layers (same responses; serving.api.fast_predict); false sends them "
+        "through the ASGI app like every other route.",
+    )
     routing_field: str = Field(
         default="routing_key", description="Body field that may carry the routing key."
     )
@@ -186,9 +192,6 @@ class ServingSettings(BaseSettings):
         default=10.0, gt=0, description="Write captured rows at least this often."
     )
 
-    prediction_log_sample_rate: float = Field(default=0.01, ge=0, le=1)
-    prediction_log_stream: str = "mlwp:predictions"
-    prediction_log_maxlen: int = Field(default=100_000, ge=1)
     log_level: str = "INFO"
     # Tracing (OpenTelemetry): off unless an OTLP endpoint is given (docs/observability.md).
     otel_endpoint: str | None = Field(
@@ -231,7 +234,7 @@ class ServingSettings(BaseSettings):
     def _storage_root(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from mlwp.storage import StorageError, normalise_root
+        from mlwp.data.storage import StorageError, normalise_root
 
         try:
             return normalise_root(value)
@@ -300,10 +303,6 @@ class ServingSettings(BaseSettings):
     def capture_root(self) -> str:
         """The storage root captured predictions and labels are written under."""
         return self.storage_root or (self.home / "storage").as_uri()
-
-    @property
-    def prediction_log_file(self) -> Path:
-        return self.home / "logs" / "predictions.jsonl"
 
     @property
     def redis(self) -> str | None:

@@ -142,9 +142,6 @@ class Metrics:
             "Labels stored through the feedback endpoint, by model.",
             ("model",),
         )
-        self.predictions_logged = counter(
-            "mlwp_serving_predictions_logged", "Sampled predictions written to the log.", ("sink",)
-        )
 
 
 @lru_cache(maxsize=4096)

@@ -11,7 +11,6 @@ from serving.models.manager import ModelManager
 from serving.models.syncs import SyncRunner
 from serving.services.cache import PredictionCache
 from serving.services.capture import CaptureBuffer
-from serving.services.prediction_log import PredictionLog
 from serving.services.ratelimit import RateLimiter
 from serving.services.redis_link import RedisLink
 
@@ -27,7 +26,6 @@ class Services:
     keys: KeyStore | None
     limiter: RateLimiter
     cache: PredictionCache | None
-    prediction_log: PredictionLog
     redis: RedisLink | None
     capture: CaptureBuffer
 
@@ -66,14 +64,6 @@ class Services:
                 settings.rate_limit, metrics, link, failed_auth_rate=settings.failed_auth_limit
             ),
             cache=cache,
-            prediction_log=PredictionLog(
-                sample_rate=settings.prediction_log_sample_rate,
-                metrics=metrics,
-                link=link,
-                stream=settings.prediction_log_stream,
-                maxlen=settings.prediction_log_maxlen,
-                file=settings.prediction_log_file,
-            ),
             redis=link,
             capture=CaptureBuffer(settings, metrics),
         )

@@ -63,6 +63,11 @@ class Model(Protocol):
 
     def predict(self, records: Any) -> PredictResult: ...
 
+    @property
+    def json_records(self) -> Any: ...
+
+    def predict_decoded(self, records: list[Any]) -> PredictResult: ...
+
     def compile_trees(self) -> str: ...
 
     def tune_encoder(self, record: Mapping[str, Any]) -> str: ...
@@ -169,6 +174,7 @@ class ModelManager:
         self.last_sync: str | None = None
         self.synced_once = False
         self.missing: dict[str, str] = {}
+        self.versions_loaded = 0  # versions loaded so far (the poller freezes the heap after)
         self._sync_lock = threading.Lock()
         self._client: Any = None
         configure_mlflow_client(settings)
@@ -368,6 +374,7 @@ class ModelManager:
                 f"{name} version {version}: {type(exc).__name__}: {_first_line(exc)}"
             ) from exc
         self.metrics.load_seconds.labels(name).observe(time.perf_counter() - started)
+        self.versions_loaded += 1
         log.info(
             "model_loaded",
             model=name,

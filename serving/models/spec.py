@@ -80,7 +80,7 @@ def kind_of(dtype: object) -> str:
 
 
 def _type_ok(kind: str, value: Any) -> bool:
-    # the same acceptance rules as mlwp.preprocessing's record path
+    # the same acceptance rules as mlwp.model.preprocessing's record path
     if kind in ("number", "integer"):
         return isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "boolean":

@@ -1,33 +1,49 @@
 """Prediction capture: a sample of scored requests, written to Parquet in the background.
 
-What a request pays is one random draw and, when sampled, one append of references it
-already holds (records, outputs, ids) to an in-memory buffer; no copy, no serialisation,
-no I/O. A background task turns the buffer into rows of
-``mlwp.monitoring.capture.capture_schema()`` (inputs and outputs as JSON, the class index
-and positive-class probability beside them) and writes them as Parquet parts under
-``<storage root>/monitoring/capture/model=<model>/date=<day>/`` in a worker thread, when
-``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
+What a request pays is one random draw and, when sampled, one append to an in-memory buffer
+of the bytes it already holds: the request body as received, the response body as sent, its
+ids and times. Nothing is parsed, serialised or copied per record on the request path. A
+background task writes the buffer as Parquet parts of
+``mlwp.monitoring.capture.request_schema()`` (format 2: one row per request, the bodies as
+binary columns) under ``<storage root>/monitoring/capture/model=<model>/date=<day>/`` in a
+worker thread, when ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``,
+and at shutdown. The per-record rows (one per input record, with its entity key, class
+index, probability and outputs) are built when the captures are read
+(``mlwp.monitoring.capture.read_capture``), so the monitor pays for them once per window
+read, not serving once per request.
+
+Why bytes and not the parsed records (measured, docs/monitoring.md "Cost"): a buffered
+request lives for seconds. Holding its parsed records (a dict and its values per record)
+kept thousands of Python objects per 100-row request alive until the flush, which then
+freed them on the event loop's thread, cold, and kept them in the garbage collector's view;
+the writer's per-record work (serialising every record again, the outputs per row) held the
+interpreter lock the event loop needs. A buffered request is now one tuple of strings,
+numbers and two bytes objects: nothing for the collector to walk, nothing per record to
+free, and the writer only hands the bytes to Arrow.
 
 Never blocking a request is the guarantee, completeness is not: the buffer holds at most
-``capture_buffer_rows`` rows (those being written included), and a request that would
-overflow it is not captured; its rows are counted in
+``capture_buffer_rows`` rows (records; those being written included), and a request that
+would overflow it is not captured; its rows are counted in
 ``mlwp_serving_capture_dropped_total{model, reason="buffer_full"}``. A write that fails
 (storage down) drops its batch the same way (``reason="write_failed"``) and is logged;
 ``mlwp_serving_capture_written_total{model}`` counts rows stored. Each serving replica
 writes its own parts (random names), so replicas never coordinate.
 
 The shadow variant's results are captured beside the served ones, with the same inference
-id and rows, ``variant="shadow"`` and ``served=false``, when the shadow finished scoring.
+id and request body, its own answer (predictions and probabilities), ``variant="shadow"``
+and ``served=false``, when the shadow finished scoring.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -37,6 +53,8 @@ from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
 
 log = structlog.get_logger("mlwp.serving.capture")
+
+_JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 @dataclass(slots=True)
@@ -50,11 +68,21 @@ class Captured:
     variant: str
     served: bool
     routing_key: str | None
-    records: Sequence[Any]
-    predictions: Sequence[Any]
-    probabilities: Sequence[Any] | None
-    classes: Sequence[Any] | None
+    rows: int  # the records in the request
+    request: bytes  # the body as received
+    response: bytes  # the body as sent (a shadow: its predictions and probabilities)
+    classes: Sequence[Any] | None  # the model's classes, None for a regression
     latency_ms: float
+
+
+# A buffered request: Captured's fields in this order, the classes as their JSON text. Only
+# strings, numbers and bytes: the garbage collector stops tracking the tuple at its first
+# collection. A tuple inside (the classes as a tuple, as before) kept it tracked until a
+# second one, which for a buffered entry is a generation-1 collection: it walked every
+# entry buffered since the last, cold (3-5 ms of CPU for ~3,300 one-row requests, a stall of
+# the event loop every ~3,000 requests at 1 row and c=8: measured in process, 2026-11-30).
+Pending = tuple[Any, ...]
+_MODEL, _ROWS = 2, 7
 
 
 def now_ms() -> int:
@@ -74,7 +102,7 @@ class CaptureBuffer:
         self.batch_rows = settings.capture_batch_rows
         self.flush_seconds = settings.capture_flush_seconds
         self.metrics = metrics
-        self._pending: list[Captured] = []
+        self._pending: list[Pending] = []
         self._rows = 0  # pending rows plus rows being written
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -97,11 +125,27 @@ class CaptureBuffer:
 
     def add(self, captured: Captured) -> bool:
         """Buffer ``captured``, or drop and count it when the buffer is full; never waits."""
-        rows = len(captured.records)
+        rows = captured.rows
         if self._rows + rows > self.capacity:
             self.metrics.capture_dropped.labels(captured.model, "buffer_full").inc(rows)
             return False
-        self._pending.append(captured)
+        classes = captured.classes
+        self._pending.append(
+            (
+                captured.inference_id,
+                captured.time_ms,
+                captured.model,
+                captured.version,
+                captured.variant,
+                captured.served,
+                captured.routing_key,
+                rows,
+                captured.request,
+                captured.response,
+                None if classes is None else _classes_json(tuple(classes)),
+                captured.latency_ms,
+            )
+        )
         self._rows += rows
         if self._wake is not None and self._rows >= self.batch_rows:
             self._wake.set()
@@ -134,10 +178,11 @@ class CaptureBuffer:
             pending, self._pending = self._pending, []
             if not pending:
                 return 0
+            rows = _rows(pending)
             try:
                 return await asyncio.to_thread(self._write, pending)
             finally:
-                self._rows -= sum(len(c.records) for c in pending)
+                self._rows -= rows
 
     async def close(self) -> None:
         """Stop the writer and write what is left (the application's shutdown)."""
@@ -151,15 +196,26 @@ class CaptureBuffer:
         except Exception as exc:
             log.error("capture_flush_failed", error=repr(exc), at="shutdown")
 
-    def _write(self, pending: list[Captured]) -> int:
+    def _write(self, pending: list[Pending]) -> int:
+        """Write ``pending`` (emptied here: its bodies are freed on this thread, not on the
+        event loop's when ``flush`` returns)."""
+        try:
+            return self._write_parts(pending)
+        finally:
+            pending.clear()
+
+    def _write_parts(self, pending: list[Pending]) -> int:
         from mlwp.monitoring.capture import CAPTURE, write_parts
 
-        by_model: dict[str, list[Captured]] = {}
-        for captured in pending:
-            by_model.setdefault(captured.model, []).append(captured)
+        models = list(map(itemgetter(_MODEL), pending))
+        by_model: dict[str, list[Pending]] = {models[0]: pending}
+        if models.count(models[0]) != len(models):  # several models: one table each
+            by_model = {}
+            for item in pending:
+                by_model.setdefault(item[_MODEL], []).append(item)
         written = 0
         for model, items in by_model.items():
-            rows = sum(len(c.records) for c in items)
+            rows = _rows(items)
             try:
                 table = self._table(items)
                 write_parts(self.root, CAPTURE, model, table)
@@ -171,153 +227,68 @@ class CaptureBuffer:
             written += rows
         return written
 
-    def _table(self, items: list[Captured]) -> Any:
-        """The rows of ``items`` as one Arrow table, built column-wise: per-request values
-        are taken once and repeated by Arrow, records and outputs are serialised in one
-        orjson call per batch (:func:`json_rows`); Python touches each row only to find its
-        class index and entity key."""
-        import numpy as np
+    def _table(self, items: list[Pending]) -> Any:
+        """The requests ``items`` (of one model) as one Arrow table of
+        ``request_schema()``: the buffered values as they are."""
         import pyarrow as pa
 
-        from mlwp.monitoring.capture import capture_schema
+        from mlwp.monitoring.capture import request_schema
 
-        counts = np.fromiter((len(c.records) for c in items), dtype=np.int64, count=len(items))
-        total = int(counts.sum())
-        request = pa.array(np.repeat(np.arange(len(items)), counts))
-        starts = np.cumsum(counts) - counts
-        # one model per table (``_write`` groups by model); variants may differ in classes
-        field = self.entity_fields.get(items[0].model, self.default_entity_field)
-        records = [r for c in items for r in c.records]
-        predictions = [p for c in items for p in c.predictions]
-        # records are objects: the model refused the request otherwise
-        entities = [r.get(field) for r in records]
-        classes = items[0].classes
-        if all(c.classes == classes for c in items):
-            numbers = _numbers(predictions, classes)
-        else:
-            numbers = [x for c in items for x in _numbers(c.predictions, c.classes)]
-        probabilities: list[Any]
-        if all(c.probabilities is not None for c in items):
-            probabilities = [q for c in items for q in c.probabilities]  # type: ignore[union-attr]
-        else:
-            probabilities = [
-                q
-                for c in items
-                for q in (
-                    c.probabilities if c.probabilities is not None else [None] * len(c.records)
-                )
-            ]
-        if all(c.classes is not None and len(c.classes) == 2 for c in items):
-            positive = [q[1] if q is not None else None for q in probabilities]
-        else:
-            positive = [
-                q[1] if q is not None and c.classes is not None and len(c.classes) == 2 else None
-                for c in items
-                for q in (
-                    c.probabilities if c.probabilities is not None else [None] * len(c.records)
-                )
-            ]
-        outputs = [
-            {"prediction": p, "probabilities": q}
-            for p, q in zip(predictions, probabilities, strict=True)
-        ]
-
-        def per_request(values: list[Any], kind: Any) -> Any:
-            return pa.array(values, type=kind).take(request)
-
+        (
+            ids,
+            times,
+            models,
+            versions,
+            variants,
+            served,
+            routing,
+            rows,
+            requests,
+            responses,
+            classes,
+            latency,
+        ) = map(list, zip(*items, strict=True))
+        field = self.entity_fields.get(models[0], self.default_entity_field)
         columns = {
-            "inference_id": per_request([c.inference_id for c in items], pa.string()),
-            "row": pa.array(np.arange(total) - np.repeat(starts, counts), type=pa.int32()),
-            "time": per_request([c.time_ms for c in items], pa.timestamp("ms", tz="UTC")),
-            "model": per_request([c.model for c in items], pa.string()),
-            "version": per_request([c.version for c in items], pa.string()),
-            "variant": per_request([c.variant for c in items], pa.string()),
-            "served": per_request([c.served for c in items], pa.bool_()),
-            "routing_key": per_request([c.routing_key for c in items], pa.string()),
-            "entity_key": _entity_keys(entities),
-            "inputs": json_rows(records),
-            "prediction": pa.array(numbers, type=pa.float64()),
-            "probability": pa.array(positive, type=pa.float64()),
-            "outputs": json_rows(outputs),
-            "latency_ms": per_request([c.latency_ms for c in items], pa.float64()),
+            "inference_id": ids,
+            "time": times,
+            "model": models,
+            "version": versions,
+            "variant": variants,
+            "served": served,
+            "routing_key": routing,
+            "entity_field": [field] * len(items),
+            "rows": rows,
+            "request": _binary(requests),
+            "response": _binary(responses),
+            "classes": classes,
+            "latency_ms": latency,
         }
-        return pa.Table.from_pydict(columns, schema=capture_schema())
+        return pa.Table.from_pydict(columns, schema=request_schema())
 
 
-_JSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+def _rows(items: list[Pending]) -> int:
+    """The rows (records) of buffered requests."""
+    return sum(map(itemgetter(_ROWS), items))
 
 
-def json_rows(values: list[Any]) -> Any:
-    """Each value (a JSON object) as its JSON text, in one Arrow string array.
-
-    One ``orjson.dumps`` of the whole list, then the objects are cut apart where ``},{``
-    separates them (numpy finds the places), and Arrow strips the separating commas; no
-    Python runs per row. When ``},{`` also occurs inside a value (a string holding it, a list
-    of objects), the count of cuts is wrong and each value is serialised on its own instead.
-    """
+def _binary(values: list[bytes]) -> Any:
+    """``values`` as an Arrow binary array made of one join of them (the bodies are large:
+    one copy, where Arrow's builder from a list is slower)."""
     import numpy as np
     import pyarrow as pa
 
-    n = len(values)
-    if n == 0:
-        return pa.array([], type=pa.string())
-    blob = orjson.dumps(values, option=_JSON)
-    data = np.frombuffer(blob, dtype=np.uint8)
-    cuts = np.flatnonzero((data[:-2] == 0x7D) & (data[1:-1] == 0x2C) & (data[2:] == 0x7B))
-    if len(cuts) != n - 1 or len(blob) >= 2**31 or blob[1:2] != b"{":
-        return pa.array([orjson.dumps(v, option=_JSON).decode() for v in values], pa.string())
-    # object i spans from its "{" to the next object's "{", or to the closing "]"; the comma
-    # between two objects becomes a space, which JSON allows after a value
-    text = data.copy()
-    text[cuts + 1] = 0x20
-    offsets = np.concatenate(([1], cuts + 2, [len(blob) - 1])).astype(np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
+    if offsets[-1] >= 2**31:  # past 32-bit offsets: Arrow's builder splits it in chunks
+        return pa.array(values, pa.binary())
+    data = pa.py_buffer(b"".join(values))
+    return pa.Array.from_buffers(
+        pa.binary(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)), data]
+    )
 
 
-def _numbers(predictions: Sequence[Any], classes: Sequence[Any] | None) -> list[float | None]:
-    """Class indices of ``predictions`` (``classes`` given), else the values as numbers."""
-    if not classes:
-        return [_number(p) for p in predictions]
-    index = {k: float(i) for i, k in enumerate(classes)}
-    numbers = [index.get(p) for p in predictions]
-    if None in numbers:  # a cached answer's JSON round trip: 1.0 for the class 1
-        numbers = [_class_index(p, index) for p in predictions]
-    return numbers
-
-
-def _entity_keys(values: list[Any]) -> Any:
-    import pyarrow as pa
-
-    if all(v is None for v in values):
-        return pa.nulls(len(values), type=pa.string())
-    if all(v is None or type(v) is str for v in values):
-        return pa.array(values, type=pa.string())
-    return pa.array([_entity(v) for v in values], type=pa.string())
-
-
-def _class_index(prediction: Any, index: dict[Any, float]) -> float | None:
-    position = index.get(prediction)
-    if position is None:
-        position = {_key(k): i for k, i in index.items()}.get(_key(prediction))
-    return position
-
-
-def _key(value: Any) -> Any:
-    # a class and a prediction compare as JSON would: 1 and 1.0 and "1" are the same class
-    return str(value) if not isinstance(value, float) or not value.is_integer() else str(int(value))
-
-
-def _number(prediction: Any) -> float | None:
-    if isinstance(prediction, bool):
-        return float(prediction)
-    if isinstance(prediction, int | float):
-        return float(prediction)
-    return None
-
-
-def _entity(value: Any) -> str | None:
-    if value is None or isinstance(value, bool | dict | list):
-        return None
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return str(value)
+@functools.lru_cache(maxsize=256)
+def _classes_json(classes: tuple[Any, ...]) -> str:
+    """A model's classes as the JSON stored beside its requests (few distinct values)."""
+    return orjson.dumps(classes, option=_JSON).decode()

@@ -225,7 +225,7 @@ def test_every_pod_runs_non_root_read_only_without_privileges(values_file: Path)
 
 def test_the_platform_pods_use_the_official_charts_user() -> None:
     objects = render(MINIMAL)
-    for suffix in ("-mlflow", "-roles-sync"):
+    for suffix in ("-mlflow", "-roles-sync", "-serving"):
         spec = next(spec for name, spec in pod_specs(objects) if name.endswith(suffix))
         assert spec["securityContext"]["runAsUser"] == 50000
         assert spec["securityContext"]["runAsGroup"] == 0
@@ -423,6 +423,70 @@ def test_serving_uses_an_external_mlflow_when_the_charts_is_off() -> None:
     assert env["MLWP_SERVING_MLFLOW_TRACKING_URI"] == "https://mlflow.internal.example.com"
     local = env_of(deployed(render(MINIMAL), "-serving", "serving"))
     assert local["MLWP_SERVING_MLFLOW_TRACKING_URI"] == "http://mlwp-mlflow:5000"
+
+
+def test_serving_captures_the_entity_keys_it_is_given() -> None:
+    """serving.entityFields becomes MLWP_SERVING_ENTITY_FIELDS (JSON, as serving parses it);
+    unset, serving keeps its default field and the variable is left out."""
+    env = env_of(deployed(render(PRODUCTION), "-serving", "serving"))
+    assert json.loads(env["MLWP_SERVING_ENTITY_FIELDS"]) == {
+        "churn": "customer_id",
+        "credit": "applicant_id",
+    }
+    assert "MLWP_SERVING_ENTITY_FIELDS" not in env_of(
+        deployed(render(MINIMAL), "-serving", "serving")
+    )
+    with pytest.raises(RenderError, match="/serving/entityFields/churn"):
+        render(MINIMAL, values={"serving": {"entityFields": {"churn": 3}}})
+
+
+def test_the_platform_chart_serves_the_entity_keys_of_the_example_definitions() -> None:
+    """charts/mlwp-platform deploys the image's dags/: its entityFields are what the
+    definitions there declare (`mlwp config serving-entity-fields`, as `mlwp up` derives)."""
+    from mlwp.definitions.entity_keys import serving_entity_fields
+    from mlwp.definitions.loading import find_definitions
+
+    values = yaml.safe_load((REPO_ROOT / "charts" / "mlwp-platform" / "values.yaml").read_text())
+    derived, problems = serving_entity_fields(find_definitions([REPO_ROOT / "dags" / "projects"]))
+    assert problems == []
+    assert values["mlwp"]["serving"]["entityFields"] == derived
+
+
+def airflow_storage_roots(airflow: dict[str, Any]) -> set[str]:
+    """MLWP_STORAGE_ROOT of the official chart's values: ``env`` (every Airflow container:
+    scheduler, workers, triggerer...) and the KubernetesExecutor pod template's task pods."""
+    roots = {item["value"] for item in airflow["env"] if item["name"] == "MLWP_STORAGE_ROOT"}
+    [task] = yaml.safe_load(airflow["podTemplate"])["spec"]["containers"]
+    roots |= {item["value"] for item in task["env"] if item["name"] == "MLWP_STORAGE_ROOT"}
+    return roots
+
+
+def test_serving_captures_into_the_storage_root_of_the_airflow_pods() -> None:
+    """The umbrella's serving, rendered, writes captures under the one MLWP_STORAGE_ROOT its
+    Airflow pods have (where the monitor task reads them): the data bucket, not the pod."""
+    umbrella = yaml.safe_load((REPO_ROOT / "charts" / "mlwp-platform" / "values.yaml").read_text())
+    [root] = airflow_storage_roots(umbrella["airflow"])
+    assert root.startswith("s3://")
+    serving = one(render(values=umbrella["mlwp"]), "Deployment", "-serving")["spec"]["template"]
+    assert env_of(container(serving["spec"], "serving"))["MLWP_STORAGE_ROOT"] == root
+    assert {volume["name"] for volume in serving["spec"]["volumes"]} == {"state", "tmp"}
+
+
+def test_serving_shares_a_claim_with_the_airflow_pods_as_their_user() -> None:
+    """On a single-node cluster's PersistentVolumeClaim serving mounts the Airflow pods' path,
+    takes its file:// root, and runs as their user (50000, group 0, the serving image's too):
+    either may then write into folders the other made."""
+    spec = one(render(FIXED), "Deployment", "-serving")["spec"]["template"]["spec"]
+    serving = container(spec, "serving")
+    assert env_of(serving)["MLWP_STORAGE_ROOT"] == "file:///var/lib/mlwp/storage"
+    assert {"name": "storage", "mountPath": "/var/lib/mlwp/storage"} in serving["volumeMounts"]
+    claims = [v["persistentVolumeClaim"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": "mlwp-storage"}]
+    for context in (spec["securityContext"], serving["securityContext"]):
+        assert (context["runAsUser"], context["runAsGroup"]) == (50000, 0)
+    assert "MLWP_STORAGE_ROOT" not in env_of(deployed(render(MINIMAL), "-serving", "serving"))
+    with pytest.raises(RenderError, match="/serving/storage/root"):
+        render(MINIMAL, values={"serving": {"storage": {"root": "/var/lib/mlwp/storage"}}})
 
 
 def test_images_by_tag_or_digest() -> None:

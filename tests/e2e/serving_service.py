@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +49,16 @@ class Serving:
 
 @contextmanager
 def run_serving(
-    model: str, tracking_uri: str, home: Path, monkeypatch: pytest.MonkeyPatch
+    model: str,
+    tracking_uri: str,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Serving]:
     """Start serving for ``model`` (registry polling off: only reload requests bring new
-    versions in) and point the platform settings at it (``MLWP_SERVING_PORT``,
-    ``MLWP_SERVING_ADMIN_KEY``) for the tasks' reload requests."""
+    versions in; ``settings``: more ``MLWP_SERVING_*`` variables) and point the platform
+    settings at it (``MLWP_SERVING_PORT``, ``MLWP_SERVING_ADMIN_KEY``) for the tasks' reload
+    requests. It captures into the platform's storage root (``MLWP_STORAGE_ROOT``)."""
     from serving.keys.store import KeyStore, migrate
 
     home.mkdir(parents=True, exist_ok=True)
@@ -73,10 +78,10 @@ def run_serving(
         MLWP_SERVING_MODELS=json.dumps([model]),
         MLWP_SERVING_DEFAULT_MODEL=model,
         MLWP_SERVING_POLL_INTERVAL_SECONDS="0",
-        MLWP_SERVING_PREDICTION_LOG_SAMPLE_RATE="0",
         MLWP_SERVING_LOG_LEVEL="INFO",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p),
     )
+    env.update(settings or {})
     log = home / "serving.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

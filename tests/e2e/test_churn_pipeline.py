@@ -37,8 +37,8 @@ def test_churn_pipeline_end_to_end(
 ) -> None:
     import mlflow
 
+    from mlwp.data.storage import Storage
     from mlwp.model import load
-    from mlwp.storage import Storage
     from mlwp.training.core import dataset, predict_raw
     from mlwp.training.metrics import compute_metrics
 
@@ -165,6 +165,8 @@ def test_churn_pipeline_end_to_end(
     assert predictions["rows"] == 7043
     assert predictions["metadata"]["version"] == version.version
     frame = storage.read_dataset(predictions["uri"])
+    # keys: [customer_id]: each customer's id and scores, not the input's other columns
+    assert list(frame.columns) == ["customer_id", "prediction", "probability_No", "probability_Yes"]
     assert set(frame["prediction"]) <= {"Yes", "No"}
     assert frame["probability_Yes"].between(0, 1).all()
 
@@ -184,6 +186,8 @@ def test_churn_pipeline_end_to_end(
     assert sidecar["metadata"]["mapped_tasks"] == 3
     assert sidecar["produced_by"]["dag_id"] == "churn.score_at_scale"
     at_scale = storage.read_dataset(mapped["uri"])
+    assert list(at_scale.columns) == list(frame.columns)
+    assert at_scale["customer_id"].tolist() == frame["customer_id"].tolist()
     assert at_scale["prediction"].tolist() == frame["prediction"].tolist()
     assert (at_scale["probability_Yes"] - frame["probability_Yes"]).abs().max() < 1e-6
 
@@ -228,7 +232,7 @@ def test_corrupted_data_fails_at_validation_and_registers_nothing(
 ) -> None:
     import mlflow
 
-    from mlwp.storage import Storage
+    from mlwp.data.storage import Storage
 
     project_dir = tmp_path / "churn"
     shutil.copytree(CHURN, project_dir)

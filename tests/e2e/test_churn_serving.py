@@ -101,7 +101,7 @@ def test_deployed_versions_answer_predict_with_their_variant(
     assert challenger != champion
 
     # Both deploys are in the model's history, by the workflow, with from -> to (issue #14).
-    from mlwp import model_changes
+    from mlwp.registry import model_changes
 
     history = model_changes.history(MODEL)
     assert [(h["action"], h["details"]["kind"]) for h in history] == [

@@ -34,8 +34,8 @@ MIN_R2 = 0.6
 def test_credit_pipeline_end_to_end(pipeline_env: Path, mlflow_tracking: str) -> None:
     import mlflow
 
+    from mlwp.data.storage import Storage
     from mlwp.model import load
-    from mlwp.storage import Storage
 
     client = mlflow.MlflowClient(mlflow_tracking)
     dag = train_dag(CREDIT / "workflow.yaml", CREDIT, model=MODEL, trials=3, num_boost_round=150)

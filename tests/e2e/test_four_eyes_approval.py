@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from churn_workflow import states, xcom
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MODEL = f"churn-four-eyes-{uuid.uuid4().hex[:8]}"
 PASSWORD = "correct-horse-battery"
@@ -175,7 +175,7 @@ def four_eyes_dag() -> Any:
 def test_two_different_approvers_who_did_not_trigger_the_run(
     people: dict[str, Any], dag_runner: Any
 ) -> None:
-    from mlwp.audit import list_events
+    from mlwp.security.audit import list_events
 
     answers = Answers(people)
     answers.start()

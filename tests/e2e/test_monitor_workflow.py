@@ -4,7 +4,13 @@ champion and challenger, a day of captured predictions and labels in the platfor
 (the capture contract's Parquet), then ``dag.test()`` of the monitor DAG. Checked: the
 MonitorResult in XCom, the monitoring run in MLflow (tags with both versions, metrics, the
 HTML report and Evidently's drift reports), the versions tagged back, and the retrain asset
-updated because the challenger's inputs drifted."""
+updated because the challenger's inputs drifted.
+
+The DAG is the example's, with its model renamed: its ``labels`` task ingests the example's
+outcomes file first. The project's notifiers are real ones pointed at local receivers (SMTP,
+a Slack webhook, PagerDuty's Events API): the drift finding arrives there. The example's
+training workflow (weekly or on the retrain asset), stored as the dag-processor stores it,
+gets a run queued by the asset event, which the scheduler's own query then finds due."""
 
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from alert_receivers import alert_receivers, alerts_to_receivers
 from churn_workflow import CHURN, states, xcom
+from stored_dags import store_dag
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,10 +38,10 @@ def _train_and_register(tmp_path: Path) -> tuple[dict[str, str], dict[str, Any],
 
     from mlwp import model as mlwp_model
     from mlwp import registry
+    from mlwp.data.transform import run_transform
     from mlwp.training import entrypoint
     from mlwp.training.local import prepare_workdir
     from mlwp.training.tracking import log_model_run
-    from mlwp.transform import run_transform
 
     definition = yaml.safe_load((CHURN / "workflow.yaml").read_text())
     steps = definition["workflows"]["train"]["tasks"]["features"]["steps"]
@@ -124,31 +132,95 @@ def asset_events(name: str) -> list[dict[str, Any]]:
         return [dict(row.extra or {}) for row in rows]
 
 
+def flat(text: Any) -> str:
+    """``text`` with its whitespace runs made single spaces (mail headers fold long lines)."""
+    return " ".join(str(text).split())
+
+
+def queued_runs(dag_id: str) -> list[str]:
+    """Asset names for which a run of ``dag_id`` is queued (the scheduler starts it next)."""
+    from airflow.models.asset import AssetDagRunQueue, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return list(
+            session.scalars(
+                select(AssetModel.name)
+                .join(AssetDagRunQueue, AssetDagRunQueue.asset_id == AssetModel.id)
+                .where(AssetDagRunQueue.target_dag_id == dag_id)
+            )
+        )
+
+
+def due_by_asset_events() -> set[str]:
+    """DAGs the scheduler would start an asset-triggered run of now (its own query)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return set(DagModel.dags_needing_dagruns(session)[1])
+
+
+def retrain_dag() -> None:
+    """Store (unpaused) the example's train workflow, scheduled weekly or on the monitor's
+    retrain asset, as ``churn.retrain`` (churn.train is the pipeline test's)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    from mlwp.definitions.loading import load_project
+    from operators.compiler import build_dag
+
+    project = load_project(CHURN / "workflow.yaml")
+    train = project.workflows["train"]
+    project = project.model_copy(update={"workflows": {"retrain": train}})
+    store_dag(build_dag(project, "retrain", project_dir=CHURN, grant_role=False))
+    with create_session() as session:
+        stored = session.get(DagModel, "churn.retrain")
+        stored.is_paused = False
+        # the time half: the scheduler's next weekly run (Sunday 00:00 UTC) is set as well
+        assert stored.timetable_summary == "Asset or 0 0 * * 0"
+        assert stored.next_dagrun_create_after.weekday() == 6
+
+
 def test_monitor_workflow_reports_to_mlflow_and_signals_drift(
-    pipeline_env: Path, tmp_path: Path
+    pipeline_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
 
-    from mlwp.definitions import Alerts
     from mlwp.definitions.loading import load_project
     from operators.compiler import build_dag
 
     versions, models, frame = _train_and_register(tmp_path)
     _capture(pipeline_env.as_uri(), versions, models, frame)
+    retrain_dag()
 
     project = load_project(CHURN / "workflow.yaml")
     workflow = project.workflows["monitor"]
-    task = workflow.tasks["monitor"].model_copy(update={"model": MODEL, "min_samples": 50})
+    tasks = {
+        "labels": workflow.tasks["labels"].model_copy(update={"model": MODEL}),
+        "monitor": workflow.tasks["monitor"].model_copy(update={"model": MODEL, "min_samples": 50}),
+    }
     project = project.model_copy(
         update={
-            "alerts": Alerts(),  # no SMTP or Slack here; the compiler's tests cover notifiers
-            "workflows": {"monitor": workflow.model_copy(update={"tasks": {"monitor": task}})},
+            "alerts": alerts_to_receivers(),
+            "workflows": {"monitor": workflow.model_copy(update={"tasks": tasks})},
         }
     )
     dag = build_dag(project, "monitor", project_dir=CHURN)
     before = len(asset_events("churn.monitor.monitor"))
-    run = dag.test()
-    assert states(run) == {"monitor": "success", "monitor.retrain": "success"}
+    with alert_receivers() as received:
+        for name, value in received.environment.items():
+            monkeypatch.setenv(name, value)
+        run = dag.test()
+    assert states(run) == {
+        "labels": "success",
+        "monitor": "success",
+        "monitor.retrain": "success",
+    }
+    # The example's outcomes file: every row stored as an entity label on the first run.
+    ingested = xcom(run, "labels", "return_value")
+    assert (ingested["rows"], ingested["written"]) == (500, 500), ingested
 
     result = xcom(run, "monitor", "return_value")
     assert result["model"] == MODEL and result["versions"] == versions
@@ -188,6 +260,17 @@ def test_monitor_workflow_reports_to_mlflow_and_signals_drift(
     events = asset_events("churn.monitor.monitor")
     assert len(events) == before + 1
     assert "tenure" in events[-1]["drifted_columns"]
+    # ... which queues a run of the training workflow scheduled (weekly or) on it, and the
+    # scheduler finds that run due: retraining on drift.
+    assert queued_runs("churn.retrain") == ["churn.monitor.monitor"]
+    assert "churn.retrain" in due_by_asset_events()
+    # The drift finding went out through each of the project's notifiers.
+    drift_alerts = [a for a in result["alerts"] if a.startswith("drift")]
+    assert drift_alerts, result["alerts"]
+    assert drift_alerts[0].startswith(f"drift in challenger v{versions['challenger']}: tenure")
+    expected = flat(f"mlwp monitor of {MODEL} (churn.monitor, run {run.run_id}): {drift_alerts[0]}")
+    for sent in ([m["Subject"] for m in received.mails], received.slack, received.pagerduty):
+        assert any(expected in flat(message) for message in sent), (expected, sent)
 
     # a model nobody registered: a clear error, not a registry stack trace
     from mlwp.monitoring.capture import MonitoringError

@@ -38,7 +38,7 @@ def test_datasets_results_and_data_docs_live_in_the_bucket(
 ) -> None:
     import boto3
 
-    from mlwp.storage import Storage
+    from mlwp.data.storage import Storage
 
     root = f"s3://{s3_bucket}/storage"
     monkeypatch.setenv("MLWP_STORAGE_ROOT", root)

@@ -17,8 +17,10 @@ definition scaled down only where the faults need speed (manual only, automatic 
 tuning trials and 60 boosting rounds instead of 8 and 200, ``retry_delay: 5s`` instead of 5
 minutes; its register gate accepts a tie with the champion, since the second run retrains
 the same data). Airflow's ``[scheduler] task_instance_heartbeat_timeout`` (default 300 s:
-how long a task may stay silent before the scheduler declares it dead) is 30 s here;
-production keeps the default or sets its own.
+how long a task may stay silent before the scheduler declares it dead) is 30 s here, and
+the scheduler looks for such tasks every 2 s instead of every 10 s
+(``task_instance_heartbeat_timeout_detection_interval``: the killed worker's task is failed
+on average 4 s sooner; the check is one query); production keeps the defaults or sets its own.
 
 The churn story is the LocalExecutor test's (``real_path.py``), plus what this shape must
 prove:
@@ -196,6 +198,7 @@ def celery_platform(
             bucket=bucket,
             MLWP_DAGS_FOLDER=str(dag_folder(root)),
             AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="30",
+            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="2",
         )
         # The deploy task's serving key, given to the scheduler and to every worker alike
         # (a worker with its own home would otherwise make a key serving does not know).
@@ -224,7 +227,6 @@ def experiment_locations(platform: RunningPlatform) -> dict[str, str]:
     return {e["name"]: e["artifact_location"] for e in response.json()["experiments"]}
 
 
-@pytest.mark.timeout(2700)
 def test_churn_through_the_scheduler_with_two_celery_workers(
     celery_platform: CeleryPlatform,
 ) -> None:
@@ -238,7 +240,9 @@ def test_churn_through_the_scheduler_with_two_celery_workers(
     for run_id in (outcome.scheduled_run, outcome.triggered_run):
         listed = api.get(f"/dags/{TRAIN}/dagRuns/{run_id}/taskInstances")
         for ti in listed["task_instances"]:
-            if ti["start_date"] is None:  # the triggered run is not waited for
+            # The triggered run is not waited for; a skipped task (the rollout of a first
+            # version, which has no champion to roll out against) runs nowhere.
+            if ti["start_date"] is None or ti["state"] == "skipped":
                 continue
             where = ran_on(workers, ti["id"])
             assert where, (run_id, ti["task_id"], "ran on no worker")
@@ -316,7 +320,6 @@ def admin_api(platform: RunningPlatform) -> AirflowApi:
     return api
 
 
-@pytest.mark.timeout(2700)
 def test_worker_killed_in_training_then_broker_stopped(celery_platform: CeleryPlatform) -> None:
     platform, workers, broker = (
         celery_platform.platform,
@@ -351,7 +354,10 @@ def test_worker_killed_in_training_then_broker_stopped(celery_platform: CeleryPl
     broker.start()
     wait_for_run(api, FAULTS_DAG, run_id)
     states = api.task_states(FAULTS_DAG, run_id)
-    assert set(states.values()) == {"success"}, states
+    # The guarded rollout after deploy may be skipped (no better challenger to roll out);
+    # every other task succeeded.
+    assert {s for t, s in states.items() if not t.startswith("rollout")} == {"success"}, states
+    assert {s for t, s in states.items() if t.startswith("rollout")} <= {"success", "skipped"}
     versions = model_versions(platform, FAULTS)
     assert sorted(v["version"] for v in versions) == ["1", "2"], versions
     assert xcom(api, FAULTS_DAG, run_id, "register")["version"] == "2"

@@ -18,7 +18,6 @@ from real_path import create_client_key, run_churn
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.mark.timeout(2400)
 def test_churn_through_the_scheduler_with_local_executor(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = clean_environment(home)

@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from ui_platform import MODEL, PASSWORD, Platform, monitor_look, run_platform
+from ui_platform import PASSWORD, Platform, model_name, monitor_look, run_platform
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -40,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("MLWP_TEST_ARTIFACTS", REPO_ROOT / ".artifacts")) / "ui"
 # Pages answer slowly on a loaded machine; a person would wait too.
 WAIT_MS = 120_000
+MODEL = model_name("ui")
 
 # A DAG whose real RegisterOperator registers a version from the champion's MLflow run, so
 # its task instance carries the extra links (airflow dag file).
@@ -114,10 +115,15 @@ def _chromium_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, migrated_airflow_db: Path
+) -> Iterator[Platform]:
     _chromium_or_skip()
     home = tmp_path_factory.mktemp("ui-browser")
-    with run_platform(home, dag_files={"ui_links.py": LINKS_DAG}) as running:
+    dag_files = {"ui_links.py": LINKS_DAG}
+    with run_platform(
+        home, mlflow_server, MODEL, migrated_airflow_db, dag_files=dag_files
+    ) as running:
         airflow = str(Path(sys.executable).parent / "airflow")
         log = (home / "dag-test.log").open("ab")
         for argv in (
@@ -169,8 +175,11 @@ def shot(page: Any, name: str) -> None:
 
 
 def open_models(page: Any, platform: Platform) -> Any:
+    """The Models view showing MODEL, picked from the list (the registry is the test
+    session's MLflow server: other tests' models are listed too)."""
     page.goto(f"{platform.airflow_url}/plugin/models")
     frame = page.frame_locator("iframe")
+    frame.locator(f"button.model-link[data-model='{MODEL}']").click()
     frame.locator("#model-name").filter(has_text=MODEL).wait_for()
     return frame
 

@@ -28,9 +28,9 @@ from server_process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MLWP = str(Path(sys.executable).parent / "mlwp")
-# A two-core machine shared with other test runs (load 25) took 16 min to reach "ready":
-# each worker imports the ML stack before it answers a ping.
-READY_TIMEOUT = 1800.0
+# Each worker imports the ML stack before it answers a ping: about a minute on a quiet
+# two-core machine. Bounded well inside pytest's 900 s (pyproject.toml says why).
+READY_TIMEOUT = 600.0
 CLAIM_KEY = "mlwp:test:claimed-by"
 
 
@@ -51,7 +51,12 @@ def broker_url(redis_url: str) -> Iterator[str]:
             client.delete(CLAIM_KEY)
         client.close()
     else:
-        pytest.skip(f"no empty Redis database to claim on {base}")
+        # Every database holds keys (other runs' claims or data): with services required
+        # (CI), that is a failure to report, not a reason to skip.
+        reason = f"no empty Redis database to claim on {base}"
+        if os.environ.get("MLWP_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     try:
         yield f"{base}/{db}"
     finally:
@@ -94,7 +99,6 @@ def run_mlwp(
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.timeout(3600)
 def test_up_supervises_celery_workers_that_status_shows_and_down_stops(
     tmp_path: Path, postgres_database: str, broker_url: str
 ) -> None:

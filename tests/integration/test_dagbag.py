@@ -63,18 +63,45 @@ def test_dag_structure_equals_its_definition(dagbag, dag_id: str) -> None:
         for task_id, task in workflow.tasks.items()
         if task.type == "monitor" and task.retrain_on_drift
     }
-    assert {t.task_id for t in dag.tasks} == set(workflow.tasks) | set(signals)
+    # a rollout with a human approval is three tasks: <id>_steps >> <id>_approval >> <id>
+    # (operators/rollout.py); upstream edges land on the first
+    approved_rollouts = {
+        task_id
+        for task_id, task in workflow.tasks.items()
+        if task.type == "rollout" and task.approve
+    }
+    rollout_parts = {f"{r}_{part}" for r in approved_rollouts for part in ("steps", "approval")}
+    assert {t.task_id for t in dag.tasks} == set(workflow.tasks) | set(signals) | rollout_parts
+
+    def head(task_id: str) -> str:
+        return f"{task_id}_steps" if task_id in approved_rollouts else task_id
+
     assert {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids} == {
-        (dep, task_id) for task_id, task in workflow.tasks.items() for dep in task.after
-    } | {(monitor, signal) for signal, monitor in signals.items()}
+        (dep, head(task_id)) for task_id, task in workflow.tasks.items() for dep in task.after
+    } | {(monitor, signal) for signal, monitor in signals.items()} | {
+        edge
+        for r in approved_rollouts
+        for edge in ((f"{r}_steps", f"{r}_approval"), (f"{r}_approval", r))
+    }
     default_retries = project.defaults.retries if workflow.retries is None else workflow.retries
     for task_id, task in workflow.tasks.items():
         expected = default_retries if task.retries is None else task.retries
+        if task.type == "rollout":  # a retry would restart the steps: only when asked
+            expected = task.retries or 0
         assert dag.get_task(task_id).retries == expected, task_id
-    if isinstance(workflow.schedule, str) or workflow.schedule is None:
-        assert dag.schedule == workflow.schedule
+    schedule = workflow.schedule
+    if isinstance(schedule, str) or schedule is None:
+        assert dag.schedule == schedule
     else:
-        assert [a.name for a in dag.timetable.asset_condition.objects] == workflow.schedule.assets
+        assert [a.name for a in dag.timetable.asset_condition.objects] == schedule.assets
+        if schedule.cron is None:
+            assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+        else:  # on the cron OR when the assets update; the cron as the cron alone would run
+            from airflow.sdk import DAG, AssetOrTimeSchedule
+
+            assert isinstance(dag.timetable, AssetOrTimeSchedule)
+            alone = DAG("cron_alone", schedule=schedule.cron, start_date=dag.start_date)
+            assert dag.timetable.timetable == alone.timetable
     assert dag.owner == project.owner
     assert dag.access_control == project_access_control(project.project)
     assert project.role in dag.access_control
@@ -250,6 +277,8 @@ def test_a_task_without_operator_fails_the_run(
 def test_python_example_is_equivalent_to_the_churn_yaml(dagbag) -> None:
     """dags/examples/churn_python.py mirrors workflow `train` of the churn YAML (fields the
     Python version leaves out take the schema's defaults, as the operators do)."""
+    from airflow.serialization.encoders import encode_timetable
+
     from mlwp.definitions import Tuning
 
     yaml_dag = dagbag.dags["churn.train"]
@@ -276,8 +305,25 @@ def test_python_example_is_equivalent_to_the_churn_yaml(dagbag) -> None:
         python_dag.get_task("train").hyperparameters == yaml_dag.get_task("train").hyperparameters
     )
     assert python_dag.access_control == yaml_dag.access_control
-    assert python_dag.schedule == yaml_dag.schedule
+    assert encode_timetable(python_dag.timetable) == encode_timetable(yaml_dag.timetable)
     assert python_dag.owner == yaml_dag.owner
+
+
+def test_churn_training_runs_weekly_or_when_the_monitor_finds_drift(dagbag) -> None:
+    """The scheduler's view of churn.train (its serialized DAG): Airflow's AssetOrTimeSchedule
+    of the weekly cron and the asset the monitor's drift signal updates."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.assets import AssetOrTimeSchedule
+
+    stored = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["churn.train"]))
+    timetable = stored.timetable
+    assert isinstance(timetable, AssetOrTimeSchedule)
+    assert timetable.summary == "Asset or 0 0 * * 0"  # @weekly
+    assert [(a.name, a.uri) for a in timetable.asset_condition.objects] == [
+        ("churn.monitor.monitor", "x-mlwp://churn/monitor/monitor")
+    ]
+    [signal] = dagbag.dags["churn.monitor"].get_task("monitor.retrain").outlets
+    assert (signal.name, signal.uri) == ("churn.monitor.monitor", "x-mlwp://churn/monitor/monitor")
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ def test_extract_query_into_storage(
 ) -> None:
     import sqlalchemy
 
-    from mlwp.storage import Storage
+    from mlwp.data.storage import Storage
 
     engine = sqlalchemy.create_engine(postgres_database)
     with engine.begin() as conn:

@@ -13,15 +13,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ui_platform import MODEL, Platform, monitor_look, run_platform
+from ui_platform import Platform, model_name, monitor_look, run_platform
 
 # Starting three real servers takes minutes on a loaded machine.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+MODEL = model_name("models-view")
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    with run_platform(tmp_path_factory.mktemp("models-view")) as running:
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, migrated_airflow_db: Path
+) -> Iterator[Platform]:
+    home = tmp_path_factory.mktemp("models-view")
+    with run_platform(home, mlflow_server, MODEL, migrated_airflow_db) as running:
         yield running
 
 
@@ -102,7 +108,7 @@ def test_viewers_and_non_members_are_refused_every_change(platform: Platform, us
 def test_a_member_changes_traffic_promotes_and_rolls_back(
     platform: Platform, tmp_path: Path
 ) -> None:
-    from mlwp.audit import list_events
+    from mlwp.security.audit import list_events
 
     bad = change(platform, "alice", "traffic", {"traffic": {"champion": 70, "challenger": 20}})
     assert bad.status_code == 409, bad.text

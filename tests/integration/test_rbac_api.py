@@ -10,6 +10,7 @@ published in docs/security.md): every cell is a real HTTP request with an exact 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ui_platform import add_roles_and_users
 
 from mlwp.platform.airflow_config import airflow_environment
+from mlwp.platform.processes import without_fab_sync
 from mlwp.platform.webserver_config import write_webserver_config
-from mlwp.security.client import run_rbac
 from mlwp.security.roles import (
     ACTIONS,
     OTHER_DAG,
@@ -144,7 +146,7 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory, migrated_airflow_db: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("rbac")
     dags = home / "dags"
     dags.mkdir()
@@ -166,26 +168,27 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     log = home / "setup.log"
     airflow = str(VENV_BIN / "airflow")
-    _run([airflow, "db", "migrate"], env, log)
+    shutil.copy(migrated_airflow_db, home / "airflow.db")
     # Project roles must exist before DAGs naming them in access_control are serialized.
     projects = {OWN_PROJECT: {"owner": None, "members": []}, OTHER_PROJECT: {}}
-    run_rbac("sync", {"projects": projects}, settings)
-    for username, role, member_of in USERS.values():
-        request = {
+    users = [
+        {
             "username": username,
             "email": f"{username}@example.org",
             "role": role,
             "projects": member_of,
             "password": PASSWORD,
         }
-        run_rbac("user_add", request, settings)
+        for username, role, member_of in USERS.values()
+    ]
+    add_roles_and_users(projects, users, env, log)
     _run([airflow, "dags", "reserialize"], env, log)
     _run([sys.executable, "-c", PENDING_APPROVAL, OWN_DAG, OTHER_DAG], env, log)
 
     server_log = (home / "api-server.log").open("wb")
     proc = subprocess.Popen(
         [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
+        env=without_fab_sync(env),  # as `mlwp up` starts it, after the roles sync
         stdout=server_log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from mlwp.audit import list_events
 from mlwp.cli import app
-from mlwp.platform.airflow_config import airflow_environment
+from mlwp.security.audit import list_events
 from mlwp.security.client import run_rbac
 from mlwp.security.roles import DATA_SCIENTIST_PERMISSIONS, VIEWER_PERMISSIONS
 from mlwp.settings import Settings
@@ -22,16 +19,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def platform_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def platform_home(tmp_path_factory: pytest.TempPathFactory, migrated_airflow_db: Path) -> Path:
     home = tmp_path_factory.mktemp("rbac-cli")
     churn = home / "dags" / "projects" / "churn"
     churn.mkdir(parents=True)
     (churn / "workflow.yaml").write_text("project: churn\nowner: alice\nmembers: [bob]\n")
-    settings = Settings(home=home, dags_folder=home / "dags")
-    env = {**os.environ, **airflow_environment(settings)}
-    airflow = str(Path(sys.executable).parent / "airflow")
-    proc = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shutil.copy(migrated_airflow_db, home / "airflow.db")
     return home
 
 

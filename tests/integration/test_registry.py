@@ -12,9 +12,9 @@ import yaml
 
 from mlwp import model as mlwp_model
 from mlwp import registry
+from mlwp.data.transform import run_transform
 from mlwp.training import entrypoint
 from mlwp.training.local import prepare_workdir
-from mlwp.transform import run_transform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -231,7 +231,7 @@ def test_cli_models_commands(logged: dict[str, str]) -> None:
     everything = orjson.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
     assert name in [m["name"] for m in everything]
 
-    from mlwp.audit import list_events
+    from mlwp.security.audit import list_events
 
     actions = [e.action for e in list_events(target=name)]
     assert actions == ["traffic.set", "model.promote", "model.rollback"]
@@ -243,8 +243,8 @@ def test_history_and_rollback_to_any_recorded_state(logged: dict[str, str]) -> N
     import orjson
     from typer.testing import CliRunner
 
-    from mlwp import model_changes
     from mlwp.cli import app
+    from mlwp.registry import model_changes
 
     name = "churn-history"
     v1 = registry.register(name, logged["weak"], lineage("h1")).version
@@ -310,7 +310,7 @@ def test_a_rollout_reads_the_monitor_result_of_its_two_versions(
     the challenger version's tag, and only when the run is about the same two versions."""
     import json
 
-    from mlwp import rollout
+    from mlwp.registry import rollout
 
     name = "churn-monitored"
     v1 = registry.register(name, logged["weak"], lineage("m1")).version

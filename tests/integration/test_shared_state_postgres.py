@@ -73,7 +73,7 @@ def test_keys_created_by_the_cli_are_verified_by_serving_from_postgres(
 
 
 def _record_many(url: str, worker: int) -> None:
-    from mlwp.audit import record
+    from mlwp.security.audit import record
 
     for index in range(10):
         record(f"user{worker}", "model.promote", f"model-{index}", {"worker": worker}, url=url)
@@ -82,7 +82,7 @@ def _record_many(url: str, worker: int) -> None:
 def test_concurrent_writers_on_a_new_database_migrate_once_and_lose_nothing(
     postgres_database: str,
 ) -> None:
-    from mlwp.audit import list_events
+    from mlwp.security.audit import list_events
 
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_record_many, args=(postgres_database, n)) for n in range(4)]

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlwp.transform import run_transform
+from mlwp.data.transform import run_transform
+from mlwp.model.record_encoder import Fallback
 
 pytestmark = [pytest.mark.property, pytest.mark.slow]
 
@@ -155,3 +156,72 @@ def test_record_encoder_equals_the_column_path_bit_for_bit(
         assert encoded.dtype == columns.dtype == np.float64
         assert encoded.shape == columns.shape == (len(records), len(pre.outputs))
         assert encoded.tobytes() == columns.tobytes()
+
+
+@st.composite
+def json_bodies(draw: st.DrawFn) -> bytes:
+    """A request body as a client may write it: numbers as any JSON number literal (ints
+    past 64 bits, exponents, -0), texts with escapes, nulls, unknown fields, fields left
+    out, and now and then a value the usual path refuses or reads otherwise (a boolean or a
+    text for a number, a number for a text, invalid UTF-8, a lone surrogate, something
+    that is not a record)."""
+    number = st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70).map(str),
+        st.floats(allow_nan=False, allow_infinity=False).map(repr),
+        st.builds(
+            "{}.{}e{}".format,
+            st.integers(0, 10**20),
+            st.integers(0, 10**20),
+            st.integers(-330, 310),
+        ),
+        st.sampled_from(["-0", "-0.0", "1E2", "0.1", "null"]),
+    )
+    text = st.one_of(
+        st.sampled_from([*CATEGORIES, "zzz", "", "caf\\u00e9", "caf\u00e9"]).map('"{}"'.format),
+        st.just("null"),
+    )
+    # INVALID stands for a byte that is no UTF-8
+    odd = st.sampled_from(
+        ["1e400", "true", '"1"', "1", '"\\ud800"', '"INVALID"', "[]", "01", '"\\q"', "1."]
+    )
+
+    def rarely_odd(values: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        return st.integers(0, 15).flatmap(lambda i: odd if i == 0 else values)
+
+    records = []
+    for _ in range(draw(st.integers(0, 12))):
+        fields = {"x": draw(rarely_odd(number)), "k": draw(rarely_odd(number))}
+        fields["color"] = draw(rarely_odd(text))
+        if draw(st.integers(0, 9)) == 0:
+            fields["unknown"] = draw(st.one_of(number, text, odd, st.just('{"a": [1, null]}')))
+        kept = [name for name in fields if draw(st.integers(0, 15)) > 0]
+        record = "{" + ", ".join(f'"{name}": {fields[name]}' for name in kept) + "}"
+        records.append(record if draw(st.integers(0, 40)) > 0 else draw(number))
+    key = draw(st.one_of(number, text, odd))
+    body = '{"data": [' + ", ".join(records) + '], "key": ' + key + "}"
+    return body.encode().replace(b"INVALID", b"\xff")
+
+
+@SETTINGS
+@given(frame=datasets(), body=json_bodies(), chosen=st.sets(st.integers(0, 6)))
+def test_json_records_equal_parsed_records_bit_for_bit(
+    frame: pd.DataFrame, body: bytes, chosen: set[int]
+) -> None:
+    """Serving's JSON decoder takes a body only when its matrix is the usual path's (orjson,
+    then transform_records), bit for bit, and reads the extra field as orjson does."""
+    steps = [s for s in FEATURE_STEPS if s["op"] not in ("derive", "rename")]
+    steps = [step for index, step in enumerate(steps) if index in chosen or index == 2]
+    pre = run_transform(frame, steps).preprocessing.with_target("label")
+    decoder = pre.json_records
+    assert decoder is not None
+    try:
+        records, (key,) = decoder.decode(body, "data", ("key",))
+    except Fallback:
+        return
+    payload = orjson.loads(body)  # what the decoder took, orjson takes
+    expected = pre.transform_records(payload["data"])
+    encoded = decoder.matrix(records)
+    assert encoded.dtype == expected.dtype == np.float64
+    assert encoded.shape == expected.shape
+    assert encoded.tobytes() == expected.tobytes()
+    assert key == payload.get("key")

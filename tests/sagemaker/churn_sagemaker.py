@@ -8,6 +8,7 @@ from typing import Any
 from churn_steps import churn_steps
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "data"
+CHURN_PROJECT = Path(__file__).resolve().parents[2] / "dags" / "projects" / "churn"
 REGION = "us-east-1"
 EXECUTION_ROLE_ARN = "arn:aws:iam::123456789012:role/mlwp-sagemaker"
 
@@ -78,4 +79,43 @@ def churn_sagemaker_dag(dag_id: str, model: str) -> Any:
         register = RegisterOperator(task_id="register", model=model, **context)
         extract >> features >> head
         train >> register
+    return dag
+
+
+def batch_transform_dag(tmp_path: Path, model: str, *, local: bool = False) -> Any:
+    """``churn.score_sm``: extract (3 partitions of the churn project's data) -> ``predict``
+    (SageMaker Batch Transform of ``model``'s champion) and, with ``local``, ``predict_local``
+    (the mapped local tasks) on the same extract."""
+    import shutil
+
+    import yaml
+
+    from mlwp.definitions.loading import load_project
+    from operators.compiler import build_dag
+
+    project_dir = tmp_path / "churn"
+    shutil.copytree(CHURN_PROJECT, project_dir)
+    document = yaml.safe_load((project_dir / "workflow.yaml").read_text())
+    predict = {"type": "batch_predict", "after": ["extract"], "model": model, "chunk_rows": 1000}
+    tasks: dict[str, Any] = {
+        "extract": {
+            "type": "extract",
+            "source": "data/telco_churn.csv",
+            "rows_per_partition": 3000,
+        },
+        "predict": {
+            **predict,
+            "backend": "sagemaker",
+            "sagemaker": {"instance_type": "ml.c5.xlarge", "instance_count": 2},
+        },
+    }
+    if local:
+        tasks["predict_local"] = {**predict, "map_partitions": True}
+    document["defaults"] = {"retries": 0}
+    document["workflows"] = {"score_sm": {"tasks": tasks}}
+    (project_dir / "workflow.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    dag = build_dag(
+        load_project(project_dir / "workflow.yaml"), "score_sm", project_dir=project_dir
+    )
+    dag.access_control = None
     return dag

@@ -17,11 +17,11 @@ import pytest
 from churn_steps import churn_steps
 from sagemaker_emulator import run_training_job
 
-from mlwp import sagemaker as sm
+from mlwp.data.transform import run_transform
 from mlwp.model import load
+from mlwp.training import sagemaker as sm
 from mlwp.training.local import train_local
 from mlwp.training.metrics import METRICS_BY_OBJECTIVE
-from mlwp.transform import run_transform
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -81,3 +81,32 @@ def test_bad_sagemaker_settings_are_rejected_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         _churn(**settings)
+
+
+def test_sagemaker_batch_predict_becomes_request_transform_job_and_collect() -> None:
+    from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTransformOperator
+
+    from operators.batch_transform import (
+        BatchTransformCollectOperator,
+        BatchTransformRequestOperator,
+    )
+    from operators.compiler import build_dag
+
+    document = yaml.safe_load(CHURN.read_text())
+    predict = document["workflows"]["score"]["tasks"]["predict"]
+    predict["backend"] = "sagemaker"
+    predict["sagemaker"] = {"instance_count": 3, "invocation_timeout": "30m"}
+    dag = build_dag(Project.model_validate(document), "score", project_dir=CHURN.parent)
+    request, job, collect = (dag.get_task(t) for t in ("predict_request", "predict_job", "predict"))
+    assert isinstance(request, BatchTransformRequestOperator)
+    assert isinstance(job, SageMakerTransformOperator) and job.deferrable is True
+    assert job.action_if_job_exists == "timestamp"
+    assert isinstance(collect, BatchTransformCollectOperator)
+    assert request.upstream_task_ids == {"extract"}
+    assert job.upstream_task_ids == {"predict_request"}
+    assert collect.upstream_task_ids == {"predict_job"}
+    # The asset event stays on the task that keeps the definition's id.
+    assert collect.outlets and not request.outlets and not job.outlets
+    assert request.sagemaker["instance_count"] == 3
+    assert request.sagemaker["invocation_timeout_seconds"] == 1800
+    assert request.sagemaker["instance_type"] == "ml.m5.xlarge"

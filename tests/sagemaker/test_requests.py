@@ -10,7 +10,7 @@ import botocore.session
 import pytest
 from botocore.validate import validate_parameters
 
-from mlwp import sagemaker as sm
+from mlwp.training import sagemaker as sm
 from mlwp.training.metrics import METRICS_BY_OBJECTIVE, metric_line
 
 pytestmark = pytest.mark.unit
@@ -186,3 +186,27 @@ def test_source_tarball_is_reproducible_and_self_contained() -> None:
         names = set(tar.getnames())
     assert {sm.ENTRY_POINT, "requirements.txt", "mlwp/training/entrypoint.py"} <= names
     assert not any(name.startswith(("operators/", "serving/")) for name in names)
+
+
+def test_several_instances_shard_the_train_channel_by_s3_key() -> None:
+    request = sm.training_job_request(
+        name="job",
+        spec=_spec(instance_count=3),
+        hyperparameters={"target": "churn", "data": "external_memory"},
+        channels=CHANNELS,
+        metrics=METRICS,
+    )
+    _validate("CreateTrainingJob", request)
+    assert request["ResourceConfig"]["InstanceCount"] == 3
+    distribution = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3DataDistributionType"]
+        for c in request["InputDataConfig"]
+    }
+    # each host gets about a third of the train split's partition objects, all of the others
+    assert distribution == {"train": "ShardedByS3Key", "validation": "FullyReplicated"}
+    single = sm.training_job_request(
+        name="job", spec=_spec(), hyperparameters={}, channels=CHANNELS, metrics=METRICS
+    )
+    assert {
+        c["DataSource"]["S3DataSource"]["S3DataDistributionType"] for c in single["InputDataConfig"]
+    } == {"FullyReplicated"}

@@ -3,9 +3,11 @@
 The churn DAG with ``backend: sagemaker`` runs through ``dag.test()`` against moto in server
 mode, laid out as terraform/ lays out production: the storage root is the data bucket, jobs
 write to the models bucket (``sagemaker_output_root``), the execution role is the one passed.
-Every AWS call is recorded before it is sent (tests/aws_calls.py): the Airflow tasks' and the
-triggerer's as the ``airflow_worker`` role, the training container's (played by
-sagemaker_emulator) as the SageMaker execution role. Each call is translated into the IAM
+Then a ``batch_predict`` with ``backend: sagemaker`` scores a partitioned extract with the model
+it registered (a Batch Transform job). Every AWS call is recorded before it is sent
+(tests/aws_calls.py): the Airflow tasks' and the triggerer's as the ``airflow_worker`` role, the
+training and transform containers' (played by sagemaker_emulator) as the SageMaker execution
+role. Each call is translated into the IAM
 authorizations AWS checks, and the statements of terraform/iam.tf, parsed with python-hcl2
 and resolved to this run's ARNs, must allow every one. Conversely, every action a statement
 grants must be needed by a recorded call or be listed in MARGIN with its reason.
@@ -27,12 +29,18 @@ from aws_calls import (
     required_permissions,
     used_grants,
 )
-from churn_sagemaker import EXECUTION_ROLE_ARN, aws_connection, churn_sagemaker_dag, moto_client
+from churn_sagemaker import (
+    EXECUTION_ROLE_ARN,
+    aws_connection,
+    batch_transform_dag,
+    churn_sagemaker_dag,
+    moto_client,
+)
 from sagemaker_emulator import install_into_moto
 from terraform_hcl import TERRAFORM, load_module, resolve
 
 # A whole DAG on a loaded machine: give it room beyond the suite's default.
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BUCKETS = {key: f"mlwp-iam-{key}" for key in ("data", "models", "artifacts", "logs")}
 
@@ -56,8 +64,6 @@ MARGIN: dict[str, dict[tuple[str, str], str]] = {
         "timed-out tuning task stops its job instead of leaving it billing",
         ("SageMakerJobs", "sagemaker:StopTrainingJob"): "on_kill: a cleared or timed-out "
         "training task stops its job",
-        ("ModelsBucketList", "s3:ListBucket"): "without ListBucket a missing model.tar.gz "
-        "reads as 403 instead of 404; the error would name the wrong cause",
         ("TaskLogsList", "s3:ListBucket"): "Airflow's S3 task handler (remote logging), not "
         "configured under dag.test()",
         ("TaskLogsObjects", "s3:GetObject"): "Airflow's S3 task handler reads a task's earlier "
@@ -79,6 +85,11 @@ MARGIN: dict[str, dict[tuple[str, str], str]] = {
         ("TrainingLogs", "logs:CreateLogStream"): "as above, one stream per job instance",
         ("TrainingLogs", "logs:DescribeLogStreams"): "as above",
         ("TrainingLogs", "logs:PutLogEvents"): "as above",
+        ("TransformLogs", "logs:CreateLogGroup"): "SageMaker writes the transform "
+        "container's stdout to /aws/sagemaker/TransformJobs; the emulator keeps it in memory",
+        ("TransformLogs", "logs:CreateLogStream"): "as above, one stream per instance",
+        ("TransformLogs", "logs:DescribeLogStreams"): "as above",
+        ("TransformLogs", "logs:PutLogEvents"): "as above",
         ("TrainingMetrics", "cloudwatch:PutMetricData"): "SageMaker publishes the metric "
         "definitions' values to CloudWatch; the emulator fills FinalMetricDataList only",
         ("RegistryLogin", "ecr:GetAuthorizationToken"): "pulling the training image; the "
@@ -137,6 +148,7 @@ def recorded(
 ) -> AwsCallRecorder:
     """Run the churn SageMaker DAG with every AWS call recorded; return the recorder."""
     import boto3
+    import mlflow
     import s3fs
     from airflow.utils.state import DagRunState
 
@@ -169,9 +181,17 @@ def recorded(
     )
     try:
         run = dag_runner(churn_sagemaker_dag("churn.iam_sm", model="churn_iam"))
+        assert run.state == DagRunState.SUCCESS
+        # The batch transform of the model just registered, made champion.
+        client = mlflow.MlflowClient()
+        (version,) = client.search_model_versions("name = 'churn_iam'")
+        client.set_registered_model_alias("churn_iam", "champion", version.version)
+        scored = dag_runner(batch_transform_dag(tmp_path, "churn_iam"))
+        assert scored.state == DagRunState.SUCCESS, {
+            ti.task_id: ti.state for ti in scored.get_task_instances()
+        }
     finally:
         undo()
-    assert run.state == DagRunState.SUCCESS
     s3fs.S3FileSystem.clear_instance_cache()
     return recorder
 
@@ -182,12 +202,21 @@ def test_iam_statements_grant_exactly_the_recorded_calls(
     # The comparison is only worth its calls: the key ones must be there.
     worker = {(c.service, c.operation) for c in recorded.by_principal("airflow_worker")}
     assert {("sagemaker", "CreateTrainingJob"), ("sagemaker", "DescribeTrainingJob")} <= worker
+    assert {
+        ("sagemaker", "CreateModel"),
+        ("sagemaker", "DescribeModel"),
+        ("sagemaker", "CreateTransformJob"),
+        ("sagemaker", "DescribeTransformJob"),
+    } <= worker
     assert ("s3", "PutObject") in worker
     execution = recorded.by_principal("sagemaker_execution")
     written = {c.params["Bucket"] for c in execution if c.operation == "PutObject"}
     read = {c.params["Bucket"] for c in execution if c.operation in ("GetObject", "HeadObject")}
-    assert written == {BUCKETS["models"]}  # the job's output goes to the models bucket
-    assert read == {BUCKETS["data"]}  # channels and code come from the data bucket
+    assert written == {BUCKETS["models"]}  # the jobs' output goes to the models bucket
+    assert read == {BUCKETS["data"]}  # channels, code, model archive, partitions: data bucket
+    read_keys = {c.params["Key"] for c in execution if c.operation == "GetObject"}
+    assert any(key.endswith("/input.manifest") for key in read_keys)  # the transform ran
+    assert any("/datasets/" in key for key in read_keys)
 
     problems: list[str] = []
     for role in ROLE_STATEMENTS:

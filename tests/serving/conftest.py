@@ -1,12 +1,12 @@
 """Fixtures of the serving tests: real churn models trained on the telco data, registered in
-the real MLflow server fixture, and the service run in-process with its lifespan."""
+the session's real MLflow server (``mlflow_server`` of tests/conftest.py), and the service
+run in-process with its lifespan."""
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +14,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import telco
-from serving_harness import start_mlflow
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The shared real MLflow server, with more patience: on a loaded two-core machine the
-    server needs minutes to start. ``MLWP_TEST_MLFLOW_URL`` reuses a running server."""
-    existing = os.environ.get("MLWP_TEST_MLFLOW_URL")
-    if existing:
-        yield existing
-        return
-    with start_mlflow(tmp_path_factory.mktemp("mlflow")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -63,7 +50,6 @@ def make_settings(tmp_path: Path, mlflow_server: str) -> Callable[..., Any]:
             "home": tmp_path / "home",
             "mlflow_tracking_uri": mlflow_server,
             "poll_interval_seconds": 0,
-            "prediction_log_sample_rate": 0.0,
             **overrides,
         }
         return ServingSettings(**values)

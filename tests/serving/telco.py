@@ -38,7 +38,7 @@ def train_model_dir(
     from mlflow.models import Model as MlflowModel
 
     from mlwp import model as mlwp_model
-    from mlwp.transform import run_transform
+    from mlwp.data.transform import run_transform
 
     frame = pd.read_csv(TELCO_CSV)
     result = run_transform(frame, feature_steps())

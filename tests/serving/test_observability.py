@@ -4,7 +4,7 @@
   ``GET /metrics`` (parsed with prometheus_client's parser);
 - with ``MLWP_SERVING_OTEL_ENDPOINT`` set, its spans reach an OTLP/HTTP receiver run by the
   test (decoded with OpenTelemetry's own protobuf messages): a request's span carries the
-  request id; the deploy client's ``POST /admin/reload`` (mlwp.serving_client, what the
+  request id; the deploy client's ``POST /admin/reload`` (mlwp.registry.serving_client, what the
   deploy task calls) continues the caller's trace, and the registry sync it started is a
   span of the same trace;
 - the JSON log line of a request holds the request id and the trace id together.
@@ -101,7 +101,7 @@ def test_a_deploys_reload_joins_its_trace_and_logs_carry_both_ids(
 ) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
-    from mlwp.serving_client import reload_and_wait
+    from mlwp.registry.serving_client import reload_and_wait
 
     base, model, receiver = (
         traced_service["base"],

@@ -51,6 +51,40 @@ def test_create_training_job_also_tags_and_passes_its_role() -> None:
     assert needed[2].context_dict() == {"iam:PassedToService": "sagemaker.amazonaws.com"}
 
 
+def test_batch_transform_calls_name_the_job_or_the_model() -> None:
+    role = "arn:aws:iam::123456789012:role/exec"
+    tags = [{"Key": "k", "Value": "v"}]
+    model = required_permissions(
+        _call(
+            "sagemaker",
+            "CreateModel",
+            ModelName="mlwp-churn-m-v1",
+            ExecutionRoleArn=role,
+            Tags=tags,
+        )
+    )
+    assert [(p.action, p.resource.rsplit(":", 1)[1]) for p in model] == [
+        ("sagemaker:CreateModel", "model/mlwp-churn-m-v1"),
+        ("sagemaker:AddTags", "model/mlwp-churn-m-v1"),
+        ("iam:PassRole", "role/exec"),
+    ]
+    job = required_permissions(
+        _call(
+            "sagemaker",
+            "CreateTransformJob",
+            TransformJobName="mlwp-churn-predict-1",
+            ModelName="mlwp-churn-m-v1",
+            Tags=tags,
+        )
+    )
+    assert [(p.action, p.resource.rsplit(":", 1)[1]) for p in job] == [
+        ("sagemaker:CreateTransformJob", "transform-job/mlwp-churn-predict-1"),
+        ("sagemaker:AddTags", "transform-job/mlwp-churn-predict-1"),
+    ]
+    (described,) = required_permissions(_call("sagemaker", "DescribeModel", ModelName="M"))
+    assert described.resource.endswith(":model/m")  # SageMaker ARNs are lower case
+
+
 def test_an_unknown_operation_names_itself() -> None:
     with pytest.raises(KeyError, match=r"s3\.PutBucketPolicy"):
         required_permissions(_call("s3", "PutBucketPolicy", Bucket="b"))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mlwp.audit import (
+from mlwp.cli import app
+from mlwp.security.audit import (
     HEAD_REVISION,
     MIGRATIONS_DIR,
     AuditError,
@@ -22,7 +23,6 @@ from mlwp.audit import (
     list_events,
     record,
 )
-from mlwp.cli import app
 
 pytestmark = pytest.mark.unit
 
@@ -140,6 +140,16 @@ def test_concurrent_processes_lose_no_event(tmp_path: Path) -> None:
     events = list_events(home=tmp_path)
     assert len(events) == 200
     assert all(len(e.details["pad"]) == 2000 for e in events)
+
+
+def test_threads_of_one_process_reading_a_new_trail_at_once_all_get_it(tmp_path: Path) -> None:
+    # An api-server's first concurrent requests each migrate the new audit table; Alembic's
+    # module-global proxies broke the runs of threads migrating at once (KeyError 'config').
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: list_events(home=tmp_path), range(8)))
+    assert answers == [[]] * 8
 
 
 def test_cli_lists_events_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Chunked scoring of partitions (mlwp.batch_scoring) gives serving's answers, in bounded pieces."""
+"""Chunked scoring of partitions (mlwp.data.batch_scoring) gives serving's answers in pieces."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 import yaml
 
 from mlwp import model as mlwp_model
-from mlwp.batch_scoring import score_stream
-from mlwp.etl import extract_partitioned
-from mlwp.partitions import PartitionedReader, commit_staged, copy_dataset, stage_part
-from mlwp.storage import Storage
+from mlwp.data.batch_scoring import Output, OutputColumnsError, score_partition
+from mlwp.data.extract import extract_partitioned
+from mlwp.data.partitions import PartitionedReader, commit_staged, copy_dataset, stage_part
+from mlwp.data.storage import Storage
+from mlwp.data.transform import run_transform
 from mlwp.training import entrypoint
 from mlwp.training.local import prepare_workdir
-from mlwp.transform import run_transform
 
 pytestmark = pytest.mark.unit
 
@@ -40,8 +40,20 @@ def churn_model(tmp_path_factory: pytest.TempPathFactory) -> mlwp_model.Model:
     return mlwp_model.load(workdir / "model")
 
 
+PREDICTED = ["prediction", "probability_No", "probability_Yes"]
+
+
+@pytest.mark.parametrize(
+    ("output", "carried"),
+    [
+        (Output(), ["row"]),  # the default: each row's position in the dataset
+        (Output(keys=("customer_id",)), ["customer_id"]),
+        (Output(join_input=True), None),  # None: every input column
+    ],
+    ids=["row-index", "keys", "join-input"],
+)
 def test_partitions_scored_in_chunks_match_serving(
-    churn_model: mlwp_model.Model, tmp_path: Path
+    churn_model: mlwp_model.Model, tmp_path: Path, output: Output, carried: list[str] | None
 ) -> None:
     storage = Storage(str(tmp_path / "store"))
     ref = extract_partitioned(
@@ -50,28 +62,30 @@ def test_partitions_scored_in_chunks_match_serving(
     reader = PartitionedReader(storage, ref.uri)
     assert len(reader.partitions) > 2
     staged = []
+    first_row = 0
     for index, partition in enumerate(reader.partitions):
-        batches = reader.batches(partition, batch_rows=64)  # several chunks per partition
-        head = next(batches)
-        schema, scored = score_stream(churn_model, [head, *batches], head.schema)
+        # several chunks per partition
+        schema, scored = score_partition(
+            churn_model, reader, partition, chunk_rows=64, output=output, first_row=first_row
+        )
         part = stage_part(
             storage, schema, scored, project="churn", name="predict", key="r1", index=index
         )
         staged.append(part)
+        first_row += partition.rows
     out = commit_staged(
         storage, list(reversed(staged)), project="churn", name="predict", source=ref.uri
     )
     assert out.rows == ref.rows
     scored = storage.read_dataset(out.uri)
     raw = storage.read_dataset(ref.uri)
-    pd.testing.assert_frame_equal(scored[raw.columns.tolist()], raw)  # rows kept, in order
-    served = churn_model.predict(raw.to_dict(orient="records"))
-    assert scored["prediction"].tolist() == served.predictions
-    assert served.probabilities is not None
-    labels = churn_model.classes or []
-    for index, label in enumerate(labels):
-        expected = np.array([row[index] for row in served.probabilities])
-        np.testing.assert_allclose(scored[f"probability_{label}"], expected, rtol=1e-6)
+    carried = raw.columns.tolist() if carried is None else carried
+    assert scored.columns.tolist() == [*carried, *PREDICTED]
+    if output.row_index:
+        assert scored["row"].tolist() == list(range(ref.rows))
+    else:  # rows kept, in order
+        pd.testing.assert_frame_equal(scored[carried], raw[carried])
+    assert_served(churn_model, raw, scored)
     # Staged files were moved into the dataset; copying it out keeps the partition files.
     copy_dataset(storage, out.uri, (tmp_path / "export").as_uri())
     exported = pd.read_parquet(tmp_path / "export")
@@ -79,8 +93,88 @@ def test_partitions_scored_in_chunks_match_serving(
     assert not list((tmp_path / "store").rglob(".staging-*"))
 
 
+def test_hive_partitions_score_as_served(churn_model: mlwp_model.Model, tmp_path: Path) -> None:
+    """A feature held by the Hive folder names (partition_by) is scored as the others."""
+    import pyarrow as pa
+
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        DATA.as_uri(), storage=storage, project="churn", name="raw", partition_by=["contract"]
+    )
+    reader = PartitionedReader(storage, ref.uri)
+    for partition in reader.partitions:
+        raw = pa.Table.from_batches(list(reader.batches(partition))).to_pandas()
+        for output in (Output(join_input=True), Output(keys=("customer_id", "contract"))):
+            schema, scored = score_partition(
+                churn_model, reader, partition, chunk_rows=100, output=output
+            )
+            table = pa.Table.from_batches(list(scored), schema)
+            assert table.schema.field("contract").type == pa.string()
+            carried = output.carried(raw.columns.tolist())
+            assert table.select(carried).to_pandas().equals(raw[carried])
+            assert_served(churn_model, raw, table.to_pandas())
+
+
+def test_missing_or_clashing_output_columns_are_named(
+    churn_model: mlwp_model.Model, tmp_path: Path
+) -> None:
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=500
+    )
+    reader = PartitionedReader(storage, ref.uri)
+    partition = reader.partitions[0]
+    with pytest.raises(OutputColumnsError, match=r"key column 'customer' not in the input's"):
+        score_partition(churn_model, reader, partition, output=Output(keys=("customer",)))
+    renamed = pd.read_csv(DATA).rename(columns={"customer_id": "prediction"})
+    import pyarrow as pa
+
+    from mlwp.data.batch_scoring import output_schema
+
+    schema = pa.Schema.from_pandas(renamed, preserve_index=False)
+    with pytest.raises(OutputColumnsError, match=r"'prediction' would clash"):
+        output_schema(churn_model, schema, Output(keys=("prediction",)))
+
+
+def assert_served(model: mlwp_model.Model, raw: pd.DataFrame, scored: pd.DataFrame) -> None:
+    """Serving's answers for the same rows, bit for bit."""
+    served = model.predict(raw.to_dict(orient="records"))
+    assert scored["prediction"].tolist() == served.predictions
+    assert served.probabilities is not None
+    for index, label in enumerate(model.classes or []):
+        expected = np.array([row[index] for row in served.probabilities])
+        assert scored[f"probability_{label}"].to_numpy().tobytes() == expected.tobytes()
+
+
+def test_unknown_and_missing_categories_score_as_served(
+    churn_model: mlwp_model.Model, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from mlwp.data.batch_scoring import score_batch
+
+    raw = pd.read_csv(DATA).head(200)
+    raw.loc[0, "contract"] = "Ten year"
+    raw.loc[1, "contract"] = None
+    raw.loc[2, "payment_method"] = None
+    raw.loc[3, "total_charges"] = None
+    batch = pa.RecordBatch.from_pandas(raw, preserve_index=False)
+    plain = score_batch(churn_model, batch).to_pandas()
+    assert plain["row"].tolist() == list(range(200))
+    assert_served(churn_model, raw, plain)
+    # text already dictionary-encoded (a Parquet dictionary read) scores the same
+    encoded = pa.RecordBatch.from_arrays(
+        [c.dictionary_encode() if pa.types.is_string(c.type) else c for c in batch.columns],
+        names=batch.schema.names,
+    )
+    again = score_batch(churn_model, encoded).to_pandas()
+    assert again["prediction"].tolist() == plain["prediction"].tolist()
+    same = again["probability_Yes"].to_numpy(), plain["probability_Yes"].to_numpy()
+    assert same[0].tobytes() == same[1].tobytes()
+
+
 def test_transform_of_partitions_fits_on_sample_and_splits_each(tmp_path: Path) -> None:
-    from mlwp.transform_partitions import transform_partitioned
+    from mlwp.data.transform_partitions import transform_partitioned
 
     definition = yaml.safe_load((ROOT / "dags/projects/churn/workflow.yaml").read_text())
     steps = definition["workflows"]["train"]["tasks"]["features"]["steps"]
@@ -112,3 +206,24 @@ def test_transform_of_partitions_fits_on_sample_and_splits_each(tmp_path: Path) 
     assert 300 < small.fit_sample["rows"] < 500
     assert small.preprocessing.to_json() == again.preprocessing.to_json()
     assert small.splits["train"].uri == again.splits["train"].uri
+
+
+def test_staged_file_rows_are_renumbered_from_its_first_row(tmp_path: Path) -> None:
+    """A SageMaker output numbers `row` from 0 per request; staging shifts it (docs/scale.md)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlwp.data.partitions import stage_file
+
+    storage = Storage(str(tmp_path / "store"))
+    table = pa.table({"row": pa.array(range(5), pa.int64()), "prediction": list("abcab")})
+    pq.write_table(table, tmp_path / "part.out", row_group_size=2)  # several row groups
+    source = (tmp_path / "part.out").as_uri()
+    shifted = stage_file(
+        storage, source, project="p", name="predict", key="k", index=1, first_row=10
+    )
+    copied = stage_file(storage, source, project="p", name="predict", key="k", index=0)
+    read = pq.read_table(storage._fs(shifted["uri"])[1])
+    assert read["row"].to_pylist() == [10, 11, 12, 13, 14]
+    assert read["prediction"].to_pylist() == list("abcab") and shifted["rows"] == 5
+    assert pq.read_table(storage._fs(copied["uri"])[1]).equals(table)

@@ -8,8 +8,8 @@ import xgboost
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlwp.compiled_trees import CompiledTrees, Unsupported
-from mlwp.predictor import BoosterPredictor
+from mlwp.model.compiled_trees import CompiledTrees, Unsupported
+from mlwp.model.predictor import BoosterPredictor
 
 
 def train(

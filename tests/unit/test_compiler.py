@@ -52,15 +52,26 @@ def test_churn_train_dag_matches_its_definition(churn) -> None:
     dag = build_dag(churn, "train", project_dir=CHURN_DIR)
     workflow = churn.workflows["train"]
     assert dag.dag_id == "churn.train"
-    assert [t.task_id for t in dag.tasks] == list(workflow.tasks)
-    assert edges(dag) == {(dep, tid) for tid, task in workflow.tasks.items() for dep in task.after}
+    # The rollout with a promotion approval is three tasks (operators/rollout.py).
+    rollout = ["rollout_steps", "rollout_approval", "rollout"]
+    assert [t.task_id for t in dag.tasks] == [*list(workflow.tasks)[:-1], *rollout]
+    declared = {(dep, tid) for tid, task in workflow.tasks.items() for dep in task.after}
+    assert edges(dag) == {
+        *(edge for edge in declared if edge[1] != "rollout"),
+        ("deploy", "rollout_steps"),
+        ("rollout_steps", "rollout_approval"),
+        ("rollout_approval", "rollout"),
+    }
     assert dag.owner == "alice"
-    assert dag.schedule == "@weekly"
+    assert dag.timetable.timetable.expression == "0 0 * * 0"  # @weekly, or the drift signal
     assert set(dag.tags) == {"mlwp", "project:churn", "churn", "telco"}
     assert dag.access_control == {"project:churn": {"DAGs": {"can_read", "can_edit"}}}
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.start_date.isoformat().startswith("2024-01-01")
     retries = {t.task_id: t.retries for t in dag.tasks}
+    # A retried rollout would start again from its first step: none unless asked for; its
+    # approval keeps the workflow's (a retried approval asks again).
+    assert retries.pop("rollout_steps") == retries.pop("rollout") == 0
     assert set(retries.values()) == {2}
     train = dag.get_task("train")
     assert train.execution_timeout == timedelta(hours=1)  # the task's own timeout wins
@@ -107,6 +118,25 @@ def test_dataset_tasks_are_assets_and_asset_schedules_use_them(full, churn) -> N
     assert [a.name for a in churn_score.timetable.asset_condition.objects] == [
         "churn.train.features"
     ]
+
+
+def test_cron_or_assets_schedule_compiles_to_asset_or_time_schedule(churn) -> None:
+    """churn.train runs weekly or when the monitor signals drift: the cron half is the
+    timetable Airflow makes of the cron alone, the asset half the monitor's retrain asset."""
+    from airflow.sdk import DAG, AssetOrTimeSchedule
+
+    dag = build_dag(churn, "train", project_dir=CHURN_DIR)
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    alone = DAG("weekly", schedule="@weekly", start_date=dag.start_date)
+    assert dag.timetable.timetable == alone.timetable
+    assert list(dag.timetable.asset_condition.objects) == [
+        Asset(name="churn.monitor.monitor", uri="x-mlwp://churn/monitor/monitor")
+    ]
+    [signal] = (
+        build_dag(churn, "monitor", project_dir=CHURN_DIR).get_task("monitor.retrain").outlets
+    )
+    assert signal == Asset(name="churn.monitor.monitor", uri="x-mlwp://churn/monitor/monitor")
+    assert "`@weekly`, or when these assets update: `churn.monitor.monitor`" in dag.doc_md
 
 
 def test_defaults_and_overrides(full) -> None:
@@ -319,9 +349,10 @@ def test_human_approval_has_no_response_deadline_unless_its_task_sets_one(churn)
     with warnings.catch_warnings():
         # HITLOperator warns when it is given an execution_timeout.
         warnings.simplefilter("error", AirflowProviderDeprecationWarning)
-        approve = build_dag(churn, "train", project_dir=CHURN_DIR).get_task("approve")
-    assert approve.mode == "human"
-    assert approve.response_timeout is None and approve.execution_timeout is None
+        dag = build_dag(churn, "train", project_dir=CHURN_DIR)
+    for approve in (dag.get_task("approve"), dag.get_task("rollout_approval")):
+        assert approve.mode == "human"
+        assert approve.response_timeout is None and approve.execution_timeout is None
     workflow = churn.workflows["train"]
     tasks = dict(workflow.tasks)
     tasks["approve"] = tasks["approve"].model_copy(update={"timeout": timedelta(days=2)})

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from mlwp.cli import app
 from mlwp.definitions import (
+    AssetSchedule,
     DefinitionError,
     DeployTask,
     ExtractTask,
@@ -50,7 +51,8 @@ def test_churn_definition_is_valid_and_typed() -> None:
     assert project.project == "churn"
     assert project.owner == "alice"
     train = project.workflows["train"]
-    assert train.schedule == "@weekly"
+    # weekly, and on the monitor's drift signal
+    assert train.schedule == AssetSchedule(cron="@weekly", assets=["churn.monitor.monitor"])
     # every task type of the training workflow (DESIGN.md contract 1) is there
     assert {task.type for task in train.tasks.values()} >= {
         "extract",
@@ -166,6 +168,82 @@ def test_asset_schedule_on_a_task_without_dataset_is_rejected(tmp_path: Path) ->
         "unknown workflow 'c' in asset 'p.c.x'",
         "unknown task 'nope' in asset 'p.a.nope'",
     ]
+
+
+CRON_OR_ASSETS = (
+    "project: p\nowner: a\nworkflows:\n"
+    "  watch:\n    tasks: {look: {type: monitor, model: m, retrain_on_drift: true}}\n"
+    "  train:\n    schedule: SCHEDULE\n    tasks: {t: {type: approve}}\n"
+)
+
+
+def test_schedule_on_a_cron_or_assets() -> None:
+    """``{cron: ..., assets: [...]}``: Airflow's AssetOrTimeSchedule, in YAML and in Python."""
+    schedule = '{cron: "0 3 * * *", assets: [p.watch.look]}'
+    project, problems = parse_definition(CRON_OR_ASSETS.replace("SCHEDULE", schedule), file="x")
+    assert problems == [] and project is not None
+    parsed = project.workflows["train"].schedule
+    assert isinstance(parsed, AssetSchedule)
+    assert (parsed.cron, parsed.assets) == ("0 3 * * *", ["p.watch.look"])
+    # presets that are times of day combine too; without cron it is the asset schedule alone
+    assert AssetSchedule(cron="@weekly", assets="p.watch.look").cron == "@weekly"
+    assert AssetSchedule(assets=["p.watch.look"]).cron is None
+    built = Project.model_validate(
+        {
+            "project": "p",
+            "owner": "a",
+            "workflows": {
+                "train": {
+                    "schedule": {"cron": "@daily", "assets": ["q.w.t"]},
+                    "tasks": {"t": {"type": "approve"}},
+                }
+            },
+        }
+    )
+    assert built.workflows["train"].schedule == AssetSchedule(cron="@daily", assets=["q.w.t"])
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        (
+            '{cron: "@once", assets: [p.watch.look]}',
+            "x.yaml:7:22: workflows.train.schedule.cron: '@once' cannot be combined with "
+            "assets; the time half of a schedule is a cron expression or one of @hourly, "
+            "@daily, @weekly, @monthly, @quarterly, @yearly",
+        ),
+        (
+            '{cron: "0 25 * * *", assets: [p.watch.look]}',
+            "x.yaml:7:22: workflows.train.schedule.cron: cron hour value '25' is outside 0-23: "
+            "'0 25 * * *' is neither a preset nor a cron expression",
+        ),
+        (
+            '{cron: "@daily"}',
+            "x.yaml:7:5: workflows.train.schedule.assets: missing required field 'assets'",
+        ),
+        (
+            '{crn: "@daily", assets: [p.watch.look]}',
+            "x.yaml:7:16: workflows.train.schedule.crn: unknown key 'crn' (did you mean 'cron'?)",
+        ),
+        (
+            '{cron: "@daily", assets: [p.watch.lok]}',
+            "x.yaml:7:41: workflows.train.schedule.assets[0]: unknown task 'lok' in asset "
+            "'p.watch.lok' (did you mean 'look'?)",
+        ),
+        (
+            "[0 3 * * *, p.watch.look]",
+            "x.yaml:7:15: workflows.train.schedule: a schedule is a preset, a cron expression, "
+            "{assets: [...]} or {cron: ..., assets: [...]}",
+        ),
+    ],
+)
+def test_cron_or_assets_schedule_errors_name_the_field(
+    schedule: str, expected: str, tmp_path: Path
+) -> None:
+    text = CRON_OR_ASSETS.replace("SCHEDULE", schedule)
+    project, problems = parse_definition(text, file="x.yaml", project_dir=tmp_path)
+    assert project is None
+    assert [str(p) for p in problems] == [expected]
 
 
 def test_durations() -> None:
@@ -333,3 +411,24 @@ def test_threshold_is_a_field_of_train_that_reaches_the_training() -> None:
     hyperparameters = hyperparameters_of(target="churn", threshold=kwargs["threshold"])
     assert TrainingConfig.from_hyperparameters(hyperparameters).threshold == 0.3
     assert "threshold" not in hyperparameters_of(target="churn")
+
+
+def test_validate_in_database_needs_an_extract_query_and_excludes_map_partitions(
+    tmp_path: Path,
+) -> None:
+    text = (
+        "project: p\nowner: a\nworkflows:\n  w:\n    tasks:\n"
+        "      a: {type: extract, source: s3://b/x.csv}\n"
+        "      q: {type: extract, query: select 1, conn_id: pg}\n"
+        "      b: {type: validate, suite: s, after: [a], in_database: true}\n"
+        "      c: {type: validate, suite: s, after: [q], in_database: true}\n"
+        "      d: {type: validate, suite: s, after: [q], in_database: true, map_partitions: true}\n"
+    )
+    _, problems = parse_definition(text, file="x.yaml", project_dir=tmp_path)
+    found = {(p.path[3], p.code): p.message for p in problems}
+    assert found.keys() == {("b", "in_database_needs_query"), ("d", "invalid")}, found
+    assert (
+        "set 'input' to an extract task with a 'query' (upstream: a)"
+        in found[("b", "in_database_needs_query")]
+    )
+    assert "choose one of 'map_partitions' or 'in_database'" in found[("d", "invalid")]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlwp.etl import ExtractError, extract, infer_format, resolve_source
-from mlwp.storage import Storage
+from mlwp.data.extract import ExtractError, extract, infer_format, resolve_source
+from mlwp.data.storage import Storage
 
 pytestmark = pytest.mark.unit
 

@@ -46,9 +46,9 @@ def exec_form(arguments: str) -> list[str]:
     return [str(part) for part in parsed]
 
 
-def console_scripts(group: str) -> set[str]:
-    """Console scripts the image of this dependency group gets: those of the packages that
-    ``uv export`` lists for the group (what the Dockerfile's ``uv sync`` installs), and mlwp's."""
+def locked_packages(group: str) -> set[str]:
+    """The packages the image of this dependency group gets: those ``uv export`` lists for the
+    group (what the Dockerfile's ``uv sync`` installs), and mlwp."""
     uv = checker("uv")
     result = run_checker(
         [uv, "export", "--frozen", "--no-default-groups", "--group", group, "--no-hashes"]
@@ -58,6 +58,18 @@ def console_scripts(group: str) -> set[str]:
     for line in result.stdout.splitlines():
         if line and not line.startswith((" ", "#", "-", ".")):
             packages.add(re.split(r"[=<>\[; ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return packages
+
+
+def test_serving_image_has_what_capture_writes_with() -> None:
+    # Capture writes Parquet (pyarrow) through fsspec into the platform's storage root, which
+    # is s3:// on AWS (s3fs): without them every captured batch is counted write_failed.
+    assert {"pyarrow", "fsspec", "s3fs"} <= locked_packages("serving")
+
+
+def console_scripts(group: str) -> set[str]:
+    """Console scripts the image of this dependency group gets (:func:`locked_packages`)."""
+    packages = locked_packages(group)
     names = set()
     for distribution in metadata.distributions():
         if distribution.metadata["Name"].lower().replace("_", "-") in packages:
@@ -82,6 +94,18 @@ def test_every_copied_path_exists(dockerfile: Path) -> None:
             continue  # from another stage or image, not from the build context
         for source in parts[:-1]:
             assert (REPO_ROOT / source).exists(), f"{dockerfile.name}: COPY {source}: missing"
+
+
+def test_serving_image_runs_as_the_platform_user_with_its_state_writable() -> None:
+    # One user with the Airflow containers: on a shared storage volume each writes into
+    # folders the other created (docker-compose.yaml, the chart's storage claim).
+    steps = instructions(SERVING)
+    assert [args for keyword, args in steps if keyword == "USER"][-1] == "50000:0"
+    assert any(
+        "install -d -o 50000 -g 0" in args and "/home/mlwp/state" in args
+        for keyword, args in steps
+        if keyword == "RUN"
+    )
 
 
 def test_platform_image_runs_as_the_official_charts_user() -> None:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from mlwp import model as mlwp_model
+from mlwp.data.transform import run_transform
 from mlwp.training import entrypoint
 from mlwp.training.local import prepare_workdir
-from mlwp.transform import run_transform
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mlwp import audit, model_changes
-from mlwp.registry import RegistryError
+from mlwp.registry import RegistryError, model_changes
+from mlwp.security import audit
 
 pytestmark = pytest.mark.unit
 

@@ -135,13 +135,24 @@ def test_schema_methods_match_the_drift_module() -> None:
     assert set(get_args(DriftMethod)) == set(METHODS)
 
 
-def test_churn_example_has_a_monitor_workflow() -> None:
+def test_churn_example_shows_the_whole_loop() -> None:
+    """What a user copies: outcomes ingested before the daily look, findings through the
+    project's notifiers, retraining on drift, and the guarded rollout after deploy."""
     from mlwp.definitions.loading import load_project
 
     project = load_project(REPO_ROOT / "dags" / "projects" / "churn" / "workflow.yaml")
     workflow = project.workflows["monitor"]
     assert workflow.schedule == "@daily"
-    assert workflow.tasks["monitor"].type == "monitor"
+    labels, monitor = workflow.tasks["labels"], workflow.tasks["monitor"]
+    assert (labels.type, labels.source, monitor.type) == ("labels", "data/outcomes.csv", "monitor")
+    assert monitor.after == ["labels"] and monitor.retrain_on_drift
+    assert "drift" in monitor.alert_on and project.alerts.on_failure
+    train = project.workflows["train"].tasks
+    rollout = train["rollout"]
+    assert rollout.type == "rollout" and rollout.after == ["deploy"]
+    assert train["deploy"].traffic == {"champion": 90, "challenger": 10}
+    assert rollout.steps == [10, 50, 100]
+    assert rollout.approve is not None and rollout.approve.mode == "human"
 
 
 def test_findings_are_mailed_through_the_project_notifiers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -80,6 +81,99 @@ def test_parts_split_by_day_and_read_back_by_window(tmp_path: Path) -> None:
     assert list(window["inference_id"]) == ["b"]
     assert read_capture(root, "other").empty
     assert list(read_capture(root, "other").columns) == list(capture.CAPTURE_COLUMNS)
+
+
+def request_parts(requests: list[dict]) -> pa.Table:
+    """Captured requests as serving stores them (format 2)."""
+    base = {
+        "model": "churn",
+        "version": "1",
+        "variant": "champion",
+        "served": True,
+        "routing_key": "u",
+        "entity_field": "customer",
+        "classes": '["No","Yes"]',
+        "latency_ms": 2.0,
+    }
+    rows = []
+    for request in requests:
+        records = request.pop("records")
+        predictions = request.pop("predictions")
+        body = {"data": records, "routing_key": "u"}
+        answer = {"predictions": predictions, "probabilities": [[0.4, 0.6]] * len(predictions)}
+        rows.append(
+            {
+                **base,
+                "rows": len(records),
+                "request": orjson.dumps(body),
+                "response": orjson.dumps(answer),
+                **request,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=capture.request_schema())
+
+
+def test_request_parts_read_as_record_rows_beside_record_parts(tmp_path: Path) -> None:
+    """Serving's request parts (format 2) and record parts (format 1, what serving wrote
+    before) in the same folders read back as one frame of record rows, in time order, the
+    window cutting requests before they are taken apart."""
+    root = tmp_path.as_uri()
+    records = [{"customer": "c1", "x": 1}, {"customer": "c2", "x": 2}]
+    uris = write_parts(
+        root,
+        CAPTURE,
+        "churn",
+        request_parts(
+            [
+                {
+                    "inference_id": "new",
+                    "time": T0,
+                    "records": records,
+                    "predictions": ["Yes", "No"],
+                },
+                {
+                    "inference_id": "late",
+                    "time": T0 + timedelta(days=1),
+                    "records": records[:1],
+                    "predictions": ["No"],
+                },
+            ]
+        ),
+    )
+    assert pq.read_schema(uris[0].removeprefix("file://")) == capture.request_schema()
+    assert pq.read_schema(uris[0].removeprefix("file://")).metadata == {
+        b"mlwp.capture.format": b"2"
+    }
+    write_parts(
+        root,
+        CAPTURE,
+        "churn",
+        capture_rows([{"inference_id": "old", "time": T0 - timedelta(minutes=1)}]),
+    )
+
+    frame = read_capture(root, "churn")
+    assert list(frame.columns) == list(capture.CAPTURE_COLUMNS)
+    assert list(frame["inference_id"]) == ["old", "new", "new", "late"]
+    assert list(frame["row"]) == [0, 0, 1, 0]
+    assert list(frame["entity_key"].iloc[1:3]) == ["c1", "c2"]
+    assert list(frame["prediction"].iloc[1:3]) == [1.0, 0.0]
+    assert list(frame["probability"].iloc[1:3]) == [0.6, 0.6]
+    assert [orjson.loads(text) for text in frame["inputs"].iloc[1:3]] == records
+    assert set(frame["routing_key"].iloc[1:]) == {"u"}
+    window = read_capture(root, "churn", T0, T0 + timedelta(hours=1))
+    assert list(window["inference_id"]) == ["new", "new"]
+
+
+def test_a_broken_request_part_is_named(tmp_path: Path) -> None:
+    root = tmp_path.as_uri()
+    table = request_parts([{"inference_id": "r1", "time": T0, "records": [{}], "predictions": [1]}])
+    table = table.set_column(
+        table.schema.get_field_index("response"), "response", pa.array([b"{"], pa.binary())
+    )
+    [uri] = write_parts(root, CAPTURE, "churn", table)
+    with pytest.raises(MonitoringError, match=r"\.parquet: captured request 'r1'") as caught:
+        read_capture(root, "churn")
+    assert uri.rsplit("/", 1)[-1] in str(caught.value)
 
 
 def test_missing_columns_are_named(tmp_path: Path) -> None:

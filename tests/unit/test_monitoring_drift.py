@@ -137,9 +137,9 @@ def churn_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, pd.Da
     import yaml
 
     from mlwp import model as mlwp_model
+    from mlwp.data.transform import run_transform
     from mlwp.training import entrypoint
     from mlwp.training.local import prepare_workdir
-    from mlwp.transform import run_transform
 
     definition = yaml.safe_load((ROOT / "dags/projects/churn/workflow.yaml").read_text())
     steps = definition["workflows"]["train"]["tasks"]["features"]["steps"]

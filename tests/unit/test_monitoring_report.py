@@ -157,3 +157,49 @@ def test_srm_counts_sticky_routing_keys_not_requests(tmp_path: Path) -> None:
         versions={"champion": "1", "challenger": "2"},
     )
     assert by_request["srm"]["mismatch"] is True
+
+
+def test_a_drift_alert_names_the_variant_whose_columns_drifted() -> None:
+    # Before: the summary's columns are the champion's, so a challenger-only drift was
+    # announced as "drift in  (share 0%)" (found by tests/e2e/test_monitor_workflow.py).
+    calm = {"tenure": {"drifted": False}, "contract": {"drifted": False}}
+    drift = {
+        "drifted": True,
+        "columns": calm,
+        "share": 0.0,
+        "variants": {
+            "champion": {"version": "3", "columns": calm, "share": 0.0},
+            "challenger": {
+                "version": "4",
+                "columns": {"tenure": {"drifted": True}, "contract": {"drifted": False}},
+                "share": 0.5,
+            },
+        },
+    }
+    assert report.alerts({"drift": drift}) == ["drift in challenger v4: tenure (share 50%)"]
+
+
+def test_the_rollouts_approval_request_shows_the_analysis(tmp_path: Path) -> None:
+    """The monitor's result as the person deciding a promotion reads it (operators.rollout)."""
+    from operators.rollout import monitor_markdown
+
+    versions = {"champion": "3", "challenger": "4"}
+    joined = _joined(
+        tmp_path,
+        requests=4000,
+        split={"champion": 90, "challenger": 10},
+        versions=versions,
+        accuracy={"champion": 0.80, "challenger": 0.80},
+    )
+    result = report.analyse(joined, split={"champion": 90, "challenger": 10}, versions=versions)
+    result.update(versions=versions, mlflow_run_id="abc123", time="2026-11-21T00:00:00+00:00")
+    text = monitor_markdown(result)
+    assert "MLflow monitoring run: [abc123](" in text and "/runs/abc123)" in text
+    assert "| | champion v3 | challenger v4 |" in text
+    accuracy = result["metrics"]["challenger"]["accuracy"]
+    row = next(line for line in text.splitlines() if line.startswith("| accuracy"))
+    assert row.startswith("| accuracy (95% interval) |"), row
+    assert f"{accuracy['value']:.4f} [{accuracy['low']:.4f}, {accuracy['high']:.4f}]" in row
+    assert "- Sample-ratio mismatch: no (chi-square p = " in text
+    assert f"**{result['comparison']['decision']}**" in text
+    assert "None for these two versions yet" in monitor_markdown(None)

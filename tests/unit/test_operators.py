@@ -18,7 +18,7 @@ CASES = {
         {"source": "data/x.csv", "read_options": {"sep": ","}},
         {"source", "query", "read_options"},
     ),
-    "validate": ({"suite": "telco_churn_raw"}, {"suite", "input"}),
+    "validate": ({"suite": "telco_churn_raw"}, {"suite", "input", "query"}),
     "transform": ({"steps": [{"op": "drop", "columns": ["x"]}]}, {"steps", "input"}),
     "train": (
         {"target": "churn", "params": {"max_depth": 3}},
@@ -63,11 +63,28 @@ def test_template_fields_and_construction(task_type: str) -> None:
     assert operator.project == "churn" and operator.workflow == "train"
 
 
+def test_validate_per_partition_is_plan_mapped_tasks_and_combine() -> None:
+    from airflow.sdk import DAG
+
+    from operators.validate import validate_tasks
+
+    with DAG("churn.train", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)) as dag:
+        head, tail = validate_tasks(task_id="validate", suite="telco_churn_raw", **CONTEXT)
+    assert (head.task_id, tail.task_id) == ("validate_plan", "validate")
+    mapped = dag.get_task("validate_partition")
+    assert mapped.upstream_task_ids == {"validate_plan"}
+    assert tail.upstream_task_ids == {"validate_partition"}
+    assert {"suite", "partition"} <= set(mapped.template_fields)
+    assert {"suite", "input", "partials"} <= set(tail.template_fields)
+    assert [link.name for link in tail.operator_extra_links] == ["GX data docs", "Stored dataset"]
+
+
 @pytest.mark.parametrize(
     ("task_type", "fields", "message"),
     [
         ("extract", {}, "exactly one of 'source' or 'query'"),
         ("extract", {"query": "select 1"}, "needs 'conn_id'"),
+        ("validate", {"suite": "s", "query": "select 1"}, "needs 'conn_id'"),
         ("extract", {"source": "x", "format": "json"}, "format must be one of csv, parquet"),
         ("transform", {"steps": [{"columns": ["x"]}]}, r"steps\[0\] needs an 'op'"),
         ("train", {"target": "y", "objective": "ranking"}, "objective must be one of"),
@@ -86,7 +103,7 @@ def test_bad_arguments_are_named(task_type: str, fields: dict, message: str) -> 
 
 
 def test_deploy_waits_for_serving_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlwp import serving_client
+    from mlwp.registry import serving_client
     from operators.deploy import DeployOperator
 
     calls: list[tuple[tuple, dict]] = []

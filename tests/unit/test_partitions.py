@@ -1,4 +1,4 @@
-"""Streaming extract into partitioned datasets (mlwp.partitions, mlwp.etl streaming path)."""
+"""Streaming extract into partitioned datasets (mlwp.data.partitions, mlwp.data.extract)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlwp.etl import ExtractError, cursor_reader, extract_partitioned, write_reader
-from mlwp.partitions import PartitionedReader, manifest_sha256, partitions_of
-from mlwp.storage import DatasetIntegrityError, Storage
+from mlwp.data import extract
+from mlwp.data.extract import ExtractError, cursor_reader, extract_partitioned, write_reader
+from mlwp.data.partitions import PartitionedReader, manifest_sha256, partitions_of
+from mlwp.data.storage import DatasetIntegrityError, Storage
 
 pytestmark = pytest.mark.unit
 
@@ -99,7 +100,6 @@ def test_modified_partition_is_refused(project_dir: Path, tmp_path: Path) -> Non
 def test_streaming_options_and_type_errors(
     project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlwp import etl
 
     storage = Storage(str(tmp_path / "store"))
     ref = extract_partitioned(
@@ -116,7 +116,7 @@ def test_streaming_options_and_type_errors(
     # which column and how to fix it.
     lines = ["a,b"] + [f"{i},{i}" for i in range(3000)] + ["3000,oops"]
     (project_dir / "late.csv").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(etl, "CSV_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(extract, "CSV_BLOCK_BYTES", 4096)
     with pytest.raises(ExtractError, match=r"read_options\.dtype"):
         extract_partitioned(
             "late.csv", storage=storage, project="p", name="late", project_dir=project_dir,
@@ -127,6 +127,41 @@ def test_streaming_options_and_type_errors(
         rows_per_partition=1000, read_options={"dtype": {"b": "str"}},
     )  # fmt: skip
     assert storage.read_dataset(fixed.uri)["b"].iloc[-1] == "oops"
+
+
+def test_streamed_csv_types_and_row_groups_do_not_depend_on_block_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Types come from the file's head (CSV_BLOCK_BYTES, cut after its last whole row, in any
+    encoding); the small blocks read after it give the same rows in 65,536-row row groups."""
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    rows = 70_000
+    text = "name,score\n" + "".join(f"Ré{i},{i / 4}\n" for i in range(rows))
+    (folder / "latin.csv").write_bytes(text.encode("latin-1"))
+    (folder / "utf16.csv").write_bytes(text.encode("utf-16"))
+    storage = Storage(str(tmp_path / "store"))
+    # a head of 1,001 bytes ends inside a row and, for UTF-16, inside a character
+    monkeypatch.setattr(extract, "CSV_BLOCK_BYTES", 1_001)
+    monkeypatch.setattr(extract, "CSV_STREAM_BLOCK_BYTES", 4_096)
+    for name, encoding in (("latin.csv", "latin-1"), ("utf16.csv", "utf-16")):
+        ref = extract_partitioned(
+            name, storage=storage, project="p", name=name[:-4], project_dir=folder,
+            rows_per_partition=100_000, read_options={"encoding": encoding},
+        )  # fmt: skip
+        back = storage.read_dataset(ref.uri)
+        assert back["name"].iloc[-1] == f"Ré{rows - 1}" and back["score"].dtype == "float64"
+        (part,) = partitions_of(storage, ref.uri)
+        metadata = pq.read_metadata(ref.uri.removeprefix("file://") + "/" + part.path)
+        groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        assert groups == [65_536, rows - 65_536]
+    with pytest.raises(ExtractError, match="encoding 'klingon' is not an encoding"):
+        extract_partitioned(
+            "latin.csv", storage=storage, project="p", name="x", project_dir=folder,
+            rows_per_partition=1_000, read_options={"encoding": "klingon"},
+        )  # fmt: skip
 
 
 class _Cursor:
@@ -155,3 +190,24 @@ def test_cursor_rows_become_typed_partitions(tmp_path: Path) -> None:
     back = storage.read_dataset(ref.uri)
     assert back["spend"].tolist() == [1.5 * i for i in range(10)]
     assert back["plan"].isna().sum() == 5 and str(back["id"].dtype) == "int32"
+
+
+def test_a_partitioned_extract_to_s3_lands_at_its_address_in_one_try(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "rows.csv"
+    pd.DataFrame({"x": range(50), "plan": ["a", "b"] * 25}).to_csv(source, index=False)
+    storage = Storage(f"s3://{s3_bucket}/storage")
+    for partition_by in (None, ["plan"]):
+        ref = extract_partitioned(
+            source.as_uri(),
+            storage=storage,
+            project="p",
+            name=f"rows-{bool(partition_by)}",
+            rows_per_partition=20,
+            partition_by=partition_by,
+        )
+        fs, path = storage._fs(storage.dataset_dir("p", f"rows-{bool(partition_by)}"))
+        assert not [key for key in fs.find(path) if ".staging-" in key]
+        assert PartitionedReader(storage, ref.uri).partitions
+        assert storage.read_dataset(ref.uri)["x"].sort_values().tolist() == list(range(50))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import xgboost
 
-from mlwp.predictor import DensePredictor
-from mlwp.preprocessing import Feature, _columns_checked, columns_from_records
+from mlwp.model.columns import _columns_checked, columns_from_records
+from mlwp.model.features import Feature
+from mlwp.model.predictor import DensePredictor
 
 
 def booster(objective: str, classes: int = 1) -> tuple[xgboost.Booster, np.ndarray]:

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
-from mlwp.preprocessing import (
-    ENCODER_MAX_ROWS,
-    Expression,
-    Preprocessing,
-    PreprocessingError,
-    RecordError,
-    columns_from_frame,
-    fit_step,
-    infer_inputs,
-)
+from mlwp.model.columns import columns_from_frame
+from mlwp.model.expressions import Expression
+from mlwp.model.features import ENCODER_MAX_ROWS, PreprocessingError, RecordError
+from mlwp.model.preprocessing import Preprocessing, infer_inputs
+from mlwp.model.record_encoder import Fallback
+from mlwp.model.steps import fit_step
 
 pytestmark = pytest.mark.unit
 
@@ -347,7 +344,7 @@ def test_unusual_values_give_the_column_path_answer(
 
 
 def test_record_encoder_reports_the_problem_a_whole_record_check_meets_first() -> None:
-    from mlwp.record_encoder import Fallback
+    from mlwp.model.record_encoder import Fallback
 
     frame = pd.DataFrame({"amount": ["1.5", "2"], "count": [1.0, 2.0], "y": [0, 1]})
     pre = fit(frame, [{"op": "cast", "columns": {"amount": "float"}}]).with_target("y")
@@ -379,7 +376,8 @@ def test_onehot_columns_of_text_and_numbers() -> None:
 
 
 def test_dict_reader_reads_what_the_per_feature_reading_reads() -> None:
-    from mlwp.preprocessing import DictReader, Feature, _columns_of_clean_records
+    from mlwp.model.columns import DictReader, _columns_of_clean_records
+    from mlwp.model.features import Feature
 
     features = [
         Feature("n", "float"),
@@ -448,7 +446,7 @@ def test_batch_encoder_runs_each_kind_of_numeric_step_once_with_the_same_bits() 
     pre = fit(frame, steps).with_target("y")
     encoder = pre.record_encoder
     assert encoder is not None
-    assert sorted(len(np.atleast_1d(slots)) for slots, _ in encoder._batch.number_groups) == [
+    assert sorted(len(np.atleast_1d(slots)) for slots, _ in encoder.batch_plan.number_groups) == [
         1,
         1,
         2,
@@ -465,6 +463,61 @@ def test_batch_encoder_runs_each_kind_of_numeric_step_once_with_the_same_bits() 
         expected = pre.transform_records_by_column(records)
         assert encoder.encode_batch(records).tobytes() == expected.tobytes()
         assert encoder.encode(records).tobytes() == expected.tobytes()
+        # from a JSON body (NaN and infinities as null)
+        body = orjson.dumps({"data": records})
+        records = orjson.loads(body)["data"]
+        decoded, _ = pre.json_records.decode(body)  # type: ignore[union-attr]
+        assert pre.json_records.matrix(decoded).tobytes() == (  # type: ignore[union-attr]
+            pre.transform_records(records).tobytes()
+        )
+
+
+JSON_RECORDS = [
+    {"amount": 2, "count": 3, "flag": True, "city": "a", "level": 1, "note": "y"},
+    # ints and floats of the same value, signed zeros, an int past 2**53
+    {"amount": -0.0, "count": -0, "flag": False, "city": "b", "level": 3.0},
+    {"amount": 2**60 + 1, "count": 1e300, "flag": True, "city": None, "level": 2.5},
+    # unknown categories, optional fields missing or null, null numbers and booleans
+    {"count": 7, "flag": True, "city": "zzz", "level": 2, "note": None},
+    {"amount": None, "count": None, "flag": None, "city": "a", "level": None, "note": "x"},
+]
+
+
+def test_json_records_equal_the_usual_path_bit_for_bit_on_edge_values() -> None:
+    pre = _edge_preprocessing()
+    decoder = pre.json_records
+    assert decoder is not None
+    for rows in (JSON_RECORDS, JSON_RECORDS[::-1] * 7, JSON_RECORDS[1:2]):
+        body = orjson.dumps({"key": 7.0, "data": rows})
+        records, (key, absent) = decoder.decode(body, "data", ("key", "other"))
+        assert key == 7.0 and type(key) is float and absent is None
+        expected = pre.transform_records(orjson.loads(body)["data"])
+        assert decoder.matrix(records).tobytes() == expected.tobytes()
+    assert decoder.matrix(decoder.decode(b'{"data": []}')[0]).shape == (0, len(pre.outputs))
+    # what the usual path reads otherwise, refuses or reports is left to it
+    first = JSON_RECORDS[0]
+    odd = [
+        {**first, "count": True},  # a boolean as a number
+        {**first, "flag": 1},  # a number as a boolean
+        {**first, "city": 1},  # a number as a text
+        {**first, "other": 1},  # a field the model does not read
+        {name: value for name, value in first.items() if name != "count"},  # required
+    ]
+    for record in odd:
+        with pytest.raises(Fallback):
+            decoder.decode(orjson.dumps({"data": [record]}))
+    for body in (
+        b'{"data": [{"count": 1e400, "flag": true, "city": "a", "level": 1}]}',
+        b'{"data": [{"count": 1, "flag": true, "city": "\\ud800", "level": 1}]}',
+        b'{"data": [{"count": 1, "flag": true, "city": "\xff", "level": 1}]}',
+        b'{"data": [], "key": 1e400}',
+        b'{"data": [], "more": 1}',
+        b'{"data": {}}',
+        b"[]",
+        b'{"data": []} x',
+    ):
+        with pytest.raises(Fallback):
+            decoder.decode(body, "data", ("key",))
 
 
 def test_tuning_sets_where_the_encoder_switches_to_batches_and_keeps_it_on_a_refusal() -> None:
@@ -481,3 +534,30 @@ def test_tuning_sets_where_the_encoder_switches_to_batches_and_keeps_it_on_a_ref
         records = (EDGE_RECORDS * 40)[:size]
         expected = pre.transform_records_by_column(records)
         assert pre.transform_records(records).tobytes() == expected.tobytes()
+
+
+def test_coded_text_columns_give_the_plain_columns_matrix(
+    frame: pd.DataFrame, pre: Preprocessing
+) -> None:
+    """A text column given with its codes (batch scoring's Arrow dictionaries) is looked up
+    once per distinct value and gives the matrix of the same values given plainly."""
+    from mlwp.model.features import Coded
+
+    rows = frame.drop(columns=["churn"]).head(50).copy()
+    rows.loc[0, "contract"] = "Ten year"  # unknown: an all-zero block
+    rows.loc[1, "internet_service"] = None  # missing: an all-zero block
+    plain = columns_from_frame(rows, {f.name: f.dtype for f in pre.inputs})
+    coded = columns_from_frame(rows, {f.name: f.dtype for f in pre.inputs})
+    for name in CATEGORICAL:
+        values = plain.data[name]
+        categories = np.array(sorted({v for v in values if v is not None}), dtype=object)
+        index = {v: i for i, v in enumerate(categories)}
+        codes = np.array([index.get(v, -1) for v in values], dtype=np.int32)
+        coded.data[name] = Coded.of(categories, codes)
+        assert coded.data[name].tolist() == values.tolist()
+        assert coded.data[name][:3].codes is None  # a derived array is plain
+    expected = pre.transform_columns(plain)
+    got = pre.transform_columns(coded)
+    assert got.matrix(got.names).tobytes() == expected.matrix(expected.names).tobytes()
+    single = expected.matrix(expected.names).astype(np.float32)  # as XGBoost reads it
+    assert got.matrix(got.names, np.float32).tobytes() == single.tobytes()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from mlwp import rollout
 from mlwp.definitions import parse_definition
-from mlwp.rollout import Guardrails, RolloutPolicy, VariantWindow
+from mlwp.registry import rollout
+from mlwp.registry.rollout import Guardrails, RolloutPolicy, VariantWindow
 from serving.core.metrics import Metrics, child
 
 pytestmark = pytest.mark.unit
@@ -242,7 +242,7 @@ def test_bad_rollout_definitions_name_the_problem(rollout_yaml: str, message: st
 
 
 def test_the_approval_request_shows_the_rollout_evidence() -> None:
-    from operators.approve import rollout_markdown
+    from operators.rollout import rollout_markdown
 
     verdict = rollout.evaluate(Guardrails(min_requests=20), window(120, 1), MONITOR_OK)
     document = {

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mlwp.serving_client import reload_and_wait
+from mlwp.registry.serving_client import reload_and_wait
 
 pytestmark = pytest.mark.unit
 
@@ -93,7 +93,7 @@ def test_waits_through_a_slow_load_until_the_version_serves(
         return _listing([new if poll > 4 else old], last_sync=1 if poll > 4 else None)
 
     fake = FakeServing(models)
-    with caplog.at_level(logging.INFO, logger="mlwp.serving_client"):
+    with caplog.at_level(logging.INFO, logger="mlwp.registry.serving_client"):
         outcome = _run(fake, api_key="mlwp_admin")
     assert outcome.confirmed and outcome.state == "serving"
     assert fake.reloads == 1 and fake.polls == 5
@@ -130,7 +130,7 @@ def test_a_load_failure_stops_the_wait_and_names_the_error(
     }
     failed = _entry({"champion": "1"}, {"champion": 90.0, "challenger": 10.0}, [error])
     fake = FakeServing(lambda poll, f: _listing([failed], last_sync=1 if poll > 1 else None))
-    with caplog.at_level(logging.WARNING, logger="mlwp.serving_client"):
+    with caplog.at_level(logging.WARNING, logger="mlwp.registry.serving_client"):
         outcome = _run(fake)
     assert outcome.state == "load_failed" and not outcome.confirmed
     assert fake.polls == 2  # stopped as soon as the covering sync had finished

@@ -8,7 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlwp.storage import DatasetIntegrityError, DatasetRef, Storage, StorageError, normalise_root
+from mlwp.data.storage import (
+    DatasetIntegrityError,
+    DatasetRef,
+    Storage,
+    StorageError,
+    normalise_root,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,7 @@ mlwp.platform.airflow_config (the one place they are generated for `mlwp up`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,49 @@ def test_celery_variant_runs_workers_on_redis(compose: dict[str, Any]) -> None:
     env = worker["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "${MLWP_EXECUTOR:-LocalExecutor}"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
+
+
+def test_serving_captures_the_entity_keys_the_definitions_declare(compose: dict[str, Any]) -> None:
+    """Serving's MLWP_SERVING_ENTITY_FIELDS is what the labels tasks of ./dags (mounted into
+    the platform containers) declare, as `mlwp up` derives it."""
+    import json
+
+    from mlwp.definitions.entity_keys import serving_entity_fields
+    from mlwp.definitions.loading import find_definitions
+
+    derived, problems = serving_entity_fields(find_definitions([REPO_ROOT / "dags" / "projects"]))
+    assert problems == [] and derived == {"churn": "customer_id"}
+    value = compose["services"]["serving"]["environment"]["MLWP_SERVING_ENTITY_FIELDS"]
+    assert json.loads(value) == derived
+
+
+def test_serving_and_airflow_share_one_storage_root(compose: dict[str, Any]) -> None:
+    """Captures land where the monitor task reads them: serving and every container that runs
+    Airflow or mlwp tasks have one MLWP_STORAGE_ROOT, a path on one named volume, and both
+    images run as one user (the volume's folders are created by either)."""
+    from urllib.parse import urlparse
+
+    services = compose["services"]
+    users = {
+        re.findall(r"^USER (\S+)$", (REPO_ROOT / path).read_text(), flags=re.MULTILINE)[-1]
+        for path in ("Dockerfile", "serving/Dockerfile")
+    }
+    assert users == {"50000:0"}
+    sharing = ["serving", "airflow-init", "airflow-worker", "roles-sync", *AIRFLOW_SERVICES]
+    roots = {services[name]["environment"]["MLWP_STORAGE_ROOT"] for name in sharing}
+    [root] = roots
+    path = urlparse(root).path
+    assert root == f"file://{path}"
+    for name in sharing:
+        service = services[name]
+        assert "user" not in service, name  # the image's user, as above
+        mounts = [v.split(":") for v in service["volumes"] if v.split(":")[1] == path]
+        assert [source for source, *_ in mounts] == ["mlwp-storage"], name
+        assert mounts[0][2:] != ["ro"], name
+    assert "mlwp-storage" in compose["volumes"]
+    # A new volume takes the owner of the folder it first mounts on: the platform image's
+    # (50000:0), since serving starts after airflow-init.
+    assert path in (REPO_ROOT / "Dockerfile").read_text()
+    assert services["serving"]["depends_on"]["airflow-init"] == {
+        "condition": "service_completed_successfully"
+    }

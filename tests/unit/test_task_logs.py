@@ -81,7 +81,7 @@ def test_mlflows_registration_notes_are_logged_at_info_not_printed_to_stderr(
 
     from mlflow.utils.logging_utils import eprint
 
-    from mlwp.registry import _notes_to_log
+    from mlwp.registry.registration import _notes_to_log
 
     with caplog.at_level(logging.INFO, logger="mlwp.registry"), _notes_to_log():
         eprint("Created version '3' of model 'churn'.")

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from mlwp import model as mlwp_model
+from mlwp.data.transform import run_transform
 from mlwp.training import entrypoint
 from mlwp.training.core import TrainingConfig, TrainingError
 from mlwp.training.local import prepare_workdir, train_local
 from mlwp.training.metrics import metric_definitions, metric_regex, parse_metric_lines
-from mlwp.transform import run_transform
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlwp.transform import TransformError, run_transform
+from mlwp.data.transform import TransformError, run_transform
 
 pytestmark = pytest.mark.unit
 

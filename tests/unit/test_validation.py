@@ -8,9 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlwp.data.storage import Storage
+from mlwp.data.validation import (
+    SuiteError,
+    load_suite,
+    suggest_suite,
+    validate_dataset,
+    validate_frame,
+)
 from mlwp.settings import REPO_ROOT
-from mlwp.storage import Storage
-from mlwp.validation import SuiteError, load_suite, suggest_suite, validate_dataset, validate_frame
 
 pytestmark = pytest.mark.unit
 

@@ -10,6 +10,7 @@ in the thread pool.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -20,11 +21,13 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from mlwp.preprocessing import RecordError
+from mlwp.model.features import RecordError
+from mlwp.model.record_encoder import Fallback
 from serving.api.deps import ApiKeyDep
 from serving.api.keyed_route import KeyedRoute
 from serving.api.responses import OrjsonResponse, now_iso
 from serving.api.schemas import ERROR_RESPONSES, PredictResponse
+from serving.core.config import ServingSettings
 from serving.core.errors import (
     BadRequest,
     Forbidden,
@@ -183,6 +186,20 @@ def _score(variant: Variant, data: list[Any]) -> dict[str, Any]:
     }
 
 
+def _score_decoded(variant: Variant, records: list[Any], body: bytes) -> dict[str, Any]:
+    """:func:`_score` of records from :func:`_decode` (and the body they came from)."""
+    try:
+        result = variant.model.predict_decoded(records)
+    # A value an operation refuses (a text no cast reads) or its float arithmetic does:
+    # the usual path reads or reports it, as it does for records it parsed itself.
+    except (Fallback, ArithmeticError):
+        return _score(variant, orjson.loads(body)["data"])
+    return {
+        "predictions": _plain(result.predictions),
+        "probabilities": _plain(result.probabilities),
+    }
+
+
 def _plain(values: Any) -> Any:
     if values is None:
         return None
@@ -190,11 +207,46 @@ def _plain(values: Any) -> Any:
     return tolist() if tolist is not None else values
 
 
+def _decode(
+    state: ModelState, body: bytes, settings: ServingSettings
+) -> tuple[list[Any], Any] | None:
+    """The body's records decoded straight into typed fields (``mlwp.model.json_records``)
+    and its routing field's value, when every variant of the model reads the same record
+    fields and the body is one the usual path would take as it is: a non-empty ``data``
+    within ``max_rows``, nothing but the model's fields. None: parse it the usual way,
+    which answers the same or names the problem."""
+    decoder = None
+    for variant in state.variants.values():
+        own = variant.model.json_records
+        if own is None or (decoder is not None and own.record_type is not decoder.record_type):
+            return None
+        decoder = own
+    if decoder is None or len(body) < decoder.min_bytes:
+        return None
+    try:
+        records, (routing,) = decoder.decode(body, "data", (settings.routing_field,))
+    except Fallback:
+        return None
+    if not records or len(records) > settings.max_rows:
+        return None
+    return records, routing
+
+
 async def _predict(services: Services, request: Request, model: str) -> OrjsonResponse:
     settings = services.settings
     state = _state(services, model)
     body = await _read_body(request, settings.max_body_bytes)
-    data, routing = _parse(body, settings.max_rows, settings.routing_field)
+    # the cache keys parsed records: with a cache, the usual parse
+    decoded = _decode(state, body, settings) if services.cache is None else None
+    if decoded is None:
+        data: list[Any] | None
+        data, routing = _parse(body, settings.max_rows, settings.routing_field)
+        rows = len(data)
+    else:
+        data = None
+        records, routing = decoded
+        routing = routing_key(routing, settings.routing_field)
+        rows = len(records)
     routing = request.headers.get("x-routing-key") or routing
     alias = state.router.choose(routing) if state.router is not None else "champion"
     variant = state.variants[alias]
@@ -203,20 +255,25 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
     request_id: str = request.scope["state"]["request_id"]
     key = None
     scored: dict[str, Any] | None = None
-    if services.cache is not None:
+    if services.cache is not None and data is not None:
         key = cache_key(model, variant.version, data)
         scored = await services.cache.get(key)
     cached = scored is not None
     if scored is None:
         started = time.perf_counter()
+        score = (
+            functools.partial(_score, variant, data)
+            if data is not None
+            else functools.partial(_score_decoded, variant, records, body)
+        )
         try:
-            if len(data) <= settings.inline_rows:
-                scored = _score(variant, data)
+            if rows <= settings.inline_rows:
+                scored = score()
             else:
-                scored = await run_in_threadpool(_score, variant, data)
+                scored = await run_in_threadpool(score)
         except Exception as exc:
             # Per variant, so a guarded rollout sees a challenger that fails what the
-            # champion answers (mlwp.rollout reads this counter).
+            # champion answers (mlwp.registry.rollout reads this counter).
             kind = "invalid_input" if isinstance(exc, InvalidInput) else "error"
             child(metrics.prediction_errors, model, alias, kind).inc()
             raise
@@ -224,7 +281,7 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
         if key is not None and services.cache is not None:
             await services.cache.set(key, scored)
     child(metrics.prediction_requests, model, alias).inc()
-    child(metrics.predictions, model, alias, variant.version).inc(len(data))
+    child(metrics.predictions, model, alias, variant.version).inc(rows)
 
     response = {
         "predictions": scored["predictions"],
@@ -236,9 +293,11 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
         "timestamp": now_iso(),
         "cached": cached,
     }
+    answer = OrjsonResponse(response)
     captured = None
     if services.capture.sampled(model):
-        # references only: the writer serialises in the background (services/capture.py)
+        # the bytes at hand, as they are: the writer and the readers do the rest
+        # (serving/services/capture.py)
         started = request.scope["state"].get("started")
         captured = Captured(
             inference_id=request_id,
@@ -248,72 +307,55 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
             variant=alias,
             served=True,
             routing_key=routing,
-            records=data,
-            predictions=scored["predictions"],
-            probabilities=scored["probabilities"],
+            rows=rows,
+            request=body,
+            response=bytes(answer.body),  # the same object: render() made bytes
             classes=variant.model.classes,
             latency_ms=(time.perf_counter() - started) * 1000 if started else 0.0,
         )
         services.capture.add(captured)
-    task = None
     shadow = state.shadow
-    log_it = services.prediction_log.sampled()
-    if shadow is not None or log_it:
-        task = BackgroundTask(_after, services, model, shadow, data, response, log_it, captured)
-    return OrjsonResponse(response, background=task)
+    if shadow is not None:
+        if data is None:
+            data = orjson.loads(body)["data"]  # the records as the usual path reads them
+        answer.background = BackgroundTask(
+            _shadow, services, model, shadow, data, response, captured
+        )
+    return answer
 
 
-async def _after(  # noqa: PLR0917 - a background task takes its inputs positionally
+async def _shadow(  # noqa: PLR0917 - a background task takes its inputs positionally
     services: Services,
     model: str,
-    shadow: Variant | None,
+    shadow: Variant,
     data: list[Any],
     response: dict[str, Any],
-    log_it: bool,
-    captured: Captured | None = None,
+    captured: Captured | None,
 ) -> None:
-    """After the response is sent: score the shadow variant (captured beside the served
-    result when the request was), write the prediction log."""
-    shadow_result = None
-    if shadow is not None:
-        try:
-            shadow_result = await run_in_threadpool(_score, shadow, data)
-        except Exception as exc:  # the shadow must never affect serving; count and log it
-            services.metrics.shadow_errors.labels(model).inc()
-            log.warning("shadow_failed", model=model, version=shadow.version, error=repr(exc))
-        else:
-            services.metrics.shadow_predictions.labels(model, shadow.version).inc(len(data))
-            differing = sum(
-                1
-                for a, b in zip(shadow_result["predictions"], response["predictions"], strict=False)
-                if a != b
+    """After the response is sent: score the shadow variant, captured beside the served
+    result when the request was."""
+    try:
+        shadow_result = await run_in_threadpool(_score, shadow, data)
+    except Exception as exc:  # the shadow must never affect serving; count and log it
+        services.metrics.shadow_errors.labels(model).inc()
+        log.warning("shadow_failed", model=model, version=shadow.version, error=repr(exc))
+        return
+    services.metrics.shadow_predictions.labels(model, shadow.version).inc(len(data))
+    differing = sum(
+        1
+        for a, b in zip(shadow_result["predictions"], response["predictions"], strict=False)
+        if a != b
+    )
+    if differing:
+        services.metrics.shadow_disagreements.labels(model, shadow.version).inc(differing)
+    if captured is not None:
+        services.capture.add(
+            dataclasses.replace(
+                captured,
+                version=shadow.version,
+                variant=shadow.alias,
+                served=False,
+                response=orjson.dumps(shadow_result, option=orjson.OPT_SERIALIZE_NUMPY),
+                classes=shadow.model.classes,
             )
-            if differing:
-                services.metrics.shadow_disagreements.labels(model, shadow.version).inc(differing)
-            if captured is not None:
-                services.capture.add(
-                    dataclasses.replace(
-                        captured,
-                        version=shadow.version,
-                        variant=shadow.alias,
-                        served=False,
-                        predictions=shadow_result["predictions"],
-                        probabilities=shadow_result["probabilities"],
-                        classes=shadow.model.classes,
-                    )
-                )
-    if log_it:
-        entry = {
-            "request_id": response["request_id"],
-            "timestamp": response["timestamp"],
-            "model": model,
-            "variant": response["variant"],
-            "model_version": response["model_version"],
-            "cached": response["cached"],
-            "inputs": data,
-            "predictions": response["predictions"],
-            "probabilities": response["probabilities"],
-        }
-        if shadow_result is not None and shadow is not None:
-            entry["shadow"] = {"model_version": shadow.version, **shadow_result}
-        await services.prediction_log.write(entry)
+        )

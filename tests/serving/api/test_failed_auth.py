@@ -23,7 +23,6 @@ def _settings(tmp_path: Path, **overrides: Any) -> Any:
         home=tmp_path / "home",
         mlflow_tracking_uri="http://127.0.0.1:9",  # no registry needed: /v1/models answers
         poll_interval_seconds=0,
-        prediction_log_sample_rate=0.0,
         **overrides,
     )
 

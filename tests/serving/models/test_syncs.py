@@ -74,7 +74,6 @@ def _settings(tmp_path: Path, **overrides: Any) -> ServingSettings:
         "home": tmp_path / "home",
         "mlflow_tracking_uri": "http://127.0.0.1:9",  # never contacted: the sync is faked
         "poll_interval_seconds": 0,
-        "prediction_log_sample_rate": 0.0,
         **overrides,
     }
     return ServingSettings(**values)

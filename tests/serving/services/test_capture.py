@@ -65,7 +65,8 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
 
         frame = read_capture(root, model_name)
         parts = sorted((tmp_path / "storage/monitoring/capture").rglob("*.parquet"))
-        assert parts and all(pq.read_schema(p) == contract.CAPTURE_SCHEMA for p in parts)
+        # stored per request (format 2), read back per record
+        assert parts and all(pq.read_schema(p) == contract.request_schema() for p in parts)
         assert parts[0].parent.parent.name == f"model={model_name}"
         served = frame[frame["served"]].sort_values("row")
         assert list(served["inference_id"]) == ["req-capture-1"] * 3
@@ -74,6 +75,9 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
         assert set(served["routing_key"]) == {"user-7"}
         assert list(served["entity_key"]) == ["c0", "c1", "c2"]
         assert [orjson.loads(text) for text in served["inputs"]] == sent
+        stored = [r for part in parts for r in pq.read_table(part).to_pylist()]
+        assert {orjson.loads(r["request"])["routing_key"] for r in stored} == {"user-7"}
+        assert response.content in [r["response"] for r in stored]  # the body as sent
         assert [orjson.loads(t)["prediction"] for t in served["outputs"]] == body["predictions"]
         classes = ["No", "Yes"]  # the telco models' classes, in order
         assert list(served["prediction"]) == [classes.index(p) for p in body["predictions"]]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from serving_harness import running
-from telco import register_version, set_traffic
+from telco import register_version, sample_records, set_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
 
@@ -39,6 +39,19 @@ async def test_predict_answers_with_variant_version_and_probabilities(
         flat = [p for row in body["probabilities"] for p in row]
         assert flat == pytest.approx([p for row in direct.probabilities or [] for p in row])
 
+        # a larger batch, which the service decodes from JSON straight into the matrix
+        # (mlwp.model.json_records): the same predictions and probabilities, bit for bit
+        many = sample_records(60, offset=100)
+        response = await svc.client.post(
+            f"/v1/models/{model_name}/predict",
+            json={"data": many, "routing_key": 12},
+            headers=svc.auth(),
+        )
+        assert response.status_code == 200, response.text
+        direct = mlwp_model.load(model_dirs["v1"]).predict(many)
+        assert response.json()["predictions"] == direct.predictions
+        assert response.json()["probabilities"] == direct.probabilities
+
         default = await svc.client.post("/predict", json={"data": records[:1]}, headers=svc.auth())
         assert default.status_code == 200
         assert default.json()["model"] == model_name
@@ -52,7 +65,7 @@ async def test_predict_answers_with_variant_version_and_probabilities(
         metrics = (await svc.client.get("/metrics")).text
         assert (
             f'mlwp_serving_predictions_total{{model="{model_name}",variant="champion",'
-            f'version="{version}"}} 6.0'
+            f'version="{version}"}} 66.0'
         ) in metrics
 
         schema = (await svc.client.get("/openapi.json")).json()
@@ -85,7 +98,7 @@ async def test_errors_name_row_and_field_and_follow_the_schema(
         response = await svc.client.post(url, json={"data": missing}, headers=svc.auth())
         assert response.status_code == 422
         assert response.json()["error"]["details"][0]["field"] == "contract"
-        # Counted per variant: a guarded rollout judges the challenger by it (mlwp.rollout).
+        # Counted per variant: a guarded rollout (mlwp.registry.rollout) judges challengers by it.
         metrics = (await svc.client.get("/metrics")).text
         assert (
             'mlwp_serving_prediction_errors_total{kind="invalid_input",'

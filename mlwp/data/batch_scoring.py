@@ -1,0 +1,332 @@
+"""Score a dataset partition in bounded chunks with a loaded model (batch prediction at scale).
+
+Each chunk (an Arrow record batch of ``chunk_rows`` rows) goes through the model's own fitted
+:class:`~mlwp.model.preprocessing.Preprocessing` (its column path, the one serving takes for large
+batches) and booster; the scores become labels and class probabilities by the rules of
+:meth:`mlwp.model.Model.decide` (threshold for binary, argmax for multiclass), applied to whole
+arrays (a test holds both to the same answers). Memory is one chunk and its feature matrix,
+whatever the partition's size.
+
+What the output holds (:class:`Output`, docs/scale.md "What the output holds"): by default the
+rows' key columns (``keys``), or a ``row`` column (the row's position in the input dataset)
+when there are none, then ``prediction`` and, for classifiers, ``probability_<class>``; with
+``join_input`` every input column instead of the keys (SageMaker's ``JoinSource: Input``). The
+lean default is what makes a scoring task about as fast as the booster: writing the input's
+columns back out cost three times the trees.
+
+Speed (docs/scale.md): no value goes through Python one at a time. Only the features and the
+carried columns are read; text columns are dictionary-encoded by Arrow and handed to the steps
+as :class:`~mlwp.model.features.Coded` arrays, so a one-hot or ordinal step looks up each
+distinct value once; the labels are taken from the classes by Arrow; carried columns go to the
+output as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlwp.errors import MlwpError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mlwp.data.partitions import Partition, PartitionedReader
+    from mlwp.model import Model
+
+DEFAULT_CHUNK_ROWS = 65_536
+ROW_COLUMN = "row"
+
+
+class OutputColumnsError(MlwpError):
+    """The output asks for input columns the input does not have, or that clash with the
+    predictions' names."""
+
+    code = "output_columns_error"
+
+
+@dataclass(frozen=True)
+class Output:
+    """Which input columns the scored rows carry beside ``prediction`` and the probabilities.
+
+    ``keys``: the columns that identify a row (a customer id); ``join_input``: every input
+    column. With neither, a ``row`` column: the row's position in the input dataset (its
+    partition's ``first_row`` plus its position in the partition, partitions in manifest order).
+    """
+
+    keys: tuple[str, ...] = ()
+    join_input: bool = False
+
+    @classmethod
+    def of(cls, keys: Iterable[str] | None = None, join_input: bool = False) -> Output:
+        return cls(tuple(keys or ()), bool(join_input))
+
+    @property
+    def row_index(self) -> bool:
+        """Whether the rows are identified by the ``row`` column."""
+        return not self.join_input and not self.keys
+
+    def carried(self, names: Sequence[str]) -> list[str]:
+        """The input columns (of the input's ``names``) that go to the output, in order."""
+        return list(names) if self.join_input else list(self.keys)
+
+    def check(self, names: Sequence[str], where: str, predicted: Sequence[str] = ()) -> None:
+        """Refuse keys the input (whose columns are ``names``) does not have, and carried
+        columns named as a ``predicted`` column."""
+        missing = [key for key in self.keys if key not in names]
+        if missing:
+            raise OutputColumnsError(
+                f"{where}: key column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))} not in the input's columns {list(names)}"
+            )
+        clashes = [name for name in self.carried(names) if name in predicted]
+        if clashes:
+            raise OutputColumnsError(
+                f"{where}: the input column{'s' if len(clashes) > 1 else ''} "
+                f"{', '.join(map(repr, clashes))} would clash with the predictions' columns: "
+                "rename it in the input, or leave it out of the carried columns"
+            )
+
+    def unique(self) -> list[str]:
+        """The output columns that identify rows (``row``, or the keys): written without a
+        dictionary, which would hold every value (:func:`mlwp.data.partitions.parquet_writer`)."""
+        return [ROW_COLUMN] if self.row_index else list(self.keys)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.keys), "join_input": self.join_input}
+
+
+LEAN = Output()
+
+
+def score_batch(
+    model: Model,
+    batch: pa.RecordBatch,
+    schema: pa.Schema | None = None,
+    *,
+    output: Output = LEAN,
+    first_row: int = 0,
+) -> Any:
+    """The batch's predictions (and class probabilities) after the columns ``output`` carries
+    (``first_row``: the position of the batch's first row in the input, for the ``row``
+    column), with ``schema`` (by default :func:`output_schema` of the batch's)."""
+    import pyarrow as pa
+
+    schema = schema or output_schema(model, batch.schema, output)
+    matrix = feature_matrix(model, batch)
+    if matrix.shape[0] == 0:
+        raw = np.zeros((0,), dtype=np.float64)
+    else:
+        raw = np.asarray(model.predictor.predict(matrix), dtype=np.float64)
+    if output.row_index:
+        arrays = [pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.int64))]
+    else:  # the carried columns as they are, text read as dictionaries back to text
+        arrays = []
+        for name in output.carried(batch.schema.names):
+            column, kind = batch.column(name), schema.field(name).type
+            arrays.append(column if column.type == kind else column.cast(kind))
+    label_type = schema.field("prediction").type
+    if model.objective == "regression":
+        arrays.append(pa.array(raw.reshape(-1), type=label_type))
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    classes = list(model.classes or [])
+    if model.objective == "binary":
+        positive = raw.reshape(-1)
+        probabilities = np.column_stack([1.0 - positive, positive])
+        chosen = (positive >= model.threshold).astype(np.int64)
+    else:
+        probabilities = raw.reshape(raw.shape[0], -1)
+        chosen = np.argmax(probabilities, axis=1)
+    if classes:
+        arrays.append(pa.array(classes, type=label_type).take(pa.array(chosen)))
+    else:
+        arrays.append(pa.array(chosen, type=label_type))
+    arrays.extend(pa.array(probabilities[:, index]) for index in range(len(classes)))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def feature_matrix(model: Model, batch: pa.RecordBatch) -> np.ndarray[Any, Any]:
+    """The model's feature matrix of a batch's raw rows.
+
+    Arrow columns are read straight into the preprocessing's column arrays when their types
+    are what the model expects (text as ``str``/None objects, numbers as float64 with NaN for
+    missing): Arrow guarantees every value's type, which is what the per-value checks of the
+    DataFrame path establish. Anything else (a missing column, another type, a value a step
+    refuses) takes :meth:`~mlwp.model.preprocessing.Preprocessing.transform_frame`, which reads it
+    or names the problem.
+    """
+    from mlwp.data.columnar_encoder import encoder_for
+    from mlwp.model.features import _ValueProblem
+
+    preprocessing = model.preprocessing
+    encoder = encoder_for(preprocessing)
+    if encoder is not None and (matrix := encoder.matrix(batch)) is not None:
+        return matrix
+    columns = _arrow_columns(preprocessing, batch)
+    if columns is not None:
+        try:
+            out = preprocessing.transform_columns(columns)
+            return out.matrix(out.names, np.float32)
+        except _ValueProblem:
+            pass  # a value the column path cannot read: the frame path names it, row and column
+    return preprocessing.transform_frame(batch.to_pandas())
+
+
+def _arrow_columns(preprocessing: Any, batch: pa.RecordBatch) -> Any:
+    import pyarrow as pa
+
+    from mlwp.model.features import Coded, Columns
+
+    dtypes = {f.name: f.dtype for f in preprocessing.inputs}
+    names = set(batch.schema.names)
+    if any(f.required and f.name not in names for f in preprocessing.features):
+        return None
+    present = [f.name for f in preprocessing.features if f.name in names]
+    data: dict[str, np.ndarray[Any, Any]] = {}
+    for name in present:
+        array = batch.column(name)
+        kind = array.type
+        if dtypes.get(name) == "str":
+            text = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if not (pa.types.is_string(text) or pa.types.is_large_string(text)):
+                return None
+            if not pa.types.is_dictionary(kind):
+                array = array.dictionary_encode()
+            categories = array.dictionary.to_numpy(zero_copy_only=False)
+            codes = array.indices.fill_null(-1).to_numpy()
+            data[name] = Coded.of(categories, codes)
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            data[name] = array.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            return None
+    return Columns(present, data, batch.num_rows)
+
+
+def score_batches(
+    model: Model, batches: Iterable[pa.RecordBatch], *, output: Output = LEAN
+) -> Iterator[pa.RecordBatch]:
+    """Score each batch in turn (a generator: one chunk in memory at a time); ``row`` counts
+    from the first batch's first row."""
+    first_row = 0
+    for batch in batches:
+        yield score_batch(model, batch, output=output, first_row=first_row)
+        first_row += batch.num_rows
+
+
+def output_schema(
+    model: Model, schema: pa.Schema, output: Output = LEAN, where: str = "batch prediction"
+) -> pa.Schema:
+    """The schema of scored batches of ``schema``'s rows (for a writer opened up front)."""
+    import pyarrow as pa
+
+    predicted = predicted_fields(model)
+    output.check(schema.names, where, [f.name for f in predicted])
+    if output.row_index:
+        carried = [pa.field(ROW_COLUMN, pa.int64())]
+    else:
+        carried = [schema.field(name) for name in output.carried(schema.names)]
+    return pa.schema([*carried, *predicted])
+
+
+def predicted_fields(model: Model) -> list[pa.Field]:
+    """``prediction`` and, for classifiers, ``probability_<class>`` of each class."""
+    import pyarrow as pa
+
+    if model.objective == "regression":
+        return [pa.field("prediction", pa.float64())]
+    classes = list(model.classes or [])
+    label_type = pa.array(classes).type if classes else pa.int64()
+    return [
+        pa.field("prediction", label_type),
+        *(pa.field(f"probability_{label}", pa.float64()) for label in classes),
+    ]
+
+
+def read_columns(model: Model, names: Sequence[str], output: Output = LEAN) -> list[str] | None:
+    """The input columns (of ``names``) a scoring reads: the model's features and the carried
+    columns, in the input's order; None (all) with ``join_input``."""
+    if output.join_input:
+        return None
+    wanted = {f.name for f in model.preprocessing.features} | set(output.keys)
+    return [name for name in names if name in wanted]
+
+
+def score_partition(
+    model: Model,
+    reader: PartitionedReader,
+    partition: Partition,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    output: Output = LEAN,
+    first_row: int = 0,
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The output schema and the scored chunks of one file of a stored dataset (``first_row``:
+    the position of its first row in the dataset).
+
+    Only the columns the model and ``output`` need are read; the model's text features as
+    Arrow dictionaries (decoded once per distinct value, and what the steps look up), carried
+    text written back as the text it is stored as. The next chunk is read while this one is
+    scored.
+    """
+    import pyarrow as pa
+
+    stored = reader.schema(partition)
+    text = [
+        f.name
+        for f in model.preprocessing.features
+        if f.dtype == "str"
+        and f.name in stored.names
+        and pa.types.is_string(stored.field(f.name).type)
+    ]
+    schema = output_schema(model, stored, output, f"partition {partition.path or reader.uri}")
+    batches = reader.batches(
+        partition,
+        batch_rows=chunk_rows,
+        dictionary=text,
+        columns=read_columns(model, stored.names, output),
+    )
+
+    def scored() -> Iterator[pa.RecordBatch]:
+        row = first_row
+        for batch in read_ahead(batches):
+            yield score_batch(model, batch, schema, output=output, first_row=row)
+            row += batch.num_rows
+
+    return schema, scored()
+
+
+def read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches, each read in a second thread while the previous one is used (Parquet
+    decodes without the GIL). One batch ahead at most."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="parquet-reader") as pool:
+        pending = pool.submit(next, batches, None)
+        try:
+            while (batch := pending.result()) is not None:
+                pending = pool.submit(next, batches, None)
+                yield batch
+        finally:  # stopped early: let a read in flight end, then close the file
+            if not pending.cancel():
+                pending.exception()
+            if isinstance(batches, Generator):
+                batches.close()
+
+
+def score_stream(
+    model: Model, batches: Iterable[pa.RecordBatch], schema: pa.Schema, output: Output = LEAN
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The output schema and the scored batches of a partition whose rows have ``schema``
+    (``row`` counts from its first row)."""
+    out = output_schema(model, schema, output, "the request's Parquet body")
+
+    def scored() -> Iterator[pa.RecordBatch]:
+        row = 0
+        for batch in batches:
+            yield score_batch(model, batch, out, output=output, first_row=row)
+            row += batch.num_rows
+
+    return out, scored()

@@ -1,0 +1,703 @@
+"""Partitioned datasets: data larger than a worker's memory, written and read in bounded pieces.
+
+A partitioned dataset is the same content-addressed dataset as a single-file one
+(:mod:`mlwp.data.storage`), except that its ``.parquet`` is a folder of Parquet files, the layout
+Spark, pyarrow and pandas all read as one table::
+
+    <root>/<project>/datasets/<name>/<sha256>.parquet/part-0.parquet
+                                                     /part-1.parquet ...
+                                                     (or <column>=<value>/part-0.parquet ...)
+    <root>/<project>/datasets/<name>/<sha256>.json   the sidecar, as today, plus ``partitions``
+
+The dataset's sha256 is the sha256 of its manifest: the ordered list of its files with each
+file's own sha256 and row count (a Merkle root). Reading a partition verifies that file's
+bytes against the manifest, so a modified partition is refused as a modified file is today.
+
+Writing streams: Arrow record batches go through pyarrow's dataset writer
+(``max_rows_per_file`` is ``rows_per_partition``; ``partition_by`` gives Hive-style folders)
+into a staging folder; each file is hashed in 1 MiB reads; then the folder is moved to its
+content address. Peak memory is a few record batches and row groups, whatever the number of
+rows. Identical content lands at the same address, so a retried task writes nothing twice.
+
+pyarrow is imported inside the functions (the DAG processor imports operators, not this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from mlwp.data.storage import DatasetIntegrityError, DatasetRef, Storage, StorageError
+
+if TYPE_CHECKING:
+    import fsspec
+    import pandas as pd
+    import pyarrow as pa
+
+LAYOUT = "partitioned"
+DEFAULT_BATCH_ROWS = 65_536
+# Row groups of at most this many rows: what a reader holds at once when it scans a file.
+MAX_ROWS_PER_GROUP = 65_536
+HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One file of a partitioned dataset: its path inside the dataset folder, rows, sha256."""
+
+    path: str
+    rows: int
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Partition:
+        return cls(
+            path=str(document["path"]),
+            rows=int(document["rows"]),
+            sha256=str(document["sha256"]),
+            bytes=int(document.get("bytes", 0)),
+        )
+
+
+def manifest_sha256(partitions: Iterable[Partition]) -> str:
+    """The sha256 naming a partitioned dataset: that of its ordered list of files."""
+    manifest = [[p.path, p.sha256, p.rows] for p in partitions]
+    return hashlib.sha256(orjson.dumps(manifest)).hexdigest()
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> Any:
+    """The pyarrow filesystem over an fsspec one (local, or s3fs with its credentials)."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return LocalFileSystem()
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+def sha256_of_file(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, int]:
+    """sha256 and size of a file, read in 1 MiB blocks (never the whole file at once)."""
+    digest = hashlib.sha256()
+    size = 0
+    with fs.open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def pandas_schema(schema: pa.Schema) -> dict[str, str]:
+    """Column -> pandas dtype name, as single-file sidecars record it."""
+    frame = schema.empty_table().to_pandas()
+    return {str(column): str(dtype) for column, dtype in frame.dtypes.items()}
+
+
+def is_partitioned(sidecar: dict[str, Any]) -> bool:
+    return sidecar.get("layout") == LAYOUT
+
+
+def partitions_of(storage: Storage, dataset_uri: str) -> list[Partition]:
+    """The files of a dataset: its manifest, or the one file of a single-file dataset."""
+    sidecar = storage.read_sidecar(dataset_uri)
+    if not is_partitioned(sidecar):
+        return [
+            Partition(
+                path="",
+                rows=int(sidecar.get("rows", 0)),
+                sha256=str(sidecar["sha256"]),
+                bytes=int(sidecar.get("bytes", 0)),
+            )
+        ]
+    return [Partition.from_dict(item) for item in sidecar["partitions"]]
+
+
+def partition_uri(dataset_uri: str, partition: Partition) -> str:
+    """The URI of one file of a dataset (the dataset itself for a single-file one)."""
+    return f"{dataset_uri}/{partition.path}" if partition.path else dataset_uri
+
+
+def record_dataset(
+    storage: Storage,
+    partitions: list[Partition],
+    *,
+    schema: pa.Schema,
+    project: str,
+    name: str,
+    source: str,
+    metadata: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> DatasetRef:
+    """Write the sidecar of a partitioned dataset already at its address (kept if present)."""
+    sha256 = manifest_sha256(partitions)
+    uri = storage.dataset_uri(project, name, sha256)
+    sidecar_uri = storage.sidecar_uri_of(uri)
+    rows = sum(p.rows for p in partitions)
+    columns = list(schema.names)
+    if not storage.exists(sidecar_uri):
+        sidecar: dict[str, Any] = {
+            "uri": uri,
+            "sha256": sha256,
+            "project": project,
+            "name": name,
+            "rows": rows,
+            "columns": columns,
+            "schema": pandas_schema(schema),
+            "bytes": sum(p.bytes for p in partitions),
+            "source": source,
+            "created": datetime.now(UTC).isoformat(),
+            "layout": LAYOUT,
+            "partitions": [p.to_dict() for p in partitions],
+            **(options or {}),
+        }
+        if metadata:
+            sidecar["metadata"] = metadata
+        storage.write_json(sidecar_uri, sidecar)
+    return DatasetRef(
+        uri=uri,
+        sha256=sha256,
+        rows=rows,
+        columns=columns,
+        name=name,
+        project=project,
+        sidecar_uri=sidecar_uri,
+        extra={"layout": LAYOUT, "partitions": len(partitions)},
+    )
+
+
+class _Staging:
+    """A staging folder beside the dataset versions; moved to its content address at the end."""
+
+    def __init__(self, storage: Storage, project: str, name: str) -> None:
+        self.storage = storage
+        self.directory = storage.dataset_dir(project, name)
+        self.uri = f"{self.directory}/.staging-{uuid.uuid4().hex}"
+        self.fs, self.path = storage._fs(self.uri)
+
+    def commit(
+        self,
+        partitions: list[Partition],
+        *,
+        schema: pa.Schema,
+        project: str,
+        name: str,
+        source: str,
+        metadata: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> DatasetRef:
+        sha256 = manifest_sha256(partitions)
+        uri = self.storage.dataset_uri(project, name, sha256)
+        _, final_path = self.storage._fs(uri)
+        if not self.fs.exists(final_path):
+            # File by file: s3fs's recursive mv also copies the folder's own (non-existent)
+            # key and fails after the files, leaving the staging folder behind.
+            for partition in partitions:
+                target = f"{final_path}/{partition.path}"
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.mv(f"{self.path}/{partition.path}", target)
+        self.discard()
+        return record_dataset(
+            self.storage,
+            partitions,
+            schema=schema,
+            project=project,
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
+        )
+
+    def discard(self) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+
+
+def write_partitioned(
+    storage: Storage,
+    reader: pa.RecordBatchReader,
+    *,
+    project: str,
+    name: str,
+    source: str,
+    rows_per_partition: int | None = None,
+    partition_by: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> DatasetRef:
+    """Stream ``reader``'s record batches into a partitioned, content-addressed dataset.
+
+    Without ``partition_by``, one Parquet writer at a time takes the batches in order and a
+    new file starts every ``rows_per_partition`` rows (the least memory: a row group). With it,
+    pyarrow's dataset writer routes rows into the Hive folders.
+    """
+    import pyarrow.dataset as ds
+
+    options = {
+        "rows_per_partition": rows_per_partition,
+        "partition_by": list(partition_by or []),
+        # the Hive folder names hold these columns' values; their types come back
+        "partition_types": {
+            column: str(reader.schema.field(column).type) for column in partition_by or []
+        },
+    }
+    if not partition_by:
+        return write_parts(
+            storage,
+            _split_rows(reader, rows_per_partition),
+            project=project,
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
+        )
+    staging = _Staging(storage, project, name)
+    written: list[str] = []
+    group = min(MAX_ROWS_PER_GROUP, rows_per_partition or MAX_ROWS_PER_GROUP)
+    try:
+        ds.write_dataset(
+            reader,
+            staging.path,
+            format="parquet",
+            filesystem=arrow_filesystem(staging.fs),
+            basename_template="part-{i}.parquet",
+            partitioning=list(partition_by) if partition_by else None,
+            partitioning_flavor="hive" if partition_by else None,
+            max_rows_per_file=rows_per_partition or 0,
+            max_rows_per_group=group,
+            min_rows_per_group=group,
+            # one writer thread, in order: the same rows give the same files (and sha256)
+            use_threads=False,
+            preserve_order=True,
+            file_visitor=lambda written_file: written.append(written_file.path),
+        )
+        partitions = _hash_partitions(staging, written)
+        return staging.commit(
+            partitions,
+            schema=reader.schema,
+            project=project,
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
+        )
+    except BaseException:
+        staging.discard()
+        raise
+
+
+def _hash_partitions(staging: _Staging, written: list[str]) -> list[Partition]:
+    import pyarrow.parquet as pq
+
+    prefix = staging.path.rstrip("/") + "/"
+    partitions = []
+    for path in sorted(written, key=_natural):
+        relative = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+        sha256, size = sha256_of_file(staging.fs, path)
+        with staging.fs.open(path, "rb") as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        partitions.append(Partition(path=relative, rows=rows, sha256=sha256, bytes=size))
+    if not partitions:
+        raise StorageError("the source produced no rows to store", code="empty_dataset")
+    return partitions
+
+
+def _natural(path: str) -> tuple[Any, ...]:
+    """Sort part-2 before part-10 (within each Hive folder)."""
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
+
+
+def _split_rows(
+    reader: pa.RecordBatchReader, limit: int | None
+) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+    """Cut a batch stream into consecutive parts of ``limit`` rows (each part consumed in turn)."""
+    stream = iter(reader)
+    pending: list[pa.RecordBatch] = []
+
+    def part(first: pa.RecordBatch) -> Iterator[pa.RecordBatch]:
+        rows = 0
+        batch: pa.RecordBatch | None = first
+        while batch is not None:
+            if limit and rows + batch.num_rows > limit:
+                keep = limit - rows
+                yield batch.slice(0, keep)
+                pending.append(batch.slice(keep))
+                return
+            yield batch
+            rows += batch.num_rows
+            if limit and rows == limit:
+                return
+            batch = next(stream, None)
+
+    while True:
+        first = pending.pop() if pending else next(stream, None)
+        if first is None:
+            return
+        if first.num_rows == 0:
+            continue
+        yield reader.schema, part(first)
+
+
+def parquet_writer(handle: Any, schema: pa.Schema, unique: Collection[str] = ()) -> Any:
+    """A Parquet writer of a dataset's files: snappy; dictionary pages for text and integer
+    columns only (they repeat; fractional numbers rarely do, and trying costs about a third
+    of a scored chunk's write), and not for the ``unique`` ones: columns that identify rows
+    (a scoring's keys or ``row``), whose dictionary would hold every value. Measured on a
+    scored chunk (int64 key, label, two probabilities): 0.11 s per 1M rows instead of 0.25,
+    and a tenth fewer bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repeating = [
+        f.name
+        for f in schema
+        if f.name not in unique
+        and (
+            pa.types.is_string(f.type)
+            or pa.types.is_large_string(f.type)
+            or pa.types.is_integer(f.type)
+            or pa.types.is_dictionary(f.type)
+        )
+    ]
+    return pq.ParquetWriter(handle, schema, compression="snappy", use_dictionary=repeating)
+
+
+def write_in_background(writer: Any, parts: Iterable[pa.RecordBatch | pa.Table]) -> int:
+    """Write each batch or table as row groups of at most MAX_ROWS_PER_GROUP rows, in a
+    second thread: the producer (a scoring, a CSV parse) makes the next while Parquet
+    encodes this one (pyarrow releases the GIL). One part waits at most, so memory is two
+    parts. Returns the rows written."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    import pyarrow as pa
+
+    rows = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="parquet-writer") as pool:
+        pending: Future[None] | None = None
+        for part in parts:
+            table = pa.Table.from_batches([part]) if isinstance(part, pa.RecordBatch) else part
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_table, table, MAX_ROWS_PER_GROUP)
+            rows += table.num_rows
+        if pending is not None:
+            pending.result()
+    return rows
+
+
+def row_groups(
+    schema: pa.Schema, batches: Iterable[pa.RecordBatch], rows: int = MAX_ROWS_PER_GROUP
+) -> Iterator[pa.Table]:
+    """The batches regrouped into tables of ``rows`` rows (the last one shorter): a writer
+    makes at least one row group per call, so batches of any size give the same file."""
+    import pyarrow as pa
+
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= rows:
+            table = pa.Table.from_batches(pending, schema)
+            full = held - held % rows
+            yield table.slice(0, full)
+            pending, held = table.slice(full).to_batches(), held - full
+    if held:
+        yield pa.Table.from_batches(pending, schema)
+
+
+def write_parts(
+    storage: Storage,
+    parts: Iterable[tuple[pa.Schema, Iterator[pa.RecordBatch]]],
+    *,
+    project: str,
+    name: str,
+    source: str,
+    metadata: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+) -> DatasetRef:
+    """Write each (schema, batches) as one file ``part-<n>.parquet``, in order, then commit."""
+
+    staging = _Staging(storage, project, name)
+    partitions: list[Partition] = []
+    schema = None
+    try:
+        for index, (part_schema, batches) in enumerate(parts):
+            schema = schema or part_schema
+            path = f"{staging.path}/part-{index}.parquet"
+            staging.fs.makedirs(staging.path, exist_ok=True)
+            with staging.fs.open(path, "wb") as handle, parquet_writer(handle, part_schema) as out:
+                write_in_background(out, row_groups(part_schema, batches))
+            partitions.extend(_hash_partitions(staging, [path]))
+        if schema is None or not partitions:
+            raise StorageError("the source produced no rows to store", code="empty_dataset")
+        return staging.commit(
+            partitions,
+            schema=schema,
+            project=project,
+            name=name,
+            source=source,
+            metadata=metadata,
+            options=options,
+        )
+    except BaseException:
+        staging.discard()
+        raise
+
+
+def commit_staged(
+    storage: Storage,
+    staged: list[dict[str, Any]],
+    *,
+    project: str,
+    name: str,
+    source: str,
+    metadata: dict[str, Any] | None = None,
+) -> DatasetRef:
+    """Gather files that mapped tasks wrote (:func:`stage_part`) into one partitioned dataset.
+
+    ``staged`` holds each file's document (``uri``, ``rows``, ``sha256``, ``bytes``, ``index``);
+    they are ordered by ``index`` and moved under the dataset's content address.
+    """
+    import pyarrow.parquet as pq
+
+    if not staged:
+        raise StorageError(f"dataset {name!r}: no partition was produced", code="empty_dataset")
+    ordered = sorted(staged, key=lambda item: int(item["index"]))
+    partitions = [
+        Partition(f"part-{item['index']}.parquet", int(item["rows"]), item["sha256"], item["bytes"])
+        for item in ordered
+    ]
+    sha256 = manifest_sha256(partitions)
+    uri = storage.dataset_uri(project, name, sha256)
+    fs, final_path = storage._fs(uri)
+    if not fs.exists(final_path):
+        fs.makedirs(final_path, exist_ok=True)
+        for item, partition in zip(ordered, partitions, strict=True):
+            _, staged_path = storage._fs(item["uri"])
+            fs.mv(staged_path, f"{final_path}/{partition.path}")
+    with fs.open(f"{final_path}/{partitions[0].path}", "rb") as handle:
+        schema = pq.ParquetFile(handle).schema_arrow
+    # Staged files that were not moved (the dataset already existed) are dropped, and so is
+    # the run's staging folder once the last of them is.
+    folders = set()
+    for item in ordered:
+        _, staged_path = storage._fs(item["uri"])
+        folders.add(staged_path.rsplit("/", 1)[0])
+        if fs.exists(staged_path):
+            fs.rm(staged_path)
+    for folder in folders:
+        if fs.exists(folder) and not fs.ls(folder):
+            fs.rm(folder, recursive=True)
+    return record_dataset(
+        storage,
+        partitions,
+        schema=schema,
+        project=project,
+        name=name,
+        source=source,
+        metadata=metadata,
+    )
+
+
+def stage_part(
+    storage: Storage,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    *,
+    project: str,
+    name: str,
+    key: str,
+    index: int,
+    unique: Collection[str] = (),
+) -> dict[str, Any]:
+    """Write one partition that a mapped task produced, to be gathered by :func:`commit_staged`.
+
+    The staged file's name holds ``key`` (the run) and ``index`` (the map index), so a retried
+    task overwrites its own file and never another's. ``unique``: columns written without a
+    dictionary (:func:`parquet_writer`).
+    """
+
+    directory = f"{storage.dataset_dir(project, name)}/.staging-{key}"
+    uri = f"{directory}/part-{index}.parquet"
+    fs, path = storage._fs(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as handle, parquet_writer(handle, schema, unique) as writer:
+        rows = write_in_background(writer, batches)
+    sha256, size = sha256_of_file(fs, path)
+    return {"uri": uri, "rows": rows, "sha256": sha256, "bytes": size, "index": index}
+
+
+def stage_file(
+    storage: Storage,
+    source_uri: str,
+    *,
+    project: str,
+    name: str,
+    key: str,
+    index: int,
+    first_row: int | None = None,
+) -> dict[str, Any]:
+    """Stage a Parquet file written elsewhere (a SageMaker job's output) as partition ``index``.
+
+    Copied, not moved (a server-side copy on S3): the source may be in a bucket the worker
+    only reads. With ``first_row`` (a nonzero one), its ``row`` column counts from its first
+    row in the file and is shifted to count from ``first_row``: the file is rewritten, one
+    row group at a time. The document is :func:`stage_part`'s, for :func:`commit_staged`.
+    """
+    import pyarrow.parquet as pq
+
+    uri = f"{storage.dataset_dir(project, name)}/.staging-{key}/part-{index}.parquet"
+    source_fs, source_path = storage._fs(source_uri)
+    fs, path = storage._fs(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if first_row:
+        _shift_rows(source_fs, source_path, fs, path, first_row)
+    elif source_fs is fs:
+        fs.copy(source_path, path)
+    else:
+        with source_fs.open(source_path, "rb") as source, fs.open(path, "wb") as target:
+            while block := source.read(1 << 20):
+                target.write(block)
+    with fs.open(path, "rb") as handle:
+        rows = pq.ParquetFile(handle).metadata.num_rows
+    sha256, size = sha256_of_file(fs, path)
+    return {"uri": uri, "rows": rows, "sha256": sha256, "bytes": size, "index": index}
+
+
+def _shift_rows(
+    source_fs: fsspec.AbstractFileSystem,
+    source_path: str,
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    first_row: int,
+) -> None:
+    """Copy a Parquet file, its ``row`` column plus ``first_row``, a row group at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with source_fs.open(source_path, "rb") as source, fs.open(path, "wb") as target:
+        file = pq.ParquetFile(source)
+        schema = file.schema_arrow
+        if "row" not in schema.names:
+            raise StorageError(f"{source_path}: no 'row' column to number", code="no_row_column")
+        position = schema.get_field_index("row")
+        with parquet_writer(target, schema, ["row"]) as writer:
+            for group in range(file.num_row_groups):
+                table = file.read_row_group(group)
+                rows = pc.add(table.column(position), first_row)
+                writer.write_table(table.set_column(position, schema.field(position), rows))
+
+
+class PartitionedReader:
+    """Reads a stored dataset (partitioned or a single file) one record batch at a time."""
+
+    def __init__(self, storage: Storage, dataset_uri: str) -> None:
+        self.storage = storage
+        self.uri = dataset_uri
+        self.sidecar = storage.read_sidecar(dataset_uri)
+        self.partitions = partitions_of(storage, dataset_uri)
+        self.columns = [str(c) for c in self.sidecar.get("columns", [])]
+        self.partition_types = dict(self.sidecar.get("partition_types") or {})
+
+    def batches(
+        self,
+        partition: Partition,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        verify: bool = True,
+        dictionary: Sequence[str] = (),
+        columns: Sequence[str] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches of one file, after checking its bytes against the manifest; the
+        ``dictionary`` columns as Arrow dictionaries (text is stored so in Parquet: each
+        distinct value is then decoded once, not once per row); only ``columns`` when given
+        (the Hive folders' columns are always added)."""
+        import pyarrow.parquet as pq
+
+        uri = partition_uri(self.uri, partition)
+        fs, path = self.storage._fs(uri)
+        if verify:
+            actual, _ = sha256_of_file(fs, path)
+            if actual != partition.sha256:
+                raise DatasetIntegrityError(
+                    f"{uri} is corrupt or was modified: its sha256 is {actual}, "
+                    f"the dataset's manifest says {partition.sha256}"
+                )
+        hive = _hive_values(partition.path)
+        with fs.open(path, "rb") as handle:
+            stored = [c for c in dictionary if c not in hive]  # the folders' are not stored
+            file = pq.ParquetFile(handle, read_dictionary=stored or None)
+            read = None if columns is None else [c for c in columns if c not in hive]
+            for batch in file.iter_batches(batch_size=batch_rows, columns=read):
+                yield self._with_hive_columns(batch, hive) if hive else batch
+
+    def schema(self, partition: Partition) -> pa.Schema:
+        """The schema of a partition's batches: its file's, with its Hive folders' columns."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fs, path = self.storage._fs(partition_uri(self.uri, partition))
+        with fs.open(path, "rb") as handle:
+            schema = pq.ParquetFile(handle).schema_arrow
+        hive = _hive_values(partition.path)
+        if not hive:
+            return schema
+        empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+        return self._with_hive_columns(empty, hive).schema
+
+    def _with_hive_columns(self, batch: pa.RecordBatch, values: dict[str, str]) -> pa.RecordBatch:
+        import pyarrow as pa
+
+        present = dict(zip(batch.schema.names, batch.columns, strict=True))
+        for key, value in values.items():
+            kind = pa.type_for_alias(self.partition_types.get(key, "string"))
+            text = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+            present[key] = pa.array([text] * batch.num_rows, type=pa.string()).cast(kind)
+        order = [c for c in self.columns if c in present] or list(present)
+        return pa.RecordBatch.from_arrays([present[c] for c in order], names=order)
+
+
+def _hive_values(path: str) -> dict[str, str]:
+    from urllib.parse import unquote
+
+    values = {}
+    for segment in path.split("/")[:-1]:
+        if "=" in segment:
+            key, _, value = segment.partition("=")
+            values[unquote(key)] = unquote(value)
+    return values
+
+
+def read_partitioned(storage: Storage, dataset_uri: str, *, verify: bool = True) -> pd.DataFrame:
+    """The whole partitioned dataset as one DataFrame (for the tasks that still need one)."""
+    import pyarrow as pa
+
+    reader = PartitionedReader(storage, dataset_uri)
+    tables = []
+    for partition in reader.partitions:
+        batches = list(reader.batches(partition, verify=verify))
+        if batches:
+            tables.append(pa.Table.from_batches(batches))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table.to_pandas()
+
+
+def copy_dataset(storage: Storage, dataset_uri: str, target_uri: str) -> None:
+    """Copy a partitioned dataset's files under the folder ``target_uri``, 1 MiB at a time."""
+    for partition in partitions_of(storage, dataset_uri):
+        source_fs, source_path = storage._fs(partition_uri(dataset_uri, partition))
+        target = f"{target_uri.rstrip('/')}/{partition.path or 'part-0.parquet'}"
+        target_fs, target_path = storage._fs(target)
+        target_fs.makedirs(target_path.rsplit("/", 1)[0], exist_ok=True)
+        with source_fs.open(source_path, "rb") as reader, target_fs.open(target_path, "wb") as out:
+            while block := reader.read(HASH_BLOCK):
+                out.write(block)
