@@ -47,6 +47,7 @@ class Services:
                 settings.key_database_url,
                 pepper=settings.key_pepper.get_secret_value() if settings.key_pepper else None,
                 cache_seconds=settings.key_cache_seconds,
+                background=True,
             )
         cache = None
         if link is not None and settings.cache_enabled:

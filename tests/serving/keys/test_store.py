@@ -73,3 +73,89 @@ def test_feedback_scopes_are_separate_from_prediction_scopes() -> None:
     assert not key("feedback:churn").allows_model("churn")
     assert not key("model:churn").allows_feedback("churn")
     assert key("feedback:*").allows_feedback("any") and key("admin").allows_feedback("any")
+
+
+def _wait_read(store: KeyStore) -> None:
+    reading = store._reading
+    if reading is not None:
+        reading.result(timeout=30)
+
+
+@pytest.mark.unit
+def test_background_rereads_leave_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``background``, keys older than ``cache_seconds`` are read again on the store's
+    own thread while the verification is answered from the keys read last; the first read
+    stays on the caller's thread (there is nothing to answer from)."""
+    import threading
+    import time
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    migrate(url)
+    other = KeyStore(url, cache_seconds=0)  # another process: the admin CLI
+    _, first = other.create("first", ["model:*"])
+    store = KeyStore(url, cache_seconds=0.05, background=True)
+    readers: list[str] = []
+    reload = store.reload
+
+    def recorded() -> None:
+        readers.append(threading.current_thread().name)
+        reload()
+
+    monkeypatch.setattr(store, "reload", recorded)
+    assert store.verify(first) is not None
+    assert readers == [threading.current_thread().name]
+    _, second = other.create("second", ["model:*"])
+    time.sleep(0.06)
+    # stale: answered from the keys read last, a read started elsewhere
+    assert store.verify(second) is None
+    _wait_read(store)
+    assert readers[1].startswith("mlwp-keys")
+    assert store.verify(second) is not None
+    other.revoke(store.verify(first).key_id)  # type: ignore[union-attr]
+    time.sleep(0.06)
+    store.verify(first)
+    _wait_read(store)
+    assert store.verify(first) is None
+    assert all(name.startswith("mlwp-keys") for name in readers[1:])
+    store.close()
+    other.close()
+
+
+@pytest.mark.unit
+def test_a_background_read_does_not_bring_back_a_key_revoked_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-read that read a key before this process revoked it installs nothing: the next
+    verification reads again."""
+    import threading
+    import time
+
+    from serving.keys import store as store_module
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    migrate(url)
+    store = KeyStore(url, cache_seconds=0.05, background=True)
+    key, token = store.create("client", ["model:*"])
+    assert store.verify(token) is not None  # the first read, on this thread
+    reading, release = threading.Event(), threading.Event()
+    to_key = store_module._to_key
+
+    def held(row: object) -> object:
+        if threading.current_thread().name.startswith("mlwp-keys") and not release.is_set():
+            reading.set()
+            assert release.wait(30)
+        return to_key(row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "_to_key", held)
+    time.sleep(0.06)
+    assert store.verify(token) is not None  # stale: a read starts, the key still active
+    assert reading.wait(30)
+    store.revoke(key.key_id)  # while that read holds the key as active
+    release.set()
+    _wait_read(store)
+    assert store.verify(token) is None
+    _wait_read(store)
+    assert store.verify(token) is None
+    store.close()
