@@ -67,11 +67,13 @@ processes = _load("server_process", REPO / "tests" / "server_process.py")
 free_port = processes.free_port
 
 
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cmd,
         env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env},
-        cwd=REPO,
+        cwd=cwd,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -429,6 +431,14 @@ def main() -> None:
         help="the capture section's rows per request, one cell each (default: 1 100)",
     )
     parser.add_argument(
+        "--capture-tree",
+        action="append",
+        metavar="NAME=PATH",
+        help="with --capture-only: also run a 100 %% server of the checkout at PATH (its code "
+        "first on PYTHONPATH, this environment's packages), side by side as '100 %% NAME'; "
+        "repeatable",
+    )
+    parser.add_argument(
         "--driver",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -754,8 +764,14 @@ def capture_section(
     print("\ncapture: starting mlwp at 0 % and 100 % ...", flush=True)
     servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     tokens: dict[str, str] = {}  # each server's key lives in its own home
-    for percent in (0, 100):
-        home = work / f"capture-{percent}"
+    # the 0 % and 100 % servers of this tree, then a 100 % server of each --capture-tree
+    trees: list[tuple[str, int, Path | None]] = [("0 %", 0, None), ("100 %", 100, None)]
+    for spec in args.capture_tree or []:
+        tree_name, _, tree_path = spec.partition("=")
+        trees.append((f"100 % {tree_name}", 100, Path(tree_path).resolve()))
+    for label, percent, tree in trees:
+        slug = label.replace(" % ", "-").replace(" %", "")
+        home = work / f"capture-{slug}"
         db = f"sqlite:///{home / 'serving.db'}"
         migrate(db)
         store = KeyStore(db)
@@ -768,23 +784,28 @@ def capture_section(
             "MLWP_SERVING_MODELS": json.dumps([name]),
             "MLWP_SERVING_POLL_INTERVAL_SECONDS": "30",
             "MLWP_SERVING_LOG_LEVEL": "WARNING",
-            "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{percent}").as_uri(),
+            "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{slug}").as_uri(),
             "MLWP_SERVING_CAPTURE_PERCENT": str(percent),
             "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": str(CAPTURE_FLUSH_SECONDS),
         }
         options = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         options += ["--no-access-log", "--log-level", "warning"]
-        log = work / f"mlwp-capture-{percent}.log"
-        proc = start([sys.executable, "-m", "serving", *options], env, log)
+        if tree is not None:  # its code first on the path (and its folder the working one)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]
+            )
+        log = work / f"mlwp-capture-{slug}.log"
+        proc = start([sys.executable, "-m", "serving", *options], env, log, tree or REPO)
         procs.append(proc)
-        servers[f"{percent} %"] = (port, proc)
-        tokens[f"{percent} %"] = token
+        servers[label] = (port, proc)
+        tokens[label] = token
     for label, (port, proc) in servers.items():
-        wait(f"http://127.0.0.1:{port}/health/ready", proc, work / f"mlwp-capture-{label[:-2]}.log")
+        slug = label.replace(" % ", "-").replace(" %", "")
+        wait(f"http://127.0.0.1:{port}/health/ready", proc, work / f"mlwp-capture-{slug}.log")
     pool = telco.sample_records(1000)
     path = f"/v1/models/{name}/predict"
     rows_out: list[dict[str, Any]] = []
-    capturing = servers["100 %"][0]
+    capturing = [label for label in servers if label != "0 %"]
     concurrency = 8
     for rows in args.capture_rows:
         bodies = [
@@ -796,9 +817,12 @@ def capture_section(
             auth = {"Authorization": f"Bearer {tokens[label]}"}
             drive(port, path, bodies[:20], auth, concurrency, 1.0, 2000)
             wait_written(port)
-        written_before = metric_total(capturing, "mlwp_serving_capture_written_total")
-        dropped_before = dropped_by_reason(capturing)
-        answered = 0
+        written_before, dropped_before = {}, {}
+        for label in capturing:
+            port = servers[label][0]
+            written_before[label] = metric_total(port, "mlwp_serving_capture_written_total")
+            dropped_before[label] = dropped_by_reason(port)
+        answered = dict.fromkeys(capturing, 0)
         for _ in range(args.repeats):
             for label, (port, proc) in servers.items():
                 auth = {"Authorization": f"Bearer {tokens[label]}"}
@@ -819,62 +843,72 @@ def capture_section(
                         (loop_after[measure] - before_value) / max(1, result["requests"]) * per
                     )
                 runs[label].append(result)
-                if port == capturing:
-                    answered += (result["requests"] - result["errors"]) * rows
+                if label in answered:
+                    answered[label] += (result["requests"] - result["errors"]) * rows
         row: dict[str, Any] = {"rows": rows, "concurrency": concurrency}
         for label, measured in runs.items():
             row[label] = median_run(measured)
-        dropped_after = dropped_by_reason(capturing)
-        row["written"] = metric_total(capturing, "mlwp_serving_capture_written_total") - (
-            written_before
-        )
-        row["answered_rows"] = answered
-        row["dropped"] = {
-            reason: value - dropped_before.get(reason, 0.0)
-            for reason, value in dropped_after.items()
-        }
+        for label in capturing:
+            port = servers[label][0]
+            dropped_after = dropped_by_reason(port)
+            suffix = label.removeprefix("100 %")
+            row[f"written{suffix}"] = (
+                metric_total(port, "mlwp_serving_capture_written_total") - written_before[label]
+            )
+            row[f"answered_rows{suffix}"] = answered[label]
+            row[f"dropped{suffix}"] = {
+                reason: value - dropped_before[label].get(reason, 0.0)
+                for reason, value in dropped_after.items()
+            }
         rows_out.append(row)
-        off, on = row["0 %"], row["100 %"]
+        off = row["0 %"]
         print(f"\ncapture, {rows} row(s), concurrency {concurrency}")
         print(
-            f"  {'capture':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} "
+            f"  {'capture':<14} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>11} "
             f"{'of which writer':>16}"
         )
-        for label in ("0 %", "100 %"):
+        for label in servers:
             r = row[label]
             print(
-                f"  {label:<8} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+                f"  {label:<14} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
                 f"{r['cpu_us']:>11.0f} {r['threads_us']:>16.0f}"
             )
         if "loop_user" in off:
             print(
-                f"  {'loop thread':<11} {'user us':>8} {'sys us':>7} {'faults':>7} "
+                f"  {'loop thread':<14} {'user us':>8} {'sys us':>7} {'faults':>7} "
                 f"{'waits':>6} {'preempted':>10} {'migrated':>9}   (per request)"
             )
-            for label in ("0 %", "100 %"):
+            for label in servers:
                 r = row[label]
                 print(
-                    f"  {label:<11} {r['loop_user']:>8.0f} {r['loop_system']:>7.0f} "
+                    f"  {label:<14} {r['loop_user']:>8.0f} {r['loop_system']:>7.0f} "
                     f"{r['loop_faults']:>7.1f} {r['loop_waits']:>6.2f} "
                     f"{r['loop_preempted']:>10.2f} {r['loop_migrated']:>9.2f}"
                 )
-        dropped = ", ".join(f"{k} {v:.0f}" for k, v in row["dropped"].items()) or "none"
+        for label in capturing:
+            on, suffix = row[label], label.removeprefix("100 %")
+            dropped = ", ".join(f"{k} {v:.0f}" for k, v in row[f"dropped{suffix}"].items())
+            print(
+                f"  {label} / 0 %: cpu per request x{on['cpu_us'] / off['cpu_us']:.3f} "
+                f"({(on['cpu_us'] / off['cpu_us'] - 1) * 100:+.1f} %, "
+                f"{on['cpu_us'] - off['cpu_us']:+.0f} us), req/s x{on['rps'] / off['rps']:.3f}; "
+                f"rows written {row[f'written{suffix}']:.0f} (answered in the measured runs: "
+                f"{answered[label]}, a few more in flight), dropped: {dropped or 'none'}",
+                flush=True,
+            )
+    for label in capturing:
+        port = servers[label][0]
+        written = metric_total(port, "mlwp_serving_capture_written_total")
+        dropped_total = dropped_by_reason(port)
         print(
-            f"  100 % / 0 %: cpu per request x{on['cpu_us'] / off['cpu_us']:.3f} "
-            f"({(on['cpu_us'] / off['cpu_us'] - 1) * 100:+.1f} %, "
-            f"{on['cpu_us'] - off['cpu_us']:+.0f} us), req/s x{on['rps'] / off['rps']:.3f}; "
-            f"rows written {row['written']:.0f} (answered in the measured runs: "
-            f"{answered}, a few more in flight), dropped: {dropped}",
+            f"  {label}: captured rows written {written:.0f}, dropped "
+            f"{sum(dropped_total.values()):.0f} {dropped_total or ''}",
             flush=True,
         )
-    written = metric_total(capturing, "mlwp_serving_capture_written_total")
-    dropped_total = dropped_by_reason(capturing)
-    print(
-        f"  captured rows written {written:.0f}, dropped "
-        f"{sum(dropped_total.values()):.0f} {dropped_total or ''}",
-        flush=True,
-    )
-    rows_out.append({"written": written, "dropped": sum(dropped_total.values())})
+        suffix = label.removeprefix("100 %")
+        rows_out.append(
+            {f"written{suffix}": written, f"dropped{suffix}": sum(dropped_total.values())}
+        )
     return rows_out
 
 
