@@ -2,12 +2,17 @@
 
 Serving writes a sample of what it scored (one row per request: the body as received and the
 answer as sent, shadow results beside served ones, :func:`request_schema`) and
-``POST /v1/models/{model}/feedback`` or a ``labels`` source write the outcomes; both land as
-Parquet parts under the platform storage root (``file://`` or ``s3://``), partitioned by model
-and day, Hive style::
+``POST /v1/models/{model}/feedback`` or a ``labels`` source write the outcomes; both land
+under the platform storage root (``file://`` or ``s3://``), partitioned by model and day,
+Hive style::
 
-    <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
+    <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/<part-uuid>.arrow
+    <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/compacted-<hash>.parquet
     <root>/monitoring/labels/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
+
+Serving spools its captures as uncompressed Arrow IPC files (:func:`write_spool`: cheap for
+the serving process); the monitor task folds them into zstd Parquet
+(:func:`compact_capture`), idempotently; readers read both.
 
 A capture part's day is its rows' ``time`` (when serving answered); a label part's day is its
 rows' ``received_at`` (when mlwp stored them), so a late label lands in the day it arrived and
@@ -19,8 +24,10 @@ serving writes (the records are taken apart at read time, :mod:`mlwp.monitoring.
 or format 1, one row per record, which serving wrote before and :func:`write_parts` still
 accepts.
 
-Parts are only ever added, never rewritten: appending is what object stores do well and what
-several serving replicas can do at once without coordination. Idempotency is the readers'
+Serving and the labels writers only ever add parts, never rewrite one: appending is what
+object stores do well and what several serving replicas can do at once without
+coordination (compaction replaces spool parts by a Parquet part listing them, so readers
+never count a request twice). Idempotency is the readers'
 job: :func:`read_labels` keeps the latest label per ``(inference_id, row)`` and per
 ``entity_key``, so re-sending a label changes nothing and sending a corrected one replaces it.
 
@@ -35,7 +42,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -87,6 +94,10 @@ REQUEST_COLUMNS = (
 )
 # the Parquet schema metadata key holding a capture part's layout: "2" for request parts
 FORMAT_KEY = b"mlwp.capture.format"
+# serving's spool parts (Arrow IPC files), and the metadata key of a compacted Parquet part
+# listing the spool parts it holds (JSON list of their file names)
+SPOOL_SUFFIX = ".arrow"
+SOURCES_KEY = b"mlwp.capture.sources"
 LABEL_COLUMNS = (
     "inference_id",
     "row",
@@ -218,40 +229,81 @@ def write_parts(
     table: pa.Table,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Write ``table`` as new parts, one per day it spans; return their URIs. Rows keep their
-    order inside a part. Labels are of :func:`label_schema`; captures of
-    :func:`request_schema` (a table with a ``request`` column: what serving writes) or of
-    :func:`capture_schema` (one row per record)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """Write ``table`` as new Parquet parts, one per day it spans; return their URIs. Rows
+    keep their order inside a part. Labels are of :func:`label_schema`; captures of
+    :func:`request_schema` (a table with a ``request`` column) or of :func:`capture_schema`
+    (one row per record). Serving spools its captures instead (:func:`write_spool`)."""
     import pyarrow.parquet as pq
 
     layout = _layout(kind, table.column_names)
-    schema = _SCHEMAS[layout]()
-    table = _conform(table, schema, kind)
+    table = _conform(table, _SCHEMAS[layout](), kind)
+    written = []
+    for day, part in _by_day(table, kind):
+        uri = part_uri(root, kind, model, day)
+        fs, path = filesystem(uri, **dict(storage_options or {}))
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as handle:
+            pq.write_table(part, handle, **_WRITE_OPTIONS[layout])
+        written.append(uri)
+    return written
+
+
+def write_spool(
+    root: str,
+    model: str,
+    table: pa.Table,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Write captured requests (:func:`request_schema`) as spool parts, one per day they
+    span: Arrow IPC files, uncompressed (``<uuid>.arrow`` beside the Parquet parts); return
+    their URIs. This is what serving writes: the bodies go to storage as they are, in one
+    copy made without the interpreter lock, and the encoding into compressed Parquet is left
+    to :func:`compact_capture` (the monitor task). A part appears whole or not at all (a
+    local file is written under a temporary name, then renamed; an object is one upload)."""
+    import pyarrow as pa
+
+    table = _conform(table, request_schema(), CAPTURE)
+    written = []
+    for day, part in _by_day(table, CAPTURE):
+        uri = part_uri(root, CAPTURE, model, day).removesuffix(".parquet") + SPOOL_SUFFIX
+        fs, path = filesystem(uri, **dict(storage_options or {}))
+        folder, name = path.rsplit("/", 1)
+        fs.makedirs(folder, exist_ok=True)
+        if _local(fs):
+            temporary = f"{folder}/.{name}.tmp"
+            with pa.OSFile(temporary, "wb") as sink, pa.ipc.new_file(sink, part.schema) as out:
+                out.write_table(part)
+            fs.mv(temporary, path)
+        else:  # encoded in Arrow's memory, handed to the object store in one upload
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_file(sink, part.schema) as out:
+                out.write_table(part)
+            with fs.open(path, "wb") as handle:
+                handle.write(memoryview(sink.getvalue()))
+        written.append(uri)
+    return written
+
+
+def _by_day(table: pa.Table, kind: str) -> Iterator[tuple[date, pa.Table]]:
+    """``table``'s rows by the UTC day of their ``DAY_COLUMN`` (rows keep their order)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if table.num_rows == 0:
-        return []
+        return
     # the UTC day of each row, as whole days since 1970 (integer division: strftime with a
     # time zone costs microseconds per row)
     millis = table[DAY_COLUMN[kind]].cast(pa.int64())
     days = pc.floor(pc.divide(pc.cast(millis, pa.float64()), 86_400_000.0))
     unique = sorted(pc.unique(days).to_pylist())
-    written = []
     for day in unique:
         part = table if len(unique) == 1 else table.filter(pc.equal(days, pa.scalar(day)))
-        uri = part_uri(root, kind, model, date(1970, 1, 1) + timedelta(days=int(day)))
-        # Parquet is encoded into Arrow's memory, then handed to storage in one write: Arrow
-        # encodes and compresses without the interpreter lock, where writing into a Python
-        # file object takes the lock back for every piece (page headers, pages, footer),
-        # each time waiting for the thread that holds it (serving's event loop) to let go
-        encoded = pa.BufferOutputStream()
-        pq.write_table(part, encoded, **_WRITE_OPTIONS[layout])
-        fs, path = filesystem(uri, **dict(storage_options or {}))
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            handle.write(memoryview(encoded.getvalue()))
-        written.append(uri)
-    return written
+        yield date(1970, 1, 1) + timedelta(days=int(day)), part
+
+
+def _local(fs: Any) -> bool:
+    protocol = fs.protocol
+    return "file" in (protocol if isinstance(protocol, tuple | list) else (protocol,))
 
 
 # zstd: captured JSON comes out at about a third of snappy's size for the same CPU (measured
@@ -260,11 +312,9 @@ def write_parts(
 # inputs and outputs JSON and the entity key are (nearly) unique per row, and building a
 # dictionary or statistics for them is wasted work (about 8 % of the write).
 # Request parts (format 2) hold the bodies as bytes: no dictionary or statistics for them
-# either, and LZ4 rather than zstd: on unique churn requests (100 records, 469 bytes of JSON
-# each) zstd level 1 made 30 bytes per record for 107 us of writer CPU per request, LZ4 54
-# bytes for 70 us, none 503 bytes for 38 us. The writer's CPU is what capture costs the
-# service (issue #14's goal: at most 5 % of a request), and 54 bytes is still a ninth of
-# the JSON (measured in one process on the shared 2-core machine).
+# either. zstd for them too: they are written by compact_capture in the monitor task, not by
+# serving (which spools Arrow IPC, uncompressed), so the smaller size wins (on unique churn
+# requests of 100 records, 469 bytes of JSON each: zstd level 1 30 bytes per record, LZ4 54).
 REQUESTS = "requests"  # the layout of capture parts in format 2
 _WRITE_OPTIONS: dict[str, dict[str, Any]] = {
     CAPTURE: {
@@ -275,7 +325,7 @@ _WRITE_OPTIONS: dict[str, dict[str, Any]] = {
         ],
     },
     REQUESTS: {
-        "compression": "lz4",
+        "compression": "zstd",
         "use_dictionary": ["model", "version", "variant", "routing_key", "entity_field", "classes"],
         "write_statistics": [
             name for name in REQUEST_COLUMNS if name not in ("request", "response", "inference_id")
@@ -416,14 +466,18 @@ def _read(  # noqa: PLR0917 - private, called from two places with the same orde
     fs, base = filesystem(kind_uri(root, kind, model), **dict(storage_options or {}))
     tables = []
     for folder in _day_folders(fs, base, low, high):
-        for path in sorted(fs.ls(folder, detail=False)):
-            if not str(path).endswith(".parquet"):
-                continue  # a writer's temporary file, or a stranger's
+        parquet, spooled = _parts(fs, folder)
+        covered: set[str] = set()
+        for path in parquet:
             with fs.open(path, "rb") as handle:
                 table = pq.read_table(handle)
-            if _layout(kind, table.column_names) == REQUESTS:
-                table = _records(_conform(table, request_schema(), kind), low, high, path)
-            tables.append(_conform(table, schema, kind))
+            covered.update(_sources(table.schema))
+            tables.append(_taken_apart(table, kind, schema, low, high, path))
+        for path in spooled:
+            if _name(path) in covered:
+                continue  # compacted already; a compaction that stopped left it behind
+            table = _read_spool(fs, path)
+            tables.append(_taken_apart(table, kind, schema, low, high, path))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     frame = table.to_pandas(types_mapper=_types)
     column = DAY_COLUMN[kind]
@@ -432,6 +486,130 @@ def _read(  # noqa: PLR0917 - private, called from two places with the same orde
     if high is not None:
         frame = frame[frame[column] < high]
     return frame.sort_values(order or column, kind="stable").reset_index(drop=True)
+
+
+def _parts(fs: Any, folder: str) -> tuple[list[str], list[str]]:
+    """A day folder's Parquet parts and spool parts, by name; anything else (a writer's
+    temporary file, a stranger's) is left out."""
+    paths = sorted(str(path) for path in fs.ls(folder, detail=False))
+    parquet = [path for path in paths if path.endswith(".parquet")]
+    spooled = [path for path in paths if path.endswith(SPOOL_SUFFIX)]
+    return parquet, spooled
+
+
+def _name(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _sources(schema: pa.Schema) -> list[str]:
+    """The spool parts a compacted part holds (none for any other part)."""
+    import json
+
+    text = (schema.metadata or {}).get(SOURCES_KEY)
+    return list(json.loads(text)) if text else []
+
+
+def _read_spool(fs: Any, path: str) -> pa.Table:
+    import pyarrow as pa
+
+    try:
+        if _local(fs):
+            with pa.memory_map(path) as source:
+                return pa.ipc.open_file(source).read_all()
+        with fs.open(path, "rb") as handle:
+            return pa.ipc.open_file(pa.py_buffer(handle.read())).read_all()
+    except pa.ArrowInvalid as exc:
+        raise MonitoringError(
+            f"{path}: not a capture spool part (Arrow IPC file): {exc}", code="bad_capture"
+        ) from None
+
+
+def _taken_apart(  # noqa: PLR0917 - private, one caller per kind of part
+    table: pa.Table,
+    kind: str,
+    schema: pa.Schema,
+    low: datetime | None,
+    high: datetime | None,
+    path: str,
+) -> pa.Table:
+    if _layout(kind, table.column_names) == REQUESTS:
+        table = _records(_conform(table, request_schema(), kind), low, high, path)
+    return _conform(table, schema, kind)
+
+
+def compact_capture(
+    root: str, model: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Fold ``model``'s spool parts (what serving writes, :func:`write_spool`) into Parquet:
+    per day folder, one zstd part of :func:`request_schema` holding every spool part found
+    there, then the spool parts are deleted; return the counts (``spooled`` parts folded,
+    ``requests`` in them, ``parts`` written, ``removed`` spool parts).
+
+    Nothing is lost or counted twice if it stops at any point: the new part is written whole
+    or not at all, under a name made of the spool parts it holds, whose names it lists in its
+    metadata (``mlwp.capture.sources``); readers skip a spool part a Parquet part lists, and
+    the next run deletes such leftovers before folding the rest. Spool parts written while
+    it runs wait for the next run. One compaction of a model at a time (the model's monitor
+    task): two at once may fold overlapping sets, which readers would count twice."""
+    import hashlib
+
+    import pyarrow as pa
+
+    fs, base = filesystem(kind_uri(root, CAPTURE, model), **dict(storage_options or {}))
+    counts = {"spooled": 0, "requests": 0, "parts": 0, "removed": 0}
+    for folder in _day_folders(fs, base, None, None):
+        parquet, spooled = _parts(fs, folder)
+        if not spooled:
+            continue
+        covered: set[str] = set()
+        for path in parquet:
+            covered.update(_sources(_parquet_schema(fs, path)))
+        done = [path for path in spooled if _name(path) in covered]
+        fresh = [path for path in spooled if _name(path) not in covered]
+        if fresh:
+            names = [_name(path) for path in fresh]
+            table = pa.concat_tables(
+                [_conform(_read_spool(fs, path), request_schema(), CAPTURE) for path in fresh]
+            )
+            digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
+            _write_compacted(fs, f"{folder}/compacted-{digest}.parquet", table, names)
+            counts["spooled"] += len(fresh)
+            counts["requests"] += table.num_rows
+            counts["parts"] += 1
+        for path in done + fresh:
+            fs.rm(path)
+            counts["removed"] += 1
+    return counts
+
+
+def _parquet_schema(fs: Any, path: str) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle:
+        return pq.read_schema(handle)
+
+
+def _write_compacted(fs: Any, path: str, table: pa.Table, sources: list[str]) -> None:
+    """``table`` as one zstd Parquet part at ``path``, listing ``sources``, whole or not at
+    all (a local file under a temporary name, then renamed; an object is one upload)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    metadata = {**(table.schema.metadata or {}), SOURCES_KEY: json.dumps(sources).encode()}
+    table = table.replace_schema_metadata(metadata)
+    encoded = pa.BufferOutputStream()
+    pq.write_table(table, encoded, **_WRITE_OPTIONS[REQUESTS])
+    folder, name = path.rsplit("/", 1)
+    if _local(fs):
+        temporary = f"{folder}/.{name}.tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(memoryview(encoded.getvalue()))
+        fs.mv(temporary, path)
+    else:
+        with fs.open(path, "wb") as handle:
+            handle.write(memoryview(encoded.getvalue()))
 
 
 def _records(

@@ -5,9 +5,11 @@ XCom, gauges, alerts, the retrain asset). It needs only storage and an MLflow se
 
 1. the registry says which version is behind each alias (``champion``, ``challenger``,
    ``shadow``) and the traffic split (the ``mlwp.traffic`` tag);
-2. captured rows of the last ``lookback`` are read and joined with every label received so
-   far (late labels count), and :func:`mlwp.monitoring.report.analyse` computes traffic and
-   SRM (over the last ``window``), coverage, metrics and the comparisons;
+2. serving's spooled captures are compacted into Parquet
+   (:func:`mlwp.monitoring.capture.compact_capture`), then captured rows of the last
+   ``lookback`` are read and joined with every label received so far (late labels count),
+   and :func:`mlwp.monitoring.report.analyse` computes traffic and SRM (over the last
+   ``window``), coverage, metrics and the comparisons;
 3. the last ``window`` of each served variant's captured inputs and outputs is compared
    with the baseline of *its* version (logged on the version's training run);
 4. one MLflow run in the monitoring experiment gets the numbers as metrics, the result as
@@ -69,7 +71,13 @@ def run_monitor(
 ) -> MonitorOutcome:
     """Run one look (see the module doc); MLflow's tracking URI must be set."""
     from mlwp import registry
-    from mlwp.monitoring.capture import MonitoringError, join_labels, read_capture, read_labels
+    from mlwp.monitoring.capture import (
+        MonitoringError,
+        compact_capture,
+        join_labels,
+        read_capture,
+        read_labels,
+    )
 
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if not registry.registered_model_exists(settings.model):
@@ -80,6 +88,13 @@ def run_monitor(
         )
     versions = registry.aliases(settings.model)
     split = registry.get_traffic(settings.model)
+    # serving spools what it captures uncompressed (Arrow IPC); fold it into zstd Parquet
+    # here, out of the serving process (docs/monitoring.md, "Capture"). Reading does not
+    # need it: a storage that refuses the deletes is reported, not fatal
+    try:
+        compacted: dict[str, Any] = compact_capture(storage_root, settings.model, storage_options)
+    except OSError as exc:
+        compacted = {"error": f"capture compaction failed: {exc!r}"}
     capture = read_capture(
         storage_root, settings.model, now - settings.lookback, now, storage_options
     )
@@ -102,6 +117,7 @@ def run_monitor(
         time=now.isoformat(),
         window={"start": window_start.isoformat(), "end": now.isoformat()},
         lookback_start=(now - settings.lookback).isoformat(),
+        capture_compaction=compacted,
     )
     snapshots: dict[str, Any] = {}
     if settings.check_drift:

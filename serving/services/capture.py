@@ -1,25 +1,27 @@
-"""Prediction capture: a sample of scored requests, written to Parquet in the background.
+"""Prediction capture: a sample of scored requests, spooled to storage in the background.
 
-What a request pays is one random draw and, when sampled, one append to an in-memory buffer
-of the bytes it already holds: the request body as received, the response body as sent, its
-ids and times. Nothing is parsed, serialised or copied per record on the request path. A
-background task writes the buffer as Parquet parts of
+What a request pays is one random draw and, when sampled, one append to an in-memory buffer:
+its ids and times as one tuple, and its request body as received and response body as sent
+copied into the current chunk's two preallocated areas (one memcpy each). Nothing is parsed,
+serialised or held per record, and the buffer keeps no body object: the request's bytes die
+with the request, on the event loop's thread, and the next request's allocation reuses that
+warm memory, where a body held for seconds was cold by then; written areas are reused by the
+next chunks. A background task hands full chunks to a worker thread, which writes them as
+spool parts (``mlwp.monitoring.capture.write_spool``: Arrow IPC, uncompressed, the areas as
+they are, the copy to storage made without the interpreter lock) of
 ``mlwp.monitoring.capture.request_schema()`` (format 2: one row per request, the bodies as
-binary columns) under ``<storage root>/monitoring/capture/model=<model>/date=<day>/`` in a
-worker thread, when ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``,
-and at shutdown. The per-record rows (one per input record, with its entity key, class
-index, probability and outputs) are built when the captures are read
-(``mlwp.monitoring.capture.read_capture``), so the monitor pays for them once per window
-read, not serving once per request.
+binary columns) under ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
+``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
+Encoding into compressed Parquet happens out of this process, in the monitor task
+(``mlwp.monitoring.capture.compact_capture``), and the per-record rows (one per input
+record, with its entity key, class index, probability and outputs) when the captures are
+read (``mlwp.monitoring.capture.read_capture``).
 
-Why bytes and not the parsed records (measured, docs/monitoring.md "Cost"): a buffered
-request lives for seconds. Holding its parsed records (a dict and its values per record)
-kept thousands of Python objects per 100-row request alive until the flush, which then
-freed them on the event loop's thread, cold, and kept them in the garbage collector's view;
-the writer's per-record work (serialising every record again, the outputs per row) held the
-interpreter lock the event loop needs. A buffered request is now one tuple of strings,
-numbers and two bytes objects: nothing for the collector to walk, nothing per record to
-free, and the writer only hands the bytes to Arrow.
+Why (measured, docs/monitoring.md "Cost"): the writer thread's Parquet and LZ4 work beside
+the event loop slowed every step of the loop (caches, memory bandwidth), and cost the writer
+~200 us per 100-row request; the bodies held until a flush cost the loop as well. A buffered
+request holds only strings and numbers: nothing for the garbage collector to walk, nothing
+per record to free.
 
 Never blocking a request is the guarantee, completeness is not: the buffer holds at most
 ``capture_buffer_rows`` rows (records; those being written included), and a request that
@@ -41,6 +43,7 @@ import contextlib
 import functools
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -75,14 +78,15 @@ class Captured:
     latency_ms: float
 
 
-# A buffered request: Captured's fields in this order, the classes as their JSON text. Only
-# strings, numbers and bytes: the garbage collector stops tracking the tuple at its first
+# A buffered request: Captured's fields in this order, the bodies as their lengths (the bytes
+# are in the chunk's areas), the classes as their JSON text. Only strings and numbers: the
+# garbage collector stops tracking the tuple at its first
 # collection. A tuple inside (the classes as a tuple, as before) kept it tracked until a
 # second one, which for a buffered entry is a generation-1 collection: it walked every
 # entry buffered since the last, cold (3-5 ms of CPU for ~3,300 one-row requests, a stall of
 # the event loop every ~3,000 requests at 1 row and c=8: measured in process, 2026-11-30).
 Pending = tuple[Any, ...]
-_MODEL, _ROWS = 2, 7
+_ROWS = 7
 
 
 def now_ms() -> int:
@@ -102,7 +106,9 @@ class CaptureBuffer:
         self.batch_rows = settings.capture_batch_rows
         self.flush_seconds = settings.capture_flush_seconds
         self.metrics = metrics
-        self._pending: list[Pending] = []
+        self._chunk: Chunk | None = None  # where requests are buffered now
+        self._pending: list[Chunk] = []  # full chunks, waiting for the writer
+        self._free: deque[Area] = deque()  # areas the writer is done with, for reuse
         self._rows = 0  # pending rows plus rows being written
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -130,7 +136,11 @@ class CaptureBuffer:
             self.metrics.capture_dropped.labels(captured.model, "buffer_full").inc(rows)
             return False
         classes = captured.classes
-        self._pending.append(
+        request, response = captured.request, captured.response
+        chunk = self._chunk
+        if chunk is None or not chunk.fits(len(request), len(response)):
+            chunk = self._new_chunk(len(request), len(response))
+        chunk.items.append(
             (
                 captured.inference_id,
                 captured.time_ms,
@@ -140,8 +150,8 @@ class CaptureBuffer:
                 captured.served,
                 captured.routing_key,
                 rows,
-                captured.request,
-                captured.response,
+                chunk.requests.put(request),
+                chunk.responses.put(response),
                 None if classes is None else _classes_json(tuple(classes)),
                 captured.latency_ms,
             )
@@ -150,6 +160,19 @@ class CaptureBuffer:
         if self._wake is not None and self._rows >= self.batch_rows:
             self._wake.set()
         return True
+
+    def _new_chunk(self, request: int, response: int) -> Chunk:
+        """Start a chunk (the current one is full): reused areas when they are large
+        enough, new ones when not."""
+        if self._chunk is not None and self._chunk.items:
+            self._pending.append(self._chunk)
+        self._chunk = Chunk(self._area(request), self._area(response))
+        return self._chunk
+
+    def _area(self, needed: int) -> Area:
+        if needed <= AREA_BYTES and self._free:
+            return self._free.popleft()  # written already: warm memory, no page to map
+        return Area(max(AREA_BYTES, needed))
 
     # ------------------------------------------------------------------ writer side
 
@@ -175,10 +198,13 @@ class CaptureBuffer:
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
+            if self._chunk is not None and self._chunk.items:
+                self._pending.append(self._chunk)
+                self._chunk = None
             pending, self._pending = self._pending, []
             if not pending:
                 return 0
-            rows = _rows(pending)
+            rows = sum(_rows(chunk.items) for chunk in pending)
             try:
                 return await asyncio.to_thread(self._write, pending)
             finally:
@@ -196,29 +222,34 @@ class CaptureBuffer:
         except Exception as exc:
             log.error("capture_flush_failed", error=repr(exc), at="shutdown")
 
-    def _write(self, pending: list[Pending]) -> int:
-        """Write ``pending`` (emptied here: its bodies are freed on this thread, not on the
-        event loop's when ``flush`` returns)."""
+    def _write(self, pending: list[Chunk]) -> int:
+        """Write the chunks ``pending``, then give their areas back for reuse (emptied
+        here, on this thread)."""
         try:
             return self._write_parts(pending)
         finally:
+            for chunk in pending:
+                chunk.items.clear()
+                for area in (chunk.requests, chunk.responses):
+                    if area.size == AREA_BYTES:  # a larger one was for one large body
+                        area.used = 0
+                        self._free.append(area)
             pending.clear()
 
-    def _write_parts(self, pending: list[Pending]) -> int:
-        from mlwp.monitoring.capture import CAPTURE, write_parts
+    def _write_parts(self, pending: list[Chunk]) -> int:
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
-        models = list(map(itemgetter(_MODEL), pending))
-        by_model: dict[str, list[Pending]] = {models[0]: pending}
-        if models.count(models[0]) != len(models):  # several models: one table each
-            by_model = {}
-            for item in pending:
-                by_model.setdefault(item[_MODEL], []).append(item)
+        from mlwp.monitoring.capture import write_spool
+
+        table = pa.concat_tables([self._table(chunk) for chunk in pending])
+        models = table.column("model").unique().to_pylist()
         written = 0
-        for model, items in by_model.items():
-            rows = _rows(items)
+        for model in models:
+            part = table if len(models) == 1 else table.filter(pc.equal(table["model"], model))
+            rows = pc.sum(part["rows"]).as_py()
             try:
-                table = self._table(items)
-                write_parts(self.root, CAPTURE, model, table)
+                write_spool(self.root, model, part)
             except Exception as exc:  # storage down, a bad record: count, log, go on
                 self.metrics.capture_dropped.labels(model, "write_failed").inc(rows)
                 log.error("capture_write_failed", model=model, rows=rows, error=repr(exc))
@@ -227,13 +258,14 @@ class CaptureBuffer:
             written += rows
         return written
 
-    def _table(self, items: list[Pending]) -> Any:
-        """The requests ``items`` (of one model) as one Arrow table of
-        ``request_schema()``: the buffered values as they are."""
+    def _table(self, chunk: Chunk) -> Any:
+        """A chunk's requests as one Arrow table of ``request_schema()``: the bodies are
+        the chunk's areas as they are (no copy)."""
         import pyarrow as pa
 
         from mlwp.monitoring.capture import request_schema
 
+        items = chunk.items
         (
             ids,
             times,
@@ -243,12 +275,12 @@ class CaptureBuffer:
             served,
             routing,
             rows,
-            requests,
-            responses,
+            request_sizes,
+            response_sizes,
             classes,
             latency,
         ) = map(list, zip(*items, strict=True))
-        field = self.entity_fields.get(models[0], self.default_entity_field)
+        fields = [self.entity_fields.get(model, self.default_entity_field) for model in models]
         columns = {
             "inference_id": ids,
             "time": times,
@@ -257,10 +289,10 @@ class CaptureBuffer:
             "variant": variants,
             "served": served,
             "routing_key": routing,
-            "entity_field": [field] * len(items),
+            "entity_field": fields,
             "rows": rows,
-            "request": _binary(requests),
-            "response": _binary(responses),
+            "request": chunk.requests.array(request_sizes),
+            "response": chunk.responses.array(response_sizes),
             "classes": classes,
             "latency_ms": latency,
         }
@@ -272,20 +304,56 @@ def _rows(items: list[Pending]) -> int:
     return sum(map(itemgetter(_ROWS), items))
 
 
-def _binary(values: list[bytes]) -> Any:
-    """``values`` as an Arrow binary array made of one join of them (the bodies are large:
-    one copy, where Arrow's builder from a list is slower)."""
-    import numpy as np
-    import pyarrow as pa
+# An area's size: a chunk's bodies are copied into two of them (requests, responses); at
+# 100 churn records per request (~47 kB of JSON) one holds ~90 requests. Larger areas are
+# made for a body that would not fit, and used for it alone.
+AREA_BYTES = 4 << 20
 
-    offsets = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
-    if offsets[-1] >= 2**31:  # past 32-bit offsets: Arrow's builder splits it in chunks
-        return pa.array(values, pa.binary())
-    data = pa.py_buffer(b"".join(values))
-    return pa.Array.from_buffers(
-        pa.binary(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)), data]
-    )
+
+class Area:
+    """Bodies copied back to back into one preallocated buffer, reused once written."""
+
+    __slots__ = ("buffer", "size", "used", "view")
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
+        self.size = size
+        self.used = 0
+
+    def put(self, body: bytes) -> int:
+        """Copy ``body`` in (the caller checked it fits); return its length."""
+        end = self.used + len(body)
+        self.view[self.used : end] = body
+        self.used = end
+        return len(body)
+
+    def array(self, sizes: list[int]) -> Any:
+        """The bodies of ``sizes`` as an Arrow binary array over this area (no copy)."""
+        import numpy as np
+        import pyarrow as pa
+
+        offsets = np.zeros(len(sizes) + 1, dtype=np.int32)
+        np.cumsum(np.asarray(sizes, dtype=np.int64), out=offsets[1:], dtype=np.int32)
+        data = pa.py_buffer(self.view[: self.used])
+        return pa.Array.from_buffers(pa.binary(), len(sizes), [None, pa.py_buffer(offsets), data])
+
+
+class Chunk:
+    """Buffered requests whose bodies lie in one pair of areas."""
+
+    __slots__ = ("items", "requests", "responses")
+
+    def __init__(self, requests: Area, responses: Area) -> None:
+        self.items: list[Pending] = []
+        self.requests = requests
+        self.responses = responses
+
+    def fits(self, request: int, response: int) -> bool:
+        return (
+            self.requests.used + request <= self.requests.size
+            and self.responses.used + response <= self.responses.size
+        )
 
 
 @functools.lru_cache(maxsize=256)

@@ -164,6 +164,82 @@ def test_request_parts_read_as_record_rows_beside_record_parts(tmp_path: Path) -
     assert list(window["inference_id"]) == ["new", "new"]
 
 
+def same_rows(frame: pd.DataFrame, other: pd.DataFrame) -> bool:
+    """The same record rows (a record's JSON text may end in a space or not, depending on
+    the batch it was cut from: capture_rows.json_rows)."""
+
+    def stripped(f: pd.DataFrame) -> pd.DataFrame:
+        return f.assign(inputs=f["inputs"].str.strip(), outputs=f["outputs"].str.strip())
+
+    return stripped(frame).equals(stripped(other))
+
+
+def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving's spool parts (Arrow IPC) read like Parquet parts; compaction folds a day's
+    spool into one zstd Parquet part and deletes it. A compaction that stops after writing
+    its part but before deleting the spool counts nothing twice, and the next run finishes
+    the job; spool parts that arrive later are folded by a later run."""
+    root = tmp_path.as_uri()
+    records = [{"customer": "c1", "x": 1}, {"customer": "c2", "x": 2}]
+
+    def spool(inference_id: str, time: datetime) -> list[str]:
+        table = request_parts(
+            [
+                {
+                    "inference_id": inference_id,
+                    "time": time,
+                    "records": records,
+                    "predictions": [1, 0],
+                }
+            ]
+        )
+        return capture.write_spool(root, "churn", table)
+
+    [first] = spool("a", T0)
+    spool("b", T0 + timedelta(seconds=1))
+    spool("c", T0 + timedelta(days=1))  # the next day's folder
+    assert first.endswith(".arrow") and "/date=2026-11-28/" in first
+    before = read_capture(root, "churn")
+    assert list(before["inference_id"]) == ["a", "a", "b", "b", "c", "c"]
+    folder = tmp_path / "monitoring/capture/model=churn"
+
+    def stop(path: str) -> None:
+        raise OSError("stopped")
+
+    monkeypatch.setattr(type(capture.filesystem(root)[0]), "rm", lambda self, path: stop(path))
+    with pytest.raises(OSError, match="stopped"):
+        capture.compact_capture(root, "churn")
+    monkeypatch.undo()
+    assert len(list(folder.rglob("*.parquet"))) == 1  # written, its spool still there
+    assert same_rows(read_capture(root, "churn"), before)
+
+    counts = capture.compact_capture(root, "churn")
+    assert counts == {"spooled": 1, "requests": 1, "parts": 1, "removed": 3}
+    assert not list(folder.rglob("*.arrow"))
+    parts = sorted(folder.rglob("*.parquet"))
+    assert len(parts) == 2 and all(p.name.startswith("compacted-") for p in parts)
+    assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(9).compression == "ZSTD"
+    assert same_rows(read_capture(root, "churn"), before)
+    assert capture.compact_capture(root, "churn") == dict.fromkeys(
+        ("spooled", "requests", "parts", "removed"), 0
+    )
+    spool("d", T0 + timedelta(seconds=2))
+    assert capture.compact_capture(root, "churn")["spooled"] == 1
+    assert list(read_capture(root, "churn")["inference_id"].unique()) == ["a", "b", "d", "c"]
+
+
+def test_a_broken_spool_part_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "monitoring/capture/model=churn/date=2026-11-28"
+    folder.mkdir(parents=True)
+    (folder / "x.arrow").write_bytes(b"not arrow")
+    with pytest.raises(MonitoringError, match=r"x\.arrow: not a capture spool part"):
+        read_capture(tmp_path.as_uri(), "churn")
+    with pytest.raises(MonitoringError, match=r"x\.arrow: not a capture spool part"):
+        capture.compact_capture(tmp_path.as_uri(), "churn")
+
+
 def test_a_broken_request_part_is_named(tmp_path: Path) -> None:
     root = tmp_path.as_uri()
     table = request_parts([{"inference_id": "r1", "time": T0, "records": [{}], "predictions": [1]}])

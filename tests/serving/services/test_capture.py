@@ -1,5 +1,6 @@
 """Capture and feedback through the real service: real models from a real MLflow registry,
-captured rows and labels read back from Parquet (local folder and S3 on a moto server)."""
+captured rows (spooled as Arrow IPC, compacted into Parquet) and labels read back (local
+folder and S3 on a moto server)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,28 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from serving_harness import running
 from telco import register_version, set_traffic
 
 from mlwp.monitoring import capture as contract
-from mlwp.monitoring.capture import join_labels, label_report, read_capture, read_labels
+from mlwp.monitoring.capture import (
+    compact_capture,
+    join_labels,
+    label_report,
+    read_capture,
+    read_labels,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
+
+
+def spooled(path: Path) -> pa.Table:
+    """A spool part serving wrote (an Arrow IPC file)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 def metric(text: str, line_start: str) -> float:
@@ -64,9 +78,10 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
         assert metric(metrics, f'mlwp_serving_capture_written_total{{model="{model_name}"}}') == 6
 
         frame = read_capture(root, model_name)
-        parts = sorted((tmp_path / "storage/monitoring/capture").rglob("*.parquet"))
-        # stored per request (format 2), read back per record
-        assert parts and all(pq.read_schema(p) == contract.request_schema() for p in parts)
+        parts = sorted((tmp_path / "storage/monitoring/capture").rglob("*.arrow"))
+        # spooled per request (format 2, Arrow IPC), read back per record
+        assert parts and all(spooled(p).schema == contract.request_schema() for p in parts)
+        assert not list((tmp_path / "storage/monitoring/capture").rglob("*.parquet"))
         assert parts[0].parent.parent.name == f"model={model_name}"
         served = frame[frame["served"]].sort_values("row")
         assert list(served["inference_id"]) == ["req-capture-1"] * 3
@@ -75,7 +90,7 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
         assert set(served["routing_key"]) == {"user-7"}
         assert list(served["entity_key"]) == ["c0", "c1", "c2"]
         assert [orjson.loads(text) for text in served["inputs"]] == sent
-        stored = [r for part in parts for r in pq.read_table(part).to_pylist()]
+        stored = [r for part in parts for r in spooled(part).to_pylist()]
         assert {orjson.loads(r["request"])["routing_key"] for r in stored} == {"user-7"}
         assert response.content in [r["response"] for r in stored]  # the body as sent
         assert [orjson.loads(t)["prediction"] for t in served["outputs"]] == body["predictions"]
@@ -86,6 +101,18 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
         mirrored = frame[~frame["served"]]
         assert set(mirrored["variant"]) == {"shadow"} and set(mirrored["version"]) == {shadow}
         assert list(mirrored.sort_values("row")["inference_id"]) == ["req-capture-1"] * 3
+
+        # the monitor's compaction folds the spool into zstd Parquet: the same rows read back
+        counts = compact_capture(root, model_name)
+        assert counts["spooled"] == len(parts) and counts["requests"] == 2
+        assert not list((tmp_path / "storage/monitoring/capture").rglob("*.arrow"))
+        compacted = sorted((tmp_path / "storage/monitoring/capture").rglob("*.parquet"))
+        assert len(compacted) == 1
+        assert pq.ParquetFile(compacted[0]).metadata.row_group(0).column(9).compression == "ZSTD"
+        again = read_capture(root, model_name)
+        for column in ("inputs", "outputs"):  # a record's text may end in a space or not
+            again[column], frame[column] = again[column].str.strip(), frame[column].str.strip()
+        assert again.equals(frame)
 
         url = f"/v1/models/{model_name}/feedback"
         predict_only = svc.key(f"model:{model_name}")
@@ -205,7 +232,11 @@ async def test_capture_and_labels_on_s3_with_a_per_model_share(
             headers=svc.auth(),
         )
         assert answer.status_code == 200, answer.text
-    # written at shutdown
+    # written at shutdown; read from the spool, then again once compacted
     joined = join_labels(read_capture(root, model_name), read_labels(root, model_name))
     assert joined["inference_id"].tolist() == [request_id]
     assert joined["label"].tolist() == [1.0]
+    assert compact_capture(root, model_name)["removed"] == 1
+    assert compact_capture(root, model_name)["removed"] == 0
+    joined = join_labels(read_capture(root, model_name), read_labels(root, model_name))
+    assert joined["inference_id"].tolist() == [request_id]

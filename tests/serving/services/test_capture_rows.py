@@ -13,7 +13,6 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from mlwp.monitoring import capture_rows
@@ -21,7 +20,7 @@ from mlwp.monitoring.capture import MonitoringError, capture_schema, record_rows
 from mlwp.monitoring.capture_rows import json_rows
 from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
-from serving.services.capture import CaptureBuffer, Captured
+from serving.services.capture import AREA_BYTES, CaptureBuffer, Captured
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +67,7 @@ def request(number: int, predictions: list[Any], probabilities: Any, classes: An
 
 
 def rows_of(buffer: CaptureBuffer) -> list[dict[str, Any]]:
-    table = buffer._table(buffer._pending)
+    table = buffer._table(buffer._chunk)
     assert table.schema == request_schema()
     rows = record_rows(table)
     assert rows.schema == capture_schema()
@@ -105,7 +104,7 @@ def test_stored_requests_and_their_rows(tmp_path: Path) -> None:
         "r2", [{"x": 3}], [1.0], None, [0, 1], version="2", variant="shadow"
     )  # 1.0: a cached answer's JSON for the class 1
     buffer = buffer_of(tmp_path, served, shadow)
-    stored = buffer._table(buffer._pending).to_pylist()
+    stored = buffer._table(buffer._chunk).to_pylist()
     assert [r["request"] for r in stored] == [served.request, shadow.request]  # as received
     assert [r["response"] for r in stored] == [served.response, shadow.response]  # as sent
     assert [r["classes"] for r in stored] == ['["No","Yes"]', "[0,1]"]
@@ -208,7 +207,7 @@ def test_vectorised_columns_equal_the_row_by_row_ones(
 
 
 def test_a_buffered_request_is_nothing_the_collector_walks(tmp_path: Path) -> None:
-    """A buffered request is one tuple of strings, numbers and bytes, which the garbage
+    """A buffered request is one tuple of strings and numbers, which the garbage
     collector stops tracking at its first (youngest-generation) collection: nothing per
     request or per row for it to walk then or later (why: the module's docstring)."""
     gc.disable()  # no collection but the one below
@@ -216,7 +215,7 @@ def test_a_buffered_request_is_nothing_the_collector_walks(tmp_path: Path) -> No
         buffer = buffer_of(
             tmp_path, request(1, ["Yes", "No"], [[0.2, 0.8], [0.9, 0.1]], ["No", "Yes"])
         )
-        entry = buffer._pending[0]
+        entry = buffer._chunk.items[0]
         assert gc.is_tracked(entry)  # a new tuple is tracked until a collection looks at it
         gc.collect(0)
     finally:
@@ -226,34 +225,47 @@ def test_a_buffered_request_is_nothing_the_collector_walks(tmp_path: Path) -> No
 
 
 class _Body(bytes):
-    """A request body that notes the thread it is freed on."""
+    """A request body that notes when it is freed."""
 
-    freed_on: list[int] = []
+    freed: list[int] = []
 
     def __del__(self) -> None:
-        _Body.freed_on.append(threading.get_ident())
+        _Body.freed.append(threading.get_ident())
 
 
-def test_the_writer_frees_the_bodies_on_its_own_thread(tmp_path: Path) -> None:
-    """A flushed batch's bodies are freed by the writer's thread, not the event loop's when
-    ``flush`` returns (why: the module's docstring), and written all the same."""
+def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> None:
+    """The buffer keeps no body: it copies each into its chunk's areas, so the request's
+    bytes are freed when the request is done, on the event loop's thread, where the next
+    request's allocations reuse that memory; the writer writes the areas as they are and
+    gives them back for the next chunks (why: the module's docstring)."""
     record = captured("r1", [{"x": 1, "customer": "c1"}], ["Yes"], [[0.2, 0.8]], ["No", "Yes"])
-    record.request = _Body(record.request)
+    body = record.request
+    record.request = _Body(body)
     buffer = CaptureBuffer(
         ServingSettings(home=tmp_path, storage_root=tmp_path.as_uri()), Metrics()
     )
+    _Body.freed.clear()
     assert buffer.add(record)
     del record
-    _Body.freed_on.clear()
+    assert _Body.freed == [threading.get_ident()]  # not held by the buffer
+    areas = (buffer._chunk.requests, buffer._chunk.responses)
 
-    async def flush() -> tuple[int, int]:
-        return await buffer.flush(), threading.get_ident()
+    async def flush() -> int:
+        return await buffer.flush()
 
-    written, loop_thread = asyncio.run(flush())
-    assert written == 1
-    assert len(_Body.freed_on) == 1
-    assert _Body.freed_on[0] != loop_thread
+    assert asyncio.run(flush()) == 1
     assert buffer._rows == 0
-    parts = list(tmp_path.glob("monitoring/capture/model=m/date=*/*.parquet"))
+    assert list(buffer._free) == list(areas) and all(area.used == 0 for area in areas)
+    parts = list(tmp_path.glob("monitoring/capture/model=m/date=*/*.arrow"))
     assert len(parts) == 1
-    assert pq.read_table(parts[0]).column("rows").to_pylist() == [1]
+    with pa.memory_map(str(parts[0])) as source:
+        table = pa.ipc.open_file(source).read_all()
+    assert table.column("rows").to_pylist() == [1]
+    assert table.column("request").to_pylist() == [body]
+    # the next chunk reuses the areas; a body larger than an area gets one of its own
+    large = captured("r2", [{"x": "y" * AREA_BYTES}], ["No"], [[0.9, 0.1]], ["No", "Yes"])
+    assert buffer.add(large)
+    chunk = buffer._chunk
+    assert any(chunk.responses is a for a in areas) and chunk.requests.size > AREA_BYTES
+    assert asyncio.run(flush()) == 1
+    assert len(buffer._free) == 2  # the large area is not kept
