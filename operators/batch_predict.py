@@ -285,6 +285,7 @@ class BatchPredictPartitionOperator(MlwpOperator):
                 key=_run_key(ti.run_id),
                 index=int(plan["index"]),
                 unique=output.unique(),
+                split_floats=True,
             )
         except (PreprocessingError, OutputColumnsError) as exc:
             raise AirflowFailException(

@@ -335,6 +335,7 @@ def predict(workdir: Path, *, join_input: bool = False) -> dict[str, Any]:
                 key="b",
                 index=index,
                 unique=output.unique(),
+                split_floats=True,
             )
         )
         first_row += partition.rows

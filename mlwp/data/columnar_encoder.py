@@ -98,7 +98,7 @@ class ColumnarEncoder:
         return cls(preprocessing, plan)
 
     def matrix(self, batch: pa.RecordBatch) -> Array | None:
-        """The C-ordered float32 matrix of the batch's rows; None when a column's Arrow type is
+        """The float32 matrix of the batch's rows (column-major); None when a column's Arrow type is
         not the one the plan reads (the column path reads it, or names the problem)."""
         import pyarrow as pa
 
@@ -129,13 +129,14 @@ class ColumnarEncoder:
                 return None
         # Column by column into a column-major block (a strided write per column costs about
         # 30 times a contiguous one), each cast to float32 on assignment as the column path's
-        # np.concatenate(..., dtype=float32) casts its float64 arrays (round to nearest); then
-        # one transposing copy to the rows XGBoost reads.
+        # np.concatenate(..., dtype=float32) casts its float64 arrays (round to nearest). The
+        # matrix is that block's transpose, a Fortran-ordered view: XGBoost reads it through
+        # its strides as fast as rows (a transposing copy cost 0.03 s per 1M rows).
         block = np.empty((len(self.plan), size), dtype=np.float32)
         batch_columns = _BatchColumns(numbers, codes, size)
         for index, source in enumerate(self.plan):
             block[index] = batch_columns.values(source)
-        return block.T.copy()
+        return block.T
 
 
 class _BatchColumns:

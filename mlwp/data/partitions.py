@@ -25,6 +25,7 @@ pyarrow is imported inside the functions (the DAG processor imports operators, n
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -346,13 +347,21 @@ def _split_rows(
         yield reader.schema, part(first)
 
 
-def parquet_writer(handle: Any, schema: pa.Schema, unique: Collection[str] = ()) -> Any:
+def parquet_writer(
+    handle: Any, schema: pa.Schema, unique: Collection[str] = (), split_floats: bool = False
+) -> Any:
     """A Parquet writer of a dataset's files: snappy; dictionary pages for text and integer
     columns only (they repeat; fractional numbers rarely do, and trying costs about a third
     of a scored chunk's write), and not for the ``unique`` ones: columns that identify rows
     (a scoring's keys or ``row``), whose dictionary would hold every value. Measured on a
     scored chunk (int64 key, label, two probabilities): 0.11 s per 1M rows instead of 0.25,
-    and a tenth fewer bytes."""
+    and a tenth fewer bytes.
+
+    ``split_floats``: floating-point columns in Parquet's BYTE_STREAM_SPLIT encoding (each
+    value's bytes in separate streams; lossless). A model's probabilities are float32 values
+    widened to float64, whose low bytes are zeros: split, snappy compresses them in long runs,
+    in a third less time for as many bytes (scored chunk: 0.06 s per 1M rows instead of 0.09).
+    Read by pyarrow, pandas, DuckDB, Spark 3.2+."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -367,7 +376,43 @@ def parquet_writer(handle: Any, schema: pa.Schema, unique: Collection[str] = ())
             or pa.types.is_dictionary(f.type)
         )
     ]
-    return pq.ParquetWriter(handle, schema, compression="snappy", use_dictionary=repeating)
+    encoding = {
+        f.name: "BYTE_STREAM_SPLIT" for f in schema if split_floats and pa.types.is_floating(f.type)
+    }
+    return pq.ParquetWriter(
+        handle,
+        schema,
+        compression="snappy",
+        use_dictionary=repeating,
+        column_encoding=encoding or None,
+    )
+
+
+class HashingWriter(io.RawIOBase):
+    """A binary file being written, and the sha256 and size of what went into it: a file
+    hashed as it is written, not read back."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.raw.write(data)
+        self.digest.update(data)  # hashlib lets the GIL go for large blocks
+        size = memoryview(data).nbytes
+        self.size += size
+        return size
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 def write_in_background(writer: Any, parts: Iterable[pa.RecordBatch | pa.Table]) -> int:
@@ -518,21 +563,24 @@ def stage_part(
     key: str,
     index: int,
     unique: Collection[str] = (),
+    split_floats: bool = False,
 ) -> dict[str, Any]:
     """Write one partition that a mapped task produced, to be gathered by :func:`commit_staged`.
 
     The staged file's name holds ``key`` (the run) and ``index`` (the map index), so a retried
-    task overwrites its own file and never another's. ``unique``: columns written without a
-    dictionary (:func:`parquet_writer`).
+    task overwrites its own file and never another's. ``unique``, ``split_floats``: see
+    :func:`parquet_writer`. The file is hashed as it is written.
     """
 
     directory = f"{storage.dataset_dir(project, name)}/.staging-{key}"
     uri = f"{directory}/part-{index}.parquet"
     fs, path = storage._fs(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as handle, parquet_writer(handle, schema, unique) as writer:
-        rows = write_in_background(writer, batches)
-    sha256, size = sha256_of_file(fs, path)
+    with fs.open(path, "wb") as handle:
+        hashing = HashingWriter(handle)
+        with parquet_writer(hashing, schema, unique, split_floats) as writer:
+            rows = write_in_background(writer, batches)
+    sha256, size = hashing.digest.hexdigest(), hashing.size
     return {"uri": uri, "rows": rows, "sha256": sha256, "bytes": size, "index": index}
 
 

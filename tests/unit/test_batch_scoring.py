@@ -12,7 +12,13 @@ import yaml
 from mlwp import model as mlwp_model
 from mlwp.data.batch_scoring import Output, OutputColumnsError, score_partition
 from mlwp.data.extract import extract_partitioned
-from mlwp.data.partitions import PartitionedReader, commit_staged, copy_dataset, stage_part
+from mlwp.data.partitions import (
+    PartitionedReader,
+    commit_staged,
+    copy_dataset,
+    sha256_of_file,
+    stage_part,
+)
 from mlwp.data.storage import Storage
 from mlwp.data.transform import run_transform
 from mlwp.training import entrypoint
@@ -68,9 +74,18 @@ def test_partitions_scored_in_chunks_match_serving(
         schema, scored = score_partition(
             churn_model, reader, partition, chunk_rows=64, output=output, first_row=first_row
         )
-        part = stage_part(
-            storage, schema, scored, project="churn", name="predict", key="r1", index=index
+        part = stage_part(  # as the mapped task writes it (hashed while written)
+            storage,
+            schema,
+            scored,
+            project="churn",
+            name="predict",
+            key="r1",
+            index=index,
+            unique=output.unique(),
+            split_floats=True,
         )
+        assert (part["sha256"], part["bytes"]) == sha256_of_file(*storage._fs(part["uri"]))
         staged.append(part)
         first_row += partition.rows
     out = commit_staged(

@@ -97,7 +97,7 @@ def _assert_same(encoder: ColumnarEncoder, preprocessing: Preprocessing, batch: 
     mine = encoder.matrix(batch)
     assert mine is not None
     theirs = _column_path(preprocessing, batch)
-    assert mine.dtype == np.float32 and mine.flags.c_contiguous
+    assert mine.dtype == np.float32 and mine.flags.f_contiguous  # column-major, read by strides
     assert mine.shape == theirs.shape
     assert mine.view(np.uint32).tobytes() == theirs.view(np.uint32).tobytes()
 

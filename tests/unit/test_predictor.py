@@ -45,6 +45,22 @@ def test_same_output_as_inplace_predict(objective: str, classes: int, rows: int)
     assert np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_column_major_matrix_is_read_through_its_strides(rows: int) -> None:
+    """The columnar encoder's Fortran-ordered float32 block: the same predictions as the
+    C-ordered copy, without the copy."""
+    model, x = booster("multi:softprob", 3)
+    columns = np.asfortranarray(x[:rows], dtype=np.float32)
+    assert columns.flags.f_contiguous
+    expected = model.inplace_predict(np.ascontiguousarray(columns))
+    assert np.array_equal(DensePredictor(model).predict(columns), expected)
+    every_other = columns[::2]  # neither C- nor Fortran-contiguous: copied first
+    assert np.array_equal(
+        DensePredictor(model).predict(every_other),
+        model.inplace_predict(np.ascontiguousarray(every_other)),
+    )
+
+
 def test_threads_do_not_mix_their_inputs() -> None:
     model, x = booster("binary:logistic")
     predictor = DensePredictor(model)
