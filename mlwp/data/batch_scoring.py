@@ -23,7 +23,7 @@ output as they are.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,14 +109,17 @@ def score_batch(
     *,
     output: Output = LEAN,
     first_row: int = 0,
+    matrix: np.ndarray[Any, Any] | None = None,
 ) -> Any:
     """The batch's predictions (and class probabilities) after the columns ``output`` carries
     (``first_row``: the position of the batch's first row in the input, for the ``row``
-    column), with ``schema`` (by default :func:`output_schema` of the batch's)."""
+    column), with ``schema`` (by default :func:`output_schema` of the batch's); ``matrix``:
+    the batch's :func:`feature_matrix` when it is already made."""
     import pyarrow as pa
 
     schema = schema or output_schema(model, batch.schema, output)
-    matrix = feature_matrix(model, batch)
+    if matrix is None:
+        matrix = feature_matrix(model, batch)
     if matrix.shape[0] == 0:
         raw = np.zeros((0,), dtype=np.float64)
     else:
@@ -135,16 +138,17 @@ def score_batch(
     classes = list(model.classes or [])
     if model.objective == "binary":
         positive = raw.reshape(-1)
-        probabilities = np.column_stack([1.0 - positive, positive])
+        columns = [1.0 - positive, positive]  # each contiguous: Arrow takes it without a copy
         chosen = (positive >= model.threshold).astype(np.int64)
     else:
         probabilities = raw.reshape(raw.shape[0], -1)
+        columns = list(np.ascontiguousarray(probabilities.T))
         chosen = np.argmax(probabilities, axis=1)
     if classes:
         arrays.append(pa.array(classes, type=label_type).take(pa.array(chosen)))
     else:
         arrays.append(pa.array(chosen, type=label_type))
-    arrays.extend(pa.array(probabilities[:, index]) for index in range(len(classes)))
+    arrays.extend(pa.array(columns[index]) for index in range(len(classes)))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -268,8 +272,9 @@ def score_partition(
 
     Only the columns the model and ``output`` need are read; the model's text features as
     Arrow dictionaries (decoded once per distinct value, and what the steps look up), carried
-    text written back as the text it is stored as. The next chunk is read while this one is
-    scored.
+    text written back as the text it is stored as. The next chunk is read and encoded into
+    its feature matrix in a second thread while this one is predicted (pyarrow, numpy and
+    XGBoost let the GIL go): the thread that predicts does little else.
     """
     import pyarrow as pa
 
@@ -289,26 +294,36 @@ def score_partition(
         columns=read_columns(model, stored.names, output),
     )
 
+    def encoded(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray[Any, Any]]:
+        return batch, feature_matrix(model, batch)
+
     def scored() -> Iterator[pa.RecordBatch]:
         row = first_row
-        for batch in read_ahead(batches):
-            yield score_batch(model, batch, schema, output=output, first_row=row)
+        for batch, matrix in read_ahead(batches, encoded):
+            yield score_batch(model, batch, schema, output=output, first_row=row, matrix=matrix)
             row += batch.num_rows
 
     return schema, scored()
 
 
-def read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """The batches, each read in a second thread while the previous one is used (Parquet
-    decodes without the GIL). One batch ahead at most."""
+def read_ahead(
+    batches: Iterator[Any], prepare: Callable[[Any], Any] | None = None
+) -> Iterator[Any]:
+    """The batches (``prepare(batch)`` of each, when given), each read and prepared in a
+    second thread while the previous one is used (Parquet decodes without the GIL). One batch
+    ahead at most."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def following() -> Any:
+        batch = next(batches, None)
+        return batch if batch is None or prepare is None else prepare(batch)
+
     with ThreadPoolExecutor(1, thread_name_prefix="parquet-reader") as pool:
-        pending = pool.submit(next, batches, None)
+        pending = pool.submit(following)
         try:
-            while (batch := pending.result()) is not None:
-                pending = pool.submit(next, batches, None)
-                yield batch
+            while (item := pending.result()) is not None:
+                pending = pool.submit(following)
+                yield item
         finally:  # stopped early: let a read in flight end, then close the file
             if not pending.cancel():
                 pending.exception()

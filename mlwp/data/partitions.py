@@ -357,11 +357,13 @@ def parquet_writer(
     scored chunk (int64 key, label, two probabilities): 0.11 s per 1M rows instead of 0.25,
     and a tenth fewer bytes.
 
-    ``split_floats``: floating-point columns in Parquet's BYTE_STREAM_SPLIT encoding (each
-    value's bytes in separate streams; lossless). A model's probabilities are float32 values
-    widened to float64, whose low bytes are zeros: split, snappy compresses them in long runs,
-    in a third less time for as many bytes (scored chunk: 0.06 s per 1M rows instead of 0.09).
-    Read by pyarrow, pandas, DuckDB, Spark 3.2+."""
+    ``split_floats``: number columns in encodings that suit a scoring's output (lossless):
+    floating-point ones in BYTE_STREAM_SPLIT (each value's bytes in separate streams: a
+    model's probabilities are float32 values widened to float64, whose low bytes are zeros,
+    and split, snappy compresses them in long runs, in a third less time for as many bytes:
+    a scored chunk in 0.06 s per 1M rows instead of 0.09), the ``unique`` integer ones
+    (``row``, integer keys) in DELTA_BINARY_PACKED (a third fewer bytes for sequential ids, a
+    tenth less time). Read by pyarrow, pandas, DuckDB, Spark 3.2+."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -376,9 +378,12 @@ def parquet_writer(
             or pa.types.is_dictionary(f.type)
         )
     ]
-    encoding = {
-        f.name: "BYTE_STREAM_SPLIT" for f in schema if split_floats and pa.types.is_floating(f.type)
-    }
+    encoding = {}
+    for f in schema if split_floats else ():
+        if pa.types.is_floating(f.type):
+            encoding[f.name] = "BYTE_STREAM_SPLIT"
+        elif f.name in unique and pa.types.is_integer(f.type):
+            encoding[f.name] = "DELTA_BINARY_PACKED"
     return pq.ParquetWriter(
         handle,
         schema,
