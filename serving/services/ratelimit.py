@@ -13,7 +13,9 @@ one event loop nothing can interleave with it, so it needs no lock.
 
 Two limits:
 
-- per API key, on every authenticated request (the key's own ``rate_limit`` or the default);
+- per API key, on every authenticated request (the key's own ``rate_limit`` or the default).
+  In Redis, every hit is counted in the shared window, but a request does not wait for the
+  count when it cannot matter (:class:`SharedCounts`);
 - per client address, on failed authentications (a token that is not a valid key): once an
   address is over it, every request from it is refused with 429 until the window resets,
   before its key is even looked at, so guessing gains nothing (what FAB's login limit does
@@ -24,6 +26,7 @@ Two limits:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from functools import lru_cache
@@ -92,6 +95,117 @@ class MemoryWindows:
             del self._windows[key]
 
 
+class _Batch:
+    """Hits of one window counted here since the last send: how many, and the requests
+    waiting for their count (their position in the batch, their future)."""
+
+    __slots__ = ("hits", "item", "waiters")
+
+    def __init__(self, item: RateLimitItem) -> None:
+        self.item = item
+        self.hits = 0
+        self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
+
+
+class SharedCounts:
+    """The per-key limit's hits counted in Redis, the window of ``limits``'
+    ``FixedWindowRateLimiter`` (the same key, the same ``incr_expire`` script: replicas
+    running either count together), without a Redis round trip on the request's path while
+    the count is far from the limit.
+
+    The hits of one event-loop step are sent together, one ``INCRBY n`` per window (so at
+    concurrency 8 one command counts up to 8 hits), and the reply gives each hit its place
+    in the window: hit ``i`` of a batch is the ``count - n + i``-th, allowed while that is
+    within the limit, as if each had been sent alone. A request waits for that reply only
+    when the window may be near its limit: when the count Redis last returned for it, plus
+    this process's hits sent or waiting to be, exceeds half the limit. Below that the
+    request goes on at once and its hit is counted all the same. So one process refuses
+    exactly what ``FixedWindowRateLimiter`` refuses; with replicas, a window can pass its
+    limit only if the others add more than half of it within one round trip of this
+    process's last reply. When Redis fails, the batch is counted in memory (as a failed
+    ``hit`` is), and the link's bypass window sends the next hits there too.
+    """
+
+    # windows remembered; past this the remembered counts are forgotten (they only decide
+    # whether a request waits)
+    MAX_WINDOWS = 100_000
+
+    def __init__(self, storage: Storage, link: RedisLink, memory: MemoryWindows) -> None:
+        self._storage = storage
+        self._link = link
+        self._memory = memory
+        self._pending: dict[str, _Batch] = {}  # window key -> hits not sent yet
+        self._sent: dict[str, int] = {}  # window key -> hits sent, reply not in yet
+        self._known: dict[str, int] = {}  # window key -> the count Redis last returned
+        self._identities: dict[str, tuple[str, ...]] = {}
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def hit(self, item: RateLimitItem, *identifiers: str) -> asyncio.Future[bool] | None:
+        """Count one hit: None when the request may go on at once, else a future of
+        whether it is within the limit."""
+        key = item.key_for(*identifiers)
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch(item)
+            self._identities[key] = identifiers
+        batch.hits += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        counted = self._known.get(key, 0) + self._sent.get(key, 0) + batch.hits
+        if counted <= item.amount // 2:
+            return None
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        batch.waiters.append((batch.hits, future))
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batches, self._pending = self._pending, {}
+        if not batches:
+            return
+        for key, batch in batches.items():
+            self._sent[key] = self._sent.get(key, 0) + batch.hits
+        task = asyncio.get_running_loop().create_task(self._send(batches))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batches: dict[str, _Batch]) -> None:
+        keys = list(batches)
+        replies = await asyncio.gather(
+            *(
+                self._storage.incr(key, batches[key].item.get_expiry(), amount=batches[key].hits)
+                for key in keys
+            ),
+            return_exceptions=True,
+        )
+        if len(self._known) > self.MAX_WINDOWS:
+            self._known.clear()
+        for key, reply in zip(keys, replies, strict=True):
+            batch = batches[key]
+            self._sent[key] -= batch.hits
+            if not self._sent[key]:
+                del self._sent[key]
+            identifiers = self._identities.pop(key, ())
+            if isinstance(reply, BaseException):
+                # as a failed FixedWindowRateLimiter.hit: the link steps aside (anything
+                # unexpected too: a waiting request must get an answer)
+                self._link.failed("rate_limit", reply)
+                waiting = dict(batch.waiters)
+                for position in range(1, batch.hits + 1):
+                    allowed = self._memory.hit(batch.item, *identifiers)
+                    if position in waiting and not waiting[position].done():
+                        waiting[position].set_result(allowed)
+                continue
+            count = int(reply)
+            self._known[key] = count
+            before = count - batch.hits
+            for position, future in batch.waiters:
+                if not future.done():
+                    future.set_result(before + position <= batch.item.amount)
+
+
 # Addresses currently refused for failed authentications, remembered in process; bounded so
 # that many addresses cannot grow it without limit (an evicted one is refused again by Redis).
 BLOCKED_ADDRESSES_MAX = 65_536
@@ -121,6 +235,7 @@ class RateLimiter:
         self._refused_any = False
         self._memory = MemoryWindows()
         self._redis: FixedWindowRateLimiter | None = None
+        self._shared: SharedCounts | None = None
         if link is not None:
             storage = storage_from_string(
                 "async+" + link.url,
@@ -132,15 +247,25 @@ class RateLimiter:
             if not isinstance(storage, Storage):
                 raise TypeError(f"limits returned a synchronous storage for {link.url!r}")
             self._redis = FixedWindowRateLimiter(storage)
+            self._shared = SharedCounts(storage, link, self._memory)
 
     async def hit(self, key_id: str, rate: str | None) -> None:
         """Count one request of ``key_id``; raise ``RateLimited`` when over its limit."""
         item = rate_item(rate or self.default_rate)
-        if self._redis is None:  # no coroutine to await: the usual in-memory case
-            limiter: FixedWindowRateLimiter | MemoryWindows = self._memory
+        limiter: FixedWindowRateLimiter | MemoryWindows = self._memory
+        if self._shared is not None and self._redis is not None and self.link is not None:
+            if self.link.up:
+                limiter = self._redis
+                waiting = self._shared.hit(item, "key", key_id)
+                if waiting is None:  # far from the limit: counted, no round trip awaited
+                    return
+                allowed = await waiting
+                if not self.link.up:  # the send failed: counted in memory instead
+                    limiter = self._memory
+            else:
+                allowed = self._memory.hit(item, "key", key_id)
+        else:  # no coroutine to await: the usual in-memory case
             allowed = self._memory.hit(item, "key", key_id)
-        else:
-            limiter, allowed = await self._hit(item, "key", key_id)
         if allowed:
             return
         self.metrics.rate_limited.inc()
