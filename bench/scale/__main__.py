@@ -14,9 +14,12 @@ Printed: per task, seconds and the memory the task held at its peak (peak RSS mi
 process's peak after imports) at each size and their ratio, then batch prediction's rows per
 second against the floor's (the lean output and ``join_input``). With ``--repeats N`` the tasks
 run N rounds in turn (predict, floor, predict, floor...), and the ratio is given per round with
-its median: the floor's two booster threads move most with the machine's other load, so only a
-ratio from one round compares like with like. Goals (issue 16): at 10x the
-rows, peak within 1.2x for the streaming tasks; batch prediction >= 0.5x the floor's rows/s.
+its median, each against the mean of the floor runs just before and after it: the floor's
+booster threads move most with the machine's other load, so only a ratio of neighbouring runs
+compares like with like. The floor is XGBoost on every core or on one thread, whichever is
+faster in that run; CPU seconds per 1M rows are printed beside (less sensitive to load), and
+prediction's rows/s counting the model's load. Goals (issue 16): at 10x the rows, peak within
+1.2x for the streaming tasks; batch prediction >= 0.5x the floor's rows/s.
 Never a CI gate; on a shared machine absolute numbers move, the side-by-side ratios are what
 counts.
 """
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,7 @@ HOW = {
 
 
 def run_task(task: str, workdir: Path, rows: int) -> dict[str, Any]:
+    started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "bench.scale.tasks", task, str(workdir), "--rows", str(rows)],
         cwd=ROOT,
@@ -73,6 +78,8 @@ def run_task(task: str, workdir: Path, rows: int) -> dict[str, Any]:
     if result.returncode != 0:
         return {"task": task, "error": result.stderr.strip().splitlines()[-1:]}
     document: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    # the whole process: interpreter start, imports, set-up, the task
+    document["process_seconds"] = round(time.perf_counter() - started, 3)
     return document
 
 
@@ -115,30 +122,48 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     print()
     print(table(results, sizes, tasks))
-    if args.repeats > 1 and "floor" in tasks:
+    if "floor" in tasks:
         print()
         print(round_ratios(rounds, sizes))
     return 0
 
 
 def round_ratios(rounds: dict[int, list[dict[str, dict[str, Any]]]], sizes: list[int]) -> str:
-    """Batch prediction's rows/s over the floor's of the same round, each round and the median."""
+    """Batch prediction's rows/s over the floor's, each round and the median. The floor of
+    a round is the mean of the floor runs just before and after the prediction (this round's
+    and the previous one's), so load that comes and goes moves both sides alike."""
     lines = [
-        "| rows | task | x the floor per round | median (goal >= 0.5) |",
-        "| --- | --- | --- | --- |",
+        "| rows | task | rows/s per round | floor rows/s | x the floor per round | median "
+        "(goal >= 0.5) | CPU s per 1M rows (floor) | rows/s with model load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rows in sizes:
+        done = rounds[rows]
+        floors = [d.get("floor", {}).get("rows_per_second") for d in done]
+        floor_cpu = [d.get("floor", {}).get("cpu_s_per_1m_rows") for d in done]
         for task in ("predict", "predict_join"):
-            ratios = [
-                done[task]["rows_per_second"] / done["floor"]["rows_per_second"]
-                for done in rounds[rows]
-                if done.get(task, {}).get("rows_per_second")
-                and done["floor"].get("rows_per_second")
-            ]
+            ratios, rates, bracket, cpus, loaded = [], [], [], [], []
+            for index, document in enumerate(done):
+                rate = document.get(task, {}).get("rows_per_second")
+                near = [f for f in floors[max(0, index - 1) : index + 1] if f]
+                if not rate or not near:
+                    continue
+                floor = statistics.mean(near)
+                ratios.append(rate / floor)
+                rates.append(f"{rate / 1e3:,.0f}k")
+                bracket.append(f"{floor / 1e3:,.0f}k")
+                cpus.append(
+                    f"{document[task].get('cpu_s_per_1m_rows', float('nan')):.2f} "
+                    f"({floor_cpu[index] or float('nan'):.2f})"
+                )
+                loaded.append(f"{document[task].get('rows_per_second_with_load', 0) / 1e3:,.0f}k")
             if ratios:
-                each = ", ".join(f"{ratio:.2f}" for ratio in ratios)
-                median = statistics.median(ratios)
-                lines.append(f"| {rows:,} | {task} | {each} | **{median:.2f}x** |")
+                lines.append(
+                    f"| {rows:,} | {task} | {', '.join(rates)} | {', '.join(bracket)} | "
+                    f"{', '.join(f'{r:.2f}' for r in ratios)} | "
+                    f"**{statistics.median(ratios):.2f}x** | {', '.join(cpus)} | "
+                    f"{', '.join(loaded)} |"
+                )
     return "\n".join(lines)
 
 
