@@ -148,23 +148,26 @@ def wait_for_http(
 
 def free_port() -> int:
     """A free local port: the system's choice, or one of ``MLWP_TEST_PORTS`` (``low-high``,
-    inclusive) when set, for machines where jobs share a host and each keeps to its range."""
+    inclusive) when set, for machines where jobs share a host and each keeps to its range.
+    In a range, ports are handed out in turn from where the last call stopped, so a port
+    handed out but not bound yet is not handed out again before the range wraps around."""
     span = os.environ.get("MLWP_TEST_PORTS", "").strip()
     if span:
         low, _, high = span.partition("-")
-        for port in range(int(low), int(high or low) + 1):
+        ports = list(range(int(low), int(high or low) + 1))
+        for i in range(len(ports)):
+            port = ports[(_cursor[0] + i) % len(ports)]
             with socket.socket() as sock:
                 try:
                     sock.bind(("127.0.0.1", port))
                 except OSError:
                     continue
-                if port not in _handed_out:
-                    _handed_out.add(port)
-                    return port
+            _cursor[0] = (_cursor[0] + i + 1) % len(ports)
+            return port
         raise RuntimeError(f"no free port left in MLWP_TEST_PORTS={span}")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-_handed_out: set[int] = set()  # a port handed out but not bound yet is not free
+_cursor = [0]  # where the next search of MLWP_TEST_PORTS starts

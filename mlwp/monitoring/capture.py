@@ -10,7 +10,7 @@ Hive style::
     <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/compacted-<hash>.parquet
     <root>/monitoring/labels/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
 
-Serving spools its captures as uncompressed Arrow IPC files (:func:`write_spool`: cheap for
+Serving spools its captures as Arrow IPC files (:func:`write_spool`: no Parquet encoding in
 the serving process); the monitor task folds them into zstd Parquet
 (:func:`compact_capture`), idempotently; readers read both.
 
@@ -97,6 +97,12 @@ FORMAT_KEY = b"mlwp.capture.format"
 # serving's spool parts (Arrow IPC files), and the metadata key of a compacted Parquet part
 # listing the spool parts it holds (JSON list of their file names)
 SPOOL_SUFFIX = ".arrow"
+# the spool's buffers, zstd-compressed (level 1) by Arrow on the writer's thread
+# (use_threads=False: no pool of Arrow threads beside serving's): in the server, writing a
+# twentieth of the bytes to storage cost less than copying them uncompressed (the copy into
+# the page cache is what the writer's time went to), and less than LZ4's ninth
+# (docs/monitoring.md, "Cost")
+SPOOL_COMPRESSION = "zstd"
 SOURCES_KEY = b"mlwp.capture.sources"
 LABEL_COLUMNS = (
     "inference_id",
@@ -255,11 +261,12 @@ def write_spool(
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write captured requests (:func:`request_schema`) as spool parts, one per day they
-    span: Arrow IPC files, uncompressed (``<uuid>.arrow`` beside the Parquet parts); return
-    their URIs. This is what serving writes: the bodies go to storage as they are, in one
-    copy made without the interpreter lock, and the encoding into compressed Parquet is left
-    to :func:`compact_capture` (the monitor task). A part appears whole or not at all (a
-    local file is written under a temporary name, then renamed; an object is one upload)."""
+    span: Arrow IPC files, their buffers zstd-compressed (``<uuid>.arrow`` beside the
+    Parquet parts); return their URIs. This is what serving writes: the bodies are
+    compressed and written as they lie in memory, without the interpreter lock, and the
+    encoding into Parquet is left to :func:`compact_capture` (the monitor task). A part
+    appears whole or not at all (a local file is written under a temporary name, then
+    renamed; an object is one upload)."""
     import pyarrow as pa
 
     table = _conform(table, request_schema(), CAPTURE)
@@ -269,14 +276,18 @@ def write_spool(
         fs, path = filesystem(uri, **dict(storage_options or {}))
         folder, name = path.rsplit("/", 1)
         fs.makedirs(folder, exist_ok=True)
+        options = pa.ipc.IpcWriteOptions(compression=SPOOL_COMPRESSION, use_threads=False)
         if _local(fs):
             temporary = f"{folder}/.{name}.tmp"
-            with pa.OSFile(temporary, "wb") as sink, pa.ipc.new_file(sink, part.schema) as out:
+            with (
+                pa.OSFile(temporary, "wb") as sink,
+                pa.ipc.new_file(sink, part.schema, options=options) as out,
+            ):
                 out.write_table(part)
             fs.mv(temporary, path)
         else:  # encoded in Arrow's memory, handed to the object store in one upload
             sink = pa.BufferOutputStream()
-            with pa.ipc.new_file(sink, part.schema) as out:
+            with pa.ipc.new_file(sink, part.schema, options=options) as out:
                 out.write_table(part)
             with fs.open(path, "wb") as handle:
                 handle.write(memoryview(sink.getvalue()))
@@ -313,7 +324,7 @@ def _local(fs: Any) -> bool:
 # dictionary or statistics for them is wasted work (about 8 % of the write).
 # Request parts (format 2) hold the bodies as bytes: no dictionary or statistics for them
 # either. zstd for them too: they are written by compact_capture in the monitor task, not by
-# serving (which spools Arrow IPC, uncompressed), so the smaller size wins (on unique churn
+# serving (which spools Arrow IPC), so the smaller size wins (on unique churn
 # requests of 100 records, 469 bytes of JSON each: zstd level 1 30 bytes per record, LZ4 54).
 REQUESTS = "requests"  # the layout of capture parts in format 2
 _WRITE_OPTIONS: dict[str, dict[str, Any]] = {

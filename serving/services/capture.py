@@ -7,12 +7,12 @@ serialised or held per record, and the buffer keeps no body object: the request'
 with the request, on the event loop's thread, and the next request's allocation reuses that
 warm memory, where a body held for seconds was cold by then; written areas are reused by the
 next chunks. A background task hands full chunks to a worker thread, which writes them as
-spool parts (``mlwp.monitoring.capture.write_spool``: Arrow IPC, uncompressed, the areas as
-they are, the copy to storage made without the interpreter lock) of
+spool parts (``mlwp.monitoring.capture.write_spool``: Arrow IPC, compressed by Arrow from
+the areas as they are, without the interpreter lock) of
 ``mlwp.monitoring.capture.request_schema()`` (format 2: one row per request, the bodies as
 binary columns) under ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
 ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
-Encoding into compressed Parquet happens out of this process, in the monitor task
+Encoding into Parquet happens out of this process, in the monitor task
 (``mlwp.monitoring.capture.compact_capture``), and the per-record rows (one per input
 record, with its entity key, class index, probability and outputs) when the captures are
 read (``mlwp.monitoring.capture.read_capture``).

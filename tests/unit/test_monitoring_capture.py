@@ -230,6 +230,19 @@ def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
     assert list(read_capture(root, "churn")["inference_id"].unique()) == ["a", "b", "d", "c"]
 
 
+def test_spool_parts_are_compressed(tmp_path: Path) -> None:
+    records = [
+        {"customer": f"c{i}", "tenure": i, "contract": "Month-to-month"} for i in range(2000)
+    ]
+    table = request_parts(
+        [{"inference_id": "a", "time": T0, "records": records, "predictions": [1] * 2000}]
+    )
+    body = len(table["request"][0].as_py()) + len(table["response"][0].as_py())
+    [uri] = capture.write_spool(tmp_path.as_uri(), "churn", table)
+    assert Path(uri.removeprefix("file://")).stat().st_size < body / 5
+    assert len(read_capture(tmp_path.as_uri(), "churn")) == 2000
+
+
 def test_a_broken_spool_part_is_named(tmp_path: Path) -> None:
     folder = tmp_path / "monitoring/capture/model=churn/date=2026-11-28"
     folder.mkdir(parents=True)
