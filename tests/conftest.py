@@ -64,8 +64,17 @@ def _restore_structlog() -> Iterator[None]:
     import structlog
 
     saved = structlog.get_config()
+    airflow_configured = "airflow" in sys.modules
     yield
+    if structlog.get_config() == saved:
+        return
     structlog.configure(**saved)
+    # importing Airflow configures its logging, once per process: when that import happened
+    # in this test, the configuration saved before it is structlog's default, and restoring
+    # it left every later test without Airflow's (a Slack hook then got a logger without
+    # ``.level`` and failed to alert), so Airflow configures it again
+    if not airflow_configured and "airflow.logging_config" in sys.modules:
+        sys.modules["airflow.logging_config"].configure_logging()
 
 
 def services_required() -> bool:
