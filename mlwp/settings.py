@@ -295,7 +295,10 @@ class Settings(BaseSettings):
 
     @property
     def airflow_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'airflow.db'}"
+        # Several processes write the embedded SQLite file (api-server, scheduler, DAG
+        # processor, triggerer, LocalExecutor's workers); a write waits up to 30 s for another
+        # one's lock (Python's default, 5 s, answered an API call with a 500 under load)
+        return self.database_url or f"sqlite:///{self.home / 'airflow.db'}?timeout=30"
 
     @property
     def mlflow_backend_uri(self) -> str:

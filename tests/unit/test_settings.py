@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
 def test_embedded_defaults_live_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLWP_STORAGE_ROOT", raising=False)
     settings = Settings(home=tmp_path)
-    assert settings.airflow_database_url == f"sqlite:///{tmp_path / 'airflow.db'}"
+    assert settings.airflow_database_url == f"sqlite:///{tmp_path / 'airflow.db'}?timeout=30"
     assert settings.mlflow_backend_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert settings.storage_uri == (tmp_path / "storage").as_uri()
 
