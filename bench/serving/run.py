@@ -73,7 +73,7 @@ def free_port() -> int:
 
     ports = os.environ.get("MLWP_BENCH_PORTS")
     if not ports:
-        return int(processes.free_port())
+        return int(_any_free_port())
     first, last = (int(part) for part in ports.split("-"))
     for port in range(first, last + 1):
         if port in _TAKEN:
@@ -89,6 +89,7 @@ def free_port() -> int:
 
 
 _TAKEN: set[int] = set()
+_any_free_port = processes.free_port
 processes.free_port = free_port  # the MLflow server it starts, too
 
 
