@@ -66,31 +66,9 @@ telco = _load("telco", REPO / "tests" / "serving" / "telco.py")
 processes = _load("server_process", REPO / "tests" / "server_process.py")
 
 
-def free_port() -> int:
-    """A free port: any (the tests' way), or one of ``MLWP_BENCH_PORTS`` (``FIRST-LAST``)
-    when set, for a machine whose users share out port ranges."""
-    import socket
-
-    ports = os.environ.get("MLWP_BENCH_PORTS")
-    if not ports:
-        return int(_any_free_port())
-    first, last = (int(part) for part in ports.split("-"))
-    for port in range(first, last + 1):
-        if port in _TAKEN:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _TAKEN.add(port)
-        return port
-    raise RuntimeError(f"no free port in MLWP_BENCH_PORTS={ports}")
-
-
-_TAKEN: set[int] = set()
-_any_free_port = processes.free_port
-processes.free_port = free_port  # the MLflow server it starts, too
+# a free port: the system's choice, or one of MLWP_TEST_PORTS (low-high) when set, for a
+# machine whose users share out port ranges (the MLflow server it starts keeps to it too)
+free_port = processes.free_port
 
 
 def start(

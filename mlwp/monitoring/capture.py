@@ -40,6 +40,7 @@ docs/monitoring.md ("Capture", "Labels") is its user-facing page.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -564,8 +565,6 @@ def compact_capture(
     task): two at once may fold overlapping sets, which readers would count twice."""
     import hashlib
 
-    import pyarrow as pa
-
     fs, base = filesystem(kind_uri(root, CAPTURE, model), **dict(storage_options or {}))
     counts = {"spooled": 0, "requests": 0, "parts": 0, "removed": 0}
     for folder in _day_folders(fs, base, None, None):
@@ -579,13 +578,10 @@ def compact_capture(
         fresh = [path for path in spooled if _name(path) not in covered]
         if fresh:
             names = [_name(path) for path in fresh]
-            table = pa.concat_tables(
-                [_conform(_read_spool(fs, path), request_schema(), CAPTURE) for path in fresh]
-            )
             digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
-            _write_compacted(fs, f"{folder}/compacted-{digest}.parquet", table, names)
+            path = f"{folder}/compacted-{digest}.parquet"
+            counts["requests"] += _write_compacted(fs, path, fresh)
             counts["spooled"] += len(fresh)
-            counts["requests"] += table.num_rows
             counts["parts"] += 1
         for path in done + fresh:
             fs.rm(path)
@@ -600,27 +596,37 @@ def _parquet_schema(fs: Any, path: str) -> pa.Schema:
         return pq.read_schema(handle)
 
 
-def _write_compacted(fs: Any, path: str, table: pa.Table, sources: list[str]) -> None:
-    """``table`` as one zstd Parquet part at ``path``, listing ``sources``, whole or not at
-    all (a local file under a temporary name, then renamed; an object is one upload)."""
+def _write_compacted(fs: Any, path: str, sources: list[str]) -> int:
+    """The spool parts ``sources`` as one zstd Parquet part at ``path`` that lists them, one
+    spool part in memory at a time; return the requests written. Written under a temporary
+    name that readers skip, then renamed (on an object store, a server-side copy): the part
+    appears whole or not at all, where a failed upload through ``fs.open`` would still be
+    committed, cut short, under its name."""
     import json
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    metadata = {**(table.schema.metadata or {}), SOURCES_KEY: json.dumps(sources).encode()}
-    table = table.replace_schema_metadata(metadata)
-    encoded = pa.BufferOutputStream()
-    pq.write_table(table, encoded, **_WRITE_OPTIONS[REQUESTS])
+    names = json.dumps([_name(source) for source in sources]).encode()
+    schema = request_schema()
+    schema = schema.with_metadata({**(schema.metadata or {}), SOURCES_KEY: names})
     folder, name = path.rsplit("/", 1)
-    if _local(fs):
-        temporary = f"{folder}/.{name}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(memoryview(encoded.getvalue()))
-        fs.mv(temporary, path)
-    else:
-        with fs.open(path, "wb") as handle:
-            handle.write(memoryview(encoded.getvalue()))
+    temporary = f"{folder}/.{name}.tmp"
+    requests = 0
+    try:
+        with (
+            fs.open(temporary, "wb") as handle,
+            pq.ParquetWriter(handle, schema, **_WRITE_OPTIONS[REQUESTS]) as writer,
+        ):
+            for source in sources:
+                table = _conform(_read_spool(fs, source), request_schema(), CAPTURE)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                requests += table.num_rows
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.rm(temporary)
+        raise
+    fs.mv(temporary, path)
+    return requests
 
 
 def _records(

@@ -243,14 +243,39 @@ def test_spool_parts_are_compressed(tmp_path: Path) -> None:
     assert len(read_capture(tmp_path.as_uri(), "churn")) == 2000
 
 
-def test_a_broken_spool_part_is_named(tmp_path: Path) -> None:
-    folder = tmp_path / "monitoring/capture/model=churn/date=2026-11-28"
-    folder.mkdir(parents=True)
-    (folder / "x.arrow").write_bytes(b"not arrow")
+def test_a_broken_spool_part_is_named_and_compaction_loses_nothing(tmp_path: Path) -> None:
+    root = tmp_path.as_uri()
+    table = request_parts([{"inference_id": "a", "time": T0, "records": [{}], "predictions": [1]}])
+    [good] = capture.write_spool(root, "churn", table)
+    folder = Path(good.removeprefix("file://")).parent
+    (folder / "x.arrow").write_bytes(b"not arrow")  # sorted after the good part
     with pytest.raises(MonitoringError, match=r"x\.arrow: not a capture spool part"):
-        read_capture(tmp_path.as_uri(), "churn")
+        read_capture(root, "churn")
     with pytest.raises(MonitoringError, match=r"x\.arrow: not a capture spool part"):
-        capture.compact_capture(tmp_path.as_uri(), "churn")
+        capture.compact_capture(root, "churn")
+    # no compacted part (it would list the good part, which readers would then skip), no
+    # temporary file, and the good part still there
+    assert sorted(p.name for p in folder.iterdir()) == [Path(good).name, "x.arrow"]
+
+
+def test_spool_compacts_on_s3(s3_bucket: str) -> None:
+    root = f"s3://{s3_bucket}/platform"
+    for inference_id in ("a", "b"):
+        table = request_parts(
+            [{"inference_id": inference_id, "time": T0, "records": [{}], "predictions": [1]}]
+        )
+        capture.write_spool(root, "churn", table)
+    before = read_capture(root, "churn")
+    assert capture.compact_capture(root, "churn") == {
+        "spooled": 2,
+        "requests": 2,
+        "parts": 1,
+        "removed": 2,
+    }
+    fs, base = capture.filesystem(capture.kind_uri(root, CAPTURE, "churn"))
+    names = [path.rsplit("/", 1)[-1] for path in fs.find(base)]
+    assert len(names) == 1 and names[0].startswith("compacted-"), names
+    assert same_rows(read_capture(root, "churn"), before)
 
 
 def test_a_broken_request_part_is_named(tmp_path: Path) -> None:
