@@ -96,13 +96,15 @@ class MemoryWindows:
 
 
 class _Batch:
-    """Hits of one window counted here since the last send: how many, and the requests
-    waiting for their count (their position in the batch, their future)."""
+    """Hits of one window counted here since the last send: the limit and whom it counts,
+    how many, and the requests waiting for their count (their position in the batch, their
+    future)."""
 
-    __slots__ = ("hits", "item", "waiters")
+    __slots__ = ("hits", "identifiers", "item", "waiters")
 
-    def __init__(self, item: RateLimitItem) -> None:
+    def __init__(self, item: RateLimitItem, identifiers: tuple[str, ...]) -> None:
         self.item = item
+        self.identifiers = identifiers
         self.hits = 0
         self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
 
@@ -137,7 +139,6 @@ class SharedCounts:
         self._pending: dict[str, _Batch] = {}  # window key -> hits not sent yet
         self._sent: dict[str, int] = {}  # window key -> hits sent, reply not in yet
         self._known: dict[str, int] = {}  # window key -> the count Redis last returned
-        self._identities: dict[str, tuple[str, ...]] = {}
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -147,8 +148,7 @@ class SharedCounts:
         key = item.key_for(*identifiers)
         batch = self._pending.get(key)
         if batch is None:
-            batch = self._pending[key] = _Batch(item)
-            self._identities[key] = identifiers
+            batch = self._pending[key] = _Batch(item, identifiers)
         batch.hits += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -187,14 +187,13 @@ class SharedCounts:
             self._sent[key] -= batch.hits
             if not self._sent[key]:
                 del self._sent[key]
-            identifiers = self._identities.pop(key, ())
             if isinstance(reply, BaseException):
                 # as a failed FixedWindowRateLimiter.hit: the link steps aside (anything
                 # unexpected too: a waiting request must get an answer)
                 self._link.failed("rate_limit", reply)
                 waiting = dict(batch.waiters)
                 for position in range(1, batch.hits + 1):
-                    allowed = self._memory.hit(batch.item, *identifiers)
+                    allowed = self._memory.hit(batch.item, *batch.identifiers)
                     if position in waiting and not waiting[position].done():
                         waiting[position].set_result(allowed)
                 continue

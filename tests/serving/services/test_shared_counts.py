@@ -115,3 +115,5 @@ async def test_redis_gone_the_hits_are_counted_in_memory(private_redis: PrivateR
     allowed = await _hits(limiter, "k4", "4/minute", 6)
     assert sum(allowed) == 4
     assert limiter.link is not None and not limiter.link.up
+    # each key keeps its own window in memory
+    assert sum(await _hits(limiter, "k5", "4/minute", 6)) == 4
