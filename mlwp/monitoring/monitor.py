@@ -88,7 +88,7 @@ def run_monitor(
         )
     versions = registry.aliases(settings.model)
     split = registry.get_traffic(settings.model)
-    # serving spools what it captures uncompressed (Arrow IPC); fold it into zstd Parquet
+    # serving spools what it captures as Arrow IPC parts; fold them into zstd Parquet
     # here, out of the serving process (docs/monitoring.md, "Capture"). Reading does not
     # need it: a storage that refuses the deletes is reported, not fatal
     try:
