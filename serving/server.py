@@ -16,7 +16,10 @@ uvicorn with settings of ours:
   opening) to the end of its headers, then answers 408 and closes. The body's own deadline
   is the application's (``serving.api.middleware``: 408 in the error schema, any server);
   and a connection whose response is sent while its body is still arriving is closed rather
-  than reused, so a client cannot drip a body it was already answered for.
+  than reused, so a client cannot drip a body it was already answered for. Such a close
+  lingers (the answer, then a FIN, then what still arrives dropped for up to
+  ``LINGER_SECONDS``): closed at once, the kernel reset the connection and the client could
+  lose its 408.
 - ``timeout_keep_alive_seconds``, ``limit_concurrency`` and TLS (``tls_*``) from the
   ``MLWP_SERVING_*`` settings, handed to uvicorn as its ``UVICORN_*`` variables (a key's
   password never shows on a command line); uvicorn options given on the command line win.
@@ -31,6 +34,7 @@ import asyncio
 import contextvars
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Scope
@@ -52,12 +56,18 @@ PROTOCOL = "serving.server:HttpProtocol"
 class CoalescingTransport:
     """A transport whose writes within one event-loop step go out as one write."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_close", "_loop", "_pending", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        close: Callable[[], None] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._close = close or transport.close  # how the protocol closes (see HttpProtocol)
 
     def write(self, data: bytes) -> None:
         if self._pending is None:
@@ -73,7 +83,7 @@ class CoalescingTransport:
 
     def close(self) -> None:
         self.flush()
-        self._transport.close()
+        self._close()
 
     def __getattr__(self, name: str) -> Any:
         # everything else (flow control, extra info, abort) is the real transport's
@@ -83,6 +93,8 @@ class CoalescingTransport:
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a :class:`CoalescingTransport`, with a header
     timeout (see the module)."""
+
+    _socket: asyncio.Transport  # the connection's own transport, under the coalescing one
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -98,18 +110,25 @@ class HttpProtocol(HttpToolsProtocol):
         self._feeding = False
         # a prediction request held while its chunk is parsed: (cycle, route scope)
         self._held: tuple[RequestResponseCycle, Scope] | None = None
+        self._lingering: asyncio.TimerHandle | None = None  # see _close_lingering
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._socket = transport
+        coalescing = CoalescingTransport(transport, self.loop, close=self._close)
+        super().connection_made(coalescing)  # type: ignore[arg-type]
         self._arm_header_timer()
         client = self.client[0] if self.client else None
         self._trusted_proxy = self._proxy is not None and client in self._proxy.trusted_hosts
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        if self._lingering is not None:
+            self._lingering.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # answered and closing: the rest of what the client sends is dropped
         self._feeding = True
         try:
             super().data_received(data)
@@ -217,6 +236,27 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
         super().on_response_complete()
 
+    def _close(self) -> None:
+        """Every close of the connection (the transport's ``close``). One whose client may
+        still be sending (a request answered before its body or headers were whole, as a
+        408 is) is closed lingering, so that the client gets the answer: closing a socket
+        with unread data makes the kernel reset the connection, and a client that receives
+        the reset may lose the answer. The answer goes out with a FIN (the write side shut),
+        what arrives after it is dropped, and the socket closes when the client closes its
+        side or after ``LINGER_SECONDS`` (nginx's lingering close). TLS has no half-close."""
+        socket = self._socket
+        cycle = self.cycle
+        sending = self._request_started or (cycle is not None and cycle.more_body)
+        if self._lingering is not None:
+            return  # closing already: the timer or the client ends it
+        if not sending or not socket.can_write_eof():
+            socket.close()
+            return
+        if socket.is_closing():
+            return
+        socket.write_eof()
+        self._lingering = self.loop.call_later(LINGER_SECONDS, socket.close)
+
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:
             self._header_timer = self.loop.call_later(self._header_timeout, self._header_timed_out)
@@ -243,6 +283,10 @@ def _proxy_headers_of(app: Any) -> ProxyHeadersMiddleware | None:
         app = getattr(app, "app", None)
     return None
 
+
+# how long a connection answered while its client was still sending is kept to drop what
+# arrives (nginx's lingering_timeout)
+LINGER_SECONDS = 5.0
 
 _TIMEOUT_BODY = (
     b'{"error":{"code":"header_timeout","message":"request headers not received in time"}}'

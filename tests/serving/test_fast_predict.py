@@ -54,6 +54,9 @@ class Transport:
     def close(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return False  # as TLS: a close closes at once
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": (self.peer, 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 

@@ -5,6 +5,7 @@ issue #20 item 7)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import ssl
@@ -209,6 +210,38 @@ async def test_connections_over_the_limit_get_503(slow_client_service: dict[str,
     await asyncio.sleep(0.5)
     async with httpx.AsyncClient(base_url=slow_client_service["base"]) as client:
         assert (await client.get("/health/live")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_client_still_sending_gets_its_408_and_a_clean_close(
+    slow_client_service: dict[str, Any],
+) -> None:
+    """A body that keeps coming, too slowly, after its deadline: the client reads the 408
+    and then the end of the stream, not a reset (closing with its bytes unread made the
+    kernel reset the connection, and the client lost the answer)."""
+    port, token = slow_client_service["port"], slow_client_service["token"]
+    predict = f"/v1/models/{slow_client_service['model']}/predict"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST {predict} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n".encode()
+    )
+
+    async def stream() -> None:
+        with contextlib.suppress(OSError):
+            while not writer.is_closing():
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.001)  # bytes in flight whenever the server closes
+
+    streaming = asyncio.create_task(stream())
+    try:
+        took, data = await _closed_after(reader, BODY_TIMEOUT + 10)
+    finally:
+        streaming.cancel()
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 408 ") and b'"code":"body_timeout"' in data, data
+    assert took <= BODY_TIMEOUT + 3.0, took
 
 
 @pytest.mark.anyio
