@@ -98,9 +98,15 @@ def test_background_rereads_leave_the_callers_thread(
     store = KeyStore(url, cache_seconds=0.05, background=True)
     readers: list[str] = []
     reload = store.reload
+    # holds a background read until the stale answer is checked: a read that finished
+    # between submitting and answering would otherwise answer from the new keys
+    release = threading.Event()
+    release.set()
 
     def recorded() -> None:
         readers.append(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(10)
         reload()
 
     monkeypatch.setattr(store, "reload", recorded)
@@ -108,8 +114,10 @@ def test_background_rereads_leave_the_callers_thread(
     assert readers == [threading.current_thread().name]
     _, second = other.create("second", ["model:*"])
     time.sleep(0.06)
+    release.clear()
     # stale: answered from the keys read last, a read started elsewhere
     assert store.verify(second) is None
+    release.set()
     _wait_read(store)
     assert readers[1].startswith("mlwp-keys")
     assert store.verify(second) is not None
