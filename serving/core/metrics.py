@@ -142,6 +142,41 @@ class Metrics:
             "Labels stored through the feedback endpoint, by model.",
             ("model",),
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._prediction_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+
+    def request_children(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The children of ``requests`` and ``request_seconds`` a response counts in, bound
+        once per route, method and status (one lookup per request instead of two
+        ``labels()`` calls)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            if len(self._request_children) >= 4096:  # methods are the clients' to make up
+                self._request_children.clear()
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_seconds.labels(route),
+            )
+            self._request_children[key] = children
+        return children
+
+    def prediction_children(self, model: str, variant: str, version: str) -> tuple[Any, Any, Any]:
+        """The children of ``prediction_seconds``, ``prediction_requests`` and
+        ``predictions`` a scored request counts in, bound once per model, variant and
+        version."""
+        key = (model, variant, version)
+        children = self._prediction_children.get(key)
+        if children is None:
+            if len(self._prediction_children) >= 4096:
+                self._prediction_children.clear()
+            children = (
+                self.prediction_seconds.labels(model, variant),
+                self.prediction_requests.labels(model, variant),
+                self.predictions.labels(model, variant, version),
+            )
+            self._prediction_children[key] = children
+        return children
 
 
 @lru_cache(maxsize=4096)

@@ -277,11 +277,15 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
             kind = "invalid_input" if isinstance(exc, InvalidInput) else "error"
             child(metrics.prediction_errors, model, alias, kind).inc()
             raise
-        child(metrics.prediction_seconds, model, alias).observe(time.perf_counter() - started)
+        seconds, requests, predictions = metrics.prediction_children(model, alias, variant.version)
+        seconds.observe(time.perf_counter() - started)
         if key is not None and services.cache is not None:
             await services.cache.set(key, scored)
-    child(metrics.prediction_requests, model, alias).inc()
-    child(metrics.predictions, model, alias, variant.version).inc(rows)
+    else:  # a cache hit: no scoring time to count
+        requests = child(metrics.prediction_requests, model, alias)
+        predictions = child(metrics.predictions, model, alias, variant.version)
+    requests.inc()
+    predictions.inc(rows)
 
     response = {
         "predictions": scored["predictions"],
