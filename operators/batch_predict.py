@@ -249,7 +249,12 @@ class BatchPredictPartitionOperator(MlwpOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import time
 
-        from mlwp.data.batch_scoring import Output, OutputColumnsError, score_partition
+        from mlwp.data.batch_scoring import (
+            Output,
+            OutputColumnsError,
+            predicted_fields,
+            score_partition,
+        )
         from mlwp.data.partitions import Partition, PartitionedReader, stage_part
         from mlwp.model.features import PreprocessingError
         from operators import _registry
@@ -286,6 +291,7 @@ class BatchPredictPartitionOperator(MlwpOperator):
                 index=int(plan["index"]),
                 unique=output.unique(),
                 split_floats=True,
+                no_statistics=[f.name for f in predicted_fields(model)],
             )
         except (PreprocessingError, OutputColumnsError) as exc:
             raise AirflowFailException(

@@ -310,7 +310,7 @@ def train_external(workdir: Path) -> dict[str, Any]:
 
 
 def predict(workdir: Path, *, join_input: bool = False) -> dict[str, Any]:
-    from mlwp.data.batch_scoring import Output, score_partition
+    from mlwp.data.batch_scoring import Output, predicted_fields, score_partition
     from mlwp.data.partitions import PartitionedReader, commit_staged, stage_part
     from mlwp.model import load
 
@@ -340,6 +340,7 @@ def predict(workdir: Path, *, join_input: bool = False) -> dict[str, Any]:
                 index=index,
                 unique=output.unique(),
                 split_floats=True,
+                no_statistics=[f.name for f in predicted_fields(model)],
             )
         )
         first_row += partition.rows

@@ -116,15 +116,35 @@ def score_batch(
     (``first_row``: the position of the batch's first row in the input, for the ``row``
     column), with ``schema`` (by default :func:`output_schema` of the batch's); ``matrix``:
     the batch's :func:`feature_matrix` when it is already made."""
-    import pyarrow as pa
-
     schema = schema or output_schema(model, batch.schema, output)
     if matrix is None:
         matrix = feature_matrix(model, batch)
+    return assemble(
+        model, batch, raw_scores(model, matrix), schema, output=output, first_row=first_row
+    )
+
+
+def raw_scores(model: Model, matrix: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The booster's raw output of a feature matrix, as float64."""
     if matrix.shape[0] == 0:
-        raw = np.zeros((0,), dtype=np.float64)
-    else:
-        raw = np.asarray(model.predictor.predict(matrix), dtype=np.float64)
+        return np.zeros((0,), dtype=np.float64)
+    return np.asarray(model.predictor.predict(matrix), dtype=np.float64)
+
+
+def assemble(
+    model: Model,
+    batch: pa.RecordBatch,
+    raw: np.ndarray[Any, Any],
+    schema: pa.Schema,
+    *,
+    output: Output = LEAN,
+    first_row: int = 0,
+) -> Any:
+    """The output batch of ``batch``'s rows from the booster's ``raw`` scores of them: the
+    carried columns (or ``row``), the labels decided by the model's rules and the class
+    probabilities, with ``schema``."""
+    import pyarrow as pa
+
     if output.row_index:
         arrays = [pa.array(np.arange(first_row, first_row + batch.num_rows, dtype=np.int64))]
     else:  # the carried columns as they are, text read as dictionaries back to text
@@ -273,9 +293,12 @@ def score_partition(
 
     Only the columns the model and ``output`` need are read; the model's text features as
     Arrow dictionaries (decoded once per distinct value, and what the steps look up), carried
-    text written back as the text it is stored as. The next chunk is read and encoded into
-    its feature matrix in a second thread while this one is predicted (pyarrow, numpy and
-    XGBoost let the GIL go): the thread that predicts does little else.
+    text written back as the text it is stored as. Three stages, each in a thread of its own
+    and one chunk ahead of the next (pyarrow, numpy and XGBoost let the GIL go): a reader
+    reads, decodes and encodes chunk n+2 into its feature matrix while the booster predicts
+    chunk n+1 and the caller's thread assembles chunk n's output (and a writer, in
+    :func:`~mlwp.data.partitions.stage_part`, writes chunk n-1): the thread that predicts
+    does nothing else.
     """
     import pyarrow as pa
 
@@ -293,16 +316,24 @@ def score_partition(
         batch_rows=chunk_rows,
         dictionary=text,
         columns=read_columns(model, stored.names, output),
+        threads=False,  # decoded in the reader thread: Arrow's pool would take a core too
     )
 
     def encoded(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray[Any, Any]]:
         return batch, feature_matrix(model, batch)
 
+    def predicted(
+        item: tuple[pa.RecordBatch, np.ndarray[Any, Any]],
+    ) -> tuple[pa.RecordBatch, np.ndarray[Any, Any]]:
+        batch, matrix = item
+        return batch, raw_scores(model, matrix)
+
     def scored() -> Iterator[pa.RecordBatch]:
         row = first_row
         with booster_threads(model, scoring_threads()):
-            for batch, matrix in read_ahead(batches, encoded):
-                yield score_batch(model, batch, schema, output=output, first_row=row, matrix=matrix)
+            encoding = read_ahead(batches, encoded, "parquet-reader")
+            for batch, raw in read_ahead(encoding, predicted, "booster"):
+                yield assemble(model, batch, raw, schema, output=output, first_row=row)
                 row += batch.num_rows
 
     return schema, scored()
@@ -341,18 +372,21 @@ def booster_threads(model: Model, threads: int) -> Iterator[None]:
 
 
 def read_ahead(
-    batches: Iterator[Any], prepare: Callable[[Any], Any] | None = None
+    batches: Iterator[Any],
+    prepare: Callable[[Any], Any] | None = None,
+    name: str = "parquet-reader",
 ) -> Iterator[Any]:
     """The batches (``prepare(batch)`` of each, when given), each read and prepared in a
-    second thread while the previous one is used (Parquet decodes without the GIL). One batch
-    ahead at most."""
+    second thread (named ``name``) while the previous one is used (Parquet decodes without
+    the GIL). One batch ahead at most; stages chain (``read_ahead(read_ahead(...), ...)``),
+    each in its own thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     def following() -> Any:
         batch = next(batches, None)
         return batch if batch is None or prepare is None else prepare(batch)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="parquet-reader") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
         pending = pool.submit(following)
         try:
             while (item := pending.result()) is not None:

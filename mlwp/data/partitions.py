@@ -24,8 +24,10 @@ pyarrow is imported inside the functions (the DAG processor imports operators, n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import threading
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,10 @@ DEFAULT_BATCH_ROWS = 65_536
 # Row groups of at most this many rows: what a reader holds at once when it scans a file.
 MAX_ROWS_PER_GROUP = 65_536
 HASH_BLOCK = 1 << 20
+# A partition file up to this size is read into memory whole when it is read (verified and
+# decoded from the same bytes, see PartitionedReader.batches): what a reader holds beside its
+# batches. Larger files are streamed.
+IN_MEMORY_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -348,7 +354,11 @@ def _split_rows(
 
 
 def parquet_writer(
-    handle: Any, schema: pa.Schema, unique: Collection[str] = (), split_floats: bool = False
+    handle: Any,
+    schema: pa.Schema,
+    unique: Collection[str] = (),
+    split_floats: bool = False,
+    no_statistics: Collection[str] = (),
 ) -> Any:
     """A Parquet writer of a dataset's files: snappy; dictionary pages for text and integer
     columns only (they repeat; fractional numbers rarely do, and trying costs about a third
@@ -363,7 +373,12 @@ def parquet_writer(
     and split, snappy compresses them in long runs, in a third less time for as many bytes:
     a scored chunk in 0.06 s per 1M rows instead of 0.09), the ``unique`` integer ones
     (``row``, integer keys) in DELTA_BINARY_PACKED (a third fewer bytes for sequential ids, a
-    tenth less time). Read by pyarrow, pandas, DuckDB, Spark 3.2+."""
+    tenth less time). Read by pyarrow, pandas, DuckDB, Spark 3.2+.
+
+    ``no_statistics``: columns written without min/max statistics, for columns no reader
+    prunes row groups by: a scoring's predictions, in the input's order, span every class
+    and most of the probabilities' range in each row group, and the min and max of a text
+    label cost a comparison of every string (a fifth of a scored chunk's write)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -384,13 +399,39 @@ def parquet_writer(
             encoding[f.name] = "BYTE_STREAM_SPLIT"
         elif f.name in unique and pa.types.is_integer(f.type):
             encoding[f.name] = "DELTA_BINARY_PACKED"
+    statistics: bool | list[str] = [f.name for f in schema if f.name not in no_statistics]
     return pq.ParquetWriter(
         handle,
         schema,
         compression="snappy",
         use_dictionary=repeating,
         column_encoding=encoding or None,
+        write_statistics=statistics if no_statistics else True,
     )
+
+
+class _BackgroundHash:
+    """The sha256 of a buffer, computed in a thread of its own (hashlib lets the GIL go)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._digest = ""
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(data,), name="partition-sha256", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, data: bytes) -> None:
+        try:
+            self._digest = hashlib.sha256(data).hexdigest()
+        except BaseException as exc:  # pragma: no cover - hashlib does not fail on bytes
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest
 
 
 class HashingWriter(io.RawIOBase):
@@ -569,12 +610,13 @@ def stage_part(
     index: int,
     unique: Collection[str] = (),
     split_floats: bool = False,
+    no_statistics: Collection[str] = (),
 ) -> dict[str, Any]:
     """Write one partition that a mapped task produced, to be gathered by :func:`commit_staged`.
 
     The staged file's name holds ``key`` (the run) and ``index`` (the map index), so a retried
-    task overwrites its own file and never another's. ``unique``, ``split_floats``: see
-    :func:`parquet_writer`. The file is hashed as it is written.
+    task overwrites its own file and never another's. ``unique``, ``split_floats``,
+    ``no_statistics``: see :func:`parquet_writer`. The file is hashed as it is written.
     """
 
     directory = f"{storage.dataset_dir(project, name)}/.staging-{key}"
@@ -583,7 +625,7 @@ def stage_part(
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as handle:
         hashing = HashingWriter(handle)
-        with parquet_writer(hashing, schema, unique, split_floats) as writer:
+        with parquet_writer(hashing, schema, unique, split_floats, no_statistics) as writer:
             rows = write_in_background(writer, batches)
     sha256, size = hashing.digest.hexdigest(), hashing.size
     return {"uri": uri, "rows": rows, "sha256": sha256, "bytes": size, "index": index}
@@ -669,29 +711,61 @@ class PartitionedReader:
         verify: bool = True,
         dictionary: Sequence[str] = (),
         columns: Sequence[str] | None = None,
+        threads: bool = True,
     ) -> Iterator[pa.RecordBatch]:
-        """Record batches of one file, after checking its bytes against the manifest; the
-        ``dictionary`` columns as Arrow dictionaries (text is stored so in Parquet: each
-        distinct value is then decoded once, not once per row); only ``columns`` when given
-        (the Hive folders' columns are always added)."""
+        """Record batches of one file, its bytes checked against the manifest before the
+        first batch is given; the ``dictionary`` columns as Arrow dictionaries (text is stored
+        so in Parquet: each distinct value is then decoded once, not once per row); only
+        ``columns`` when given (the Hive folders' columns are always added). ``threads``:
+        Arrow decodes the columns in its thread pool (False: in the calling thread, for a
+        caller that already reads in a thread of its own beside other work).
+
+        A file of at most :data:`IN_MEMORY_BYTES` (by the manifest) is read once: its bytes
+        are hashed in a second thread while the first batch is decoded from the same bytes,
+        so what is verified is exactly what is decoded (no second read, no moment where the
+        file could change between the two). A larger one is hashed 1 MiB at a time, then read.
+        """
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         uri = partition_uri(self.uri, partition)
         fs, path = self.storage._fs(uri)
-        if verify:
-            actual, _ = sha256_of_file(fs, path)
-            if actual != partition.sha256:
-                raise DatasetIntegrityError(
-                    f"{uri} is corrupt or was modified: its sha256 is {actual}, "
-                    f"the dataset's manifest says {partition.sha256}"
-                )
         hive = _hive_values(partition.path)
-        with fs.open(path, "rb") as handle:
-            stored = [c for c in dictionary if c not in hive]  # the folders' are not stored
-            file = pq.ParquetFile(handle, read_dictionary=stored or None)
-            read = None if columns is None else [c for c in columns if c not in hive]
-            for batch in file.iter_batches(batch_size=batch_rows, columns=read):
+        stored = [c for c in dictionary if c not in hive]  # the folders' are not stored
+        read = None if columns is None else [c for c in columns if c not in hive]
+        in_memory = 0 < partition.bytes <= IN_MEMORY_BYTES
+        hashing: _BackgroundHash | None = None
+        with contextlib.ExitStack() as stack:
+            if in_memory:
+                with fs.open(path, "rb") as handle:  # a byte more: a longer file is not it
+                    data = handle.read(partition.bytes + 1 if verify else -1)
+                if verify:
+                    if len(data) != partition.bytes:  # not the manifest's file
+                        raise _modified(uri, partition, sha256_of_file(fs, path)[0])
+                    hashing = _BackgroundHash(data)
+                source: Any = pa.BufferReader(data)
+            else:
+                if verify:
+                    self._check(uri, partition, sha256_of_file(fs, path)[0])
+                source = stack.enter_context(fs.open(path, "rb"))
+            try:
+                file = pq.ParquetFile(source, read_dictionary=stored or None)
+                chunks = file.iter_batches(batch_size=batch_rows, columns=read, use_threads=threads)
+                batch = next(chunks, None)
+            except BaseException:
+                if hashing is not None:  # bytes that are not the manifest's: say that first
+                    self._check(uri, partition, hashing.result())
+                raise
+            if hashing is not None:
+                self._check(uri, partition, hashing.result())
+            while batch is not None:
                 yield self._with_hive_columns(batch, hive) if hive else batch
+                batch = next(chunks, None)
+
+    @staticmethod
+    def _check(uri: str, partition: Partition, actual: str) -> None:
+        if actual != partition.sha256:
+            raise _modified(uri, partition, actual)
 
     def schema(self, partition: Partition) -> pa.Schema:
         """The schema of a partition's batches: its file's, with its Hive folders' columns."""
@@ -717,6 +791,13 @@ class PartitionedReader:
             present[key] = pa.array([text] * batch.num_rows, type=pa.string()).cast(kind)
         order = [c for c in self.columns if c in present] or list(present)
         return pa.RecordBatch.from_arrays([present[c] for c in order], names=order)
+
+
+def _modified(uri: str, partition: Partition, actual: str) -> DatasetIntegrityError:
+    return DatasetIntegrityError(
+        f"{uri} is corrupt or was modified: its sha256 is {actual}, "
+        f"the dataset's manifest says {partition.sha256}"
+    )
 
 
 def _hive_values(path: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -84,8 +85,19 @@ def test_partitions_scored_in_chunks_match_serving(
             index=index,
             unique=output.unique(),
             split_floats=True,
+            no_statistics=PREDICTED,
         )
         assert (part["sha256"], part["bytes"]) == sha256_of_file(*storage._fs(part["uri"]))
+        # min/max statistics for the carried columns only (what readers prune by)
+        metadata = pq.ParquetFile(part["uri"].removeprefix("file://")).metadata
+        assert metadata.num_row_groups > 1
+        columns = metadata.row_group(0)
+        with_statistics = [
+            columns.column(i).path_in_schema
+            for i in range(columns.num_columns)
+            if columns.column(i).is_stats_set
+        ]
+        assert with_statistics == schema.names[: -len(PREDICTED)]
         staged.append(part)
         first_row += partition.rows
     out = commit_staged(

@@ -97,6 +97,40 @@ def test_modified_partition_is_refused(project_dir: Path, tmp_path: Path) -> Non
         storage.read_dataset(ref.uri)
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["read-once", "streamed"])
+@pytest.mark.parametrize("damage", ["byte", "garbage", "longer"])
+def test_a_partition_is_verified_before_its_first_batch(
+    project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool, damage: str
+) -> None:
+    """Whether the file is read once (hashed beside the first batch's decoding) or hashed
+    then read, no batch of a file that is not the manifest's comes out, and the error says
+    so, also when the bytes do not even parse."""
+    from mlwp.data import partitions
+
+    if not in_memory:
+        monkeypatch.setattr(partitions, "IN_MEMORY_BYTES", 0)
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        "rows.csv", storage=storage, project="p", name="raw", project_dir=project_dir,
+        rows_per_partition=2_000,
+    )  # fmt: skip
+    reader = PartitionedReader(storage, ref.uri)
+    partition = reader.partitions[1]
+    assert sum(b.num_rows for b in reader.batches(partition, batch_rows=500)) == 2_000
+    path = Path(ref.uri.removeprefix("file://")) / partition.path
+    data = bytearray(path.read_bytes())
+    if damage == "byte":  # a value inside the first data page, same length, still Parquet
+        data[100] ^= 0xFF
+    elif damage == "garbage":  # same length, not Parquet at all
+        data[:] = bytes(len(data))
+    else:
+        data += b"\0"
+    path.write_bytes(bytes(data))
+    batches = reader.batches(partition, batch_rows=500, threads=False)
+    with pytest.raises(DatasetIntegrityError, match=r"part-1\.parquet is corrupt or was modified"):
+        next(batches)
+
+
 def test_streaming_options_and_type_errors(
     project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
