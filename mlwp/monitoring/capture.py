@@ -6,13 +6,15 @@ answer as sent, shadow results beside served ones, :func:`request_schema`) and
 under the platform storage root (``file://`` or ``s3://``), partitioned by model and day,
 Hive style::
 
-    <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/<part-uuid>.arrow
+    <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/<part-uuid>.spool
     <root>/monitoring/capture/model=<model>/date=YYYY-MM-DD/compacted-<hash>.parquet
     <root>/monitoring/labels/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
 
-Serving spools its captures as Arrow IPC files (:func:`write_spool`: no Parquet encoding in
-the serving process); the monitor task folds them into zstd Parquet
-(:func:`compact_capture`), idempotently; readers read both.
+Serving spools its captures as framed parts (:class:`SpoolWriter`: its buffer's bodies as
+they lie in memory, compressed, with the requests' columns as JSON; no Arrow table and no
+Parquet encoding in the serving process); the monitor task folds them into zstd Parquet
+(:func:`compact_capture`), idempotently; readers read both, and the Arrow IPC spool parts
+(``.arrow``) serving wrote before.
 
 A capture part's day is its rows' ``time`` (when serving answered); a label part's day is its
 rows' ``received_at`` (when mlwp stored them), so a late label lands in the day it arrived and
@@ -42,6 +44,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import struct
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -95,15 +99,40 @@ REQUEST_COLUMNS = (
 )
 # the Parquet schema metadata key holding a capture part's layout: "2" for request parts
 FORMAT_KEY = b"mlwp.capture.format"
-# serving's spool parts (Arrow IPC files), and the metadata key of a compacted Parquet part
-# listing the spool parts it holds (JSON list of their file names)
-SPOOL_SUFFIX = ".arrow"
-# the spool's buffers, zstd-compressed (level 1) by Arrow on the writer's thread
-# (use_threads=False: no pool of Arrow threads beside serving's): in the server, writing a
-# twentieth of the bytes to storage cost less than copying them uncompressed (the copy into
-# the page cache is what the writer's time went to), and less than LZ4's ninth
-# (docs/monitoring.md, "Cost")
-SPOOL_COMPRESSION = "zstd"
+# serving's spool parts: framed files (:func:`write_spool_part`): a header, the requests'
+# columns as JSON, then the request bodies and the response bodies back to back as serving's
+# buffer holds them, and an end mark (docs/monitoring.md, "Where" and "Cost")
+SPOOL_SUFFIX = ".spool"
+# serving's spool parts before (session 10): Arrow IPC files of request_schema(), zstd
+# buffers; still read and compacted
+ARROW_SPOOL_SUFFIX = ".arrow"
+SPOOL_SUFFIXES = (SPOOL_SUFFIX, ARROW_SPOOL_SUFFIX)
+SPOOL_MAGIC = b"MLWPSPL1"
+SPOOL_END = b"MLWPEND1"
+# magic, then the lengths of the columns' JSON, of the request bodies and of the response
+# bodies as stored (compressed when the JSON's "codec" says so), little-endian
+_SPOOL_HEADER = struct.Struct("<8sQQQ")
+# the codecs a framed spool part's bodies may be compressed with (Arrow's, which compress
+# without the interpreter lock); None: stored as they are (serving's default, "Cost")
+SPOOL_CODECS = (None, "zstd", "lz4")
+# the per-request columns of a framed spool part's JSON: request_schema()'s, the bodies
+# given by their lengths
+SPOOL_COLUMNS = (
+    "inference_id",
+    "time",
+    "model",
+    "version",
+    "variant",
+    "served",
+    "routing_key",
+    "entity_field",
+    "rows",
+    "request_size",
+    "response_size",
+    "classes",
+    "latency_ms",
+)
+_DAY_MS = 86_400_000
 SOURCES_KEY = b"mlwp.capture.sources"
 LABEL_COLUMNS = (
     "inference_id",
@@ -239,7 +268,7 @@ def write_parts(
     """Write ``table`` as new Parquet parts, one per day it spans; return their URIs. Rows
     keep their order inside a part. Labels are of :func:`label_schema`; captures of
     :func:`request_schema` (a table with a ``request`` column) or of :func:`capture_schema`
-    (one row per record). Serving spools its captures instead (:func:`write_spool`)."""
+    (one row per record). Serving spools its captures instead (:class:`SpoolWriter`)."""
     import pyarrow.parquet as pq
 
     layout = _layout(kind, table.column_names)
@@ -260,40 +289,160 @@ def write_spool(
     model: str,
     table: pa.Table,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    codec: str | None = None,
 ) -> list[str]:
-    """Write captured requests (:func:`request_schema`) as spool parts, one per day they
-    span: Arrow IPC files, their buffers zstd-compressed (``<uuid>.arrow`` beside the
-    Parquet parts); return their URIs. This is what serving writes: the bodies are
-    compressed and written as they lie in memory, without the interpreter lock, and the
-    encoding into Parquet is left to :func:`compact_capture` (the monitor task). A part
-    appears whole or not at all (a local file is written under a temporary name, then
-    renamed; an object is one upload)."""
+    """Write captured requests (a table of :func:`request_schema`) as spool parts, one per
+    day they span, the way serving spools its buffer (:func:`write_spool_part`); return
+    their URIs. For tests and imports: serving hands its buffer over without a table."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     table = _conform(table, request_schema(), CAPTURE)
     written = []
-    for day, part in _by_day(table, CAPTURE):
-        uri = part_uri(root, CAPTURE, model, day).removesuffix(".parquet") + SPOOL_SUFFIX
-        fs, path = filesystem(uri, **dict(storage_options or {}))
-        folder, name = path.rsplit("/", 1)
-        fs.makedirs(folder, exist_ok=True)
-        options = pa.ipc.IpcWriteOptions(compression=SPOOL_COMPRESSION, use_threads=False)
-        if _local(fs):
-            temporary = f"{folder}/.{name}.tmp"
-            with (
-                pa.OSFile(temporary, "wb") as sink,
-                pa.ipc.new_file(sink, part.schema, options=options) as out,
-            ):
-                out.write_table(part)
-            fs.mv(temporary, path)
-        else:  # encoded in Arrow's memory, handed to the object store in one upload
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_file(sink, part.schema, options=options) as out:
-                out.write_table(part)
-            with fs.open(path, "wb") as handle:
-                handle.write(memoryview(sink.getvalue()))
-        written.append(uri)
+    for _, part in _by_day(table, CAPTURE):
+        columns: dict[str, list[Any]] = {
+            name: part[name].to_pylist()
+            for name in SPOOL_COLUMNS
+            if name not in ("time", "request_size", "response_size")
+        }
+        columns["time"] = part["time"].cast(pa.int64()).to_pylist()
+        columns["request_size"] = pc.binary_length(part["request"]).to_pylist()
+        columns["response_size"] = pc.binary_length(part["response"]).to_pylist()
+        requests = b"".join(part["request"].to_pylist())
+        responses = b"".join(part["response"].to_pylist())
+        written.append(
+            write_spool_part(
+                root, model, columns, requests, responses, storage_options, codec=codec
+            )
+        )
     return written
+
+
+def write_spool_part(  # noqa: PLR0917 - the buffers as serving holds them
+    root: str,
+    model: str,
+    columns: Mapping[str, Sequence[Any]],
+    requests: Any,
+    responses: Any,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    codec: str | None = None,
+) -> str:
+    """Write one spool part (:meth:`SpoolWriter.write`); return its URI."""
+    return SpoolWriter(root, storage_options, codec=codec).write(
+        model, columns, requests, responses
+    )
+
+
+class SpoolWriter:
+    """Writes spool parts under one storage root, as serving's capture writer does: the
+    filesystem is resolved once, and each day's folder made once (a part costs its files'
+    calls, not fsspec's parsing: ~0.2 ms less per part)."""
+
+    def __init__(
+        self,
+        root: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        codec: str | None = None,
+    ) -> None:
+        if codec not in SPOOL_CODECS:
+            raise MonitoringError(
+                f"spool codec {codec!r} is not one of {', '.join(map(str, SPOOL_CODECS))}",
+                code="bad_codec",
+            )
+        self.codec = codec
+        self._uri = f"{normalise_root(root)}/monitoring/{CAPTURE}"
+        self._fs, self._base = filesystem(self._uri, **dict(storage_options or {}))
+        self._local = _local(self._fs)
+        self._folders: set[str] = set()  # made already
+
+    def write(
+        self, model: str, columns: Mapping[str, Sequence[Any]], requests: Any, responses: Any
+    ) -> str:
+        """Write one spool part: requests of ``model`` answered on one UTC day, as serving's
+        buffer holds them: ``columns`` (each of :data:`SPOOL_COLUMNS`, a value per request;
+        ``time`` in milliseconds since 1970, UTC; ``request_size`` and ``response_size`` the
+        bodies' lengths) and the request and response bodies back to back in two buffers
+        (bytes-like, written as they are: no copy, no table). The codec (``zstd``, ``lz4``)
+        compresses the bodies (Arrow's codecs, without the interpreter lock); None stores
+        them as they are. Return the part's URI (``<uuid>.spool`` in the day's folder).
+
+        Framed: ``SPOOL_MAGIC``, the lengths of the columns' JSON and of the two bodies'
+        buffers (``<QQQ``), the columns' JSON (with the codec and the bodies' lengths
+        uncompressed), the two buffers, ``SPOOL_END``. A part appears whole or not at all: a
+        local file is written under a dot-name, then renamed; an object is one upload.
+        :func:`compact_capture` folds spool parts into Parquet; :func:`read_capture` reads
+        them as they are."""
+        import orjson
+
+        times = columns["time"]
+        if not times:
+            raise MonitoringError("a spool part needs at least one request", code="bad_capture")
+        first, last = min(times) // _DAY_MS, max(times) // _DAY_MS
+        if first != last:
+            raise MonitoringError(
+                f"a spool part holds one day's requests; these span {last - first + 1} days",
+                code="bad_capture",
+            )
+        request_bytes = memoryview(requests).nbytes
+        response_bytes = memoryview(responses).nbytes
+        if self.codec is not None:
+            import pyarrow as pa
+
+            compressor = pa.Codec(self.codec)
+            requests = compressor.compress(requests, asbytes=False)
+            responses = compressor.compress(responses, asbytes=False)
+        meta = orjson.dumps(
+            {
+                "codec": self.codec,
+                "request_bytes": request_bytes,
+                "response_bytes": response_bytes,
+                "columns": {name: columns[name] for name in SPOOL_COLUMNS},
+            }
+        )
+        bodies = memoryview(requests).cast("B"), memoryview(responses).cast("B")
+        header = _SPOOL_HEADER.pack(SPOOL_MAGIC, len(meta), bodies[0].nbytes, bodies[1].nbytes)
+        pieces: tuple[bytes | memoryview, ...] = (header, meta, *bodies, SPOOL_END)
+        day = date(1970, 1, 1) + timedelta(days=first)
+        folder = f"{model_partition(model)}/date={day.isoformat()}"
+        name = f"{uuid.uuid4().hex}{SPOOL_SUFFIX}"
+        path = f"{self._base}/{folder}/{name}"
+        if folder not in self._folders:
+            self._fs.makedirs(f"{self._base}/{folder}", exist_ok=True)
+            if len(self._folders) > 1000:  # a long-running writer: days and models pass
+                self._folders.clear()
+            self._folders.add(folder)
+        if self._local:
+            try:
+                _write_file(path, pieces)
+            except FileNotFoundError:  # its folder was removed meanwhile
+                self._fs.makedirs(f"{self._base}/{folder}", exist_ok=True)
+                _write_file(path, pieces)
+        else:  # one upload: the object appears whole or not at all
+            self._fs.pipe_file(path, b"".join(pieces))
+        return f"{self._uri}/{folder}/{name}"
+
+
+def _write_file(path: str, pieces: Iterable[bytes | memoryview]) -> None:
+    """Write ``pieces`` to a dot-name beside ``path``, then rename it to ``path``: straight
+    from the buffers, the interpreter lock released for each write."""
+    folder, name = path.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(descriptor, view) :]
+    except BaseException:
+        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    os.close(descriptor)
+    os.rename(temporary, path)
 
 
 def _by_day(table: pa.Table, kind: str) -> Iterator[tuple[date, pa.Table]]:
@@ -325,7 +474,7 @@ def _local(fs: Any) -> bool:
 # dictionary or statistics for them is wasted work (about 8 % of the write).
 # Request parts (format 2) hold the bodies as bytes: no dictionary or statistics for them
 # either. zstd for them too: they are written by compact_capture in the monitor task, not by
-# serving (which spools Arrow IPC), so the smaller size wins (on unique churn
+# serving (which spools framed parts), so the smaller size wins (on unique churn
 # requests of 100 records, 469 bytes of JSON each: zstd level 1 30 bytes per record, LZ4 54).
 REQUESTS = "requests"  # the layout of capture parts in format 2
 _WRITE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -505,7 +654,7 @@ def _parts(fs: Any, folder: str) -> tuple[list[str], list[str]]:
     temporary file, a stranger's) is left out."""
     paths = sorted(str(path) for path in fs.ls(folder, detail=False))
     parquet = [path for path in paths if path.endswith(".parquet")]
-    spooled = [path for path in paths if path.endswith(SPOOL_SUFFIX)]
+    spooled = [path for path in paths if path.endswith(SPOOL_SUFFIXES)]
     return parquet, spooled
 
 
@@ -521,19 +670,85 @@ def _sources(schema: pa.Schema) -> list[str]:
     return list(json.loads(text)) if text else []
 
 
+def read_spool(uri: str, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
+    """One spool part's requests, as stored (a table of :func:`request_schema`)."""
+    fs, path = filesystem(uri, **dict(storage_options or {}))
+    return _read_spool(fs, path)
+
+
 def _read_spool(fs: Any, path: str) -> pa.Table:
+    """A spool part (framed, or Arrow IPC as serving wrote before) as a table of
+    :func:`request_schema`."""
     import pyarrow as pa
 
     try:
         if _local(fs):
             with pa.memory_map(path) as source:
-                return pa.ipc.open_file(source).read_all()
-        with fs.open(path, "rb") as handle:
-            return pa.ipc.open_file(pa.py_buffer(handle.read())).read_all()
+                data = source.read_buffer()
+        else:
+            with fs.open(path, "rb") as handle:
+                data = pa.py_buffer(handle.read())
+        if path.endswith(SPOOL_SUFFIX):
+            return _framed(data, path)
+        return pa.ipc.open_file(data).read_all()
     except pa.ArrowInvalid as exc:
         raise MonitoringError(
-            f"{path}: not a capture spool part (Arrow IPC file): {exc}", code="bad_capture"
+            f"{path}: not a capture spool part: {exc}", code="bad_capture"
         ) from None
+
+
+def _framed(data: pa.Buffer, path: str) -> pa.Table:
+    """A framed spool part's requests (:func:`write_spool_part`); the bodies' arrays lie
+    over the part's buffers (decompressed when compressed)."""
+    import numpy as np
+    import orjson
+    import pyarrow as pa
+
+    def bad(why: str) -> MonitoringError:
+        return MonitoringError(f"{path}: not a capture spool part: {why}", code="bad_capture")
+
+    size = _SPOOL_HEADER.size
+    if data.size < size + len(SPOOL_END):
+        raise bad("too short")
+    magic, meta_size, requests_size, responses_size = _SPOOL_HEADER.unpack(
+        data.slice(0, size).to_pybytes()
+    )
+    if magic != SPOOL_MAGIC:
+        raise bad("no spool mark at its start")
+    end = size + meta_size + requests_size + responses_size
+    if data.size != end + len(SPOOL_END) or data.slice(end).to_pybytes() != SPOOL_END:
+        raise bad("cut short or not a whole part")
+    try:
+        meta = orjson.loads(data.slice(size, meta_size).to_pybytes())
+        columns = meta["columns"]
+        codec = meta["codec"]
+        requests = data.slice(size + meta_size, requests_size)
+        responses = data.slice(size + meta_size + requests_size, responses_size)
+        if codec is not None:
+            decompressor = pa.Codec(codec)
+            requests = decompressor.decompress(requests, meta["request_bytes"], asbytes=False)
+            responses = decompressor.decompress(responses, meta["response_bytes"], asbytes=False)
+        schema = request_schema()
+        count = len(columns["inference_id"])
+        arrays = []
+        for field in schema:
+            if field.name in ("request", "response"):
+                sizes = np.asarray(columns[f"{field.name}_size"], dtype=np.int64)
+                bodies = requests if field.name == "request" else responses
+                if int(sizes.sum()) != bodies.size:
+                    raise bad(f"its {field.name} bodies do not add up to their lengths")
+                offsets = np.zeros(count + 1, dtype=np.int32)
+                np.cumsum(sizes, out=offsets[1:], dtype=np.int32)
+                arrays.append(
+                    pa.Array.from_buffers(pa.binary(), count, [None, pa.py_buffer(offsets), bodies])
+                )
+            elif field.name == "time":
+                arrays.append(pa.array(columns["time"], pa.int64()).cast(field.type))
+            else:
+                arrays.append(pa.array(columns[field.name], field.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError, pa.ArrowException) as exc:
+        raise bad(f"its columns: {exc!r}") from None
 
 
 def _taken_apart(  # noqa: PLR0917 - private, one caller per kind of part
@@ -552,7 +767,7 @@ def _taken_apart(  # noqa: PLR0917 - private, one caller per kind of part
 def compact_capture(
     root: str, model: str, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, int]:
-    """Fold ``model``'s spool parts (what serving writes, :func:`write_spool`) into Parquet:
+    """Fold ``model``'s spool parts (what serving writes, :class:`SpoolWriter`) into Parquet:
     per day folder, one zstd part of :func:`request_schema` holding every spool part found
     there, then the spool parts are deleted; return the counts (``spooled`` parts folded,
     ``requests`` in them, ``parts`` written, ``removed`` spool parts).

@@ -191,6 +191,12 @@ class ServingSettings(BaseSettings):
     capture_flush_seconds: float = Field(
         default=10.0, gt=0, description="Write captured rows at least this often."
     )
+    capture_spool_codec: Literal["none", "zstd", "lz4"] = Field(
+        default="zstd",
+        description="Compression of the captured bodies in serving's spool parts, until the "
+        "monitor's compaction stores them as zstd Parquet: zstd stores about a fifteenth of "
+        "the bytes; none and lz4 cost serving no less CPU measurably (docs/monitoring.md).",
+    )
 
     log_level: str = "INFO"
     # Tracing (OpenTelemetry): off unless an OTLP endpoint is given (docs/observability.md).

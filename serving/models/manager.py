@@ -16,6 +16,7 @@ leaves everything as it is.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import threading
@@ -33,6 +34,7 @@ from serving.core.errors import ModelLoadError
 from serving.core.metrics import Metrics
 from serving.models.routing import Router
 from serving.models.spec import RecordSchema
+from serving.services.capture import classes_json
 
 log = structlog.get_logger("mlwp.serving.models")
 
@@ -83,6 +85,13 @@ class Variant:
     schema: RecordSchema
     run_id: str | None
     loaded_at: str
+
+    @functools.cached_property
+    def classes_json(self) -> str | None:
+        """The model's classes as captured beside its requests (serving/services/capture.py),
+        made once per loaded version, not per request."""
+        classes = self.model.classes
+        return None if classes is None else classes_json(classes)
 
     def describe(self) -> dict[str, Any]:
         return {

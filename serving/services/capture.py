@@ -1,16 +1,18 @@
 """Prediction capture: a sample of scored requests, spooled to storage in the background.
 
 What a request pays is one random draw and, when sampled, one append to an in-memory buffer:
-its ids and times as one tuple, and its request body as received and response body as sent
-copied into the current chunk's two preallocated areas (one memcpy each). Nothing is parsed,
-serialised or held per record, and the buffer keeps no body object: the request's bytes die
-with the request, on the event loop's thread, and the next request's allocation reuses that
-warm memory, where a body held for seconds was cold by then; written areas are reused by the
-next chunks. A background task hands full chunks to a worker thread, which writes them as
-spool parts (``mlwp.monitoring.capture.write_spool``: Arrow IPC, compressed by Arrow from
-the areas as they are, without the interpreter lock) of
-``mlwp.monitoring.capture.request_schema()`` (format 2: one row per request, the bodies as
-binary columns) under ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
+its ids and times as one tuple (``put``: the prediction route hands the fields over as
+arguments, the model's classes as JSON made once per loaded version, so nothing else is
+built per request), and its request body as received and response body as sent copied into
+the current chunk's two preallocated areas (one memcpy each). Nothing is parsed, serialised
+or held per record, and the buffer keeps no body object: the request's bytes die with the
+request, on the event loop's thread, and the next request's allocation reuses that warm
+memory, where a body held for seconds was cold by then; written areas are reused by the
+next chunks. A background task hands full chunks to a worker thread, which writes each as
+spool parts (one per model and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas as
+they are, zstd-compressed by Arrow without the interpreter lock, framed with the requests'
+columns as one JSON dump) under
+``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
 ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
 Encoding into Parquet happens out of this process, in the monitor task
 (``mlwp.monitoring.capture.compact_capture``), and the per-record rows (one per input
@@ -19,7 +21,12 @@ read (``mlwp.monitoring.capture.read_capture``).
 
 Why (measured, docs/monitoring.md "Cost"): the writer thread's Parquet and LZ4 work beside
 the event loop slowed every step of the loop (caches, memory bandwidth), and cost the writer
-~200 us per 100-row request; the bodies held until a flush cost the loop as well. A buffered
+~200 us per 100-row request; the bodies held until a flush cost the loop as well. Building
+an Arrow table of the chunk (session 10's spool) held the interpreter lock long enough for
+the loop to wait for it 0.3 times per 100-row request; the framed part leaves the writer a
+few milliseconds of Python per part (0.04-0.10 waits per request). A writer process fed through
+shared memory was weighed and not built: with the lock no longer shared, it could only
+save that remainder, and would add a process to start, watch and restart. A buffered
 request holds only strings and numbers: nothing for the garbage collector to walk, nothing
 per record to free.
 
@@ -87,6 +94,8 @@ class Captured:
 # the event loop every ~3,000 requests at 1 row and c=8: measured in process, 2026-11-30).
 Pending = tuple[Any, ...]
 _ROWS = 7
+_REQUEST_SIZE = 8  # then the response's
+_DAY_MS = 86_400_000
 
 
 def now_ms() -> int:
@@ -105,6 +114,9 @@ class CaptureBuffer:
         self.capacity = settings.capture_buffer_rows
         self.batch_rows = settings.capture_batch_rows
         self.flush_seconds = settings.capture_flush_seconds
+        codec = settings.capture_spool_codec
+        self.codec = None if codec == "none" else codec
+        self._spool: Any = None  # the SpoolWriter, made by the writer's thread
         self.metrics = metrics
         self._chunk: Chunk | None = None  # where requests are buffered now
         self._pending: list[Chunk] = []  # full chunks, waiting for the writer
@@ -131,33 +143,68 @@ class CaptureBuffer:
 
     def add(self, captured: Captured) -> bool:
         """Buffer ``captured``, or drop and count it when the buffer is full; never waits."""
-        rows = captured.rows
-        if self._rows + rows > self.capacity:
-            self.metrics.capture_dropped.labels(captured.model, "buffer_full").inc(rows)
-            return False
         classes = captured.classes
-        request, response = captured.request, captured.response
+        return self.put(
+            captured.inference_id,
+            captured.time_ms,
+            captured.model,
+            captured.version,
+            captured.variant,
+            captured.served,
+            captured.routing_key,
+            captured.rows,
+            captured.request,
+            captured.response,
+            None if classes is None else _classes_json(tuple(classes)),
+            captured.latency_ms,
+        )
+
+    def put(  # noqa: PLR0917 - the request path's fields, positionally: no object built
+        self,
+        inference_id: str,
+        time_ms: int,
+        model: str,
+        version: str,
+        variant: str,
+        served: bool,
+        routing_key: str | None,
+        rows: int,
+        request: bytes,
+        response: bytes,
+        classes_json: str | None,
+        latency_ms: float,
+    ) -> bool:
+        """:meth:`add` with :class:`Captured`'s fields as arguments and the classes as their
+        JSON (``Variant.classes_json``): the prediction route's path, which builds nothing
+        per request but the buffered tuple."""
+        if self._rows + rows > self.capacity:
+            self.metrics.capture_dropped.labels(model, "buffer_full").inc(rows)
+            return False
         chunk = self._chunk
-        if chunk is None or not chunk.fits(len(request), len(response)):
+        if (
+            chunk is None
+            or chunk.requests.used + len(request) > chunk.requests.size
+            or chunk.responses.used + len(response) > chunk.responses.size
+        ):
             chunk = self._new_chunk(len(request), len(response))
         chunk.items.append(
             (
-                captured.inference_id,
-                captured.time_ms,
-                captured.model,
-                captured.version,
-                captured.variant,
-                captured.served,
-                captured.routing_key,
+                inference_id,
+                time_ms,
+                model,
+                version,
+                variant,
+                served,
+                routing_key,
                 rows,
                 chunk.requests.put(request),
                 chunk.responses.put(response),
-                None if classes is None else _classes_json(tuple(classes)),
-                captured.latency_ms,
+                classes_json,
+                latency_ms,
             )
         )
         self._rows += rows
-        if self._wake is not None and self._rows >= self.batch_rows:
+        if self._rows >= self.batch_rows and self._wake is not None:
             self._wake.set()
         return True
 
@@ -237,66 +284,79 @@ class CaptureBuffer:
             pending.clear()
 
     def _write_parts(self, pending: list[Chunk]) -> int:
-        import pyarrow as pa
-        import pyarrow.compute as pc
+        from mlwp.monitoring.capture import SpoolWriter
 
-        from mlwp.monitoring.capture import write_spool
-
-        table = pa.concat_tables([self._table(chunk) for chunk in pending])
-        models = table.column("model").unique().to_pylist()
         written = 0
-        for model in models:
-            part = table if len(models) == 1 else table.filter(pc.equal(table["model"], model))
-            rows = pc.sum(part["rows"]).as_py()
-            try:
-                write_spool(self.root, model, part)
-            except Exception as exc:  # storage down, a bad record: count, log, go on
-                self.metrics.capture_dropped.labels(model, "write_failed").inc(rows)
-                log.error("capture_write_failed", model=model, rows=rows, error=repr(exc))
-                continue
-            self.metrics.capture_written.labels(model).inc(rows)
-            written += rows
+        for chunk in pending:
+            for model, items, requests, responses in _parts(chunk):
+                (
+                    ids,
+                    times,
+                    models,
+                    versions,
+                    variants,
+                    served,
+                    routing,
+                    rows,
+                    request_sizes,
+                    response_sizes,
+                    classes,
+                    latency,
+                ) = zip(*items, strict=True)
+                columns = {
+                    "inference_id": ids,
+                    "time": times,
+                    "model": models,
+                    "version": versions,
+                    "variant": variants,
+                    "served": served,
+                    "routing_key": routing,
+                    "entity_field": (self.entity_fields.get(model, self.default_entity_field),)
+                    * len(items),
+                    "rows": rows,
+                    "request_size": request_sizes,
+                    "response_size": response_sizes,
+                    "classes": classes,
+                    "latency_ms": latency,
+                }
+                count = sum(rows)
+                try:
+                    if self._spool is None:  # on the writer's thread, at its first part
+                        self._spool = SpoolWriter(self.root, codec=self.codec)
+                    self._spool.write(model, columns, requests, responses)
+                except Exception as exc:  # storage down, a bad record: count, log, go on
+                    self.metrics.capture_dropped.labels(model, "write_failed").inc(count)
+                    log.error("capture_write_failed", model=model, rows=count, error=repr(exc))
+                    continue
+                self.metrics.capture_written.labels(model).inc(count)
+                written += count
         return written
 
-    def _table(self, chunk: Chunk) -> Any:
-        """A chunk's requests as one Arrow table of ``request_schema()``: the bodies are
-        the chunk's areas as they are (no copy)."""
-        import pyarrow as pa
 
-        from mlwp.monitoring.capture import request_schema
-
-        items = chunk.items
-        (
-            ids,
-            times,
-            models,
-            versions,
-            variants,
-            served,
-            routing,
-            rows,
-            request_sizes,
-            response_sizes,
-            classes,
-            latency,
-        ) = map(list, zip(*items, strict=True))
-        fields = [self.entity_fields.get(model, self.default_entity_field) for model in models]
-        columns = {
-            "inference_id": ids,
-            "time": times,
-            "model": models,
-            "version": versions,
-            "variant": variants,
-            "served": served,
-            "routing_key": routing,
-            "entity_field": fields,
-            "rows": rows,
-            "request": chunk.requests.array(request_sizes),
-            "response": chunk.responses.array(response_sizes),
-            "classes": classes,
-            "latency_ms": latency,
-        }
-        return pa.Table.from_pydict(columns, schema=request_schema())
+def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
+    """A chunk's requests by model and day (one spool part each), with their bodies: the
+    areas as they are when the chunk holds one model's requests of one day (nearly always),
+    else each part's bodies joined."""
+    items = chunk.items
+    requests = chunk.requests.view[: chunk.requests.used]
+    responses = chunk.responses.view[: chunk.responses.used]
+    # one model, one day (nearly always): checked without a Python step per request
+    times = list(map(itemgetter(1), items))
+    if len(set(map(itemgetter(2), items))) == 1 and min(times) // _DAY_MS == max(times) // _DAY_MS:
+        return [(items[0][2], items, requests, responses)]
+    grouped: dict[tuple[str, int], tuple[list[Pending], list[Any], list[Any]]] = {}
+    request_at = response_at = 0
+    for item in items:
+        group = grouped.setdefault((item[2], item[1] // _DAY_MS), ([], [], []))
+        group[0].append(item)
+        group[1].append(requests[request_at : request_at + item[_REQUEST_SIZE]])
+        group[2].append(responses[response_at : response_at + item[_REQUEST_SIZE + 1]])
+        request_at += item[_REQUEST_SIZE]
+        response_at += item[_REQUEST_SIZE + 1]
+    return [
+        (model, grouped_items, b"".join(bodies), b"".join(answers))
+        for (model, _), (grouped_items, bodies, answers) in grouped.items()
+    ]
 
 
 def _rows(items: list[Pending]) -> int:
@@ -328,16 +388,6 @@ class Area:
         self.used = end
         return len(body)
 
-    def array(self, sizes: list[int]) -> Any:
-        """The bodies of ``sizes`` as an Arrow binary array over this area (no copy)."""
-        import numpy as np
-        import pyarrow as pa
-
-        offsets = np.zeros(len(sizes) + 1, dtype=np.int32)
-        np.cumsum(np.asarray(sizes, dtype=np.int64), out=offsets[1:], dtype=np.int32)
-        data = pa.py_buffer(self.view[: self.used])
-        return pa.Array.from_buffers(pa.binary(), len(sizes), [None, pa.py_buffer(offsets), data])
-
 
 class Chunk:
     """Buffered requests whose bodies lie in one pair of areas."""
@@ -349,14 +399,13 @@ class Chunk:
         self.requests = requests
         self.responses = responses
 
-    def fits(self, request: int, response: int) -> bool:
-        return (
-            self.requests.used + request <= self.requests.size
-            and self.responses.used + response <= self.responses.size
-        )
-
 
 @functools.lru_cache(maxsize=256)
 def _classes_json(classes: tuple[Any, ...]) -> str:
     """A model's classes as the JSON stored beside its requests (few distinct values)."""
-    return orjson.dumps(classes, option=_JSON).decode()
+    return classes_json(classes)
+
+
+def classes_json(classes: Sequence[Any]) -> str:
+    """Classes as the JSON stored beside a model's requests."""
+    return orjson.dumps(tuple(classes), option=_JSON).decode()

@@ -200,7 +200,7 @@ def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
     [first] = spool("a", T0)
     spool("b", T0 + timedelta(seconds=1))
     spool("c", T0 + timedelta(days=1))  # the next day's folder
-    assert first.endswith(".arrow") and "/date=2026-11-28/" in first
+    assert first.endswith(".spool") and "/date=2026-11-28/" in first
     before = read_capture(root, "churn")
     assert list(before["inference_id"]) == ["a", "a", "b", "b", "c", "c"]
     folder = tmp_path / "monitoring/capture/model=churn"
@@ -217,7 +217,7 @@ def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
 
     counts = capture.compact_capture(root, "churn")
     assert counts == {"spooled": 1, "requests": 1, "parts": 1, "removed": 3}
-    assert not list(folder.rglob("*.arrow"))
+    assert not list(folder.rglob("*.spool"))
     parts = sorted(folder.rglob("*.parquet"))
     assert len(parts) == 2 and all(p.name.startswith("compacted-") for p in parts)
     assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(9).compression == "ZSTD"
@@ -230,7 +230,7 @@ def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
     assert list(read_capture(root, "churn")["inference_id"].unique()) == ["a", "b", "d", "c"]
 
 
-def test_spool_parts_are_compressed(tmp_path: Path) -> None:
+def test_spool_parts_are_compressed_when_asked(tmp_path: Path) -> None:
     records = [
         {"customer": f"c{i}", "tenure": i, "contract": "Month-to-month"} for i in range(2000)
     ]
@@ -238,9 +238,100 @@ def test_spool_parts_are_compressed(tmp_path: Path) -> None:
         [{"inference_id": "a", "time": T0, "records": records, "predictions": [1] * 2000}]
     )
     body = len(table["request"][0].as_py()) + len(table["response"][0].as_py())
-    [uri] = capture.write_spool(tmp_path.as_uri(), "churn", table)
-    assert Path(uri.removeprefix("file://")).stat().st_size < body / 5
+    [plain] = capture.write_spool(tmp_path.as_uri(), "churn", table)
+    [packed] = capture.write_spool((tmp_path / "z").as_uri(), "churn", table, codec="zstd")
+    assert Path(plain.removeprefix("file://")).stat().st_size > body
+    assert Path(packed.removeprefix("file://")).stat().st_size < body / 5
+    assert same_rows(
+        read_capture(tmp_path.as_uri(), "churn"), read_capture((tmp_path / "z").as_uri(), "churn")
+    )
     assert len(read_capture(tmp_path.as_uri(), "churn")) == 2000
+    with pytest.raises(MonitoringError, match="spool codec 'gzip' is not one of"):
+        capture.write_spool(tmp_path.as_uri(), "churn", table, codec="gzip")
+
+
+def test_spool_part_round_trips_the_buffers_as_given(tmp_path: Path) -> None:
+    """What serving hands over (columns, and the bodies back to back in two buffers) reads
+    back as the requests it holds; a part holds one day, and one cut short is named."""
+    bodies = [orjson.dumps({"data": [{"x": i}] * i}) for i in (1, 2, 3)]
+    answers = [
+        orjson.dumps({"predictions": [1] * i, "probabilities": [[0.5, 0.5]] * i}) for i in (1, 2, 3)
+    ]
+    millis = int(T0.timestamp() * 1000)
+    columns = {
+        "inference_id": ["a", "b", "c"],
+        "time": [millis, millis + 1, millis + 2],
+        "model": ["churn"] * 3,
+        "version": ["1", "1", "2"],
+        "variant": ["champion", "champion", "shadow"],
+        "served": [True, True, False],
+        "routing_key": [None, "u", "u"],
+        "entity_field": ["customer"] * 3,
+        "rows": [1, 2, 3],
+        "request_size": [len(b) for b in bodies],
+        "response_size": [len(a) for a in answers],
+        "classes": ['["No","Yes"]'] * 3,
+        "latency_ms": [1.5, 2.5, 3.5],
+    }
+    root = tmp_path.as_uri()
+    area = bytearray(1 << 16)
+    joined = b"".join(bodies)
+    area[: len(joined)] = joined
+    uri = capture.write_spool_part(
+        root, "churn", columns, memoryview(area)[: len(joined)], b"".join(answers)
+    )
+    path = Path(uri.removeprefix("file://"))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    table = capture.read_spool(f"file://{path}")
+    assert table.schema.equals(capture.request_schema(), check_metadata=True)
+    assert table["request"].to_pylist() == bodies
+    assert table["response"].to_pylist() == answers
+    assert table["served"].to_pylist() == [True, True, False]
+    assert table["routing_key"].to_pylist() == [None, "u", "u"]
+    assert table["time"][0].as_py() == T0
+    frame = read_capture(root, "churn")
+    assert list(frame["inference_id"]) == ["a", "b", "b", "c", "c", "c"]
+
+    with pytest.raises(MonitoringError, match="one day's requests; these span 2 days"):
+        capture.write_spool_part(
+            root,
+            "churn",
+            {**columns, "time": [millis, millis, millis + 86_400_000]},
+            joined,
+            b"".join(answers),
+        )
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(MonitoringError, match=r"\.spool: not a capture spool part: cut short"):
+        read_capture(root, "churn")
+
+
+def test_arrow_spool_parts_of_before_are_read_and_compacted(tmp_path: Path) -> None:
+    """Spool parts serving wrote in session 10 (Arrow IPC files) read and compact beside
+    the framed ones."""
+    root = tmp_path.as_uri()
+    table = request_parts(
+        [{"inference_id": "old", "time": T0, "records": [{"x": 1}], "predictions": [1]}]
+    )
+    [new] = capture.write_spool(
+        root,
+        "churn",
+        request_parts(
+            [{"inference_id": "new", "time": T0, "records": [{"x": 2}], "predictions": [0]}]
+        ),
+    )
+    folder = Path(new.removeprefix("file://")).parent
+    with (
+        pa.OSFile(str(folder / "0old.arrow"), "wb") as sink,
+        pa.ipc.new_file(
+            sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")
+        ) as out,
+    ):
+        out.write_table(table)
+    before = read_capture(root, "churn")
+    assert sorted(before["inference_id"]) == ["new", "old"]
+    assert capture.compact_capture(root, "churn")["spooled"] == 2
+    assert sorted(p.suffix for p in folder.iterdir()) == [".parquet"]
+    assert same_rows(read_capture(root, "churn"), before)
 
 
 def test_a_broken_spool_part_is_named_and_compaction_loses_nothing(tmp_path: Path) -> None:
@@ -248,14 +339,18 @@ def test_a_broken_spool_part_is_named_and_compaction_loses_nothing(tmp_path: Pat
     table = request_parts([{"inference_id": "a", "time": T0, "records": [{}], "predictions": [1]}])
     [good] = capture.write_spool(root, "churn", table)
     folder = Path(good.removeprefix("file://")).parent
-    (folder / "x.arrow").write_bytes(b"not arrow")  # sorted after the good part
-    with pytest.raises(MonitoringError, match=r"x\.arrow: not a capture spool part"):
+    (folder / "x.spool").write_bytes(b"not a spool part at all, but long enough")
+    (folder / "y.arrow").write_bytes(b"not arrow")
+    with pytest.raises(MonitoringError, match=r"x\.spool: not a capture spool part"):
         read_capture(root, "churn")
-    with pytest.raises(MonitoringError, match=r"x\.arrow: not a capture spool part"):
+    with pytest.raises(MonitoringError, match=r"x\.spool: not a capture spool part"):
+        capture.compact_capture(root, "churn")
+    (folder / "x.spool").unlink()
+    with pytest.raises(MonitoringError, match=r"y\.arrow: not a capture spool part"):
         capture.compact_capture(root, "churn")
     # no compacted part (it would list the good part, which readers would then skip), no
     # temporary file, and the good part still there
-    assert sorted(p.name for p in folder.iterdir()) == [Path(good).name, "x.arrow"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([Path(good).name, "y.arrow"])
 
 
 def test_spool_compacts_on_s3(s3_bucket: str) -> None:

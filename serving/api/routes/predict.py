@@ -299,26 +299,43 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
     }
     answer = OrjsonResponse(response)
     captured = None
+    shadow = state.shadow
     if services.capture.sampled(model):
         # the bytes at hand, as they are: the writer and the readers do the rest
         # (serving/services/capture.py)
         started = request.scope["state"].get("started")
-        captured = Captured(
-            inference_id=request_id,
-            time_ms=now_ms(),
-            model=model,
-            version=variant.version,
-            variant=alias,
-            served=True,
-            routing_key=routing,
-            rows=rows,
-            request=body,
-            response=bytes(answer.body),  # the same object: render() made bytes
-            classes=variant.model.classes,
-            latency_ms=(time.perf_counter() - started) * 1000 if started else 0.0,
-        )
-        services.capture.add(captured)
-    shadow = state.shadow
+        latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        if shadow is None:  # straight into the buffer: nothing built but its tuple
+            services.capture.put(
+                request_id,
+                now_ms(),
+                model,
+                variant.version,
+                alias,
+                True,  # served
+                routing,
+                rows,
+                body,
+                bytes(answer.body),  # the same object: render() made bytes
+                variant.classes_json,
+                latency_ms,
+            )
+        else:  # kept for the shadow's capture, made from it once the shadow has scored
+            captured = Captured(
+                inference_id=request_id,
+                time_ms=now_ms(),
+                model=model,
+                version=variant.version,
+                variant=alias,
+                served=True,
+                routing_key=routing,
+                rows=rows,
+                request=body,
+                response=bytes(answer.body),
+                classes=variant.model.classes,
+                latency_ms=latency_ms,
+            )
+            services.capture.add(captured)
     if shadow is not None:
         if data is None:
             data = orjson.loads(body)["data"]  # the records as the usual path reads them

@@ -1,5 +1,5 @@
 """Capture and feedback through the real service: real models from a real MLflow registry,
-captured rows (spooled as Arrow IPC, compacted into Parquet) and labels read back (local
+captured rows (spooled as framed parts, compacted into Parquet) and labels read back (local
 folder and S3 on a moto server)."""
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
 
 
 def spooled(path: Path) -> pa.Table:
-    """A spool part serving wrote (an Arrow IPC file)."""
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
+    """A spool part serving wrote (framed: contract.write_spool_part), as its requests."""
+    return contract.read_spool(f"file://{path}")
 
 
 def metric(text: str, line_start: str) -> float:
@@ -78,8 +77,8 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
         assert metric(metrics, f'mlwp_serving_capture_written_total{{model="{model_name}"}}') == 6
 
         frame = read_capture(root, model_name)
-        parts = sorted((tmp_path / "storage/monitoring/capture").rglob("*.arrow"))
-        # spooled per request (format 2, Arrow IPC), read back per record
+        parts = sorted((tmp_path / "storage/monitoring/capture").rglob("*.spool"))
+        # spooled per request (format 2, framed spool parts), read back per record
         assert parts and all(spooled(p).schema == contract.request_schema() for p in parts)
         assert not list((tmp_path / "storage/monitoring/capture").rglob("*.parquet"))
         assert parts[0].parent.parent.name == f"model={model_name}"
@@ -105,7 +104,7 @@ async def test_capture_with_shadow_then_feedback_by_id_and_entity(
         # the monitor's compaction folds the spool into zstd Parquet: the same rows read back
         counts = compact_capture(root, model_name)
         assert counts["spooled"] == len(parts) and counts["requests"] == 2
-        assert not list((tmp_path / "storage/monitoring/capture").rglob("*.arrow"))
+        assert not list((tmp_path / "storage/monitoring/capture").rglob("*.spool"))
         compacted = sorted((tmp_path / "storage/monitoring/capture").rglob("*.parquet"))
         assert len(compacted) == 1
         assert pq.ParquetFile(compacted[0]).metadata.row_group(0).column(9).compression == "ZSTD"

@@ -6,7 +6,9 @@ indices, entity keys). No service needed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,13 @@ import pyarrow as pa
 import pytest
 
 from mlwp.monitoring import capture_rows
-from mlwp.monitoring.capture import MonitoringError, capture_schema, record_rows, request_schema
+from mlwp.monitoring.capture import (
+    MonitoringError,
+    capture_schema,
+    read_spool,
+    record_rows,
+    request_schema,
+)
 from mlwp.monitoring.capture_rows import json_rows
 from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
@@ -66,8 +74,21 @@ def request(number: int, predictions: list[Any], probabilities: Any, classes: An
     return captured(f"r{number}", records, predictions, probabilities, classes)
 
 
+def stored(buffer: CaptureBuffer) -> pa.Table:
+    """The current chunk as the writer stores it (a spool part, in a folder of its own),
+    read back; the buffer keeps it."""
+    root = Path(buffer.root.removeprefix("file://")) / f"stored-{next(_STORED)}"
+    buffer.root, buffer._spool = root.as_uri(), None
+    assert buffer._write_parts([buffer._chunk]) == sum(item[7] for item in buffer._chunk.items)
+    parts = sorted(root.glob("monitoring/capture/model=*/date=*/*.spool"))
+    return pa.concat_tables(read_spool(f"file://{part}") for part in parts)
+
+
+_STORED = itertools.count()
+
+
 def rows_of(buffer: CaptureBuffer) -> list[dict[str, Any]]:
-    table = buffer._table(buffer._chunk)
+    table = stored(buffer)
     assert table.schema == request_schema()
     rows = record_rows(table)
     assert rows.schema == capture_schema()
@@ -104,12 +125,12 @@ def test_stored_requests_and_their_rows(tmp_path: Path) -> None:
         "r2", [{"x": 3}], [1.0], None, [0, 1], version="2", variant="shadow"
     )  # 1.0: a cached answer's JSON for the class 1
     buffer = buffer_of(tmp_path, served, shadow)
-    stored = buffer._table(buffer._chunk).to_pylist()
-    assert [r["request"] for r in stored] == [served.request, shadow.request]  # as received
-    assert [r["response"] for r in stored] == [served.response, shadow.response]  # as sent
-    assert [r["classes"] for r in stored] == ['["No","Yes"]', "[0,1]"]
-    assert [r["entity_field"] for r in stored] == ["customer", "customer"]
-    assert [r["rows"] for r in stored] == [2, 1]
+    table = stored(buffer).to_pylist()
+    assert [r["request"] for r in table] == [served.request, shadow.request]  # as received
+    assert [r["response"] for r in table] == [served.response, shadow.response]  # as sent
+    assert [r["classes"] for r in table] == ['["No","Yes"]', "[0,1]"]
+    assert [r["entity_field"] for r in table] == ["customer", "customer"]
+    assert [r["rows"] for r in table] == [2, 1]
 
     rows = rows_of(buffer)
     assert [r["inference_id"] for r in rows] == ["r1", "r1", "r2"]
@@ -256,10 +277,9 @@ def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> Non
     assert asyncio.run(flush()) == 1
     assert buffer._rows == 0
     assert list(buffer._free) == list(areas) and all(area.used == 0 for area in areas)
-    parts = list(tmp_path.glob("monitoring/capture/model=m/date=*/*.arrow"))
+    parts = list(tmp_path.glob("monitoring/capture/model=m/date=*/*.spool"))
     assert len(parts) == 1
-    with pa.memory_map(str(parts[0])) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = read_spool(f"file://{parts[0]}")
     assert table.column("rows").to_pylist() == [1]
     assert table.column("request").to_pylist() == [body]
     # the next chunk reuses the areas; a body larger than an area gets one of its own
@@ -269,3 +289,55 @@ def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> Non
     assert any(chunk.responses is a for a in areas) and chunk.requests.size > AREA_BYTES
     assert asyncio.run(flush()) == 1
     assert len(buffer._free) == 2  # the large area is not kept
+
+
+def test_a_chunk_of_two_models_and_two_days_is_spooled_by_model_and_day(
+    tmp_path: Path,
+) -> None:
+    """One chunk holds whatever arrived: each model's requests of each day become a spool
+    part of their own (the path names both), each with its own bodies; the route's
+    ``put`` buffers what ``add`` does."""
+    day = 86_400_000
+    first = captured("a", [{"x": 1}], ["Yes"], [[0.2, 0.8]], ["No", "Yes"])
+    other = dataclasses.replace(
+        captured("b", [{"x": 2}, {"x": 3}], ["No", "No"], [[0.9, 0.1]] * 2, ["No", "Yes"]),
+        model="n",
+    )
+    late = dataclasses.replace(
+        captured("c", [{"x": 4}], ["Yes"], [[0.1, 0.9]], ["No", "Yes"]),
+        time_ms=COMMON["time_ms"] + day,
+    )
+    buffer = CaptureBuffer(
+        ServingSettings(home=tmp_path, storage_root=tmp_path.as_uri()), Metrics()
+    )
+    assert buffer.add(first) and buffer.add(other)
+    assert buffer.put(
+        late.inference_id,
+        late.time_ms,
+        late.model,
+        late.version,
+        late.variant,
+        late.served,
+        late.routing_key,
+        late.rows,
+        late.request,
+        late.response,
+        '["No","Yes"]',
+        late.latency_ms,
+    )
+    assert buffer._chunk.items[2][10] == buffer._chunk.items[0][10]  # the same JSON
+    assert asyncio.run(buffer.flush()) == 4
+    parts = sorted(tmp_path.glob("monitoring/capture/model=*/date=*/*.spool"))
+    assert [(p.parent.parent.name, p.parent.name) for p in parts] == [
+        ("model=m", "date=2025-11-24"),
+        ("model=m", "date=2025-11-25"),
+        ("model=n", "date=2025-11-24"),
+    ]
+    stored = [read_spool(f"file://{part}").to_pylist() for part in parts]
+    assert [[r["inference_id"] for r in part] for part in stored] == [["a"], ["c"], ["b"]]
+    assert [part[0]["request"] for part in stored] == [first.request, late.request, other.request]
+    assert [part[0]["response"] for part in stored] == [
+        first.response,
+        late.response,
+        other.response,
+    ]
