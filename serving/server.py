@@ -171,9 +171,12 @@ class HttpProtocol(HttpToolsProtocol):
         context = contextvars.copy_context()  # the request's log context stays its own
 
         def respond(
-            status: int, headers: list[tuple[bytes, bytes]], body: bytes | memoryview
+            status: int,
+            headers: list[tuple[bytes, bytes]],
+            body: bytes | memoryview,
+            rendered: bytes,
         ) -> None:
-            self._write_response(cycle, status, headers, body)
+            self._write_response(cycle, status, headers, body, rendered)
 
         def close() -> None:
             self.transport.close()
@@ -196,9 +199,11 @@ class HttpProtocol(HttpToolsProtocol):
         status: int,
         headers: list[tuple[bytes, bytes]],
         body: bytes | memoryview,
+        rendered: bytes = b"",
     ) -> None:
         """What uvicorn's ``RequestResponseCycle.send`` writes for a response with a
-        Content-Length, sent whole (the headers are the service's own: valid, lower case)."""
+        Content-Length, sent whole (the headers are the service's own: valid, lower case;
+        ``rendered``: header lines after them, other than ``connection``)."""
         if cycle.disconnected:
             return
         content: list[bytes | memoryview] = [STATUS_LINE[status]]
@@ -210,6 +215,7 @@ class HttpProtocol(HttpToolsProtocol):
                 cycle.keep_alive = False
                 has_connection_close = True
             content.extend((name, b": ", value, b"\r\n"))
+        content.append(rendered)
         if not cycle.keep_alive and not has_connection_close:
             content.append(b"connection: close\r\n")
         content.append(b"\r\n")

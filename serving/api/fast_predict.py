@@ -38,15 +38,16 @@ from serving.api.keyed_route import KeyedRoute
 from serving.api.middleware import (
     begin_request,
     end_request,
+    rendered_security_headers,
     request_id_and_length,
-    response_headers,
     too_large,
 )
 from serving.core.errors import ServingError
 from serving.core.state import Services
 
-# what the protocol is given to send a response: status, headers, body
-Respond = Callable[[int, list[tuple[bytes, bytes]], bytes | memoryview], None]
+# what the protocol is given to send a response: status, headers, body, and header lines
+# already rendered to follow the headers (b"name: value\r\n" each)
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes | memoryview, bytes], None]
 
 _server_log = logging.getLogger("uvicorn.error")
 _DISCONNECT: Message = {"type": "http.disconnect"}
@@ -117,8 +118,9 @@ class FastPredict:
             except ServingError as exc:
                 response = serving_error_response(scope, exc)
             status = response.status_code
-            headers = [*response.raw_headers, *response_headers(request_id, scope["path"])]
-            respond(status, headers, response.body)
+            # what ServingMiddleware adds (response_headers), its constant part pre-rendered
+            headers = [*response.raw_headers, (b"x-request-id", request_id.encode())]
+            respond(status, headers, response.body, rendered_security_headers(scope["path"]))
             sent = True
             if response.background is not None:
                 await response.background()
@@ -132,7 +134,7 @@ class FastPredict:
             # and closes the connection
             if not sent:
                 error = unexpected_error(Request(scope), failure)
-                respond(error.status_code, error.raw_headers, error.body)
+                respond(error.status_code, error.raw_headers, error.body, b"")
             _server_log.error("Exception in ASGI application\n", exc_info=failure)
             close()
 

@@ -169,6 +169,20 @@ def response_headers(request_id: str, path: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def rendered_security_headers(path: str) -> bytes:
+    """The security headers :func:`response_headers` adds after the request id, as the
+    header lines of an HTTP/1.1 response (for a server writing its own bytes)."""
+    return _RENDERED_DOCS if path.startswith(_DOC_PATHS) else _RENDERED_API
+
+
+def _rendered(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % header for header in headers)
+
+
+_RENDERED_DOCS = _rendered(SECURITY_HEADERS)
+_RENDERED_API = _rendered([*SECURITY_HEADERS, _CSP_API])
+
+
 def end_request(metrics: Metrics, scope: Scope, status: int, started: float) -> None:
     """Count the request by route template, method and status, time it, log it, and clear
     the log context."""

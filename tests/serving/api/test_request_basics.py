@@ -6,7 +6,7 @@ import os
 import re
 from datetime import UTC, datetime, timedelta
 
-from serving.api.middleware import new_request_id
+from serving.api.middleware import new_request_id, rendered_security_headers, response_headers
 from serving.api.responses import now_iso
 from serving.core.metrics import Metrics
 
@@ -48,3 +48,11 @@ def test_request_and_prediction_children_are_the_labelled_ones() -> None:
     assert timed is metrics.prediction_seconds.labels("churn", "champion")
     assert requests is metrics.prediction_requests.labels("churn", "champion")
     assert rows is metrics.predictions.labels("churn", "champion", "3")
+
+
+def test_rendered_security_headers_are_the_added_ones() -> None:
+    for path in ("/v1/models/m/predict", "/predict", "/docs", "/redoc"):
+        added = response_headers("id", path)[1:]  # after the request id
+        assert rendered_security_headers(path) == b"".join(
+            name + b": " + value + b"\r\n" for name, value in added
+        )
