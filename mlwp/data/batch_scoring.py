@@ -293,12 +293,13 @@ def score_partition(
 
     Only the columns the model and ``output`` need are read; the model's text features as
     Arrow dictionaries (decoded once per distinct value, and what the steps look up), carried
-    text written back as the text it is stored as. Three stages, each in a thread of its own
-    and one chunk ahead of the next (pyarrow, numpy and XGBoost let the GIL go): a reader
-    reads, decodes and encodes chunk n+2 into its feature matrix while the booster predicts
-    chunk n+1 and the caller's thread assembles chunk n's output (and a writer, in
-    :func:`~mlwp.data.partitions.stage_part`, writes chunk n-1): the thread that predicts
-    does nothing else.
+    text written back as the text it is stored as. Stages in threads of their own, one chunk
+    apart (pyarrow, numpy and XGBoost let the GIL go): a reader reads, decodes and encodes
+    chunk n+1 into its feature matrix while the caller's thread predicts chunk n, an
+    assembler builds chunk n-1's output (labels, probabilities, carried columns) and a
+    writer (:func:`~mlwp.data.partitions.stage_part`) writes chunk n-2: the thread that
+    predicts does little else. The booster stays in the caller's thread: XGBoost in a new
+    thread per partition held more memory (its per-thread state in another malloc arena).
     """
     import pyarrow as pa
 
@@ -322,19 +323,27 @@ def score_partition(
     def encoded(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray[Any, Any]]:
         return batch, feature_matrix(model, batch)
 
-    def predicted(
-        item: tuple[pa.RecordBatch, np.ndarray[Any, Any]],
-    ) -> tuple[pa.RecordBatch, np.ndarray[Any, Any]]:
-        batch, matrix = item
-        return batch, raw_scores(model, matrix)
-
     def scored() -> Iterator[pa.RecordBatch]:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
         row = first_row
-        with booster_threads(model, scoring_threads()):
-            encoding = read_ahead(batches, encoded, "parquet-reader")
-            for batch, raw in read_ahead(encoding, predicted, "booster"):
-                yield assemble(model, batch, raw, schema, output=output, first_row=row)
+        with (
+            booster_threads(model, scoring_threads()),
+            ThreadPoolExecutor(1, thread_name_prefix="assembler") as assembler,
+        ):
+            pending: Future[pa.RecordBatch] | None = None
+            for batch, matrix in read_ahead(batches, encoded):
+                raw = raw_scores(model, matrix)
+                del matrix  # a chunk's matrix is its largest array: not held while waiting
+                following = assembler.submit(
+                    assemble, model, batch, raw, schema, output=output, first_row=row
+                )
                 row += batch.num_rows
+                if pending is not None:
+                    yield pending.result()
+                pending = following
+            if pending is not None:
+                yield pending.result()
 
     return schema, scored()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import threading
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -358,7 +359,9 @@ def parquet_writer(
     schema: pa.Schema,
     unique: Collection[str] = (),
     split_floats: bool = False,
+    *,
     no_statistics: Collection[str] = (),
+    sample: pa.Table | None = None,
 ) -> Any:
     """A Parquet writer of a dataset's files: snappy; dictionary pages for text and integer
     columns only (they repeat; fractional numbers rarely do, and trying costs about a third
@@ -366,6 +369,11 @@ def parquet_writer(
     (a scoring's keys or ``row``), whose dictionary would hold every value. Measured on a
     scored chunk (int64 key, label, two probabilities): 0.11 s per 1M rows instead of 0.25,
     and a tenth fewer bytes.
+
+    ``sample``: the file's first row group, from which the columns' layout is told instead
+    (:func:`column_layout`: dictionaries for the columns that repeat there, fractional
+    numbers included; none for those that (nearly) never do, integers of those then
+    DELTA_BINARY_PACKED).
 
     ``split_floats``: number columns in encodings that suit a scoring's output (lossless):
     floating-point ones in BYTE_STREAM_SPLIT (each value's bytes in separate streams: a
@@ -382,18 +390,22 @@ def parquet_writer(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    repeating = [
-        f.name
-        for f in schema
-        if f.name not in unique
-        and (
-            pa.types.is_string(f.type)
-            or pa.types.is_large_string(f.type)
-            or pa.types.is_integer(f.type)
-            or pa.types.is_dictionary(f.type)
-        )
-    ]
-    encoding = {}
+    encoding: dict[str, str] = {}
+    if sample is not None and sample.num_rows:
+        repeating, encoding = column_layout(sample)
+        repeating = [name for name in repeating if name not in unique]
+    else:
+        repeating = [
+            f.name
+            for f in schema
+            if f.name not in unique
+            and (
+                pa.types.is_string(f.type)
+                or pa.types.is_large_string(f.type)
+                or pa.types.is_integer(f.type)
+                or pa.types.is_dictionary(f.type)
+            )
+        ]
     for f in schema if split_floats else ():
         if pa.types.is_floating(f.type):
             encoding[f.name] = "BYTE_STREAM_SPLIT"
@@ -408,6 +420,50 @@ def parquet_writer(
         column_encoding=encoding or None,
         write_statistics=statistics if no_statistics else True,
     )
+
+
+# In a file's first row group: a column with at most this share of distinct values repeats
+# (a dictionary page pays: fewer bytes, and readers decode each distinct value once) ...
+REPEATING_SHARE = 0.25
+# ... and one with more than this share is (nearly) unique: a dictionary would hold every
+# value and cost more to write and to read than the values themselves.
+UNIQUE_SHARE = 0.5
+
+
+def column_layout(sample: pa.Table) -> tuple[list[str], dict[str, str]]:
+    """The columns to write with dictionary pages, and the encodings of others, told from a
+    file's first row group (``sample``) by each column's share of distinct values.
+
+    Text and integers: a dictionary unless (nearly) unique (more than ``UNIQUE_SHARE``),
+    integers of those then DELTA_BINARY_PACKED (ids, counters, timestamps: sequential
+    values in a few bits each). Fractional numbers: a dictionary when they repeat (at most
+    ``REPEATING_SHARE``: prices, rates, indicator columns), else plain. Dictionary columns
+    keep their dictionary. Measured on the benchmark's churn extract (1M rows, an int64 id,
+    money columns): files 9.8 MB instead of 17.9, a scoring's read 0.048 s per 1M rows
+    instead of 0.087 (the id: 0.003 instead of 0.028), the write a tenth faster. The
+    sample decides for the whole file: the same rows give the same file.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = sample.num_rows
+    dictionary: list[str] = []
+    encoding: dict[str, str] = {}
+    for field, column in zip(sample.schema, sample.columns, strict=True):
+        kind = field.type
+        if pa.types.is_dictionary(kind):
+            dictionary.append(field.name)
+            continue
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        floating = pa.types.is_floating(kind)
+        if not (text or floating or pa.types.is_integer(kind)):
+            continue  # booleans are bit-packed; dates, times and the rest as pyarrow writes them
+        share = pc.count_distinct(column).as_py() / max(rows, 1)
+        if share <= (REPEATING_SHARE if floating else UNIQUE_SHARE):
+            dictionary.append(field.name)
+        elif pa.types.is_integer(kind):
+            encoding[field.name] = "DELTA_BINARY_PACKED"
+    return dictionary, encoding
 
 
 class _BackgroundHash:
@@ -525,8 +581,13 @@ def write_parts(
             schema = schema or part_schema
             path = f"{staging.path}/part-{index}.parquet"
             staging.fs.makedirs(staging.path, exist_ok=True)
-            with staging.fs.open(path, "wb") as handle, parquet_writer(handle, part_schema) as out:
-                write_in_background(out, row_groups(part_schema, batches))
+            groups = row_groups(part_schema, batches)
+            first = next(groups, None)
+            with (
+                staging.fs.open(path, "wb") as handle,
+                parquet_writer(handle, part_schema, sample=first) as out,
+            ):
+                write_in_background(out, itertools.chain([] if first is None else [first], groups))
             partitions.extend(_hash_partitions(staging, [path]))
         if schema is None or not partitions:
             raise StorageError("the source produced no rows to store", code="empty_dataset")
@@ -625,7 +686,9 @@ def stage_part(
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as handle:
         hashing = HashingWriter(handle)
-        with parquet_writer(hashing, schema, unique, split_floats, no_statistics) as writer:
+        with parquet_writer(
+            hashing, schema, unique, split_floats, no_statistics=no_statistics
+        ) as writer:
             rows = write_in_background(writer, batches)
     sha256, size = hashing.digest.hexdigest(), hashing.size
     return {"uri": uri, "rows": rows, "sha256": sha256, "bytes": size, "index": index}

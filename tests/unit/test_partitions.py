@@ -198,6 +198,55 @@ def test_streamed_csv_types_and_row_groups_do_not_depend_on_block_sizes(
         )  # fmt: skip
 
 
+def test_column_layout_follows_each_files_first_row_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dictionaries for the columns that repeat in a file's first row group (fractional
+    numbers too), none for (nearly) unique ones, unique integers delta-encoded; the same
+    rows give the same files whatever the CSV's blocks."""
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    rows = 6_000
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(10_000, 10_000 + rows),  # unique, sequential
+            "plan": rng.choice(["basic", "pro", "team"], rows),
+            "price": rng.choice([9.99, 19.99, 49.5], rows),  # repeating fractions
+            "spend": rng.normal(50, 10, rows),  # (nearly) unique fractions
+            "code": [f"c-{i:06d}" for i in rng.permutation(rows)],  # unique text
+            "seats": rng.integers(1, 20, rows),  # repeating integers
+        }
+    )
+    folder = tmp_path / "project"
+    folder.mkdir()
+    frame.to_csv(folder / "rows.csv", index=False)
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        "rows.csv", storage=storage, project="p", name="raw", project_dir=folder,
+        rows_per_partition=4_000,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(storage.read_dataset(ref.uri), frame)
+    for part in partitions_of(storage, ref.uri):
+        metadata = pq.read_metadata(ref.uri.removeprefix("file://") + "/" + part.path)
+        group = metadata.row_group(0)
+        encodings = {
+            group.column(i).path_in_schema: set(group.column(i).encodings)
+            for i in range(group.num_columns)
+        }
+        for name in ("plan", "price", "seats"):
+            assert "RLE_DICTIONARY" in encodings[name], (name, encodings[name])
+        for name in ("id", "spend", "code"):
+            assert "RLE_DICTIONARY" not in encodings[name], (name, encodings[name])
+        assert "DELTA_BINARY_PACKED" in encodings["id"]
+    monkeypatch.setattr(extract, "CSV_STREAM_BLOCK_BYTES", 4_096)
+    again = extract_partitioned(
+        "rows.csv", storage=storage, project="p", name="raw", project_dir=folder,
+        rows_per_partition=4_000,
+    )  # fmt: skip
+    assert again.sha256 == ref.sha256
+
+
 class _Cursor:
     """A DB-API cursor over fixed rows with PostgreSQL type oids (int4, text, numeric)."""
 
