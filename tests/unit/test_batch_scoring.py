@@ -254,3 +254,27 @@ def test_staged_file_rows_are_renumbered_from_its_first_row(tmp_path: Path) -> N
     assert read["row"].to_pylist() == [10, 11, 12, 13, 14]
     assert read["prediction"].to_pylist() == list("abcab") and shifted["rows"] == 5
     assert pq.read_table(storage._fs(copied["uri"])[1]).equals(table)
+
+
+@pytest.mark.unit
+def test_scoring_fixes_the_mmap_threshold_unless_the_operator_set_one() -> None:
+    """Large freed blocks go back to the system (glibc's moving threshold let a 10M-row run
+    hold 1.46x the memory of a 1M-row one); an operator's MALLOC_MMAP_THRESHOLD_ is kept."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    probe = "from mlwp.data.batch_scoring import fixed_mmap_threshold as f; print(f())"
+
+    def fixed(env: dict[str, str]) -> str:
+        ran = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        )
+        return ran.stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    assert fixed(env) == "True"
+    assert fixed({**env, "MALLOC_MMAP_THRESHOLD_": "4194304"}) == "False"
