@@ -37,9 +37,14 @@ _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def buffer_of(tmp_path: Path, *requests: Captured) -> CaptureBuffer:
-    buffer = CaptureBuffer(
-        ServingSettings(home=tmp_path, entity_fields={"m": "customer"}), Metrics()
+    # the test's own storage: the session's (MLWP_HOME's, from the environment) is shared by
+    # the tests of every worker, whose stored() folders would then hold each other's parts
+    settings = ServingSettings(
+        home=tmp_path,
+        storage_root=(tmp_path / "storage").as_uri(),
+        entity_fields={"m": "customer"},
     )
+    buffer = CaptureBuffer(settings, Metrics())
     for request in requests:
         assert buffer.add(request)
     return buffer
