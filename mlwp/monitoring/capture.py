@@ -99,7 +99,7 @@ REQUEST_COLUMNS = (
 )
 # the Parquet schema metadata key holding a capture part's layout: "2" for request parts
 FORMAT_KEY = b"mlwp.capture.format"
-# serving's spool parts: framed files (:func:`write_spool_part`): a header, the requests'
+# serving's spool parts: framed files (:class:`SpoolWriter`): a header, the requests'
 # columns as JSON, then the request bodies and the response bodies back to back as serving's
 # buffer holds them, and an end mark (docs/monitoring.md, "Where" and "Cost")
 SPOOL_SUFFIX = ".spool"
@@ -113,24 +113,14 @@ SPOOL_END = b"MLWPEND1"
 # bodies as stored (compressed when the JSON's "codec" says so), little-endian
 _SPOOL_HEADER = struct.Struct("<8sQQQ")
 # the codecs a framed spool part's bodies may be compressed with (Arrow's, which compress
-# without the interpreter lock); None: stored as they are (serving's default, "Cost")
+# without the interpreter lock; serving's default zstd, docs/monitoring.md "Cost"); None:
+# stored as they are
 SPOOL_CODECS = (None, "zstd", "lz4")
 # the per-request columns of a framed spool part's JSON: request_schema()'s, the bodies
 # given by their lengths
-SPOOL_COLUMNS = (
-    "inference_id",
-    "time",
-    "model",
-    "version",
-    "variant",
-    "served",
-    "routing_key",
-    "entity_field",
-    "rows",
-    "request_size",
-    "response_size",
-    "classes",
-    "latency_ms",
+SPOOL_COLUMNS = tuple(
+    {"request": "request_size", "response": "response_size"}.get(name, name)
+    for name in REQUEST_COLUMNS
 )
 _DAY_MS = 86_400_000
 SOURCES_KEY = b"mlwp.capture.sources"
@@ -293,12 +283,13 @@ def write_spool(
     codec: str | None = None,
 ) -> list[str]:
     """Write captured requests (a table of :func:`request_schema`) as spool parts, one per
-    day they span, the way serving spools its buffer (:func:`write_spool_part`); return
+    day they span, the way serving spools its buffer (:class:`SpoolWriter`); return
     their URIs. For tests and imports: serving hands its buffer over without a table."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     table = _conform(table, request_schema(), CAPTURE)
+    writer = SpoolWriter(root, storage_options, codec=codec)
     written = []
     for _, part in _by_day(table, CAPTURE):
         columns: dict[str, list[Any]] = {
@@ -311,28 +302,8 @@ def write_spool(
         columns["response_size"] = pc.binary_length(part["response"]).to_pylist()
         requests = b"".join(part["request"].to_pylist())
         responses = b"".join(part["response"].to_pylist())
-        written.append(
-            write_spool_part(
-                root, model, columns, requests, responses, storage_options, codec=codec
-            )
-        )
+        written.append(writer.write(model, columns, requests, responses))
     return written
-
-
-def write_spool_part(  # noqa: PLR0917 - the buffers as serving holds them
-    root: str,
-    model: str,
-    columns: Mapping[str, Sequence[Any]],
-    requests: Any,
-    responses: Any,
-    storage_options: Mapping[str, Any] | None = None,
-    *,
-    codec: str | None = None,
-) -> str:
-    """Write one spool part (:meth:`SpoolWriter.write`); return its URI."""
-    return SpoolWriter(root, storage_options, codec=codec).write(
-        model, columns, requests, responses
-    )
 
 
 class SpoolWriter:
@@ -698,7 +669,7 @@ def _read_spool(fs: Any, path: str) -> pa.Table:
 
 
 def _framed(data: pa.Buffer, path: str) -> pa.Table:
-    """A framed spool part's requests (:func:`write_spool_part`); the bodies' arrays lie
+    """A framed spool part's requests (:meth:`SpoolWriter.write`); the bodies' arrays lie
     over the part's buffers (decompressed when compressed)."""
     import numpy as np
     import orjson

@@ -277,8 +277,8 @@ def test_spool_part_round_trips_the_buffers_as_given(tmp_path: Path) -> None:
     area = bytearray(1 << 16)
     joined = b"".join(bodies)
     area[: len(joined)] = joined
-    uri = capture.write_spool_part(
-        root, "churn", columns, memoryview(area)[: len(joined)], b"".join(answers)
+    uri = capture.SpoolWriter(root).write(
+        "churn", columns, memoryview(area)[: len(joined)], b"".join(answers)
     )
     path = Path(uri.removeprefix("file://"))
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
@@ -293,8 +293,7 @@ def test_spool_part_round_trips_the_buffers_as_given(tmp_path: Path) -> None:
     assert list(frame["inference_id"]) == ["a", "b", "b", "c", "c", "c"]
 
     with pytest.raises(MonitoringError, match="one day's requests; these span 2 days"):
-        capture.write_spool_part(
-            root,
+        capture.SpoolWriter(root).write(
             "churn",
             {**columns, "time": [millis, millis, millis + 86_400_000]},
             joined,
