@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serving.api.middleware import header
 from serving.core.errors import Forbidden, Unauthorized
 from serving.core.state import Services
 from serving.keys.store import ApiKey
@@ -60,7 +61,7 @@ async def authenticate(request: Request) -> ApiKey:
         client = request.scope.get("client")
         address = client[0] if client else "unknown"
         services.limiter.refuse_blocked(address)
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        scheme, _, token = (header(request.scope, b"authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(
                 "missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"

@@ -52,6 +52,8 @@ Respond = Callable[[int, list[tuple[bytes, bytes]], bytes | memoryview, bytes], 
 _server_log = logging.getLogger("uvicorn.error")
 _DISCONNECT: Message = {"type": "http.disconnect"}
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
+# paths whose match is remembered; past this the memory starts again
+MATCHED_PATHS = 1024
 
 
 class FastPredict:
@@ -65,6 +67,9 @@ class FastPredict:
         self.enabled = settings.fast_predict and not settings.otel_endpoint
         self.max_body_bytes = settings.max_body_bytes
         self.cors = bool(settings.cors_origins)
+        # (root path, path) -> what a POST there matches: the route and its path parameters
+        # (Starlette's matches() costs a regular expression and three dicts per request)
+        self._matched: dict[tuple[str, str], tuple[KeyedRoute | None, dict[str, Any]]] = {}
 
     def match(self, scope: Scope, *, trusted_proxy: bool) -> Scope | None:
         """The route's part of the scope when the request is one to answer here, else None
@@ -72,11 +77,15 @@ class FastPredict:
         ``trusted_proxy``: the client is a proxy whose ``X-Forwarded-*`` uvicorn applies)."""
         if scope["method"] != "POST" or not self.enabled:
             return None
-        for route in self.routes:
-            match, child_scope = route.matches(scope)
-            if match is Match.FULL:
-                break
-        else:
+        where = (scope["root_path"], scope["path"])
+        matched = self._matched.get(where)
+        if matched is None:
+            matched = self._match(scope)
+            if len(self._matched) >= MATCHED_PATHS:  # paths are the clients' to make up
+                self._matched.clear()
+            self._matched[where] = matched
+        route, path_params = matched
+        if route is None:
             return None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -87,7 +96,17 @@ class FastPredict:
                     return None
             elif name in _FORWARDED and trusted_proxy:
                 return None
-        return child_scope
+        # what route.matches(scope) gives a POST to this path, made anew per request
+        return {"endpoint": route.endpoint, "path_params": dict(path_params), "route": route}
+
+    def _match(self, scope: Scope) -> tuple[KeyedRoute | None, dict[str, Any]]:
+        """The prediction route a POST to the scope's path fully matches, with its path
+        parameters (None when none does)."""
+        for route in self.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return route, child_scope["path_params"]
+        return None, {}
 
     async def __call__(
         self,

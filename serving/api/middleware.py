@@ -130,6 +130,16 @@ def request_id_and_length(headers: Any) -> tuple[str, bytes | None]:
     return request_id, length
 
 
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the request's header ``name`` (lower case), as Starlette's
+    ``request.headers.get`` reads it, without building its ``Headers`` (and the ``KeyError``
+    its ``get`` raises and catches for a header that is not there)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 def new_request_id() -> str:
     """32 random hex digits, as ``os.urandom(16).hex()``, taken from random bytes read 4 KiB
     at a time: one ``getrandom`` system call per 256 requests instead of one each."""

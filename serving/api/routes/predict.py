@@ -25,6 +25,7 @@ from mlwp.model.features import RecordError
 from mlwp.model.record_encoder import Fallback
 from serving.api.deps import ApiKeyDep
 from serving.api.keyed_route import KeyedRoute
+from serving.api.middleware import header
 from serving.api.responses import OrjsonResponse, now_iso
 from serving.api.schemas import ERROR_RESPONSES, PredictResponse
 from serving.core.config import ServingSettings
@@ -247,7 +248,7 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
         records, routing = decoded
         routing = routing_key(routing, settings.routing_field)
         rows = len(records)
-    routing = request.headers.get("x-routing-key") or routing
+    routing = header(request.scope, b"x-routing-key") or routing
     alias = state.router.choose(routing) if state.router is not None else "champion"
     variant = state.variants[alias]
 

@@ -117,3 +117,31 @@ def test_registry_unreachable_at_start_is_reported_not_fatal(tmp_path: Path) -> 
         assert response.json()["error"]["code"] == "model_not_loaded"
         assert response.headers["retry-after"] == "5"
         assert client.get("/health/ready").json()["detail"]["registry_error"]
+
+
+def test_fast_path_remembers_each_path_as_the_routes_match_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.routing import Match
+
+    from serving.api import fast_predict
+
+    monkeypatch.setattr(fast_predict, "MATCHED_PATHS", 3)  # the memory starts again often
+    app = create_app(
+        ServingSettings(home=tmp_path, poll_interval_seconds=0, mlflow_tracking_uri="http://x")
+    )
+    fast = app.state.fast_predict
+    paths = ["/predict", "/v1/models/a/predict", "/v1/models/b%20c/predict", "/predict/", "/nope"]
+    for path in paths * 3:
+        scope = {"type": "http", "method": "POST", "root_path": "", "path": path, "headers": []}
+        expected = None
+        for route in fast.routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                expected = child_scope
+                break
+        got = fast.match(scope, trusted_proxy=False)
+        assert got == expected, path
+        if got is not None:  # each request's own parameters: a change does not carry over
+            got["path_params"]["model"] = "changed"
+    assert len(fast._matched) <= 3
