@@ -117,3 +117,21 @@ async def test_redis_gone_the_hits_are_counted_in_memory(private_redis: PrivateR
     assert limiter.link is not None and not limiter.link.up
     # each key keeps its own window in memory
     assert sum(await _hits(limiter, "k5", "4/minute", 6)) == 4
+
+
+async def test_hits_no_request_waits_for_are_sent_together_later(
+    private_redis: PrivateRedis,
+) -> None:
+    """Far from the limit, hits of several loop steps are gathered (not one send per step);
+    a request that waits for its count sends them all at the next step."""
+    limiter = _limiter(private_redis.url)
+    shared = limiter._shared
+    assert shared is not None
+    shared.SEND_SECONDS = 60.0  # nothing goes out by time in this test
+    item = rate_item("8/minute")
+    for _ in range(4):  # within half the limit: no request waits
+        assert shared.hit(item, "key", "k6") is None
+        await asyncio.sleep(0)
+    assert not shared._sending and _count(private_redis.url, "k6", "8/minute") == 0
+    assert await _hits(limiter, "k6", "8/minute", 1) == [True]  # the fifth waits
+    assert _count(private_redis.url, "k6", "8/minute") == 5
