@@ -85,6 +85,10 @@ class CoalescingTransport:
         self.flush()
         self._close()
 
+    def is_closing(self) -> bool:
+        # asked three times per request: here, not through __getattr__'s failed lookup
+        return self._transport.is_closing()
+
     def __getattr__(self, name: str) -> Any:
         # everything else (flow control, extra info, abort) is the real transport's
         return getattr(self._transport, name)
