@@ -16,12 +16,12 @@ load (N client threads, keep-alive connections, bounded by time and count) runs 
 concurrency 1 and 8 with 1-row and 100-row bodies; the table prints req/s, p50, p99, CPU
 microseconds per request and the ratios, and a line per cell gives mlwp's ratio to every
 peer. A last run measures cache hits (mlwp with Redis, the same body repeated). A capture
-section runs two mlwp servers side by side, capturing 0 % and 100 % of requests (issue
-#14): CPU per request and the share of it spent by the capture writer's thread, the ratio,
-the event loop's thread as Linux counts it (user and system time, page faults, waits and
-preemptions per request: where its extra goes), the rows the 100 % server wrote against
-those it answered, and the rows it dropped, by reason (goal: at most 5 % more CPU, nothing
-dropped).
+section runs mlwp servers side by side, capturing 0 % and 100 % of requests and a second
+0 % one as the A/A control (issue #14): CPU per request and the share of it spent by the
+capture writer's thread, the ratio, the event loop's thread as Linux counts it (user and
+system time, page faults, waits and preemptions per request: where its extra goes), the
+rows the 100 % server wrote against those it answered, and the rows it dropped, by reason
+(goal: at most 5 % more CPU, nothing dropped).
 
 The load comes from wrk (Debian package ``wrk``, driven by ``load.lua``) when it is
 installed: a C event loop costs the two cores far less than Python client threads, which
@@ -443,6 +443,12 @@ def main() -> None:
         "repeatable",
     )
     parser.add_argument(
+        "--no-capture-control",
+        action="store_true",
+        help="capture section: leave out the second 0 %% server (the A/A control whose ratio "
+        "to the first shows what the run can resolve)",
+    )
+    parser.add_argument(
         "--driver",
         choices=("auto", "wrk", "python"),
         default="auto",
@@ -757,7 +763,9 @@ def capture_section(
     name: str,
     procs: list[subprocess.Popen[bytes]],
 ) -> list[dict[str, Any]]:
-    """mlwp capturing 0 % and 100 % of requests, side by side, interleaved runs. A run's
+    """mlwp capturing 0 % and 100 % of requests, side by side, interleaved runs (each
+    server first in turn), with a second 0 % server as the A/A control: its ratio to the
+    first is what the run can resolve. A run's
     CPU is read once the 100 % server has written what it captured, so the writer's work
     counts (flushed every second here, so the wait is short); "of which writer" is the CPU
     of the threads other than the event loop's. Each cell also checks that
@@ -768,8 +776,13 @@ def capture_section(
     print("\ncapture: starting mlwp at 0 % and 100 % ...", flush=True)
     servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     tokens: dict[str, str] = {}  # each server's key lives in its own home
-    # the 0 % and 100 % servers of this tree, then a 100 % server of each --capture-tree
+    # the 0 % and 100 % servers of this tree, a second 0 % one (the A/A control: two
+    # servers that differ in nothing measured 0.78-1.12x apart in one run, 2026-11-30, so a
+    # ratio means something only beside the control's), then a 100 % server of each
+    # --capture-tree
     trees: list[tuple[str, int, Path | None]] = [("0 %", 0, None), ("100 %", 100, None)]
+    if not args.no_capture_control:
+        trees.append(("0 % again", 0, None))
     for spec in args.capture_tree or []:
         tree_name, _, tree_path = spec.partition("=")
         trees.append((f"100 % {tree_name}", 100, Path(tree_path).resolve()))
@@ -809,7 +822,9 @@ def capture_section(
     pool = telco.sample_records(1000)
     path = f"/v1/models/{name}/predict"
     rows_out: list[dict[str, Any]] = []
-    capturing = [label for label in servers if label != "0 %"]
+    percents = {label: percent for label, percent, _ in trees}
+    capturing = [label for label in servers if percents[label] > 0]
+    compared = [label for label in servers if label != "0 %"]  # capturing, and the control
     concurrency = 8
     for rows in args.capture_rows:
         bodies = [
@@ -827,8 +842,11 @@ def capture_section(
             written_before[label] = metric_total(port, "mlwp_serving_capture_written_total")
             dropped_before[label] = dropped_by_reason(port)
         answered = dict.fromkeys(capturing, 0)
-        for _ in range(args.repeats):
-            for label, (port, proc) in servers.items():
+        order = list(servers.items())
+        for repeat in range(args.repeats):
+            # each server in turn first: no server always follows the same one
+            shift = repeat % len(order)
+            for label, (port, proc) in order[shift:] + order[:shift]:
                 auth = {"Authorization": f"Bearer {tokens[label]}"}
                 before, threads_before = cpu_seconds(proc), cpu_outside_loop(proc)
                 loop_before = loop_thread(proc)
@@ -889,8 +907,15 @@ def capture_section(
                     f"{r['loop_faults']:>7.1f} {r['loop_waits']:>6.2f} "
                     f"{r['loop_preempted']:>10.2f} {r['loop_migrated']:>9.2f}"
                 )
-        for label in capturing:
+        for label in compared:
             on, suffix = row[label], label.removeprefix("100 %")
+            if label not in capturing:  # the control: its ratio is the run's noise
+                print(
+                    f"  {label} / 0 % (the A/A control, nothing captured): cpu per request "
+                    f"x{on['cpu_us'] / off['cpu_us']:.3f}, req/s x{on['rps'] / off['rps']:.3f}",
+                    flush=True,
+                )
+                continue
             dropped = ", ".join(f"{k} {v:.0f}" for k, v in row[f"dropped{suffix}"].items())
             print(
                 f"  {label} / 0 %: cpu per request x{on['cpu_us'] / off['cpu_us']:.3f} "
