@@ -742,6 +742,30 @@ def dropped_by_reason(port: int) -> dict[str, float]:
 CAPTURE_FLUSH_SECONDS = 1.0
 
 
+def bench_key(home: Path, model: str) -> str:
+    """A key for ``model`` (no rate limit to speak of) in a new service home's database."""
+    from serving.keys.store import KeyStore, migrate
+
+    db = f"sqlite:///{home / 'serving.db'}"
+    migrate(db)
+    store = KeyStore(db)
+    _, token = store.create("bench", [f"model:{model}"], rate_limit="1000000/second")
+    store.close()
+    return str(token)
+
+
+def serving_env(home: Path, mlflow_url: str, model: str) -> dict[str, str]:
+    """The settings of an mlwp server of the capture benchmarks: its home, the registry,
+    the one model, quiet logs."""
+    return {
+        "MLWP_SERVING_HOME": str(home),
+        "MLWP_SERVING_MLFLOW_TRACKING_URI": mlflow_url,
+        "MLWP_SERVING_MODELS": json.dumps([model]),
+        "MLWP_SERVING_POLL_INTERVAL_SECONDS": "30",
+        "MLWP_SERVING_LOG_LEVEL": "WARNING",
+    }
+
+
 def wait_written(port: int, timeout: float = 30.0) -> None:
     """Wait until a server holds no captured rows in memory (its writer flushed them). It
     first sleeps one and a half flush intervals (the writer flushes within one, then
@@ -771,8 +795,6 @@ def capture_section(
     of the threads other than the event loop's. Each cell also checks that
     every answered row was captured: rows written against rows answered, and the rows
     dropped, by reason."""
-    from serving.keys.store import KeyStore, migrate
-
     print("\ncapture: starting mlwp at 0 % and 100 % ...", flush=True)
     servers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     tokens: dict[str, str] = {}  # each server's key lives in its own home
@@ -789,18 +811,10 @@ def capture_section(
     for label, percent, tree in trees:
         slug = label.replace(" % ", "-").replace(" %", "")
         home = work / f"capture-{slug}"
-        db = f"sqlite:///{home / 'serving.db'}"
-        migrate(db)
-        store = KeyStore(db)
-        _, token = store.create("bench", [f"model:{name}"], rate_limit="1000000/second")
-        store.close()
+        token = bench_key(home, name)
         port = free_port()
         env = {
-            "MLWP_SERVING_HOME": str(home),
-            "MLWP_SERVING_MLFLOW_TRACKING_URI": mlflow_url,
-            "MLWP_SERVING_MODELS": json.dumps([name]),
-            "MLWP_SERVING_POLL_INTERVAL_SECONDS": "30",
-            "MLWP_SERVING_LOG_LEVEL": "WARNING",
+            **serving_env(home, mlflow_url, name),
             "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{slug}").as_uri(),
             "MLWP_SERVING_CAPTURE_PERCENT": str(percent),
             "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": str(CAPTURE_FLUSH_SECONDS),
