@@ -53,13 +53,18 @@ class FieldSpec:
     def json_schema(self) -> dict[str, Any]:
         base: dict[str, Any] = {
             "number": {"type": "number"},
-            "integer": {"type": "integer"},
+            # an integer feature takes any number, as every path that reads records does
+            # (training's, batch scoring's, serving's: a fraction reaches the model unless the
+            # steps cast it); "integer" here would promise a 422 that is never sent
+            "integer": {"type": "number"},
             "boolean": {"type": "boolean"},
             "string": {"type": "string"},
             "any": {},
         }[self.kind]
         if base:  # null is accepted as a missing value (NaN) by the model
             base = {"anyOf": [base, {"type": "null"}]}
+        if self.kind == "integer":
+            base["description"] = "integer in the training data; any number is accepted"
         if self.example is not None:
             base["example"] = self.example
         return base

@@ -61,12 +61,22 @@ async def test_predict_answers_with_variant_version_and_probabilities(
         assert entry["name"] == model_name
         assert entry["variants"][0]["version"] == version
         assert "tenure" in entry["signature"]["properties"]
+        # an integer feature is documented as any number, which is what is accepted
+        tenure = entry["signature"]["properties"]["tenure"]
+        assert tenure["anyOf"][0] == {"type": "number"}
+        assert "integer" in tenure["description"]
 
         metrics = (await svc.client.get("/metrics")).text
         assert (
             f'mlwp_serving_predictions_total{{model="{model_name}",variant="champion",'
             f'version="{version}"}} 66.0'
         ) in metrics
+        fraction = await svc.client.post(
+            f"/v1/models/{model_name}/predict",
+            json={"data": [{**records[0], "tenure": 12.5}]},
+            headers=svc.auth(),
+        )
+        assert fraction.status_code == 200, fraction.text
 
         schema = (await svc.client.get("/openapi.json")).json()
         path = schema["paths"][f"/v1/models/{model_name}/predict"]["post"]
