@@ -34,6 +34,8 @@ import numpy as np
 from mlwp.errors import MlwpError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import pyarrow as pa
 
     from mlwp.data.partitions import Partition, PartitionedReader
@@ -296,11 +298,11 @@ def score_partition(
     Arrow dictionaries (decoded once per distinct value, and what the steps look up), carried
     text written back as the text it is stored as. Stages in threads of their own, one chunk
     apart (pyarrow, numpy and XGBoost let the GIL go): a reader reads, decodes and encodes
-    chunk n+1 into its feature matrix while the caller's thread predicts chunk n, an
-    assembler builds chunk n-1's output (labels, probabilities, carried columns) and a
-    writer (:func:`~mlwp.data.partitions.stage_part`) writes chunk n-2: the thread that
-    predicts does little else. The booster stays in the caller's thread: XGBoost in a new
-    thread per partition held more memory (its per-thread state in another malloc arena).
+    chunk n+1 into its feature matrix while two booster threads predict the halves of chunk
+    n (:func:`predict_parts`, the process's :func:`booster_threads`), an assembler builds
+    chunk n-1's output (labels, probabilities, carried columns) and a writer
+    (:func:`~mlwp.data.partitions.stage_part`) writes chunk n-2; the caller's thread hands
+    chunks on. The switch interval is shortened meanwhile (:func:`gil_switch_interval`).
     """
     import pyarrow as pa
 
@@ -326,26 +328,33 @@ def score_partition(
         return batch, feature_matrix(model, batch)
 
     def scored() -> Iterator[pa.RecordBatch]:
-        from concurrent.futures import Future, ThreadPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
         row = first_row
+        # the assembler waits for a chunk's parts: this thread hands the boosters the next
+        # chunk meanwhile, so its parts queue behind this one's and no booster waits
         with (
-            booster_threads(model, scoring_threads()),
             ThreadPoolExecutor(1, thread_name_prefix="assembler") as assembler,
+            gil_switch_interval(SWITCH_SECONDS),
         ):
             pending: Future[pa.RecordBatch] | None = None
             for batch, matrix in read_ahead(batches, encoded):
-                raw = raw_scores(model, matrix)
-                del matrix  # a chunk's matrix is its largest array: not held while waiting
-                following = assembler.submit(
-                    assemble, model, batch, raw, schema, output=output, first_row=row
-                )
+                parts = predict_parts(model, matrix)
+                del matrix  # a chunk's largest array: held by its parts' calls only
+                following = assembler.submit(assemble_parts, batch, row, parts)
                 row += batch.num_rows
                 if pending is not None:
                     yield pending.result()
                 pending = following
             if pending is not None:
                 yield pending.result()
+
+    def assemble_parts(
+        batch: pa.RecordBatch, row: int, parts: list[Future[np.ndarray[Any, Any]]]
+    ) -> pa.RecordBatch:
+        raw = [part.result() for part in parts]
+        scores = raw[0] if len(raw) == 1 else np.concatenate(raw)
+        return assemble(model, batch, scores, schema, output=output, first_row=row)
 
     return schema, scored()
 
@@ -387,12 +396,8 @@ def fixed_mmap_threshold() -> bool:
 
 def scoring_threads() -> int:
     """XGBoost's threads while a partition is scored: the cores this process may use, less
-    one for the threads that read, encode and write the chunks beside it (at least one).
-
-    XGBoost's default takes every core, and its OpenMP threads spin while one of them waits
-    for a core another thread holds: on two cores, scoring 1M rows cost 0.82-0.90 s of CPU
-    with two booster threads against 0.53-0.59 with one, and took 1.5-2x the time when other
-    processes were busy; on a quiet machine the two were level (2.2M and 2.1M rows/s)."""
+    one for the threads that read, encode and write the chunks beside it (at least one);
+    split between the :data:`BOOSTERS` threads that predict (:func:`booster_threads`)."""
     import os
 
     try:
@@ -402,19 +407,88 @@ def scoring_threads() -> int:
     return max(1, cores - 1)
 
 
-@contextmanager
-def booster_threads(model: Model, threads: int) -> Iterator[None]:
-    """The model's booster predicts on ``threads`` threads inside the block, then on as many
-    as before."""
-    import json
+# Threads that predict at once: each chunk is split in as many parts, and the next chunk's
+# parts queue behind them, so a booster never waits for the reader.
+BOOSTERS = 2
+# A chunk of fewer rows is predicted whole: XGBoost's call costs about 20 us before any row.
+MIN_PART_ROWS = 4096
 
-    booster = model.booster
-    before = json.loads(booster.save_config())["learner"]["generic_param"]["nthread"]
-    booster.set_param({"nthread": threads})
+
+def predict_parts(model: Model, matrix: np.ndarray[Any, Any]) -> list[Future[np.ndarray[Any, Any]]]:
+    """The booster's raw scores of a chunk's feature matrix, in parts of consecutive rows
+    predicted at once by the :func:`booster_threads` (their results concatenated in order
+    are :func:`raw_scores` of the whole, bit for bit: XGBoost scores each row alone)."""
+    from itertools import pairwise
+
+    rows = matrix.shape[0]
+    parts = max(1, min(BOOSTERS, rows // MIN_PART_ROWS))
+    bounds = [rows * index // parts for index in range(parts + 1)]
+    boosters = booster_threads()
+    return [
+        boosters.submit(raw_scores, model, matrix[start:end]) for start, end in pairwise(bounds)
+    ]
+
+
+_boosters: dict[int, ThreadPoolExecutor] = {}
+
+# How long a thread running Python keeps the GIL from one that asks for it, while a partition
+# is scored (CPython's default: 5 ms).
+SWITCH_SECONDS = 0.0005
+
+
+@contextmanager
+def gil_switch_interval(seconds: float) -> Iterator[None]:
+    """CPython's switch interval at most ``seconds`` inside the block, then as before.
+
+    A chunk passes through five threads (reader, two boosters, assembler, writer) and each
+    comes back from a call that let the GIL go (Parquet, XGBoost) to a few lines of Python:
+    by default it then waits up to 5 ms for a thread running Python (the encoder, the
+    assembler) to let the GIL go, while the chunks behind it wait. Measured on two cores at
+    1M rows, interleaved rounds (session 12, docs/scale.md): two boosters gained 2-5 % at
+    5 ms and 20-25 % at 0.5 ms (0.2 ms: the same as 0.5; 1 ms: less), for less CPU. The
+    interval is the process's: this scoring's threads are all it runs meanwhile."""
+    import sys
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, seconds))
     try:
         yield
     finally:
-        booster.set_param({"nthread": int(before)})
+        sys.setswitchinterval(before)
+
+
+def booster_threads() -> ThreadPoolExecutor:
+    """:data:`BOOSTERS` threads that predict, kept for the life of the process (one pool per
+    process: a forked child makes its own), each with XGBoost on ``scoring_threads() /
+    BOOSTERS`` threads (rounded up).
+
+    The threads are kept, not made for each partition: XGBoost's per-thread state in a new
+    thread each time landed in another malloc arena, and a task's peak over 40 partitions
+    went from 95-97 MB to 116-131 MB (session 11). Their thread count is XGBoost's
+    thread-local configuration (``xgboost.set_config``), not the booster's ``nthread``: the
+    model is left as loaded, and no parameter change reconfigures it (whose configuration ran
+    on every core, and left an OpenMP thread spinning, once per partition). Two threads on
+    one thread each, not one on two: XGBoost's OpenMP threads spin while one of them waits
+    for a core another thread holds (on two cores, scoring 1M rows cost 0.82-0.90 s of CPU
+    with two OpenMP threads against 0.53-0.59 with one), where a Python thread waits
+    asleep."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    process = os.getpid()
+    pool = _boosters.get(process)
+    if pool is None:
+        threads = -(-scoring_threads() // BOOSTERS)
+
+        def configure() -> None:
+            import xgboost
+
+            xgboost.set_config(nthread=threads)
+
+        pool = ThreadPoolExecutor(BOOSTERS, "booster", initializer=configure)
+        _boosters.clear()  # a parent's pool: its threads are not in this process
+        _boosters[process] = pool
+    return pool
 
 
 def read_ahead(

@@ -65,7 +65,7 @@ class DensePredictor:
         if self._entry is None:
             return np.asarray(self.booster.inplace_predict(matrix))
         data = matrix
-        if data.dtype != np.float32 or not (data.flags.c_contiguous or data.flags.f_contiguous):
+        if not _readable_in_place(data):
             data = np.ascontiguousarray(data, dtype=np.float32)
         interface = _array_interface(data)
         shape = ctypes.POINTER(self._ulong)()
@@ -109,13 +109,24 @@ class _Proxy:
             self._lib.XGDMatrixFree(self.handle)
 
 
+def _readable_in_place(data: Array) -> bool:
+    """Whether XGBoost can read ``data`` as it is: float32, C-contiguous, or a 2-d block whose
+    strides are positive whole values (column-major, and rows of it: batch scoring predicts
+    halves of the encoder's column-major block, see ``mlwp.data.batch_scoring``)."""
+    if data.dtype != np.float32:
+        return False
+    if data.flags.c_contiguous:
+        return True
+    return data.ndim == 2 and all(s > 0 and s % data.itemsize == 0 for s in data.strides)
+
+
 def _array_interface(data: Array) -> bytes:
-    """The ``__array_interface__`` JSON XGBoost reads: float32, C- or Fortran-contiguous (a
+    """The ``__array_interface__`` JSON XGBoost reads: float32, C-contiguous or strided (a
     column-major block is read through its strides, as ``inplace_predict`` passes it: no
     transposing copy; XGBoost predicts as fast from it)."""
     pointer = data.__array_interface__["data"][0]
     rows, columns = data.shape if data.ndim == 2 else (data.shape[0], 1)
-    if data.ndim == 2 and not data.flags.c_contiguous:  # Fortran order
+    if data.ndim == 2 and not data.flags.c_contiguous:  # Fortran order, or rows of it
         strides = b"[%d,%d]" % data.strides
     else:
         strides = b"null"

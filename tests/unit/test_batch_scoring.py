@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from mlwp import model as mlwp_model
+from mlwp.data import batch_scoring
 from mlwp.data.batch_scoring import Output, OutputColumnsError, score_partition
 from mlwp.data.extract import extract_partitioned
 from mlwp.data.partitions import (
@@ -278,3 +281,38 @@ def test_scoring_fixes_the_mmap_threshold_unless_the_operator_set_one() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
     assert fixed(env) == "True"
     assert fixed({**env, "MALLOC_MMAP_THRESHOLD_": "4194304"}) == "False"
+
+
+def test_chunks_predicted_in_parts_give_the_whole_chunks_answers(
+    churn_model: mlwp_model.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's rows split between the booster threads: the same table, rows in order."""
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=1000
+    )
+    reader = PartitionedReader(storage, ref.uri)
+    tables = {}
+    for min_part_rows in (1_000_000, 1):  # chunks predicted whole, then in parts
+        monkeypatch.setattr(batch_scoring, "MIN_PART_ROWS", min_part_rows)
+        schema, scored = score_partition(churn_model, reader, reader.partitions[0], chunk_rows=333)
+        tables[min_part_rows] = pa.Table.from_batches(list(scored), schema)
+    assert tables[1].equals(tables[1_000_000])
+    assert tables[1]["row"].to_pylist() == list(range(ref.rows))
+    assert_served(churn_model, storage.read_dataset(ref.uri), tables[1].to_pandas())
+
+
+def test_the_switch_interval_is_shortened_while_scoring_then_restored(
+    churn_model: mlwp_model.Model, tmp_path: Path
+) -> None:
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=1000
+    )
+    reader = PartitionedReader(storage, ref.uri)
+    before = sys.getswitchinterval()
+    _, scored = score_partition(churn_model, reader, reader.partitions[0], chunk_rows=100)
+    next(scored)
+    assert sys.getswitchinterval() == batch_scoring.SWITCH_SECONDS
+    scored.close()  # stopped early: restored too
+    assert sys.getswitchinterval() == before

@@ -54,10 +54,15 @@ def test_column_major_matrix_is_read_through_its_strides(rows: int) -> None:
     assert columns.flags.f_contiguous
     expected = model.inplace_predict(np.ascontiguousarray(columns))
     assert np.array_equal(DensePredictor(model).predict(columns), expected)
-    every_other = columns[::2]  # neither C- nor Fortran-contiguous: copied first
+    every_other = columns[::2]  # neither C- nor Fortran-contiguous: read by its strides too
     assert np.array_equal(
         DensePredictor(model).predict(every_other),
         model.inplace_predict(np.ascontiguousarray(every_other)),
+    )
+    first_rows = columns[: (rows + 1) // 2]  # a column-major block's first rows (a view)
+    assert np.array_equal(
+        DensePredictor(model).predict(first_rows),
+        model.inplace_predict(np.ascontiguousarray(first_rows)),
     )
 
 
