@@ -307,6 +307,7 @@ def score_partition(
     import pyarrow as pa
 
     fixed_mmap_threshold()
+    system_memory_pool()
     stored = reader.schema(partition)
     text = [
         f.name
@@ -392,6 +393,27 @@ def fixed_mmap_threshold() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def system_memory_pool() -> bool:
+    """Allocate Arrow's buffers (the chunks read, decoded and written) with the C library's
+    malloc for the rest of this process, instead of pyarrow's default mimalloc, unless the
+    operator chose a pool (``ARROW_DEFAULT_MEMORY_POOL``): mimalloc keeps freed pages for
+    reuse, and about one scoring in ten held 135-144 MB at 1M rows against 88-99 for the
+    rest (session 12: once in CI, where 100k rows held 50). With malloc (large blocks handed
+    back at once, :func:`fixed_mmap_threshold`) the task held 55-70 MB at 1M rows in 26
+    interleaved runs and never more (mimalloc: 88-111, and 139-144 in 3 runs of 27). The
+    price is speed: 3 % and 11 % fewer rows/s in two sets of interleaved runs (2.27M against
+    2.35M, 1.88M against 2.10M, medians; docs/scale.md). A bound that holds in every run is
+    kept over a rate. True when set."""
+    import os
+
+    import pyarrow as pa
+
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return False
+    pa.set_memory_pool(pa.system_memory_pool())
+    return True
 
 
 def scoring_threads() -> int:
