@@ -259,51 +259,49 @@ def test_staged_file_rows_are_renumbered_from_its_first_row(tmp_path: Path) -> N
     assert pq.read_table(storage._fs(copied["uri"])[1]).equals(table)
 
 
+def _printed_by_a_new_process(code: str, unset: str, **extra: str) -> str:
+    """What ``code`` prints in a new interpreter (process-wide settings stay out of this
+    one), run with the environment less ``unset``, plus ``extra``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != unset}
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return ran.stdout.strip()
+
+
 @pytest.mark.unit
 def test_scoring_fixes_the_mmap_threshold_unless_the_operator_set_one() -> None:
     """Large freed blocks go back to the system (glibc's moving threshold let a 10M-row run
     hold 1.46x the memory of a 1M-row one); an operator's MALLOC_MMAP_THRESHOLD_ is kept."""
-    import os
     import platform
-    import subprocess
-    import sys
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     probe = "from mlwp.data.batch_scoring import fixed_mmap_threshold as f; print(f())"
-
-    def fixed(env: dict[str, str]) -> str:
-        ran = subprocess.run(
-            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-        )
-        return ran.stdout.strip()
-
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-    assert fixed(env) == "True"
-    assert fixed({**env, "MALLOC_MMAP_THRESHOLD_": "4194304"}) == "False"
+    name = "MALLOC_MMAP_THRESHOLD_"
+    assert _printed_by_a_new_process(probe, name) == "True"
+    assert _printed_by_a_new_process(probe, name, **{name: "4194304"}) == "False"
 
 
+@pytest.mark.unit
 def test_scoring_allocates_arrow_buffers_with_malloc_unless_a_pool_is_chosen() -> None:
     """pyarrow's mimalloc kept freed pages (one 1M-row scoring in ten held ~1.5x the
     memory); an operator's ARROW_DEFAULT_MEMORY_POOL is kept."""
-    import os
-    import subprocess
-    import sys
-
     probe = (
         "import pyarrow as pa; from mlwp.data.batch_scoring import system_memory_pool as f; "
         "print(f(), pa.default_memory_pool().backend_name)"
     )
-
-    def pool(env: dict[str, str]) -> str:
-        ran = subprocess.run(
-            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-        )
-        return ran.stdout.strip()
-
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    assert pool(env) == "True system"
-    assert pool({**env, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "False mimalloc"
+    name = "ARROW_DEFAULT_MEMORY_POOL"
+    assert _printed_by_a_new_process(probe, name) == "True system"
+    assert _printed_by_a_new_process(probe, name, **{name: "mimalloc"}) == "False mimalloc"
 
 
 def test_chunks_predicted_in_parts_give_the_whole_chunks_answers(
