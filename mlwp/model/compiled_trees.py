@@ -33,6 +33,7 @@ import ctypes.util
 import functools
 import json
 import math
+from array import array
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,29 @@ class CompiledTrees:
         if self._transform == "softmax":
             return np.stack([self._softmax(row) for row in margins])
         return margins
+
+    @property
+    def single_output(self) -> bool:
+        """Whether the model has one output (binary classification, regression)."""
+        return len(self._groups) == 1
+
+    def predict_row(self, row: Sequence[float]) -> float:
+        """``predict`` of the one-row matrix ``[row]`` of a :attr:`single_output` model, as
+        a Python float, without a numpy array of the row or of its output (a one-row
+        request's path: fewer numpy calls, see docs/serving.md). ``row`` holds
+        :attr:`features` floats (the record encoder's row); each is rounded to float32 as
+        numpy's cast rounds it (``array('f')`` is the same C conversion)."""
+        if len(row) != self.features or len(self._groups) != 1:
+            raise ValueError(
+                f"predict_row takes one row of {self.features} values of a one-output model "
+                f"(got {len(row)} values, {len(self._groups)} outputs)"
+            )
+        leaves = self._leaves(array("f", row).tolist())
+        # the float32 running sum in tree order, as predict takes it (.item: a Python float)
+        total: float = _accumulate(np.fromiter(leaves, F32, self._width)).item(-1)
+        if self._transform == "sigmoid":
+            return float(_ONE / F32(self._expf(min(-total, _SIGMOID_CAP)) + 1.0))
+        return total
 
     def _sigmoid(self, margins: Sequence[Any]) -> Array:
         # common::Sigmoid: 1.0f / (expf(min(-x, 88.7f)) + 1.0f + 1e-16f). The sum of two

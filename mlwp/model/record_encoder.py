@@ -257,6 +257,15 @@ class RecordEncoder:
                 raise
         return out
 
+    def encode_row(self, record: Mapping[str, Any]) -> list[float]:
+        """The matrix row of one record as a list of floats: ``encode([record])[0]``
+        without numpy (a one-record request feeds it to the compiled trees as it is). Raises
+        whatever :meth:`encode` raises on the record, but not always the same problem: a
+        caller falls back to :meth:`encode` for the one to report."""
+        cells = [0.0] * self.width
+        self._write(record, cells, 0, self._plan)
+        return cells
+
     def tune(self, record: Mapping[str, Any]) -> int:
         """Set :attr:`max_rows`, the largest batch :meth:`encode` takes before
         :meth:`encode_batch` is faster, timed on copies of ``record`` (a service does it once
@@ -282,7 +291,9 @@ class RecordEncoder:
         return self.batch_plan.encode(records, self.width)
 
     @staticmethod
-    def _write(record: Any, cells: memoryview[float], row: int, plan: list[_Entry]) -> None:
+    def _write(
+        record: Any, cells: memoryview[float] | list[float], row: int, plan: list[_Entry]
+    ) -> None:
         """Run ``plan`` on ``record``, writing into ``cells`` (the zeroed output rows, one
         after the other) from position ``row``: the one loop that checks, converts and
         encodes values."""

@@ -70,6 +70,45 @@ def test_random_models_and_rows(seed: int, depth: int, data: st.DataObject) -> N
     assert np.array_equal(compiled.predict(row), model.inplace_predict(row))
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    objective=st.sampled_from(["binary:logistic", "reg:squarederror"]),
+    data=st.data(),
+)
+def test_predict_row_equals_predict(seed: int, objective: str, data: st.DataObject) -> None:
+    """One row of Python floats (doubles, rounded to float32 on the way in as numpy's cast
+    rounds them): the same value as predict() of the float64 matrix, and as XGBoost's."""
+    model, x = train(objective, seed=seed)
+    compiled = CompiledTrees.compile(model)
+    values = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),  # doubles: most round to float32
+        st.floats(-3, 3).map(lambda v: float(np.nextafter(np.float32(v), np.float32(9)))),
+        st.sampled_from([0.0, -1.0, 1e300, -1e-300, 2.0**-149 * 1.5]),
+    )
+    row = data.draw(st.lists(values, min_size=7, max_size=7))
+    matrix = np.array([row], dtype=np.float64)
+    got = compiled.predict_row(row)
+    assert type(got) is float
+    expected = compiled.predict(matrix)
+    assert np.array_equal(np.array([got], dtype=np.float32), expected, equal_nan=True)
+    assert np.array_equal(expected, model.inplace_predict(matrix.astype(np.float32)))
+    for start in range(0, 400, 40):  # the training rows, missing values among them
+        one = x[start].tolist()
+        assert compiled.predict_row(one) == float(compiled.predict(x[start : start + 1])[0])
+
+
+def test_predict_row_takes_one_row_of_a_one_output_model() -> None:
+    binary, _ = train("binary:logistic")
+    with pytest.raises(ValueError, match="one row of 7 values"):
+        CompiledTrees.compile(binary).predict_row([0.0] * 6)
+    multiclass, _ = train("multi:softprob", 3)
+    compiled = CompiledTrees.compile(multiclass)
+    assert not compiled.single_output
+    with pytest.raises(ValueError, match="3 outputs"):
+        compiled.predict_row([0.0] * 7)
+
+
 def test_refuses_what_it_does_not_reproduce() -> None:
     dart, _ = train("binary:logistic", booster="dart", rate_drop=0.3)
     with pytest.raises(Unsupported, match="dart"):

@@ -87,6 +87,42 @@ def test_bad_record_raises_record_error(trained: tuple[Path, dict]) -> None:
     assert model.predict([]).predictions == []
 
 
+def test_one_record_is_scored_as_the_matrix_path_scores_it(trained: tuple[Path, dict]) -> None:
+    """A one-record prediction goes through the record encoder's row and the compiled trees'
+    predict_row (no matrix); it equals the matrix path's, bit for bit, and a record the
+    encoder refuses still gets the matrix path's answer or error."""
+    model = mlwp_model.load(trained[0])
+    assert "compiled trees" in model.compile_trees()
+    records = trained[1]["test"].to_dict(orient="records")
+    matrix_path = lambda rs: model.predict_matrix(model.transform(rs))  # noqa: E731
+    for record in records:
+        assert model.predict([record]) == matrix_path([record])
+    odd = [
+        {**records[0], "tenure": None},  # a missing value
+        {**records[0], "tenure": 10**400},  # no float: the column path reports it
+        {**records[0], "tenure": "12"},  # a text where a number belongs: the column path
+        {k: v for k, v in records[0].items() if k != "contract"},  # a one-hot field missing
+    ]
+    for record in odd:
+        try:
+            expected: object = matrix_path([record])
+        except Exception as exc:  # the same error either way, whatever it is
+            expected = (type(exc), str(exc))
+        try:
+            got: object = model.predict([record])
+        except Exception as exc:
+            got = (type(exc), str(exc))
+        assert got == expected, record
+
+    expected_first = matrix_path(records[:1])
+
+    def no_matrix(records: object) -> None:
+        raise AssertionError("the one-record path built a matrix")
+
+    model.transform = no_matrix  # type: ignore[method-assign]
+    assert model.predict(records[:1]) == expected_first
+
+
 def test_pyfunc_loader_takes_a_dataframe(trained: tuple[Path, dict]) -> None:
     model_dir, splits = trained
     frame = splits["test"].head(20)

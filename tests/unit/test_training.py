@@ -137,6 +137,9 @@ def test_multiclass_and_regression(
     model = mlwp_model.load(tmp_path / "model")
     records = result.splits["test"].head(5).to_dict(orient="records")
     out = model.predict(records)
+    model.compile_trees()
+    for record in records:  # one record: the encoder's row and the compiled trees (one output)
+        assert model.predict([record]) == model.predict_matrix(model.transform([record]))
     if objective == "multiclass":
         assert model.classes == sorted(frame.contract.unique())
         assert set(out.predictions) <= set(model.classes)
