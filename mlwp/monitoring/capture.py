@@ -11,8 +11,8 @@ Hive style::
     <root>/monitoring/labels/model=<model>/date=YYYY-MM-DD/<part-uuid>.parquet
 
 Serving spools its captures as framed parts (:class:`SpoolWriter`: its buffer's bodies as
-they lie in memory, compressed, with the requests' columns as JSON; no Arrow table and no
-Parquet encoding in the serving process); the monitor task folds them into zstd Parquet
+they lie in memory, compressed block by block, with the requests' columns as JSON; no Arrow
+table and no Parquet encoding in the serving process); the monitor task folds them into zstd Parquet
 (:func:`compact_capture`), idempotently; readers read both, and the Arrow IPC spool parts
 (``.arrow``) serving wrote before.
 
@@ -113,9 +113,9 @@ SPOOL_END = b"MLWPEND1"
 # bodies as stored (compressed when the JSON's "codec" says so), little-endian
 _SPOOL_HEADER = struct.Struct("<8sQQQ")
 # the codecs a framed spool part's bodies may be compressed with (Arrow's, which compress
-# without the interpreter lock; serving's default zstd, docs/monitoring.md "Cost"); None:
-# stored as they are
-SPOOL_CODECS = (None, "zstd", "lz4")
+# without the interpreter lock; serving's default lz4_raw, LZ4 blocks, docs/monitoring.md
+# "Session 13"); None: stored as they are
+SPOOL_CODECS = (None, "zstd", "lz4", "lz4_raw")
 # the per-request columns of a framed spool part's JSON: request_schema()'s, the bodies
 # given by their lengths
 SPOOL_COLUMNS = tuple(
@@ -330,20 +330,27 @@ class SpoolWriter:
         self._folders: set[str] = set()  # made already
 
     def write(
-        self, model: str, columns: Mapping[str, Sequence[Any]], requests: Any, responses: Any
+        self,
+        model: str,
+        columns: Mapping[str, Sequence[Any]],
+        requests: Any | list[Any],
+        responses: Any | list[Any],
     ) -> str:
         """Write one spool part: requests of ``model`` answered on one UTC day, as serving's
         buffer holds them: ``columns`` (each of :data:`SPOOL_COLUMNS`, a value per request;
         ``time`` in milliseconds since 1970, UTC; ``request_size`` and ``response_size`` the
-        bodies' lengths) and the request and response bodies back to back in two buffers
-        (bytes-like, written as they are: no copy, no table). The codec (``zstd``, ``lz4``)
-        compresses the bodies (Arrow's codecs, without the interpreter lock); None stores
-        them as they are. Return the part's URI (``<uuid>.spool`` in the day's folder).
+        bodies' lengths) and the request and response bodies back to back, each run as one
+        bytes-like buffer or a list of them (blocks: serving's area of small bodies, a large
+        body it held as it came; written as they are: no copy, no table). The codec
+        (``lz4_raw``, ``zstd``, ``lz4``) compresses each block on its own (Arrow's codecs,
+        without the interpreter lock); None stores them as they are. Return the part's URI
+        (``<uuid>.spool`` in the day's folder).
 
         Framed: ``SPOOL_MAGIC``, the lengths of the columns' JSON and of the two bodies'
-        buffers (``<QQQ``), the columns' JSON (with the codec and the bodies' lengths
-        uncompressed), the two buffers, ``SPOOL_END``. A part appears whole or not at all: a
-        local file is written under a dot-name, then renamed; an object is one upload.
+        runs as stored (``<QQQ``), the columns' JSON (with the codec, the runs' lengths
+        uncompressed and, for a run of several blocks, each block's stored and uncompressed
+        length), the two runs, ``SPOOL_END``. A part appears whole or not at all: a local
+        file is written under a dot-name, then renamed; an object is one upload.
         :func:`compact_capture` folds spool parts into Parquet; :func:`read_capture` reads
         them as they are."""
         import orjson
@@ -357,25 +364,31 @@ class SpoolWriter:
                 f"a spool part holds one day's requests; these span {last - first + 1} days",
                 code="bad_capture",
             )
-        request_bytes = memoryview(requests).nbytes
-        response_bytes = memoryview(responses).nbytes
-        if self.codec is not None:
-            import pyarrow as pa
+        described: dict[str, Any] = {"codec": self.codec}
+        stored: list[list[memoryview]] = []
+        for name, run in (("request", requests), ("response", responses)):
+            blocks = [memoryview(block).cast("B") for block in _blocks(run)]
+            described[f"{name}_bytes"] = sum(block.nbytes for block in blocks)
+            if self.codec is not None:
+                import pyarrow as pa
 
-            compressor = pa.Codec(self.codec)
-            requests = compressor.compress(requests, asbytes=False)
-            responses = compressor.compress(responses, asbytes=False)
-        meta = orjson.dumps(
-            {
-                "codec": self.codec,
-                "request_bytes": request_bytes,
-                "response_bytes": response_bytes,
-                "columns": {name: columns[name] for name in SPOOL_COLUMNS},
-            }
-        )
-        bodies = memoryview(requests).cast("B"), memoryview(responses).cast("B")
-        header = _SPOOL_HEADER.pack(SPOOL_MAGIC, len(meta), bodies[0].nbytes, bodies[1].nbytes)
-        pieces: tuple[bytes | memoryview, ...] = (header, meta, *bodies, SPOOL_END)
+                compressor = pa.Codec(self.codec)
+                packed = [
+                    memoryview(compressor.compress(block, asbytes=False)).cast("B")
+                    for block in blocks
+                ]
+                if len(blocks) > 1:  # each block is decompressed on its own
+                    described[f"{name}_blocks"] = [
+                        [one.nbytes, block.nbytes]
+                        for one, block in zip(packed, blocks, strict=True)
+                    ]
+                blocks = packed
+            stored.append(blocks)
+        described["columns"] = {name: columns[name] for name in SPOOL_COLUMNS}
+        meta = orjson.dumps(described)
+        sizes = [sum(block.nbytes for block in blocks) for blocks in stored]
+        header = _SPOOL_HEADER.pack(SPOOL_MAGIC, len(meta), *sizes)
+        pieces: tuple[bytes | memoryview, ...] = (header, meta, *stored[0], *stored[1], SPOOL_END)
         day = date(1970, 1, 1) + timedelta(days=first)
         folder = f"{model_partition(model)}/date={day.isoformat()}"
         name = f"{uuid.uuid4().hex}{SPOOL_SUFFIX}"
@@ -396,17 +409,28 @@ class SpoolWriter:
         return f"{self._uri}/{folder}/{name}"
 
 
+def _blocks(run: Any) -> list[Any]:
+    """A run of bodies as its blocks: a list as it is, one buffer as a block."""
+    return run if isinstance(run, list) else [run]
+
+
 def _write_file(path: str, pieces: Iterable[bytes | memoryview]) -> None:
     """Write ``pieces`` to a dot-name beside ``path``, then rename it to ``path``: straight
-    from the buffers, the interpreter lock released for each write."""
+    from the buffers, gathered (``writev``: one call for a part of many blocks), the
+    interpreter lock released for each write."""
     folder, name = path.rsplit("/", 1)
     temporary = f"{folder}/.{name}.tmp"
+    views = [view for view in (memoryview(piece).cast("B") for piece in pieces) if view.nbytes]
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        for piece in pieces:
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(descriptor, view) :]
+        first = 0  # views before it are written
+        while first < len(views):
+            written = os.writev(descriptor, views[first : first + _IOV_MAX])
+            while written and written >= views[first].nbytes:
+                written -= views[first].nbytes
+                first += 1
+            if written:  # a short write ended inside this view
+                views[first] = views[first][written:]
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(OSError):
@@ -414,6 +438,10 @@ def _write_file(path: str, pieces: Iterable[bytes | memoryview]) -> None:
         raise
     os.close(descriptor)
     os.rename(temporary, path)
+
+
+# the most buffers one writev takes (POSIX guarantees 16; Linux takes 1024)
+_IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
 
 
 def _by_day(table: pa.Table, kind: str) -> Iterator[tuple[date, pa.Table]]:
@@ -668,6 +696,24 @@ def _read_spool(fs: Any, path: str) -> pa.Table:
         ) from None
 
 
+def _decompressed(codec: pa.Codec, run: pa.Buffer, meta: Mapping[str, Any], name: str) -> Any:
+    """A framed part's run of ``name`` bodies, decompressed: one block, or the blocks
+    listed as ``<name>_blocks`` (stored and uncompressed lengths) each on its own."""
+    import pyarrow as pa
+
+    blocks = meta.get(f"{name}_blocks")
+    if blocks is None:
+        return codec.decompress(run, meta[f"{name}_bytes"], asbytes=False)
+    pieces = []
+    at = 0
+    for stored, size in blocks:
+        pieces.append(codec.decompress(run.slice(at, stored), size, asbytes=False))
+        at += stored
+    if at != run.size:
+        raise pa.ArrowInvalid(f"its {name} blocks' lengths do not add up to their run")
+    return pa.py_buffer(b"".join(pieces))
+
+
 def _framed(data: pa.Buffer, path: str) -> pa.Table:
     """A framed spool part's requests (:meth:`SpoolWriter.write`); the bodies' arrays lie
     over the part's buffers (decompressed when compressed)."""
@@ -696,9 +742,8 @@ def _framed(data: pa.Buffer, path: str) -> pa.Table:
         requests = data.slice(size + meta_size, requests_size)
         responses = data.slice(size + meta_size + requests_size, responses_size)
         if codec is not None:
-            decompressor = pa.Codec(codec)
-            requests = decompressor.decompress(requests, meta["request_bytes"], asbytes=False)
-            responses = decompressor.decompress(responses, meta["response_bytes"], asbytes=False)
+            requests = _decompressed(pa.Codec(codec), requests, meta, "request")
+            responses = _decompressed(pa.Codec(codec), responses, meta, "response")
         schema = request_schema()
         count = len(columns["inference_id"])
         arrays = []

@@ -191,11 +191,12 @@ class ServingSettings(BaseSettings):
     capture_flush_seconds: float = Field(
         default=10.0, gt=0, description="Write captured rows at least this often."
     )
-    capture_spool_codec: Literal["none", "zstd", "lz4"] = Field(
-        default="zstd",
+    capture_spool_codec: Literal["none", "zstd", "lz4", "lz4_raw"] = Field(
+        default="lz4_raw",
         description="Compression of the captured bodies in serving's spool parts, until the "
-        "monitor's compaction stores them as zstd Parquet: zstd stores about a fifteenth of "
-        "the bytes; none and lz4 cost serving no less CPU measurably (docs/monitoring.md).",
+        "monitor's compaction stores them as zstd Parquet: lz4_raw (LZ4 blocks) stores about "
+        "a seventh of the bytes for less than half zstd's instructions; zstd about half "
+        "lz4_raw's bytes; none all of them (docs/monitoring.md, 'Session 13').",
     )
 
     log_level: str = "INFO"

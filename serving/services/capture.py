@@ -3,15 +3,16 @@
 What a request pays is one random draw and, when sampled, one append to an in-memory buffer:
 its ids and times as one tuple (``put``: the prediction route hands the fields over as
 arguments, the model's classes as JSON made once per loaded version, so nothing else is
-built per request), and its request body as received and response body as sent copied into
-the current chunk's two preallocated areas (one memcpy each). Nothing is parsed, serialised
-or held per record, and the buffer keeps no body object: the request's bytes die with the
-request, on the event loop's thread, and the next request's allocation reuses that warm
-memory, where a body held for seconds was cold by then; written areas are reused by the
-next chunks. A background task hands full chunks to a worker thread, which writes each as
-spool parts (one per model and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas as
-they are, zstd-compressed by Arrow without the interpreter lock, framed with the requests'
-columns as one JSON dump) under
+built per request), its response body as sent copied into the current chunk's response
+area, and its request body as received copied into the chunk's request area when small, or
+kept as it came when it is ``HELD_BYTES`` or more (a copy of ~47 kB per 100-row request
+saved; such a body compresses about as well alone). Nothing is parsed, serialised or held
+per record: a small body's bytes die with the request, on the event loop's thread, and the
+next request's allocation reuses that warm memory; written areas are reused by the next
+chunks. A background task hands full chunks to a worker thread, which writes each as
+spool parts (one per model and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas and
+the held bodies as they are, each block LZ4-compressed by Arrow without the interpreter
+lock, framed with the requests' columns as one JSON dump) under
 ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
 ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
 Encoding into Parquet happens out of this process, in the monitor task
@@ -21,15 +22,18 @@ read (``mlwp.monitoring.capture.read_capture``).
 
 Why (measured, docs/monitoring.md "Cost"): the writer thread's Parquet and LZ4 work beside
 the event loop slowed every step of the loop (caches, memory bandwidth), and cost the writer
-~200 us per 100-row request; the bodies held until a flush cost the loop as well. Building
-an Arrow table of the chunk (session 10's spool) held the interpreter lock long enough for
-the loop to wait for it 0.3 times per 100-row request; the framed part leaves the writer a
-few milliseconds of Python per part (0.02-0.10 waits per request; perf: 4 % of the writer's
-samples Python, 90 % zstd). A writer process fed through shared memory was weighed and not
-built: it could only move that 4 % (the compression costs the same in a process, whose CPU
-counts as well), and would add a process to start, watch and restart. A buffered
-request holds only strings and numbers: nothing for the garbage collector to walk, nothing
-per record to free.
+~200 us per 100-row request; every body held until a flush cost the loop as well (session
+9, by CPU time; session 13 holds the large ones again: by instructions their copy cost
+more). Building an Arrow table of the chunk (session 10's spool) held the interpreter lock
+long enough for the loop to wait for it 0.3 times per 100-row request; the framed part
+leaves the writer a few milliseconds of Python per part (0.02-0.10 waits per request; perf:
+4 % of the writer's samples Python, 90 % zstd). zstd cost ~270k instructions per 100-row
+request of the benchmark's bodies (~450k on unique ones), LZ4 blocks ~180k: the spool codec
+is lz4_raw since session 13; the monitor's compaction stores zstd Parquet as before. A
+writer process fed through shared memory was weighed and not built: it could only move the
+writer's Python (the compression costs the same in a process, whose CPU counts as well), and
+would add a process to start, watch and restart. A buffered request holds only strings,
+numbers and bytes: nothing for the garbage collector to walk, nothing per record to free.
 
 Never blocking a request is the guarantee, completeness is not: the buffer holds at most
 ``capture_buffer_rows`` rows (records; those being written included), and a request that
@@ -49,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import mmap
 import random
 import time
 from collections import deque
@@ -181,13 +186,19 @@ class CaptureBuffer:
         if self._rows + rows > self.capacity:
             self.metrics.capture_dropped.labels(model, "buffer_full").inc(rows)
             return False
+        size = len(request)
+        held = size >= HELD_BYTES  # kept as it came, not copied (HELD_BYTES says why)
         chunk = self._chunk
         if (
             chunk is None
-            or chunk.requests.used + len(request) > chunk.requests.size
             or chunk.responses.used + len(response) > chunk.responses.size
+            or (not held and chunk.requests.used + size > chunk.requests.size)
         ):
-            chunk = self._new_chunk(len(request), len(response))
+            chunk = self._new_chunk(0 if held else size, len(response))
+        if held:
+            chunk.held.append(request)
+        else:
+            chunk.requests.put(request)
         chunk.items.append(
             (
                 inference_id,
@@ -198,7 +209,7 @@ class CaptureBuffer:
                 served,
                 routing_key,
                 rows,
-                chunk.requests.put(request),
+                size,
                 chunk.responses.put(response),
                 classes_json,
                 latency_ms,
@@ -278,6 +289,7 @@ class CaptureBuffer:
         finally:
             for chunk in pending:
                 chunk.items.clear()
+                chunk.held.clear()  # the large bodies are freed here, on this thread
                 for area in (chunk.requests, chunk.responses):
                     if area.size == AREA_BYTES:  # a larger one was for one large body
                         area.used = 0
@@ -336,23 +348,29 @@ class CaptureBuffer:
 
 def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
     """A chunk's requests by model and day (one spool part each), with their bodies: the
-    areas as they are when the chunk holds one model's requests of one day (nearly always),
-    else each part's bodies joined."""
+    request bodies as blocks (:func:`_request_blocks`) and the response area as it is when
+    the chunk holds one model's requests of one day (nearly always), else each part's
+    bodies joined."""
     items = chunk.items
-    requests = chunk.requests.view[: chunk.requests.used]
     responses = chunk.responses.view[: chunk.responses.used]
     # one model, one day (nearly always): checked without a Python step per request
     times = list(map(itemgetter(1), items))
     if len(set(map(itemgetter(2), items))) == 1 and min(times) // _DAY_MS == max(times) // _DAY_MS:
-        return [(items[0][2], items, requests, responses)]
+        return [(items[0][2], items, _request_blocks(chunk), responses)]
+    requests = chunk.requests.view[: chunk.requests.used]
+    held = iter(chunk.held)
     grouped: dict[tuple[str, int], tuple[list[Pending], list[Any], list[Any]]] = {}
     request_at = response_at = 0
     for item in items:
         group = grouped.setdefault((item[2], item[1] // _DAY_MS), ([], [], []))
         group[0].append(item)
-        group[1].append(requests[request_at : request_at + item[_REQUEST_SIZE]])
+        size = item[_REQUEST_SIZE]
+        if size >= HELD_BYTES:
+            group[1].append(next(held))
+        else:
+            group[1].append(requests[request_at : request_at + size])
+            request_at += size
         group[2].append(responses[response_at : response_at + item[_REQUEST_SIZE + 1]])
-        request_at += item[_REQUEST_SIZE]
         response_at += item[_REQUEST_SIZE + 1]
     return [
         (model, grouped_items, b"".join(bodies), b"".join(answers))
@@ -360,10 +378,44 @@ def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
     ]
 
 
+def _request_blocks(chunk: Chunk) -> Any:
+    """A chunk's request bodies in order, as the blocks the spool writer compresses one by
+    one: the area as it is when no body was held (one-row traffic), the held bodies when
+    every body was (100-row traffic), else each held body between the runs of the area's
+    bodies that came before and after it."""
+    area = chunk.requests.view[: chunk.requests.used]
+    if not chunk.held:
+        return area
+    if not chunk.requests.used:
+        return list(chunk.held)
+    held = iter(chunk.held)
+    blocks: list[Any] = []
+    start = at = 0  # the area's run not yet in a block, [start, at)
+    for size in map(itemgetter(_REQUEST_SIZE), chunk.items):
+        if size >= HELD_BYTES:
+            if at > start:
+                blocks.append(area[start:at])
+            start = at
+            blocks.append(next(held))
+        else:
+            at += size
+    if at > start:
+        blocks.append(area[start:at])
+    return blocks
+
+
 def _rows(items: list[Pending]) -> int:
     """The rows (records) of buffered requests."""
     return sum(map(itemgetter(_ROWS), items))
 
+
+# A request body this large is held as it came instead of copied into an area, and the
+# spool writer compresses it on its own: it holds enough records (~70 churn records) for
+# its own keys and values to repeat, so it compresses about as well alone as in an area
+# (LZ4, 100 unique churn records: 6.5 kB alone, 6.4 per request in an area), and a copy
+# of ~47 kB per 100-row request (~48k instructions on the event loop) is saved. Smaller
+# bodies (one record: ~0.5 kB) are copied, and compressed together.
+HELD_BYTES = 32 << 10
 
 # An area's size: a chunk's bodies are copied into two of them (requests, responses); at
 # 100 churn records per request (~47 kB of JSON) one holds ~90 requests. Larger areas are
@@ -372,12 +424,19 @@ AREA_BYTES = 4 << 20
 
 
 class Area:
-    """Bodies copied back to back into one preallocated buffer, reused once written."""
+    """Bodies copied back to back into one preallocated buffer, reused once written.
+
+    The buffer is an anonymous memory map, not a ``bytearray``: a ``bytearray(n)`` is
+    memset to zeros by the interpreter over pages the kernel has just handed out zeroed,
+    ~34k instructions per 100-row request on the loop while the area pool grows
+    (docs/monitoring.md, "Session 13"); a map's pages are zeroed once, by the kernel, when
+    first written, and the pages a chunk never reaches (most of a response area) are never
+    made at all."""
 
     __slots__ = ("buffer", "size", "used", "view")
 
     def __init__(self, size: int) -> None:
-        self.buffer = bytearray(size)
+        self.buffer = mmap.mmap(-1, size)
         self.view = memoryview(self.buffer)
         self.size = size
         self.used = 0
@@ -391,12 +450,14 @@ class Area:
 
 
 class Chunk:
-    """Buffered requests whose bodies lie in one pair of areas."""
+    """Buffered requests whose bodies lie in one pair of areas, but for the large request
+    bodies, held as they came."""
 
-    __slots__ = ("items", "requests", "responses")
+    __slots__ = ("held", "items", "requests", "responses")
 
     def __init__(self, requests: Area, responses: Area) -> None:
         self.items: list[Pending] = []
+        self.held: list[bytes] = []  # request bodies of HELD_BYTES or more, in order
         self.requests = requests
         self.responses = responses
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -230,7 +231,8 @@ def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
     assert list(read_capture(root, "churn")["inference_id"].unique()) == ["a", "b", "d", "c"]
 
 
-def test_spool_parts_are_compressed_when_asked(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "lz4_raw"])
+def test_spool_parts_are_compressed_when_asked(tmp_path: Path, codec: str) -> None:
     records = [
         {"customer": f"c{i}", "tenure": i, "contract": "Month-to-month"} for i in range(2000)
     ]
@@ -239,9 +241,13 @@ def test_spool_parts_are_compressed_when_asked(tmp_path: Path) -> None:
     )
     body = len(table["request"][0].as_py()) + len(table["response"][0].as_py())
     [plain] = capture.write_spool(tmp_path.as_uri(), "churn", table)
-    [packed] = capture.write_spool((tmp_path / "z").as_uri(), "churn", table, codec="zstd")
+    [packed] = capture.write_spool((tmp_path / "z").as_uri(), "churn", table, codec=codec)
     assert Path(plain.removeprefix("file://")).stat().st_size > body
-    assert Path(packed.removeprefix("file://")).stat().st_size < body / 5
+    assert Path(packed.removeprefix("file://")).stat().st_size < body / 4
+    assert same_rows(
+        read_capture(tmp_path.as_uri(), "churn"), read_capture((tmp_path / "z").as_uri(), "churn")
+    )
+    assert capture.compact_capture((tmp_path / "z").as_uri(), "churn")["requests"] == 1
     assert same_rows(
         read_capture(tmp_path.as_uri(), "churn"), read_capture((tmp_path / "z").as_uri(), "churn")
     )
@@ -469,3 +475,26 @@ def test_s3_roundtrip(s3_bucket: str) -> None:
     joined = join_labels(read_capture(root, "churn"), read_labels(root, "churn"))
     assert joined["label"].tolist() == [1.0]
     assert isinstance(joined, pd.DataFrame)
+
+
+def test_a_part_of_more_blocks_than_one_writev_takes_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spool parts are written from their blocks by writev, as many as it takes at a time,
+    picking up where a short write stopped inside a block."""
+    real = os.writev
+    calls: list[int] = []
+
+    def short_writev(descriptor: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        # at most 5 bytes a call: short writes inside blocks and across them
+        first = bytes(buffers[0])[:5]
+        return real(descriptor, [first])
+
+    monkeypatch.setattr(capture.os, "writev", short_writev)
+    pieces = [bytes([65 + i % 26]) * (i % 7) for i in range(capture._IOV_MAX * 2 + 5)]
+    path = tmp_path / "part.spool"
+    capture._write_file(str(path), pieces)
+    assert path.read_bytes() == b"".join(pieces)
+    assert max(calls) <= capture._IOV_MAX
+    assert not list(tmp_path.glob(".*"))  # the dot-name was renamed

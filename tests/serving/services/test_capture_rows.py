@@ -21,6 +21,8 @@ from mlwp.monitoring import capture_rows
 from mlwp.monitoring.capture import (
     MonitoringError,
     capture_schema,
+    compact_capture,
+    read_capture,
     read_spool,
     record_rows,
     request_schema,
@@ -28,7 +30,7 @@ from mlwp.monitoring.capture import (
 from mlwp.monitoring.capture_rows import json_rows
 from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
-from serving.services.capture import AREA_BYTES, CaptureBuffer, Captured
+from serving.services.capture import AREA_BYTES, HELD_BYTES, CaptureBuffer, Captured
 
 pytestmark = pytest.mark.unit
 
@@ -287,13 +289,49 @@ def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> Non
     table = read_spool(f"file://{parts[0]}")
     assert table.column("rows").to_pylist() == [1]
     assert table.column("request").to_pylist() == [body]
-    # the next chunk reuses the areas; a body larger than an area gets one of its own
-    large = captured("r2", [{"x": "y" * AREA_BYTES}], ["No"], [[0.9, 0.1]], ["No", "Yes"])
+    # the next chunk reuses the areas; an answer larger than an area gets one of its own
+    large = captured("r2", [{"x": 1}], ["y" * AREA_BYTES], [[0.9, 0.1]], ["No", "Yes"])
     assert buffer.add(large)
     chunk = buffer._chunk
-    assert any(chunk.responses is a for a in areas) and chunk.requests.size > AREA_BYTES
+    assert any(chunk.requests is a for a in areas) and chunk.responses.size > AREA_BYTES
     assert asyncio.run(flush()) == 1
     assert len(buffer._free) == 2  # the large area is not kept
+
+
+@pytest.mark.parametrize("codec", ["lz4_raw", "zstd", "none"])
+def test_large_request_bodies_are_held_and_stored_in_order_among_small_ones(
+    tmp_path: Path, codec: str
+) -> None:
+    """A request body of HELD_BYTES or more is kept as it came (not copied into an area)
+    and spooled as a block of its own, between the runs of small bodies copied before and
+    after it; the part reads back as the requests in their order, and compacts."""
+    many = [{"x": i, "customer": f"c{i}", "plan": "Month-to-month" * 4} for i in range(600)]
+    sizes = (1, 600, 600, 2, 600, 1)  # small, held, held, small, held, small
+    requests = [
+        captured(f"r{n}", many[:rows], ["No"] * rows, [[0.9, 0.1]] * rows, ["No", "Yes"])
+        for n, rows in enumerate(sizes)
+    ]
+    assert all((len(r.request) >= HELD_BYTES) == (r.rows == 600) for r in requests)
+    settings = ServingSettings(
+        home=tmp_path, storage_root=tmp_path.as_uri(), capture_spool_codec=codec
+    )
+    buffer = CaptureBuffer(settings, Metrics())
+    for request in requests:
+        assert buffer.add(request)
+    chunk = buffer._chunk
+    assert [id(body) for body in chunk.held] == [id(r.request) for r in requests if r.rows == 600]
+    assert chunk.requests.used == sum(len(r.request) for r in requests if r.rows < 600)
+    assert asyncio.run(buffer.flush()) == sum(sizes)
+    [part] = tmp_path.glob("monitoring/capture/model=m/date=*/*.spool")
+    table = read_spool(f"file://{part}")
+    assert table.column("request").to_pylist() == [r.request for r in requests]
+    assert table.column("response").to_pylist() == [r.response for r in requests]
+    assert not buffer._chunk and not chunk.held  # written: nothing held any more
+    before = read_capture(tmp_path.as_uri(), "m")
+    assert list(before["row"]) == [i for rows in sizes for i in range(rows)]
+    assert compact_capture(tmp_path.as_uri(), "m")["requests"] == len(sizes)
+    after = read_capture(tmp_path.as_uri(), "m")
+    assert after.equals(before)
 
 
 def test_a_chunk_of_two_models_and_two_days_is_spooled_by_model_and_day(
