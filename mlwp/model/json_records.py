@@ -26,7 +26,7 @@ import functools
 import math
 from collections.abc import Sequence
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -40,14 +40,22 @@ _TYPES: dict[str, Any] = {"str": str | None, "bool": bool | None}
 
 
 @functools.cache
-def _record_type(signature: tuple[tuple[str, str, bool], ...]) -> Any:
+def _record_type(
+    signature: tuple[tuple[str, str, bool], ...],
+    categories: tuple[tuple[int, tuple[str, ...]], ...] = (),
+) -> Any:
     """The msgspec struct of records with these fields (name, dtype, required): attribute
-    ``f<i>`` holds field i. Cached, so models with the same raw fields share one type."""
+    ``f<i>`` holds field i. ``categories``: (i, texts) when field i may only be one of
+    ``texts`` or null (msgspec then refuses any other value, and hands back the very objects
+    of ``texts``). Cached, so models with the same raw fields share one type."""
     import msgspec
 
+    only = dict(categories)
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for index, (_, dtype, required) in enumerate(signature):
         kind = _TYPES.get(dtype, float | None)
+        if index in only:
+            kind = Literal[only[index]] | None  # type: ignore[valid-type]
         if required:
             fields.append((f"f{index}", kind))
         else:
@@ -78,7 +86,18 @@ class JsonRecords:
             (position[name], str in accepted, emitters)
             for name, accepted, _, emitters in self.plan.others
         ]
-        self._decoders: dict[tuple[str, tuple[str, ...]], Any] = {}
+        # The one-hot fields read as they are, typed as one of their categories or null:
+        # msgspec then hands back the slot dicts' own key objects, whose hashes are known,
+        # where a plain text is a new string to hash before its lookup (1,000 of them in a
+        # 100-record body of the churn model). A body with any other value there is decoded
+        # again with the plain types (``record_type``), as before.
+        known = tuple(
+            (position[name], tuple(slots))
+            for name, slots in zip(self.plan.category_names, self.plan.category_slots, strict=True)
+        )
+        self._known_type = _record_type(signature, known) if known else None
+        # per envelope and extras: the decoders to try in turn
+        self._decoders: dict[tuple[str, tuple[str, ...]], list[Any]] = {}
         # Bodies shorter than this (about ``encoder.max_rows`` records, set at load by
         # ``Model.tune_encoder``) are faster parsed by orjson and encoded record by record:
         # the matrix's numpy calls cost more than a few records' loop. Only the speed.
@@ -97,13 +116,17 @@ class JsonRecords:
                 body.decode()  # orjson's rule: strict UTF-8, no surrogates
             except UnicodeDecodeError:
                 raise Fallback from None
-        decoder = self._decoders.get((envelope, tuple(extras)))
-        if decoder is None:
-            decoder = self._decoder(envelope, tuple(extras))
-        try:
-            payload = decoder.decode(body)
-        except (msgspec.DecodeError, RecursionError):
-            raise Fallback from None
+        decoders = self._decoders.get((envelope, tuple(extras)))
+        if decoders is None:
+            decoders = self._decoders_of(envelope, tuple(extras))
+        for decoder in decoders:
+            try:
+                payload = decoder.decode(body)
+                break
+            except (msgspec.DecodeError, RecursionError):
+                continue
+        else:
+            raise Fallback
         raws = [getattr(payload, f"x{index}") for index in range(len(extras))]
         try:  # a Raw value is not checked: orjson reads it as it would in the whole body
             values = [orjson.loads(memoryview(raw)) if raw else None for raw in raws]
@@ -111,22 +134,26 @@ class JsonRecords:
             raise Fallback from None
         return payload.records, values
 
-    def _decoder(self, envelope: str, extras: tuple[str, ...]) -> Any:
+    def _decoders_of(self, envelope: str, extras: tuple[str, ...]) -> list[Any]:
         import msgspec
 
         if envelope in extras or len(set(extras)) < len(extras):
             raise Fallback  # one field read twice: the usual path sorts it out
 
-        fields: list[Any] = [("records", list[self.record_type])]  # type: ignore[name-defined]
-        # a Raw field keeps the value's JSON text (empty when the field is absent)
-        fields += [(f"x{index}", msgspec.Raw, msgspec.Raw()) for index in range(len(extras))]
-        names = {"records": envelope} | {f"x{i}": name for i, name in enumerate(extras)}
-        payload = msgspec.defstruct(
-            "Payload", fields, rename=names, forbid_unknown_fields=True, gc=False
-        )
-        decoder = msgspec.json.Decoder(payload)
-        self._decoders[envelope, extras] = decoder
-        return decoder
+        decoders = []
+        for record_type in (self._known_type, self.record_type):
+            if record_type is None:
+                continue
+            fields: list[Any] = [("records", list[record_type])]  # type: ignore[valid-type]
+            # a Raw field keeps the value's JSON text (empty when the field is absent)
+            fields += [(f"x{index}", msgspec.Raw, msgspec.Raw()) for index in range(len(extras))]
+            names = {"records": envelope} | {f"x{i}": name for i, name in enumerate(extras)}
+            payload = msgspec.defstruct(
+                "Payload", fields, rename=names, forbid_unknown_fields=True, gc=False
+            )
+            decoders.append(msgspec.json.Decoder(payload))
+        self._decoders[envelope, extras] = decoders
+        return decoders
 
     def matrix(self, records: list[Any]) -> Array:
         """The feature matrix of decoded records: the same as ``encode_batch`` of the
@@ -163,7 +190,8 @@ class JsonRecords:
                 np.int64,
                 size * fields,
             )
-            flat = positions + np.tile(np.arange(0, size * width, width), fields)
+            # field after field, record after record: each field's row offsets broadcast
+            flat = (positions.reshape(fields, size) + np.arange(0, size * width, width)).ravel()
             flat[positions < 0] = size * width  # the spare cell
             cells[flat] = 1.0
         for index, text, emitters in self._others:

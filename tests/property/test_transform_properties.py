@@ -177,7 +177,10 @@ def json_bodies(draw: st.DrawFn) -> bytes:
         st.sampled_from(["-0", "-0.0", "1E2", "0.1", "null"]),
     )
     text = st.one_of(
-        st.sampled_from([*CATEGORIES, "zzz", "", "caf\\u00e9", "caf\u00e9"]).map('"{}"'.format),
+        # categories as they are and written with escapes ("a", "d e"), unknown texts
+        st.sampled_from(
+            [*CATEGORIES, "\\u0061", "d\\u0020e", "zzz", "", "caf\\u00e9", "caf\u00e9"]
+        ).map('"{}"'.format),
         st.just("null"),
     )
     # INVALID stands for a byte that is no UTF-8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -518,6 +519,41 @@ def test_json_records_equal_the_usual_path_bit_for_bit_on_edge_values() -> None:
     ):
         with pytest.raises(Fallback):
             decoder.decode(body, "data", ("key",))
+
+
+def test_json_records_read_one_hot_fields_as_their_categories_or_as_before() -> None:
+    """A one-hot field's known categories come back as the slot dicts' own key objects (no
+    new string to hash before its lookup); a body with any other text there (unknown, or a
+    category written with escapes) is decoded again with plain types: the same matrix as
+    the usual path either way."""
+    frame = pd.DataFrame(
+        {"city": ["a", "b", "a", "c"], "amount": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]}
+    )
+    pre = fit(frame, [{"op": "onehot", "columns": ["city"]}]).with_target("y")
+    decoder = pre.json_records
+    assert decoder is not None
+    (slots,) = decoder.plan.category_slots
+    keys = {key: key for key in slots}
+    known = [{"city": "b", "amount": 2.5}, {"city": None, "amount": 1}, {"city": "c", "amount": 0}]
+    records, _ = decoder.decode(orjson.dumps({"data": known}))
+    field = [feature.name for feature in pre.features].index("city")
+    cities = [msgspec.structs.astuple(record)[field] for record in records]
+    assert cities == ["b", None, "c"]
+    assert cities[0] is keys["b"] and cities[2] is keys["c"]
+    bodies = [
+        orjson.dumps({"data": known}),
+        orjson.dumps({"data": [*known, {"city": "zzz", "amount": 4}]}),  # unknown: all zeros
+        b'{"data": [{"city": "\\u0062", "amount": 1}, {"city": "a", "amount": 2}]}',  # "b"
+        b'{"data": [{"city": "b", "amount": 1}, {"city": "caf\\u00e9", "amount": 2}]}',
+    ]
+    for body in bodies:
+        records, _ = decoder.decode(body)
+        expected = pre.transform_records(orjson.loads(body)["data"])
+        assert decoder.matrix(records).tobytes() == expected.tobytes()
+    # what neither decoder takes is still left to the usual path
+    for body in (b'{"data": [{"city": 3, "amount": 1}]}', b'{"data": [{"city": "b"}]}'):
+        with pytest.raises(Fallback):
+            decoder.decode(body)
 
 
 def test_tuning_sets_where_the_encoder_switches_to_batches_and_keeps_it_on_a_refusal() -> None:
