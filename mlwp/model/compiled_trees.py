@@ -33,7 +33,7 @@ import ctypes.util
 import functools
 import json
 import math
-from array import array
+import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,8 @@ _ONE = F32(1.0)
 _SIGMOID_CAP = float(F32(88.7))
 # a float32 array's running sum, added in order (cumsum's ufunc, called directly)
 _accumulate = np.add.accumulate
+# one float to float32 bytes and back: the C cast numpy's uses too
+_pack_float32, _unpack_float32 = struct.Struct("f").pack, struct.Struct("f").unpack
 
 
 class Unsupported(Exception):
@@ -81,7 +83,7 @@ class CompiledTrees:
 
     def __init__(
         self,
-        leaves: Callable[[list[float]], tuple[float, ...]],
+        leaves: Callable[[Sequence[float]], bytes],
         groups: list[list[int]],
         transform: str,
         features: int,
@@ -89,9 +91,13 @@ class CompiledTrees:
         self._leaves = leaves
         self._groups = [np.asarray(g, dtype=np.intp) for g in groups]
         self._transform = transform
-        self._width = sum(len(g) for g in groups)  # the values leaves() returns
+        self._width = sum(len(g) for g in groups)  # the float32 values leaves() packs
         self.features = features
         self._expf = _libm().expf
+        # a row of Python floats rounded to float32 and back: struct's native "f" is the
+        # same C cast as numpy's (no range check: beyond float32's range is inf, as there)
+        row = struct.Struct(f"{features}f")
+        self._pack_row, self._unpack_row = row.pack, row.unpack
 
     # -- prediction ------------------------------------------------------------------------
     def predict(self, matrix: Array) -> Array:
@@ -100,12 +106,12 @@ class CompiledTrees:
         if len(self._groups) == 1:
             # one output, its terms in tree order: each row's float32 running sum, read from
             # the leaf values as they come (half the numpy calls of the 2-D array's cumsum)
-            leaves, width = self._leaves, self._width
-            sums = [_accumulate(np.fromiter(leaves(row), F32, width))[-1] for row in rows]
+            leaves = self._leaves
+            sums = [_accumulate(np.frombuffer(leaves(row), F32))[-1] for row in rows]
             if self._transform == "sigmoid":
                 return self._sigmoid(sums)
             return np.array(sums, dtype=F32)
-        values = np.array([self._leaves(row) for row in rows], dtype=np.float32)
+        values = np.frombuffer(b"".join(map(self._leaves, rows)), F32).reshape(len(rows), -1)
         margins = np.stack(
             [values[:, group].cumsum(axis=1)[:, -1] for group in self._groups], axis=1
         )
@@ -125,18 +131,28 @@ class CompiledTrees:
         a Python float, without a numpy array of the row or of its output (a one-row
         request's path: fewer numpy calls, see docs/serving.md). ``row`` holds
         :attr:`features` floats (the record encoder's row); each is rounded to float32 as
-        numpy's cast rounds it (``array('f')`` is the same C conversion)."""
+        numpy's cast rounds it."""
         if len(row) != self.features or len(self._groups) != 1:
             raise ValueError(
                 f"predict_row takes one row of {self.features} values of a one-output model "
                 f"(got {len(row)} values, {len(self._groups)} outputs)"
             )
-        leaves = self._leaves(array("f", row).tolist())
+        leaves = self._leaves(self._unpack_row(self._pack_row(*row)))
         # the float32 running sum in tree order, as predict takes it (.item: a Python float)
-        total: float = _accumulate(np.fromiter(leaves, F32, self._width)).item(-1)
+        total: float = _accumulate(np.frombuffer(leaves, F32)).item(-1)
         if self._transform == "sigmoid":
-            return float(_ONE / F32(self._expf(min(-total, _SIGMOID_CAP)) + 1.0))
+            return self._sigmoid_value(total)
         return total
+
+    def _sigmoid_value(self, margin: float) -> float:
+        # _sigmoid's arithmetic on Python floats: a sum or quotient of float32 values
+        # computed in double and rounded to float32 is the float32 sum or quotient (double
+        # has more than twice float32's precision), rounded by struct's native "f" (a C
+        # cast, as numpy's)
+        exp = self._expf(min(-margin, _SIGMOID_CAP))
+        denominator = _unpack_float32(_pack_float32(exp + 1.0))[0]
+        probability: float = _unpack_float32(_pack_float32(1.0 / denominator))[0]
+        return probability
 
     def _sigmoid(self, margins: Sequence[Any]) -> Array:
         # common::Sigmoid: 1.0f / (expf(min(-x, 88.7f)) + 1.0f + 1e-16f). The sum of two
@@ -186,13 +202,15 @@ class CompiledTrees:
             raise Unsupported(f"more than {MAX_NODES} nodes")
         bases = _base_margins(params["base_score"], objective, outputs)
 
-        # the function returns the base margins, then one leaf value per tree; the row is
-        # unpacked into locals first (a local is read faster than an item of the list)
+        # the function returns the base margins, then one leaf value per tree, packed as
+        # float32 (what numpy reads without converting each Python float: a tuple through
+        # np.fromiter cost five times more); the row is unpacked into locals first (a
+        # local is read faster than an item of the list)
         terms = [repr(b) for b in bases] + [_tree_expression(tree) for tree in trees]
         names = "".join(f"x{i}, " for i in range(features))
-        source = f"def leaves(x):\n    ({names}) = x\n    return (\n"
+        source = f"def leaves(x):\n    ({names}) = x\n    return _pack(\n"
         source += "".join(f"        {t},\n" for t in terms) + "    )\n"
-        namespace: dict[str, Any] = {}
+        namespace: dict[str, Any] = {"_pack": struct.Struct(f"{len(terms)}f").pack}
         exec(compile(source, f"<xgboost trees: {len(trees)}>", "exec"), namespace)  # noqa: S102 - our own generated source
         groups = [
             [k] + [outputs + i for i, g in enumerate(groups_of_trees) if g == k]

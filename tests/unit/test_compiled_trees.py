@@ -98,6 +98,25 @@ def test_predict_row_equals_predict(seed: int, objective: str, data: st.DataObje
         assert compiled.predict_row(one) == float(compiled.predict(x[start : start + 1])[0])
 
 
+def test_sigmoid_of_one_value_equals_the_array_sigmoid() -> None:
+    """predict_row's sigmoid (Python floats rounded to float32) against predict's (float32
+    scalars), on margins of every magnitude, both signs, the cap and beyond."""
+    binary, _ = train("binary:logistic")
+    compiled = CompiledTrees.compile(binary)
+    rng = np.random.default_rng(7)
+    margins = np.concatenate(
+        [
+            rng.normal(scale=3, size=20_000),
+            rng.uniform(-120, 120, size=20_000),
+            np.ldexp(rng.uniform(-1, 1, size=20_000), rng.integers(-140, 8, size=20_000)),
+            [0.0, -0.0, 88.7, -88.7, 88.8, -88.8, 1e30, -1e30, np.inf, -np.inf],
+        ]
+    ).astype(np.float32)
+    expected = compiled._sigmoid(margins.tolist())
+    got = np.array([compiled._sigmoid_value(m) for m in margins.tolist()], dtype=np.float32)
+    assert np.array_equal(got, expected)
+
+
 def test_predict_row_takes_one_row_of_a_one_output_model() -> None:
     binary, _ = train("binary:logistic")
     with pytest.raises(ValueError, match="one row of 7 values"):
