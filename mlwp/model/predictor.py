@@ -68,41 +68,32 @@ class DensePredictor:
         if not _readable_in_place(data):
             data = np.ascontiguousarray(data, dtype=np.float32)
         interface = _array_interface(data)
-        shape = ctypes.POINTER(self._ulong)()
-        dims = self._ulong()
-        preds = ctypes.POINTER(ctypes.c_float)()
-        self._check(
-            self._entry(
-                self.booster.handle,
-                interface,
-                self._args,
-                self._proxy(),
-                ctypes.byref(shape),
-                ctypes.byref(dims),
-                ctypes.byref(preds),
-            )
-        )
-        dimensions = [int(shape[i]) for i in range(dims.value)]
-        count = math.prod(dimensions)
-        # the buffer belongs to the booster's thread-local cache: copy it out now
-        copied = ctypes.string_at(preds, count * 4) if count else b""
-        return np.frombuffer(copied, dtype=np.float32).reshape(dimensions)
-
-    def _proxy(self) -> ctypes.c_void_p:
         proxy: _Proxy | None = getattr(self._local, "proxy", None)
         if proxy is None:
-            proxy = _Proxy(self._lib, self._check)
-            self._local.proxy = proxy
-        return proxy.handle
+            proxy = self._local.proxy = _Proxy(self._lib, self._check, self._ulong)
+        self._check(
+            self._entry(self.booster.handle, interface, self._args, proxy.handle, *proxy.outputs)
+        )
+        dimensions = proxy.shape[: proxy.dims.value]  # a list of ints
+        count = math.prod(dimensions)
+        # the buffer belongs to the booster's thread-local cache: copy it out now
+        copied = ctypes.string_at(proxy.preds, count * 4) if count else b""
+        return np.frombuffer(copied, dtype=np.float32).reshape(dimensions)
 
 
 class _Proxy:
-    """One XGBoost proxy DMatrix, freed with its owner (the thread's local storage)."""
+    """One XGBoost proxy DMatrix, freed with its owner (the thread's local storage), and the
+    output arguments of the calls made with it (XGBoost writes them on every call; made once
+    per thread, not per call: 3 ctypes objects and 3 ``byref`` s)."""
 
-    def __init__(self, lib: Any, check: Any) -> None:
+    def __init__(self, lib: Any, check: Any, ulong: Any) -> None:
         self.handle = ctypes.c_void_p()
         self._lib = lib
         check(lib.XGProxyDMatrixCreate(ctypes.byref(self.handle)))
+        self.shape = ctypes.POINTER(ulong)()
+        self.dims = ulong()
+        self.preds = ctypes.POINTER(ctypes.c_float)()
+        self.outputs = (ctypes.byref(self.shape), ctypes.byref(self.dims), ctypes.byref(self.preds))
 
     def __del__(self) -> None:
         if self.handle:
