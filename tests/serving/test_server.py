@@ -58,3 +58,82 @@ async def test_everything_else_is_the_real_transport() -> None:
     real = RecordingTransport()
     transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
     assert transport.get_extra_info("sockname") == ("127.0.0.1", 8000)
+
+
+class Connection:
+    """What an ``HttpProtocol`` writes and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("10.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_keep_alive_closes_an_idle_connection_with_one_timer() -> None:
+    """An idle keep-alive connection is closed ``timeout_keep_alive`` seconds after its last
+    response, as uvicorn closes it, but requests in between make no timer of their own."""
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    from serving.server import HttpProtocol
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = Config(app=app, log_config=None, timeout_keep_alive=1)
+    config.load()
+    loop = asyncio.get_running_loop()
+    timers = []
+    call_later = loop.call_later
+
+    def counted(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__self__", None) is not None:  # the protocol's, not sleep()'s
+            timers.append(delay)
+        return call_later(delay, callback, *args)
+
+    loop.call_later = counted  # type: ignore[method-assign]
+    try:
+        protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        connection = Connection()
+        protocol.connection_made(connection)  # type: ignore[arg-type]
+        timers.clear()  # the new connection's header timer
+        started = loop.time()
+        for sent in range(1, 6):  # a request every 0.3 s: 1.5 s in all, never idle for 1 s
+            protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if connection.data.count(b"HTTP/1.1 200") == sent:
+                    break
+            await asyncio.sleep(0.3)
+            assert not connection.closed
+        assert connection.data.count(b"HTTP/1.1 200 OK") == 5
+        assert len(timers) <= 3  # one, set again once it found the connection busy
+        while not connection.closed and loop.time() - started < 5:
+            await asyncio.sleep(0.05)
+        idle = loop.time() - started - 1.5
+        assert connection.closed and 0.6 <= idle <= 1.6, idle
+        protocol.connection_lost(None)
+        assert protocol.timeout_keep_alive_task is None
+    finally:
+        loop.call_later = call_later  # type: ignore[method-assign]
