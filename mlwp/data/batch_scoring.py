@@ -318,6 +318,7 @@ def score_partition(
         and f.name in stored.names
         and pa.types.is_string(stored.field(f.name).type)
     ]
+    booster_threads()  # started while the reader reads the first chunk
     schema = output_schema(model, stored, output, f"partition {partition.path or reader.uri}")
     encoder = encoder_for(model.preprocessing)
     batches = reader.batches(
@@ -391,14 +392,14 @@ def fixed_mmap_threshold() -> bool:
     glibc, and not when the operator set ``MALLOC_MMAP_THRESHOLD_`` (theirs is kept);
     True when set."""
     import ctypes
-    import ctypes.util
     import os
 
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or os.uname().sysname != "Linux":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the C library the process already runs on (dlopen(NULL)): ctypes.util.find_library
+        # runs ldconfig in a subprocess, 14 ms before the first partition's first read
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
@@ -504,6 +505,7 @@ def booster_threads() -> ThreadPoolExecutor:
     with two OpenMP threads against 0.53-0.59 with one), where a Python thread waits
     asleep."""
     import os
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     process = os.getpid()
@@ -517,9 +519,19 @@ def booster_threads() -> ThreadPoolExecutor:
             xgboost.set_config(nthread=threads)
 
         pool = ThreadPoolExecutor(BOOSTERS, "booster", initializer=configure)
+        # every thread started (and XGBoost configured in it) now, while the first chunk is
+        # read, not one by one as the first chunk's parts arrive (the second started 4 ms
+        # after the first): each waits until all are up
+        started = threading.Barrier(BOOSTERS)
+        for _ in range(BOOSTERS):
+            pool.submit(started.wait, BOOSTER_START_SECONDS)
         _boosters.clear()  # a parent's pool: its threads are not in this process
         _boosters[process] = pool
     return pool
+
+
+# How long a booster thread waits for the others to start before going on without them.
+BOOSTER_START_SECONDS = 5.0
 
 
 def read_ahead(

@@ -337,3 +337,17 @@ def test_the_switch_interval_is_shortened_while_scoring_then_restored(
     assert sys.getswitchinterval() == batch_scoring.SWITCH_SECONDS
     scored.close()  # stopped early: restored too
     assert sys.getswitchinterval() == before
+
+
+def test_the_booster_threads_start_with_their_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both threads are up (XGBoost configured in each) before the first chunk's parts
+    arrive: the second one used to start only when the first chunk's second part did."""
+    monkeypatch.setattr(batch_scoring, "_boosters", {})
+    pool = batch_scoring.booster_threads()
+    try:
+        # started by the pool's creation (a barrier holds each until all are up)
+        assert len(pool._threads) == batch_scoring.BOOSTERS
+        assert all(thread.is_alive() for thread in pool._threads)
+        assert pool.submit(lambda: 1).result(timeout=5) == 1
+    finally:
+        pool.shutdown(wait=True)
