@@ -10,6 +10,13 @@ Tasks (each reads what the previous ones left in ``<workdir>``; ``generate`` fir
 - ``validate``: the GX suite partition by partition in chunks, as the mapped tasks do (one
   worker), then their combine into one verdict and data docs;
 - ``validate_whole``: the single validate task (GX on the whole frame), a control;
+- ``load_sql``: the CSV copied (``COPY ... FROM STDIN``) into table ``churn_<rows>`` of the
+  PostgreSQL database at ``--postgres-url`` (set-up for ``validate_sql``, timed, not a task of
+  mlwp's);
+- ``validate_sql``: the suite run inside PostgreSQL on that table, as the validate task with
+  ``in_database: true`` runs it (``validate_source``: the query counted before and after, GX's
+  SQL data source, data docs), its result recorded beside the stored ``extract`` dataset of
+  the same rows; the rows never leave the database;
 - ``transform``: the transform steps;
 - ``train``: the local XGBoost training entry point, the splits in memory;
 - ``transform_partitioned``: the transform of the partitioned dataset (fit on a seeded sample,
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -230,6 +238,56 @@ def validate_whole(workdir: Path) -> dict[str, Any]:
     return {"success": report.success}
 
 
+def _table(rows: int) -> str:
+    return f"churn_{rows}"
+
+
+def load_sql(workdir: Path, postgres_url: str, rows: int) -> dict[str, Any]:
+    """Copy the CSV into ``churn_<rows>`` (replaced if there), streamed by COPY."""
+    import sqlalchemy
+
+    table = _table(rows)
+    engine = sqlalchemy.create_engine(postgres_url)
+    connection = engine.raw_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            cursor.execute(
+                f"CREATE TABLE {table} (customer_id bigint, tenure int, monthly_charges float8, "
+                "total_charges float8, contract text, internet_service text, "
+                "payment_method text, senior_citizen int, churn text)"
+            )
+            with open(workdir / "churn.csv", "rb") as csv:
+                cursor.copy_expert(f"COPY {table} FROM STDIN WITH (FORMAT csv, HEADER)", csv)
+            cursor.execute(f"ANALYZE {table}")
+            cursor.execute(f"SELECT count(*) FROM {table}")
+            (loaded,) = cursor.fetchone()
+        connection.commit()
+    finally:
+        connection.close()
+        engine.dispose()
+    return {"rows": int(loaded), "table": table}
+
+
+def validate_sql(workdir: Path, postgres_url: str, rows: int) -> dict[str, Any]:
+    """The suite inside PostgreSQL (``in_database: true``), recorded beside the extract."""
+    from mlwp.data.validation import validate_source
+
+    report = validate_source(
+        _storage(workdir),
+        _dataset(workdir),
+        "bench_churn",
+        connection_string=postgres_url,
+        query=f"select * from {_table(rows)}",
+        extracted_rows=rows,
+        expectations_folder=_suite_folder(workdir),
+    )
+    return {"rows": rows, "success": report.success}
+
+
+SQL_TASKS = {"load_sql": load_sql, "validate_sql": validate_sql}
+
+
 def transform(workdir: Path) -> dict[str, Any]:
     from mlwp.data.transform import run_transform
 
@@ -401,6 +459,8 @@ TASKS = {
     "extract_whole": extract_whole,
     "validate": validate,
     "validate_whole": validate_whole,
+    "load_sql": None,
+    "validate_sql": None,
     "transform": transform,
     "train": train,
     "transform_partitioned": transform_partitioned,
@@ -422,7 +482,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-rows", type=int, default=None, help="rows per external-memory batch (262144)"
     )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("MLWP_TEST_POSTGRES_URL"),
+        help="SQLAlchemy URL of the database load_sql and validate_sql use "
+        "(MLWP_TEST_POSTGRES_URL)",
+    )
     args = parser.parse_args(argv)
+    if args.task in SQL_TASKS and not args.postgres_url:
+        parser.error(f"{args.task} needs --postgres-url (or MLWP_TEST_POSTGRES_URL)")
     # The libraries every task uses, imported before the baseline is taken.
     import numpy  # noqa: F401
     import pandas  # noqa: F401
@@ -434,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.task.startswith("validate"):
         import great_expectations  # noqa: F401  (seconds and ~100 MB: not the task's own)
+    if args.task in SQL_TASKS:
+        import psycopg2  # noqa: F401
+        import sqlalchemy  # noqa: F401
 
     if args.batch_rows:
         import mlwp.training.external_memory
@@ -447,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.task == "generate":
         result = generate(args.workdir, args.rows)
+    elif args.task in SQL_TASKS:
+        result = SQL_TASKS[args.task](args.workdir, args.postgres_url, args.rows)
     else:
         result = TASKS[args.task](args.workdir)  # type: ignore[misc]
     seconds = time.perf_counter() - started

@@ -33,6 +33,13 @@ SMALL, LARGE = 100_000, 1_000_000
 GROWTH = 2.5
 
 
+# Validation inside PostgreSQL (``in_database``) brings back counts and aggregates only: the
+# memory it holds at 1M rows may exceed that at 100k by at most this much (measured 5.1 and
+# 5.3 MB; GX's bare run of the query to learn its columns, which fetched every row into
+# psycopg2, held 20 and 212 MB before mlwp made it ``LIMIT 0``).
+SQL_GROWTH_MB = 16
+
+
 # Training with external memory holds one batch plus what XGBoost keeps for every row (labels,
 # gradients, predictions, row positions: it concatenates all but the features) and the final
 # metrics' labels and predictions: it may hold at most this many bytes more per additional
@@ -101,6 +108,27 @@ def test_peak_rss_of_streaming_tasks_does_not_grow_with_rows(workdirs: dict[int,
     controls = at_both_sizes(lambda rows: measure("extract_whole", workdirs[rows]))
     whole = {rows: document["task_mb"] for rows, document in controls.items()}
     assert whole[LARGE] > GROWTH * whole[SMALL], (whole, peaks)
+
+
+def test_validation_in_the_database_holds_no_rows(
+    workdirs: dict[int, Path], postgres_database: str
+) -> None:
+    """Both sizes loaded by COPY into tables of a database of this test's own, then the suite
+    run inside PostgreSQL as a validate task with ``in_database: true`` runs it, its result
+    recorded beside the stored extract of the same rows."""
+    database = ("--postgres-url", postgres_database)
+    for rows in (SMALL, LARGE):
+        if not (workdirs[rows] / "storage" / "bench" / "datasets" / "extract").is_dir():
+            measure("extract", workdirs[rows])
+        loaded = measure("load_sql", workdirs[rows], "--rows", str(rows), *database)
+        assert loaded["rows"] == rows, loaded
+    documents = at_both_sizes(
+        lambda rows: measure("validate_sql", workdirs[rows], "--rows", str(rows), *database)
+    )
+    held = {rows: document["task_mb"] for rows, document in documents.items()}
+    assert all(document["success"] for document in documents.values()), documents
+    assert held[LARGE] <= GROWTH * held[SMALL], held
+    assert held[LARGE] - held[SMALL] <= SQL_GROWTH_MB, held
 
 
 def test_external_memory_training_holds_a_few_bytes_per_row(workdirs: dict[int, Path]) -> None:
