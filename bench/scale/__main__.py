@@ -3,12 +3,16 @@
     python -m bench.scale                          # 1M and 10M rows
     python -m bench.scale --rows 100000,1000000    # a quicker run
     python -m bench.scale --tasks predict,floor --repeats 5   # the scoring ratio, interleaved
+    python -m bench.scale --tasks validate_sql --postgres-url postgresql+psycopg2://...
 
 For each size, a synthetic churn-like CSV is generated, then each task of
 ``bench/scale/tasks.py`` runs alone in a fresh process (so its ``ru_maxrss`` is its own):
 extract (streamed into partitions), the whole-file extract (the control), validate, transform,
 train, batch prediction (every partition scored in chunks, one worker) and the floor
-(XGBoost's raw ``inplace_predict`` on the same rows' feature matrix).
+(XGBoost's raw ``inplace_predict`` on the same rows' feature matrix). ``validate_sql`` (the
+suite inside PostgreSQL, ``in_database: true``) runs on the CSV copied into a table of a
+database the benchmark creates on the server at ``--postgres-url`` (``MLWP_TEST_POSTGRES_URL``)
+and drops afterwards; skipped, with the reason, when that server cannot be reached.
 
 Printed: per task, seconds and the memory the task held at its peak (peak RSS minus the
 process's peak after imports) at each size and their ratio, then batch prediction's rows per
@@ -28,12 +32,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,7 @@ TASKS = (
     "extract_whole",
     "validate",
     "validate_whole",
+    "validate_sql",
     "transform",
     "train",
     "transform_partitioned",
@@ -56,6 +65,7 @@ HOW = {
     "extract_whole": "whole file (control)",
     "validate": "partitions in chunks + combine",
     "validate_whole": "GX on the whole frame (control)",
+    "validate_sql": "GX inside PostgreSQL (in_database)",
     "transform": "in memory",
     "train": "in memory",
     "transform_partitioned": "sample fit, per partition",
@@ -66,10 +76,19 @@ HOW = {
 }
 
 
-def run_task(task: str, workdir: Path, rows: int) -> dict[str, Any]:
+def run_task(task: str, workdir: Path, rows: int, *options: str) -> dict[str, Any]:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "bench.scale.tasks", task, str(workdir), "--rows", str(rows)],
+        [
+            sys.executable,
+            "-m",
+            "bench.scale.tasks",
+            task,
+            str(workdir),
+            "--rows",
+            str(rows),
+            *options,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -91,12 +110,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="rounds of the tasks, interleaved (ratios per round)"
     )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("MLWP_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="SQLAlchemy URL of a PostgreSQL server's maintenance database, where validate_sql "
+        "creates (and drops) a database of its own (MLWP_TEST_POSTGRES_URL)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(value) for value in args.rows.split(",")]
     tasks = [t for t in args.tasks.split(",") if t]
+    with bench_database(args.postgres_url if "validate_sql" in tasks else None) as database:
+        if "validate_sql" in tasks and database is None:
+            tasks.remove("validate_sql")
+        return run(args, sizes, tasks, database)
+
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def bench_database(admin_url: str | None) -> Iterator[str | None]:
+    """A fresh database on the server of ``admin_url`` (its URL), dropped afterwards; None
+    (with the reason printed) when there is no URL or the server cannot be reached."""
+    if admin_url is None:
+        yield None
+        return
+    from urllib.parse import urlparse
+
+    import sqlalchemy
+
+    name = f"mlwp_bench_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # any driver error: the server is not there for us
+        print(f"validate_sql skipped: PostgreSQL at {admin_url} unreachable: {exc}".strip())
+        admin.dispose()
+        yield None
+        return
+    try:
+        yield urlparse(admin_url)._replace(path=f"/{name}").geturl()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def run(args: argparse.Namespace, sizes: list[int], tasks: list[str], database: str | None) -> int:
     results: dict[int, dict[str, dict[str, Any]]] = {}
     rounds: dict[int, list[dict[str, dict[str, Any]]]] = {}
     base = Path(tempfile.mkdtemp(prefix="mlwp-bench-scale-"))
+    sql = ("--postgres-url", database) if database else ()
     try:
         model = None
         if "train" not in tasks and {"predict", "predict_join", "floor"} & set(tasks):
@@ -110,11 +175,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generated {rows:,} rows ({generated.get('bytes', 0) / 1e6:.0f} MB CSV)")
             if model is not None:
                 shutil.copytree(model / "train" / "model", workdir / "train" / "model")
+            if "validate_sql" in tasks:
+                # the stored dataset its result is recorded beside, and the rows in a table
+                if "extract" not in tasks:
+                    run_task("extract", workdir, rows)
+                loaded = run_task("load_sql", workdir, rows, *sql)
+                print(f"  {rows:>11,} {'load_sql':<14} {json.dumps(loaded)}", flush=True)
             rounds[rows] = []
             for _ in range(args.repeats):
                 rounds[rows].append({})
                 for task in tasks:
-                    rounds[rows][-1][task] = document = run_task(task, workdir, rows)
+                    options = sql if task == "validate_sql" else ()
+                    rounds[rows][-1][task] = document = run_task(task, workdir, rows, *options)
                     print(f"  {rows:>11,} {task:<14} {json.dumps(document)}", flush=True)
             results[rows] = rounds[rows][0]
     finally:
