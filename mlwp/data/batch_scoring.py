@@ -306,8 +306,6 @@ def score_partition(
     """
     import pyarrow as pa
 
-    from mlwp.data.columnar_encoder import encoder_for
-
     fixed_mmap_threshold()
     system_memory_pool()
     stored = reader.schema(partition)
@@ -320,7 +318,6 @@ def score_partition(
     ]
     booster_threads()  # started while the reader reads the first chunk
     schema = output_schema(model, stored, output, f"partition {partition.path or reader.uri}")
-    encoder = encoder_for(model.preprocessing)
     batches = reader.batches(
         partition,
         batch_rows=chunk_rows,
@@ -345,8 +342,8 @@ def score_partition(
             pending: Future[pa.RecordBatch] | None = None
             for batch, matrix in read_ahead(batches, encoded):
                 parts = predict_parts(model, matrix)
-                following = assembler.submit(assemble_parts, batch, row, matrix, parts)
-                del matrix  # a chunk's largest array: held by its parts and the assembler
+                del matrix  # a chunk's largest array: held by its parts' calls only
+                following = assembler.submit(assemble_parts, batch, row, parts)
                 row += batch.num_rows
                 if pending is not None:
                     yield pending.result()
@@ -355,15 +352,9 @@ def score_partition(
                 yield pending.result()
 
     def assemble_parts(
-        batch: pa.RecordBatch,
-        row: int,
-        matrix: np.ndarray[Any, Any],
-        parts: list[Future[np.ndarray[Any, Any]]],
+        batch: pa.RecordBatch, row: int, parts: list[Future[np.ndarray[Any, Any]]]
     ) -> pa.RecordBatch:
         raw = [part.result() for part in parts]
-        if encoder is not None:  # predicted: its block can hold a later chunk's matrix
-            encoder.release(matrix)
-        del matrix
         scores = raw[0] if len(raw) == 1 else np.concatenate(raw)
         return assemble(model, batch, scores, schema, output=output, first_row=row)
 

@@ -18,7 +18,6 @@ the same either way: tests compare the two matrices bit for bit.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -82,21 +81,12 @@ _Codes = tuple[Array, list[Any]]  # a text column: each row's dictionary code, t
 
 
 class ColumnarEncoder:
-    """Arrow record batch -> the model's float32 feature matrix, by a plan traced once.
-
-    A matrix given back with :meth:`release` once nothing reads it any more has its block
-    written again by a later :meth:`matrix` of as many rows or fewer: a new block is mapped
-    fresh from the system (glibc maps blocks of 1 MiB and more, see
-    :func:`mlwp.data.batch_scoring.fixed_mmap_threshold`), and the page faults of writing
-    it cost a tenth of a scoring's CPU.
-    """
+    """Arrow record batch -> the model's float32 feature matrix, by a plan traced once."""
 
     def __init__(self, preprocessing: Preprocessing, plan: list[_Source]) -> None:
         self.features = {f.name: f.dtype for f in preprocessing.features}
         self.required = [f.name for f in preprocessing.features if f.required]
         self.plan = plan
-        self._free: list[Array] = []  # released blocks, written again by later matrices
-        self._lock = threading.Lock()  # encoding and releasing run in different threads
 
     @classmethod
     def compile(cls, preprocessing: Preprocessing) -> ColumnarEncoder | None:
@@ -142,40 +132,11 @@ class ColumnarEncoder:
         # np.concatenate(..., dtype=float32) casts its float64 arrays (round to nearest). The
         # matrix is that block's transpose, a Fortran-ordered view: XGBoost reads it through
         # its strides as fast as rows (a transposing copy cost 0.03 s per 1M rows).
-        block = self._block(size)
+        block = np.empty((len(self.plan), size), dtype=np.float32)
         batch_columns = _BatchColumns(numbers, codes, size)
         for index, source in enumerate(self.plan):
             block[index] = batch_columns.values(source)
         return block.T
-
-    def release(self, matrix: Array) -> None:
-        """Give back a matrix of :meth:`matrix` that nothing reads any more: its block is
-        written by a later matrix (at most :data:`KEPT_BLOCKS` are kept)."""
-        block = matrix.base
-        if not (isinstance(block, np.ndarray) and block.dtype == np.float32):
-            return
-        if block.ndim != 2 or block.shape[0] != len(self.plan) or not block.flags.c_contiguous:
-            return
-        with self._lock:
-            if len(self._free) < KEPT_BLOCKS and not any(kept is block for kept in self._free):
-                self._free.append(block)
-
-    def _block(self, rows: int) -> Array:
-        """A column-major float32 block of ``rows`` rows: a released one's first rows (the
-        smallest that holds them), else a new one; released blocks too small for it are
-        dropped (a partition's shorter last chunk: kept, it would hold no later chunk)."""
-        with self._lock:
-            fits = [index for index, kept in enumerate(self._free) if kept.shape[1] >= rows]
-            if fits:
-                best = min(fits, key=lambda index: self._free[index].shape[1])
-                return self._free.pop(best)[:, :rows]
-            self._free.clear()
-        return np.empty((len(self.plan), rows), dtype=np.float32)
-
-
-# Released blocks kept for reuse: a chunk being encoded, one read ahead and the two whose
-# halves the boosters predict (docs/scale.md "How a mapped task scores").
-KEPT_BLOCKS = 4
 
 
 class _BatchColumns:

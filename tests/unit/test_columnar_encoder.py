@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mlwp.data.batch_scoring import _arrow_columns
-from mlwp.data.columnar_encoder import KEPT_BLOCKS, ColumnarEncoder, encoder_for
+from mlwp.data.columnar_encoder import ColumnarEncoder, encoder_for
 from mlwp.data.transform import run_transform
 from mlwp.model.preprocessing import Preprocessing
 
@@ -146,45 +146,3 @@ def test_what_it_does_not_cover_is_left_to_the_column_path() -> None:
     assert encoder.matrix(pa.RecordBatch.from_pandas(frame, preserve_index=False)) is None
     missing = _frame(20).drop(columns=["churn", "tenure"])
     assert encoder.matrix(pa.RecordBatch.from_pandas(missing, preserve_index=False)) is None
-
-
-def test_a_released_block_holds_a_later_matrix_with_the_same_bits() -> None:
-    preprocessing = _fit(STEPS["churn-like"])
-    encoder = ColumnarEncoder.compile(preprocessing)
-    assert encoder is not None
-    large = _batches(_frame(300, seed=5).drop(columns=["churn"]))[1]
-    small = _batches(_frame(120, seed=6).drop(columns=["churn"]))[1]
-    first = encoder.matrix(large)
-    assert first is not None
-    block = first.base
-    encoder.release(first)
-    encoder.release(first)  # twice: kept once
-    later = encoder.matrix(small)  # fewer rows: written into the released block's first rows
-    assert later is not None and later.base is block
-    theirs = _column_path(preprocessing, small)
-    assert later.shape == theirs.shape
-    assert later.view(np.uint32).tobytes() == theirs.view(np.uint32).tobytes()
-    again = encoder.matrix(large)  # the block is taken: a new one
-    assert again is not None and again.base is not block
-    encoder.release(later)
-    bigger = encoder.matrix(_batches(_frame(301, seed=7).drop(columns=["churn"]))[1])
-    assert bigger is not None and bigger.base is not block  # too few rows: not reused,
-    assert encoder._free == []  # and dropped
-
-
-def test_release_keeps_a_few_blocks_of_the_encoders_own_shape() -> None:
-    preprocessing = _fit(STEPS["churn-like"])
-    encoder = ColumnarEncoder.compile(preprocessing)
-    assert encoder is not None
-    width = len(preprocessing.outputs)
-    # arrays the encoder did not make are left alone: another width, dtype or layout
-    encoder.release(np.zeros((width + 1, 10), np.float32).T)
-    encoder.release(np.zeros((width, 10), np.float64).T)
-    encoder.release(np.zeros((10, width), np.float32))
-    assert encoder._free == []
-    batch = _batches(_frame(50).drop(columns=["churn"]))[0]
-    held = [encoder.matrix(batch) for _ in range(KEPT_BLOCKS + 2)]
-    for matrix in held:
-        assert matrix is not None
-        encoder.release(matrix)
-    assert len(encoder._free) == KEPT_BLOCKS
