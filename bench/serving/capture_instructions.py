@@ -1,7 +1,7 @@
 """Capture's cost in instructions: mlwp capturing 0 % and 100 % of requests under callgrind.
 
 The CPU time of two servers on a shared two-core machine cannot resolve 5 % (two servers
-that differ in nothing measured up to 22 % apart, docs/monitoring.md "Session 12"); the
+that differ in nothing measured up to 22 % apart, docs/history/capture.md "Session 12"); the
 instructions they execute can. Each cell (rows per request) starts a 0 % and a 100 %
 server under ``valgrind --tool=callgrind`` with instrumentation off, warms both up (the
 warm-up ends with a capture flush, so the window starts with an empty buffer), then

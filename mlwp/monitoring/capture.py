@@ -113,7 +113,7 @@ SPOOL_END = b"MLWPEND1"
 # bodies as stored (compressed when the JSON's "codec" says so), little-endian
 _SPOOL_HEADER = struct.Struct("<8sQQQ")
 # the codecs a framed spool part's bodies may be compressed with (Arrow's, which compress
-# without the interpreter lock; serving's default lz4_raw, LZ4 blocks, docs/monitoring.md
+# without the interpreter lock; serving's default lz4_raw, LZ4 blocks, docs/history/capture.md,
 # "Session 13"); None: stored as they are
 SPOOL_CODECS = (None, "zstd", "lz4", "lz4_raw")
 # the per-request columns of a framed spool part's JSON: request_schema()'s, the bodies

@@ -196,7 +196,7 @@ class ServingSettings(BaseSettings):
         description="Compression of the captured bodies in serving's spool parts, until the "
         "monitor's compaction stores them as zstd Parquet: lz4_raw (LZ4 blocks) stores about "
         "a seventh of the bytes for less than half zstd's instructions; zstd about half "
-        "lz4_raw's bytes; none all of them (docs/monitoring.md, 'Session 13').",
+        "lz4_raw's bytes; none all of them (docs/history/capture.md, 'Session 13').",
     )
 
     log_level: str = "INFO"

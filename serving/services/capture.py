@@ -429,7 +429,7 @@ class Area:
     The buffer is an anonymous memory map, not a ``bytearray``: a ``bytearray(n)`` is
     memset to zeros by the interpreter over pages the kernel has just handed out zeroed,
     ~34k instructions per 100-row request on the loop while the area pool grows
-    (docs/monitoring.md, "Session 13"); a map's pages are zeroed once, by the kernel, when
+    (docs/history/capture.md, "Session 13"); a map's pages are zeroed once, by the kernel, when
     first written, and the pages a chunk never reaches (most of a response area) are never
     made at all."""
 
