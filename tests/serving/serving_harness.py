@@ -81,3 +81,34 @@ async def running(settings: Any, *, wait_ready: bool = True) -> AsyncIterator[Se
                 else:
                     raise TimeoutError("service not ready within 60 s")
             yield service
+
+
+class Transport:
+    """The transport an ``HttpProtocol`` is given in process: what the protocol writes, as
+    one bytes string, and whether it closed the connection; a client at ``peer``."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return False  # as TLS: a close closes at once
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": (self.peer, 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from serving_harness import running
+from serving_harness import Transport, running
 from telco import register_version, sample_records, set_traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.anyio]
@@ -35,36 +35,6 @@ def normalised(data: bytes) -> bytes:
     for pattern, replacement in _VOLATILE:
         data = pattern.sub(replacement, data)
     return data
-
-
-class Transport:
-    """What the protocol writes, as one bytes string; a client at ``peer``."""
-
-    def __init__(self, peer: str) -> None:
-        self.peer = peer
-        self.data = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return False  # as TLS: a close closes at once
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": (self.peer, 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def responses_in(data: bytes) -> int:

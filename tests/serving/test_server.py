@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from serving_harness import Transport
 
 from serving.server import CoalescingTransport
 
@@ -60,35 +61,6 @@ async def test_everything_else_is_the_real_transport() -> None:
     assert transport.get_extra_info("sockname") == ("127.0.0.1", 8000)
 
 
-class Connection:
-    """What an ``HttpProtocol`` writes and whether it closed the connection."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("10.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 async def test_keep_alive_closes_an_idle_connection_with_one_timer() -> None:
     """An idle keep-alive connection is closed ``timeout_keep_alive`` seconds after its last
     response, as uvicorn closes it, but requests in between make no timer of their own."""
@@ -115,7 +87,7 @@ async def test_keep_alive_closes_an_idle_connection_with_one_timer() -> None:
     loop.call_later = counted  # type: ignore[method-assign]
     try:
         protocol = HttpProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
-        connection = Connection()
+        connection = Transport("10.0.0.1")
         protocol.connection_made(connection)  # type: ignore[arg-type]
         timers.clear()  # the new connection's header timer
         started = loop.time()

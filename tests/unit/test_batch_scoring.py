@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,16 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "fixtures" / "data" / "telco_churn_sample.csv"
+
+
+def partitioned(tmp_path: Path, **options: Any) -> tuple[Storage, Any, PartitionedReader]:
+    """The churn CSV extracted into a partitioned dataset (``options``: how it is split),
+    its storage, reference and reader."""
+    storage = Storage(str(tmp_path / "store"))
+    ref = extract_partitioned(
+        DATA.as_uri(), storage=storage, project="churn", name="raw", **options
+    )
+    return storage, ref, PartitionedReader(storage, ref.uri)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +76,7 @@ PREDICTED = ["prediction", "probability_No", "probability_Yes"]
 def test_partitions_scored_in_chunks_match_serving(
     churn_model: mlwp_model.Model, tmp_path: Path, output: Output, carried: list[str] | None
 ) -> None:
-    storage = Storage(str(tmp_path / "store"))
-    ref = extract_partitioned(
-        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=150
-    )
-    reader = PartitionedReader(storage, ref.uri)
+    storage, ref, reader = partitioned(tmp_path, rows_per_partition=150)
     assert len(reader.partitions) > 2
     staged = []
     first_row = 0
@@ -127,11 +134,7 @@ def test_hive_partitions_score_as_served(churn_model: mlwp_model.Model, tmp_path
     """A feature held by the Hive folder names (partition_by) is scored as the others."""
     import pyarrow as pa
 
-    storage = Storage(str(tmp_path / "store"))
-    ref = extract_partitioned(
-        DATA.as_uri(), storage=storage, project="churn", name="raw", partition_by=["contract"]
-    )
-    reader = PartitionedReader(storage, ref.uri)
+    _, _, reader = partitioned(tmp_path, partition_by=["contract"])
     for partition in reader.partitions:
         raw = pa.Table.from_batches(list(reader.batches(partition))).to_pandas()
         for output in (Output(join_input=True), Output(keys=("customer_id", "contract"))):
@@ -148,11 +151,7 @@ def test_hive_partitions_score_as_served(churn_model: mlwp_model.Model, tmp_path
 def test_missing_or_clashing_output_columns_are_named(
     churn_model: mlwp_model.Model, tmp_path: Path
 ) -> None:
-    storage = Storage(str(tmp_path / "store"))
-    ref = extract_partitioned(
-        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=500
-    )
-    reader = PartitionedReader(storage, ref.uri)
+    _, _, reader = partitioned(tmp_path, rows_per_partition=500)
     partition = reader.partitions[0]
     with pytest.raises(OutputColumnsError, match=r"key column 'customer' not in the input's"):
         score_partition(churn_model, reader, partition, output=Output(keys=("customer",)))
@@ -308,11 +307,7 @@ def test_chunks_predicted_in_parts_give_the_whole_chunks_answers(
     churn_model: mlwp_model.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each chunk's rows split between the booster threads: the same table, rows in order."""
-    storage = Storage(str(tmp_path / "store"))
-    ref = extract_partitioned(
-        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=1000
-    )
-    reader = PartitionedReader(storage, ref.uri)
+    storage, ref, reader = partitioned(tmp_path, rows_per_partition=1000)
     tables = {}
     for min_part_rows in (1_000_000, 1):  # chunks predicted whole, then in parts
         monkeypatch.setattr(batch_scoring, "MIN_PART_ROWS", min_part_rows)
@@ -326,11 +321,7 @@ def test_chunks_predicted_in_parts_give_the_whole_chunks_answers(
 def test_the_switch_interval_is_shortened_while_scoring_then_restored(
     churn_model: mlwp_model.Model, tmp_path: Path
 ) -> None:
-    storage = Storage(str(tmp_path / "store"))
-    ref = extract_partitioned(
-        DATA.as_uri(), storage=storage, project="churn", name="raw", rows_per_partition=1000
-    )
-    reader = PartitionedReader(storage, ref.uri)
+    _, _, reader = partitioned(tmp_path, rows_per_partition=1000)
     before = sys.getswitchinterval()
     _, scored = score_partition(churn_model, reader, reader.partitions[0], chunk_rows=100)
     next(scored)
