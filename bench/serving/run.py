@@ -11,7 +11,9 @@ project's lock, so the benchmark installs it with uv into an environment of its 
 service also runs under granian (``mlwp-granian``) beside uvicorn; ``mlwp-capture-0`` is the
 service capturing no request (``mlwp`` runs as shipped, capture at 100 %), and with ``--asgi``
 ``mlwp-capture-0-asgi`` is that one with the prediction routes through the ASGI app instead of
-mlwp's protocol (``MLWP_SERVING_FAST_PREDICT=false``). The same closed-loop
+mlwp's protocol (``MLWP_SERVING_FAST_PREDICT=false``); with ``--xgboost-trees``
+``mlwp-capture-0-xgboost`` is that one with its trees scored by XGBoost's predictor instead of
+the trees compiled to C (``MLWP_SERVING_NATIVE_TREES=false``). The same closed-loop
 load (N client threads, keep-alive connections, bounded by time and count) runs at
 concurrency 1 and 8 with 1-row and 100-row bodies; the table prints req/s, p50, p99, CPU
 microseconds per request and the ratios, and a line per cell gives mlwp's ratio to every
@@ -30,6 +32,8 @@ otherwise take CPU from the servers being measured. ``--driver python`` forces t
     .venv/bin/python bench/serving/run.py [--mlflow-url URL] [--seconds 8] [--redis-url URL]
     .venv/bin/python bench/serving/run.py --no-capture --no-cache --seconds 3 --repeats 3
     .venv/bin/python bench/serving/run.py --capture-only --seconds 3 --repeats 3
+    .venv/bin/python bench/serving/run.py --no-capture --no-cache --no-mlserver --rows 100 \
+        --xgboost-trees
 """
 
 from __future__ import annotations
@@ -425,6 +429,20 @@ def main() -> None:
         help="also run mlwp-capture-0 with the prediction routes through the ASGI app "
         "(MLWP_SERVING_FAST_PREDICT=false)",
     )
+    parser.add_argument(
+        "--xgboost-trees",
+        action="store_true",
+        help="also run mlwp-capture-0 with the trees scored by XGBoost's predictor "
+        "(MLWP_SERVING_NATIVE_TREES=false) instead of compiled to C",
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        choices=(1, 100),
+        default=[1, 100],
+        help="the main table's rows per request, one cell each per concurrency (default: 1 100)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="skip the cache-hit run")
     parser.add_argument("--no-capture", action="store_true", help="skip the capture section")
     parser.add_argument(
@@ -584,6 +602,29 @@ def main() -> None:
             servers["mlwp-capture-0-asgi"] = proc
             waits["mlwp-capture-0-asgi"] = f"http://127.0.0.1:{port}/health/ready"
             targets["mlwp-capture-0-asgi"] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
+        if args.xgboost_trees:
+            # the same again with XGBoost's predictor instead of the trees compiled to C
+            port = free_port()
+            proc = start(
+                [*serving, "--port", str(port)],
+                {
+                    **mlwp_env,
+                    "MLWP_SERVING_HOME": str(work / "home-capture-0-xgboost"),
+                    "MLWP_SERVING_DATABASE_URL": db,
+                    "MLWP_SERVING_CAPTURE_PERCENT": "0",
+                    "MLWP_SERVING_NATIVE_TREES": "false",
+                },
+                work / "mlwp-capture-0-xgboost.log",
+            )
+            procs.append(proc)
+            servers["mlwp-capture-0-xgboost"] = proc
+            waits["mlwp-capture-0-xgboost"] = f"http://127.0.0.1:{port}/health/ready"
+            targets["mlwp-capture-0-xgboost"] = (
+                port,
+                f"/v1/models/{name}/predict",
+                "mlwp",
+                auth,
+            )
         if granian_available():
             port = free_port()
             # its own home (captured rows apart), the same key database
@@ -629,7 +670,7 @@ def main() -> None:
         for server, (port, path, kind, headers) in targets.items():
             answered(port, path, bodies[1][kind][0], headers, server, work / f"{server}.log")
         results: list[dict[str, Any]] = []
-        for rows in (1, 100):
+        for rows in args.rows:
             for concurrency in (1, 8):
                 row: dict[str, Any] = {"rows": rows, "concurrency": concurrency}
                 runs: dict[str, list[dict[str, float]]] = {server: [] for server in targets}

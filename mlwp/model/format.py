@@ -129,7 +129,7 @@ class Model:
         None when the model or the record takes the matrix path: no record encoder or
         compiled trees, several outputs, or anything the encoder refuses (the matrix path
         then reads the record again and reports its problem as it always does)."""
-        compiled = self.predictor.compiled
+        compiled = self.predictor.row_trees
         encoder = self.preprocessing.record_encoder
         if compiled is None or encoder is None or not compiled.single_output:
             return None
@@ -165,13 +165,21 @@ class Model:
     def predictor(self) -> BoosterPredictor:
         return BoosterPredictor(self.booster)
 
-    def compile_trees(self) -> str:
-        """Compile the trees for small batches (a service does it once at load; see
-        :mod:`mlwp.model.compiled_trees`); says for which batch sizes, or why not."""
-        rows = self.predictor.compile_trees(np.zeros((1, self.booster.num_features())))
+    def compile_trees(self, native_cache: Path | None = None) -> str:
+        """Compile the trees (a service does it once at load): to C, built in (or loaded
+        from) ``native_cache`` when given (see :mod:`mlwp.model.native_trees`), else or when
+        that fails to Python for small batches (see :mod:`mlwp.model.compiled_trees`); says
+        which, for which batch sizes, or why not."""
+        predictor = self.predictor
+        rows = predictor.compile_trees(
+            np.zeros((1, self.booster.num_features())), native_cache=native_cache
+        )
+        if rows < 0:
+            return "trees compiled to C (batches: against XGBoost on the first served)"
+        c = f"; not compiled to C: {predictor.not_native}" if native_cache is not None else ""
         if rows:
-            return f"compiled trees for batches of up to {rows} rows"
-        return f"XGBoost for every batch ({self.predictor.not_compiled})"
+            return f"compiled trees for batches of up to {rows} rows{c}"
+        return f"XGBoost for every batch ({predictor.not_compiled}{c})"
 
     def tune_encoder(self, record: Mapping[str, Any]) -> str:
         """Time the record encoder's two ways on copies of ``record`` (a service does it

@@ -13,25 +13,33 @@ The results are the booster's own, bit for bit (a test compares them with
 the predictor falls back to ``inplace_predict``.
 
 :class:`BoosterPredictor` adds :mod:`mlwp.model.compiled_trees` for the smallest batches, where
-the ~20 µs that XGBoost spends before looking at a tree is most of the prediction.
+the ~20 µs that XGBoost spends before looking at a tree is most of the prediction, and
+:mod:`mlwp.model.native_trees` (the trees compiled to C, where a C compiler is at hand) for
+every batch when given a folder to build it in.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import statistics
 import threading
+import time
 import timeit
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlwp.model.compiled_trees import CompiledTrees, Unsupported
+from mlwp.model.native_trees import NativeTrees
 
 if TYPE_CHECKING:
     import xgboost
 
 Array = np.ndarray[Any, Any]
+Predict = Callable[[Array], Array]
 
 
 class DensePredictor:
@@ -129,29 +137,85 @@ def _array_interface(data: Array) -> bytes:
     )
 
 
+# batches each side scores per size band before the faster one keeps the band
+TRIALS = 16
+
+
+class _Chooser:
+    """Which of two predictors with identical outputs scores a batch, per band of batch
+    sizes (1, 2-3, 4-7, 8-15, ...): the first batches of a band alternate between them,
+    timed by the thread's CPU clock, and after ``TRIALS`` each the one with the lower median
+    keeps the band. The trees compiled to C are faster than XGBoost's predictor on models
+    whose splits a CPU predicts well (the churn model: 19 against 98 µs for 100 rows) and
+    slower where rows take each side at random (a model of continuous noise: 306 against
+    234 µs); only the rows actually served tell which, and a probe at load misleads (the
+    model's own threshold rows reversed that model's verdict), so the traffic decides."""
+
+    def __init__(self) -> None:
+        self.chosen: dict[int, bool] = {}  # band -> the first predictor won
+        self._times: dict[int, tuple[list[float], list[float]]] = {}
+
+    def predict(self, first: Predict, second: Predict, matrix: Array) -> Array:
+        band = matrix.shape[0].bit_length()
+        chosen = self.chosen.get(band)
+        if chosen is not None:
+            return first(matrix) if chosen else second(matrix)
+        times = self._times.setdefault(band, ([], []))
+        use_first = len(times[0]) <= len(times[1])
+        started = time.thread_time()
+        result = first(matrix) if use_first else second(matrix)
+        times[0 if use_first else 1].append(time.thread_time() - started)
+        if min(len(times[0]), len(times[1])) >= TRIALS:  # a race here costs a few extra trials
+            self.chosen[band] = statistics.median(times[0]) <= statistics.median(times[1])
+            self._times.pop(band, None)
+        return result
+
+
 class BoosterPredictor:
-    """The booster's predictions: XGBoost's C predictor, and for batches of at most
-    ``compiled_rows`` rows the trees compiled to Python once :meth:`compile_trees` has run
-    (serving runs it at load; batch jobs never need it)."""
+    """The booster's predictions: XGBoost's C predictor, and once :meth:`compile_trees` has
+    run (serving runs it at load; batch jobs never need it) either the trees compiled to C,
+    for the batch sizes where the served rows show them faster (:class:`_Chooser`), or the
+    trees compiled to Python for batches of at most ``compiled_rows`` rows."""
 
     def __init__(self, booster: xgboost.Booster) -> None:
         self.booster = booster
         self.dense = DensePredictor(booster)
+        self.native: NativeTrees | None = None
+        self.not_native = "not built"
+        self.chooser = _Chooser()
         self.compiled: CompiledTrees | None = None
         self.compiled_rows = 0
         self.not_compiled = "not compiled"
 
     def predict(self, matrix: Array) -> Array:
         """Raw booster output (float32; probabilities for binary and multiclass)."""
+        if self.native is not None:
+            return self.chooser.predict(self.native.predict, self.dense.predict, matrix)
         if self.compiled is not None and matrix.shape[0] <= self.compiled_rows:
             return self.compiled.predict(matrix)
         return self.dense.predict(matrix)
 
-    def compile_trees(self, sample: Array) -> int:
-        """Compile the trees and keep them for the batch sizes where they beat XGBoost,
-        timed on one ``sample`` row (its results are identical either way, so the timing
-        only decides the speed). Returns that batch size; 0 when XGBoost stays faster or
-        the booster cannot be compiled (``not_compiled`` says why)."""
+    @property
+    def row_trees(self) -> NativeTrees | CompiledTrees | None:
+        """What scores a single row of Python floats (``predict_row``), if anything: the C
+        trees when built (one row: 0.7 µs where the Python trees take 5.6 and XGBoost
+        about 30, on the churn model; a single row leaves the CPU little to mispredict)."""
+        return self.native if self.native is not None else self.compiled
+
+    def compile_trees(self, sample: Array, native_cache: Path | None = None) -> int:
+        """Compile the trees: to C in ``native_cache`` when given (they then score the
+        one-row path and, where faster, the batches; returns -1); else, or when that fails
+        (``not_native`` says why), to Python, kept for the batch sizes where they beat
+        XGBoost, timed on one ``sample`` row (the results are identical either way, so the
+        timing only decides the speed). Returns that batch size; 0 when XGBoost stays
+        faster or the booster cannot be compiled (``not_compiled`` says why)."""
+        if native_cache is not None:
+            try:
+                self.native = NativeTrees.build(self.booster, native_cache)
+                self.not_native = ""
+                return -1
+            except Unsupported as exc:
+                self.not_native = str(exc)
         try:
             compiled = CompiledTrees.compile(self.booster)
         except Unsupported as exc:

@@ -104,6 +104,12 @@ class ServingSettings(BaseSettings):
     predict_threads: int = Field(
         default=1, ge=1, description="XGBoost threads per prediction (nthread of the booster)."
     )
+    native_trees: bool = Field(
+        default=True,
+        description="At load, compile each model's trees to C with the C compiler on PATH "
+        "(cc, or $CC), cached under the model cache; without a compiler, or false: XGBoost's "
+        "predictor (the same outputs, bit for bit; mlwp.model.native_trees).",
+    )
     cors_origins: list[str] = Field(default_factory=list)
     fast_predict: bool = Field(
         default=True,

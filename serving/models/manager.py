@@ -70,7 +70,7 @@ class Model(Protocol):
 
     def predict_decoded(self, records: list[Any]) -> PredictResult: ...
 
-    def compile_trees(self) -> str: ...
+    def compile_trees(self, native_cache: Path | None = None) -> str: ...
 
     def tune_encoder(self, record: Mapping[str, Any]) -> str: ...
 
@@ -368,7 +368,8 @@ class ModelManager:
             model = _load_mlwp_model(path, self.settings.predict_threads)
             schema = RecordSchema.from_features(list(model.features))
             example = [schema.example_record()]
-            predictor = model.compile_trees()
+            native = self.settings.models_dir / "native-trees"
+            predictor = model.compile_trees(native if self.settings.native_trees else None)
             encoder = model.tune_encoder(example[0])
             for _ in range(WARMUP_ROUNDS):
                 result = model.predict(example)

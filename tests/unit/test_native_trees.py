@@ -1,0 +1,245 @@
+"""The trees compiled to C give XGBoost's own predictions, bit for bit, or refuse to build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlwp.model.compiled_trees import Unsupported
+from mlwp.model.native_trees import NativeTrees
+from mlwp.model.predictor import TRIALS, BoosterPredictor, _Chooser
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler"
+)
+
+
+def train(
+    objective: str, classes: int = 1, *, seed: int = 0, rounds: int = 30, **params: object
+) -> tuple[xgboost.Booster, np.ndarray]:
+    # test_compiled_trees' models: missing values, values exactly at thresholds
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, 7))
+    x[rng.random(x.shape) < 0.15] = np.nan
+    x[:, 3] = np.round(x[:, 3])
+    if classes > 1:
+        y = rng.integers(0, classes, size=400)
+    elif objective == "binary:logistic":
+        y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 3]) > 0).astype(float)
+    else:
+        y = rng.normal(size=400) * 10 + 3
+    config = {"objective": objective, "max_depth": 5, "nthread": 1, "seed": seed, **params}
+    if classes > 1:
+        config["num_class"] = classes
+    return xgboost.train(config, xgboost.DMatrix(x, label=y), num_boost_round=rounds), x
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("native-trees")
+
+
+@pytest.mark.parametrize(
+    ("objective", "classes", "params"),
+    [
+        ("binary:logistic", 1, {}),
+        ("binary:logistic", 1, {"base_score": 0.2, "max_depth": 9}),
+        ("multi:softprob", 3, {}),
+        ("multi:softprob", 4, {"num_parallel_tree": 2}),
+        ("reg:squarederror", 1, {}),
+        ("reg:logistic", 1, {}),
+    ],
+)
+def test_same_output_as_xgboost(
+    cache: Path, objective: str, classes: int, params: dict[str, object]
+) -> None:
+    if objective == "reg:logistic":
+        model, x = train("binary:logistic", **params)
+        model.set_param({"objective": "reg:logistic"})
+    else:
+        model, x = train(objective, classes, **params)
+    native = NativeTrees.build(model, cache)
+    expected = model.inplace_predict(x)
+    for start in (0, 1, 5, 100):
+        for rows in (1, 2, 3, 8, 100, 400):
+            got = native.predict(x[start : start + rows])
+            assert got.dtype == np.float32
+            assert got.shape == expected[start : start + rows].shape
+            assert np.array_equal(got, expected[start : start + rows])
+    # a column-major matrix, and float32 input, give the same
+    assert np.array_equal(native.predict(np.asfortranarray(x)), expected)
+    assert np.array_equal(native.predict(x.astype(np.float32)), expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), depth=st.integers(1, 8), data=st.data())
+def test_random_models_and_rows(cache: Path, seed: int, depth: int, data: st.DataObject) -> None:
+    model, _ = train("binary:logistic", seed=seed, max_depth=depth, rounds=10)
+    native = NativeTrees.build(model, cache)
+    values = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([0.0, -1.0])
+    )
+    rows = data.draw(st.lists(st.lists(values, min_size=7, max_size=7), min_size=1, max_size=9))
+    matrix = np.array(rows, dtype=np.float32)
+    assert np.array_equal(native.predict(matrix), model.inplace_predict(matrix))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    objective=st.sampled_from(["binary:logistic", "reg:squarederror"]),
+    data=st.data(),
+)
+def test_predict_row_equals_predict(
+    cache: Path, seed: int, objective: str, data: st.DataObject
+) -> None:
+    """One row of Python floats (doubles, rounded to float32 on the way in as numpy's cast
+    rounds them): the same value as predict() of the float64 matrix, and as XGBoost's."""
+    model, x = train(objective, seed=seed, rounds=10)
+    native = NativeTrees.build(model, cache)
+    values = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(-3, 3).map(lambda v: float(np.nextafter(np.float32(v), np.float32(9)))),
+        st.sampled_from([0.0, -1.0, 1e300, -1e-300, 2.0**-149 * 1.5]),
+    )
+    row = data.draw(st.lists(values, min_size=7, max_size=7))
+    matrix = np.array([row], dtype=np.float64)
+    got = native.predict_row(row)
+    assert type(got) is float
+    expected = native.predict(matrix)
+    assert np.array_equal(np.array([got], dtype=np.float32), expected, equal_nan=True)
+    assert np.array_equal(expected, model.inplace_predict(matrix.astype(np.float32)))
+    for start in range(0, 400, 40):
+        one = x[start].tolist()
+        assert native.predict_row(one) == float(native.predict(x[start : start + 1])[0])
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e3, 1e30])
+def test_sigmoid_at_extreme_margins(cache: Path, scale: float) -> None:
+    """Leaf values scaled up so margins reach and pass the sigmoid's cap (88.7) and
+    overflow float32: still XGBoost's probabilities."""
+    model, x = train("binary:logistic")
+    document = json.loads(bytes(model.save_raw("json")))
+    for tree in document["learner"]["gradient_booster"]["model"]["trees"]:
+        leaves = [i for i, child in enumerate(tree["left_children"]) if child == -1]
+        for i in leaves:
+            tree["split_conditions"][i] *= scale
+            tree["base_weights"][i] *= scale
+    scaled = xgboost.Booster(model_file=bytearray(json.dumps(document).encode()))
+    scaled.set_param({"nthread": 1})
+    native = NativeTrees.build(scaled, cache)
+    assert np.array_equal(native.predict(x), scaled.inplace_predict(x))
+
+
+def test_predict_row_takes_one_row_of_a_one_output_model(cache: Path) -> None:
+    binary, _ = train("binary:logistic")
+    with pytest.raises(ValueError, match="one row of 7 values"):
+        NativeTrees.build(binary, cache).predict_row([0.0] * 6)
+    multiclass, _ = train("multi:softprob", 3)
+    native = NativeTrees.build(multiclass, cache)
+    assert not native.single_output
+    with pytest.raises(ValueError, match="3 outputs"):
+        native.predict_row([0.0] * 7)
+
+
+def test_built_once_then_loaded_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = train("binary:logistic")
+    first = NativeTrees.build(model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]
+
+    def no_build(*args: object) -> None:
+        raise AssertionError("built again")
+
+    monkeypatch.setattr("mlwp.model.native_trees._compile", no_build)
+    again = NativeTrees.build(model, tmp_path)
+    assert again.path == first.path
+    assert np.array_equal(again.predict(x), model.inplace_predict(x))
+    other, _ = train("binary:logistic", seed=1)  # another model: another library
+    with pytest.raises(AssertionError, match="built again"):
+        NativeTrees.build(other, tmp_path)
+
+
+def test_refuses_what_it_cannot_build_or_reproduce(tmp_path: Path) -> None:
+    model, x = train("binary:logistic")
+    with pytest.raises(Unsupported, match="does not run"):
+        NativeTrees.build(model, tmp_path, compiler="/nonexistent/cc")
+    with pytest.raises(Unsupported, match="building the trees failed"):
+        NativeTrees.build(model, tmp_path, compiler="false")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(Unsupported, match="building the trees failed"):
+        NativeTrees.build(model, tmp_path / "file" / "cache")  # a cache it cannot create
+    dart, _ = train("binary:logistic", booster="dart", rate_drop=0.3)
+    with pytest.raises(Unsupported, match="dart"):
+        NativeTrees.build(dart, tmp_path)
+    poisson, _ = train("reg:squarederror")
+    poisson.set_param({"objective": "count:poisson"})
+    with pytest.raises(Unsupported, match="count:poisson"):
+        NativeTrees.build(poisson, tmp_path)
+    # the self-check at load: a library that scores otherwise than the booster is refused
+    native = NativeTrees.build(model, tmp_path)
+    other, _ = train("binary:logistic", seed=1)
+    with pytest.raises(Unsupported, match="differ from XGBoost"):
+        native._check(other, x[:10].astype(np.float32))
+
+
+def test_booster_predictor_chooses_per_batch_size_on_the_served_rows(cache: Path) -> None:
+    model, x = train("binary:logistic")
+    predictor = BoosterPredictor(model)
+    assert predictor.compile_trees(x[:1], native_cache=cache) == -1
+    assert predictor.native is not None and predictor.row_trees is predictor.native
+    # while both take turns and after the choice: XGBoost's outputs
+    for _ in range(2 * TRIALS + 3):
+        for size in (1, 2, 100, 400):
+            assert np.array_equal(predictor.predict(x[:size]), model.inplace_predict(x[:size]))
+    assert set(predictor.chooser.chosen) == {1, 2, 7, 9}
+
+    def no_xgboost(matrix: np.ndarray) -> np.ndarray:
+        raise AssertionError(f"XGBoost asked for {len(matrix)} rows")
+
+    predictor.dense.predict = no_xgboost  # type: ignore[method-assign]
+    predictor.chooser.chosen = dict.fromkeys(predictor.chooser.chosen, True)
+    assert np.array_equal(predictor.predict(x[:100]), model.inplace_predict(x[:100]))
+    predictor.predict(x[:8])  # a band not decided yet: both take turns, C first
+    with pytest.raises(AssertionError, match="8 rows"):
+        predictor.predict(x[:8])
+
+
+def test_the_chooser_keeps_the_faster_side_per_band() -> None:
+    def slow(matrix: np.ndarray) -> np.ndarray:
+        ends = time.thread_time() + 0.002  # CPU time: the chooser's clock
+        while time.thread_time() < ends:
+            pass
+        return matrix
+
+    def fast(matrix: np.ndarray) -> np.ndarray:
+        return matrix
+
+    chooser = _Chooser()
+    small, large = np.zeros((3, 2)), np.zeros((100, 2))
+    for _ in range(TRIALS * 2):
+        assert chooser.predict(slow, fast, small) is small
+        assert chooser.predict(fast, slow, large) is large
+    assert chooser.chosen == {2: False, 7: True}
+
+
+def test_booster_predictor_falls_back_when_it_cannot_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = train("binary:logistic")
+    monkeypatch.setenv("CC", "false")
+    predictor = BoosterPredictor(model)
+    rows = predictor.compile_trees(x[:1].astype(np.float32), native_cache=tmp_path)
+    assert rows >= 0 and predictor.native is None
+    assert "building the trees failed" in predictor.not_native
+    for size in (1, 2, 50):
+        assert np.array_equal(predictor.predict(x[:size]), model.inplace_predict(x[:size]))
