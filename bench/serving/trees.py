@@ -3,8 +3,9 @@
 On the benchmark's churn model (100 trees of depth 5, trained on the telco data) and its
 encoded rows, per batch size (1 and 100 rows), one thread each: XGBoost's C predictor as the
 service calls it (``mlwp.model.predictor.DensePredictor``), the trees compiled to Python
-(``mlwp.model.compiled_trees``), Treelite's GTIL predictor and TL2cgen's C code compiled with gcc
-and loaded as a shared library. It prints how many of 1,000 rows each one scores other than
+(``mlwp.model.compiled_trees``) and to C by mlwp (``mlwp.model.native_trees``, built with the
+system's ``cc``), Treelite's GTIL predictor and TL2cgen's C code compiled with gcc and loaded
+as a shared library. It prints how many of 1,000 rows each one scores other than
 XGBoost (the service needs 0: bit-identical), then microseconds per call and the ratio to
 XGBoost. Treelite and TL2cgen are not in the project's lock (see docs/serving.md, "Runtime
 choices"); run it with them added for the run only:
@@ -34,6 +35,7 @@ def main() -> None:
 
     from mlwp import model as mlwp_model
     from mlwp.model.compiled_trees import CompiledTrees
+    from mlwp.model.native_trees import NativeTrees
     from mlwp.model.predictor import DensePredictor
 
     spec = importlib.util.spec_from_file_location("telco", REPO / "tests" / "serving" / "telco.py")
@@ -58,6 +60,7 @@ def main() -> None:
     predictors: dict[str, Any] = {
         "xgboost": DensePredictor(booster).predict,
         "compiled_trees": CompiledTrees.compile(booster).predict,
+        "native_trees": NativeTrees.build(booster, work / "native").predict,
         "treelite-gtil": lambda x: treelite.gtil.predict(forest, x, nthread=1),
         "tl2cgen": lambda x: native.predict(tl2cgen.DMatrix(x)),
     }
