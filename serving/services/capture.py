@@ -4,15 +4,14 @@ What a request pays is one random draw and, when sampled, one append to an in-me
 its ids and times as one tuple (``put``: the prediction route hands the fields over as
 arguments, the model's classes as JSON made once per loaded version, so nothing else is
 built per request), its response body as sent copied into the current chunk's response
-area, and its request body as received copied into the chunk's request area when small, or
-kept as it came when it is ``HELD_BYTES`` or more (a copy of ~47 kB per 100-row request
-saved; such a body compresses about as well alone). Nothing is parsed, serialised or held
-per record: a small body's bytes die with the request, on the event loop's thread, and the
-next request's allocation reuses that warm memory; written areas are reused by the next
-chunks. A background task hands full chunks to a worker thread, which writes each as
-spool parts (one per model and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas and
-the held bodies as they are, each block LZ4-compressed by Arrow without the interpreter
-lock, framed with the requests' columns as one JSON dump) under
+area, and its request body as received copied into the chunk's request area, whatever its
+size. Nothing is parsed, serialised or held per record: the bodies' bytes die with the
+request, on the event loop's thread, and the next request's allocation reuses that warm
+memory; written areas are reused by the next chunks, the last written first. A background
+task hands full chunks to a worker thread, which writes each as spool parts (one per model
+and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas as they are, each
+LZ4-compressed by Arrow without the interpreter lock, framed with the requests' columns as
+one JSON dump, written past the page cache on a local filesystem) under
 ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
 ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
 Encoding into Parquet happens out of this process, in the monitor task
@@ -23,11 +22,16 @@ read (``mlwp.monitoring.capture.read_capture``).
 Why (measured, docs/monitoring.md "Cost"): the writer thread's Parquet and LZ4 work beside
 the event loop slowed every step of the loop (caches, memory bandwidth), and cost the writer
 ~200 us per 100-row request; every body held until a flush cost the loop as well (session
-9, by CPU time; session 13 holds the large ones again: by instructions their copy cost
-more). Building an Arrow table of the chunk (session 10's spool) held the interpreter lock
-long enough for the loop to wait for it 0.3 times per 100-row request; the framed part
-leaves the writer a few milliseconds of Python per part (0.02-0.10 waits per request; perf:
-4 % of the writer's samples Python, 90 % zstd). zstd cost ~270k instructions per 100-row
+9, by CPU time; session 13 held the large ones again, as by instructions their copy cost
+more, and session 14 measured that by CPU time the loop paid ~15 us more system time per
+100-row request for it, and the writer ~20 us more for compressing a hundred blocks a part,
+each taking the interpreter lock back, instead of two). Building an Arrow table of the
+chunk (session 10's spool) held the interpreter lock long enough for the loop to wait for
+it 0.3 times per 100-row request; the framed part leaves the writer a few milliseconds of
+Python per part (0.02-0.10 waits per request; perf: 4 % of the writer's samples Python, 90 %
+zstd). On a local filesystem parts are written with ``O_DIRECT``: the page cache's copy of
+every byte cost the writer more than LZ4 on this project's virtual machines (the
+``_DirectWriter`` of ``mlwp.monitoring.capture`` says why). zstd cost ~270k instructions per 100-row
 request of the benchmark's bodies (~450k on unique ones), LZ4 blocks ~180k: the spool codec
 is lz4_raw since session 13; the monitor's compaction stores zstd Parquet as before. A
 writer process fed through shared memory was weighed and not built: it could only move the
@@ -187,18 +191,14 @@ class CaptureBuffer:
             self.metrics.capture_dropped.labels(model, "buffer_full").inc(rows)
             return False
         size = len(request)
-        held = size >= HELD_BYTES  # kept as it came, not copied (HELD_BYTES says why)
         chunk = self._chunk
         if (
             chunk is None
+            or chunk.requests.used + size > chunk.requests.size
             or chunk.responses.used + len(response) > chunk.responses.size
-            or (not held and chunk.requests.used + size > chunk.requests.size)
         ):
-            chunk = self._new_chunk(0 if held else size, len(response))
-        if held:
-            chunk.held.append(request)
-        else:
-            chunk.requests.put(request)
+            chunk = self._new_chunk(size, len(response))
+        chunk.requests.put(request)
         chunk.items.append(
             (
                 inference_id,
@@ -230,7 +230,8 @@ class CaptureBuffer:
 
     def _area(self, needed: int) -> Area:
         if needed <= AREA_BYTES and self._free:
-            return self._free.popleft()  # written already: warm memory, no page to map
+            # the one written last (LIFO): its lines the likeliest still in a cache
+            return self._free.pop()
         return Area(max(AREA_BYTES, needed))
 
     # ------------------------------------------------------------------ writer side
@@ -289,7 +290,6 @@ class CaptureBuffer:
         finally:
             for chunk in pending:
                 chunk.items.clear()
-                chunk.held.clear()  # the large bodies are freed here, on this thread
                 for area in (chunk.requests, chunk.responses):
                     if area.size == AREA_BYTES:  # a larger one was for one large body
                         area.used = 0
@@ -348,28 +348,23 @@ class CaptureBuffer:
 
 def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
     """A chunk's requests by model and day (one spool part each), with their bodies: the
-    request bodies as blocks (:func:`_request_blocks`) and the response area as it is when
-    the chunk holds one model's requests of one day (nearly always), else each part's
-    bodies joined."""
+    areas as they are when the chunk holds one model's requests of one day (nearly always),
+    else each part's bodies joined."""
     items = chunk.items
+    requests = chunk.requests.view[: chunk.requests.used]
     responses = chunk.responses.view[: chunk.responses.used]
     # one model, one day (nearly always): checked without a Python step per request
     times = list(map(itemgetter(1), items))
     if len(set(map(itemgetter(2), items))) == 1 and min(times) // _DAY_MS == max(times) // _DAY_MS:
-        return [(items[0][2], items, _request_blocks(chunk), responses)]
-    requests = chunk.requests.view[: chunk.requests.used]
-    held = iter(chunk.held)
+        return [(items[0][2], items, requests, responses)]
     grouped: dict[tuple[str, int], tuple[list[Pending], list[Any], list[Any]]] = {}
     request_at = response_at = 0
     for item in items:
         group = grouped.setdefault((item[2], item[1] // _DAY_MS), ([], [], []))
         group[0].append(item)
         size = item[_REQUEST_SIZE]
-        if size >= HELD_BYTES:
-            group[1].append(next(held))
-        else:
-            group[1].append(requests[request_at : request_at + size])
-            request_at += size
+        group[1].append(requests[request_at : request_at + size])
+        request_at += size
         group[2].append(responses[response_at : response_at + item[_REQUEST_SIZE + 1]])
         response_at += item[_REQUEST_SIZE + 1]
     return [
@@ -378,44 +373,10 @@ def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
     ]
 
 
-def _request_blocks(chunk: Chunk) -> Any:
-    """A chunk's request bodies in order, as the blocks the spool writer compresses one by
-    one: the area as it is when no body was held (one-row traffic), the held bodies when
-    every body was (100-row traffic), else each held body between the runs of the area's
-    bodies that came before and after it."""
-    area = chunk.requests.view[: chunk.requests.used]
-    if not chunk.held:
-        return area
-    if not chunk.requests.used:
-        return list(chunk.held)
-    held = iter(chunk.held)
-    blocks: list[Any] = []
-    start = at = 0  # the area's run not yet in a block, [start, at)
-    for size in map(itemgetter(_REQUEST_SIZE), chunk.items):
-        if size >= HELD_BYTES:
-            if at > start:
-                blocks.append(area[start:at])
-            start = at
-            blocks.append(next(held))
-        else:
-            at += size
-    if at > start:
-        blocks.append(area[start:at])
-    return blocks
-
-
 def _rows(items: list[Pending]) -> int:
     """The rows (records) of buffered requests."""
     return sum(map(itemgetter(_ROWS), items))
 
-
-# A request body this large is held as it came instead of copied into an area, and the
-# spool writer compresses it on its own: it holds enough records (~70 churn records) for
-# its own keys and values to repeat, so it compresses about as well alone as in an area
-# (LZ4, 100 unique churn records: 6.5 kB alone, 6.4 per request in an area), and a copy
-# of ~47 kB per 100-row request (~48k instructions on the event loop) is saved. Smaller
-# bodies (one record: ~0.5 kB) are copied, and compressed together.
-HELD_BYTES = 32 << 10
 
 # An area's size: a chunk's bodies are copied into two of them (requests, responses); at
 # 100 churn records per request (~47 kB of JSON) one holds ~90 requests. Larger areas are
@@ -450,14 +411,12 @@ class Area:
 
 
 class Chunk:
-    """Buffered requests whose bodies lie in one pair of areas, but for the large request
-    bodies, held as they came."""
+    """Buffered requests whose bodies lie in one pair of areas."""
 
-    __slots__ = ("held", "items", "requests", "responses")
+    __slots__ = ("items", "requests", "responses")
 
     def __init__(self, requests: Area, responses: Area) -> None:
         self.items: list[Pending] = []
-        self.held: list[bytes] = []  # request bodies of HELD_BYTES or more, in order
         self.requests = requests
         self.responses = responses
 
