@@ -331,8 +331,8 @@ class SpoolWriter:
         self._local = _local(self._fs)
         self._folders: set[str] = set()  # made already
         # local parts are written past the page cache (O_DIRECT) from this staging area,
-        # while the filesystem takes it (_DirectWriter says why)
-        self._direct: _DirectWriter | None = _DirectWriter() if self._local else None
+        # where the system has it and while the filesystem takes it (_DirectWriter says why)
+        self._direct: _DirectWriter | None = _DirectWriter() if self._local and _O_DIRECT else None
 
     def write(
         self,
@@ -458,7 +458,7 @@ class _DirectWriter:
         temporary = f"{folder}/.{name}.tmp"
         try:
             descriptor = os.open(
-                temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666
+                temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666
             )
         except OSError as exc:
             if exc.errno == errno.EINVAL:
@@ -485,6 +485,8 @@ class _DirectWriter:
         os.rename(temporary, path)
 
 
+# O_DIRECT where the system has it (Linux, the BSDs; not macOS: 0, buffered writes)
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # direct writes in whole blocks of this size (a page: any device's logical block divides it)
 _DIRECT_ALIGN = 4096
 

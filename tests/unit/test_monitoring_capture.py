@@ -537,6 +537,7 @@ def test_a_run_of_several_blocks_reads_back_in_order(tmp_path: Path, codec: str 
     assert table["response"].to_pylist() == answers
 
 
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
 def test_local_parts_are_written_past_the_page_cache_or_without_it_when_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
