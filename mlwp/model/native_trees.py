@@ -176,6 +176,7 @@ def _compile(compiler: str, source: str, path: Path) -> None:
             built = Path(work) / "trees.so"
             done = subprocess.run(  # the configured compiler, no shell
                 [compiler, *FLAGS, "-o", str(built), str(c_file), "-lm"],
+                env={**os.environ, "TMPDIR": work},  # its temporary files: the cache's disk
                 capture_output=True,
                 text=True,
                 timeout=BUILD_SECONDS,
