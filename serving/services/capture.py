@@ -1,7 +1,7 @@
 """Prediction capture: a sample of scored requests, spooled to storage in the background.
 
 What a request pays is one random draw and, when sampled, one append to an in-memory buffer:
-its ids and times as one tuple (``put``: the prediction route hands the fields over as
+its ids and times as values of one flat list (``put``: the prediction route hands the fields over as
 arguments, the model's classes as JSON made once per loaded version, so nothing else is
 built per request), its response body as sent copied into the current chunk's response
 area, and its request body as received copied into the chunk's request area, whatever its
@@ -63,7 +63,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -96,13 +95,17 @@ class Captured:
 
 
 # A buffered request: Captured's fields in this order, the bodies as their lengths (the bytes
-# are in the chunk's areas), the classes as their JSON text. Only strings and numbers: the
-# garbage collector stops tracking the tuple at its first
-# collection. A tuple inside (the classes as a tuple, as before) kept it tracked until a
-# second one, which for a buffered entry is a generation-1 collection: it walked every
-# entry buffered since the last, cold (3-5 ms of CPU for ~3,300 one-row requests, a stall of
-# the event loop every ~3,000 requests at 1 row and c=8: measured in process, 2026-11-30).
-Pending = tuple[Any, ...]
+# are in the chunk's areas), the classes as their JSON text, appended to the chunk's one flat
+# list of values (FIELDS per request; request i's field k is items[i * FIELDS + k]). Only
+# strings and numbers, and no object per request: a tuple per request, as before session 14,
+# outlived its request, so the capturing loop's allocations outran its frees by one per
+# request and the collector ran a young-generation pass every ~440 requests (~0.45 ms each,
+# session 12) where the uncapturing server ran almost none; before that a tuple inside the
+# tuple kept it tracked until a generation-1 pass (3-5 ms of CPU per ~3,300 one-row
+# requests). The flat list is one object, whatever it holds.
+FIELDS = 12
+_TIME = 1
+_MODEL = 2
 _ROWS = 7
 _REQUEST_SIZE = 8  # then the response's
 _DAY_MS = 86_400_000
@@ -194,26 +197,28 @@ class CaptureBuffer:
         chunk = self._chunk
         if (
             chunk is None
-            or chunk.requests.used + size > chunk.requests.size
-            or chunk.responses.used + len(response) > chunk.responses.size
+            or chunk.requests.tell() + size > len(chunk.requests)
+            or chunk.responses.tell() + len(response) > len(chunk.responses)
         ):
             chunk = self._new_chunk(size, len(response))
-        chunk.requests.put(request)
-        chunk.items.append(
-            (
-                inference_id,
-                time_ms,
-                model,
-                version,
-                variant,
-                served,
-                routing_key,
-                rows,
-                size,
-                chunk.responses.put(response),
-                classes_json,
-                latency_ms,
-            )
+        # each body copied in by one call (the map's write), no Python step of ours
+        chunk.requests.write(request)
+        chunk.responses.write(response)
+        # flat: FIELDS values per request, no object of its own that outlives the request
+        # (the tuple this makes dies here): nothing for the garbage collector to count
+        chunk.items += (
+            inference_id,
+            time_ms,
+            model,
+            version,
+            variant,
+            served,
+            routing_key,
+            rows,
+            size,
+            len(response),
+            classes_json,
+            latency_ms,
         )
         self._rows += rows
         if self._rows >= self.batch_rows and self._wake is not None:
@@ -291,8 +296,8 @@ class CaptureBuffer:
             for chunk in pending:
                 chunk.items.clear()
                 for area in (chunk.requests, chunk.responses):
-                    if area.size == AREA_BYTES:  # a larger one was for one large body
-                        area.used = 0
+                    if len(area) == AREA_BYTES:  # a larger one was for one large body
+                        area.seek(0)
                         self._free.append(area)
             pending.clear()
 
@@ -302,37 +307,12 @@ class CaptureBuffer:
         written = 0
         for chunk in pending:
             for model, items, requests, responses in _parts(chunk):
-                (
-                    ids,
-                    times,
-                    models,
-                    versions,
-                    variants,
-                    served,
-                    routing,
-                    rows,
-                    request_sizes,
-                    response_sizes,
-                    classes,
-                    latency,
-                ) = zip(*items, strict=True)
-                columns = {
-                    "inference_id": ids,
-                    "time": times,
-                    "model": models,
-                    "version": versions,
-                    "variant": variants,
-                    "served": served,
-                    "routing_key": routing,
-                    "entity_field": (self.entity_fields.get(model, self.default_entity_field),)
-                    * len(items),
-                    "rows": rows,
-                    "request_size": request_sizes,
-                    "response_size": response_sizes,
-                    "classes": classes,
-                    "latency_ms": latency,
-                }
-                count = sum(rows)
+                columns: dict[str, Sequence[Any]] = dict(
+                    zip(_COLUMNS, _columns(items), strict=True)
+                )
+                field = self.entity_fields.get(model, self.default_entity_field)
+                columns["entity_field"] = (field,) * (len(items) // FIELDS)
+                count = sum(columns["rows"])
                 try:
                     if self._spool is None:  # on the writer's thread, at its first part
                         self._spool = SpoolWriter(self.root, codec=self.codec)
@@ -346,22 +326,45 @@ class CaptureBuffer:
         return written
 
 
-def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
+def _columns(items: list[Any]) -> list[list[Any]]:
+    """Buffered requests' values (flat, :data:`FIELDS` per request) as their columns."""
+    return [items[field::FIELDS] for field in range(FIELDS)]
+
+
+# the spool columns of the buffered fields, in their order
+_COLUMNS = (
+    "inference_id",
+    "time",
+    "model",
+    "version",
+    "variant",
+    "served",
+    "routing_key",
+    "rows",
+    "request_size",
+    "response_size",
+    "classes",
+    "latency_ms",
+)
+
+
+def _parts(chunk: Chunk) -> list[tuple[str, list[Any], Any, Any]]:
     """A chunk's requests by model and day (one spool part each), with their bodies: the
     areas as they are when the chunk holds one model's requests of one day (nearly always),
     else each part's bodies joined."""
     items = chunk.items
-    requests = chunk.requests.view[: chunk.requests.used]
-    responses = chunk.responses.view[: chunk.responses.used]
+    requests = memoryview(chunk.requests)[: chunk.requests.tell()]
+    responses = memoryview(chunk.responses)[: chunk.responses.tell()]
     # one model, one day (nearly always): checked without a Python step per request
-    times = list(map(itemgetter(1), items))
-    if len(set(map(itemgetter(2), items))) == 1 and min(times) // _DAY_MS == max(times) // _DAY_MS:
-        return [(items[0][2], items, requests, responses)]
-    grouped: dict[tuple[str, int], tuple[list[Pending], list[Any], list[Any]]] = {}
+    times = items[_TIME::FIELDS]
+    if len(set(items[_MODEL::FIELDS])) == 1 and min(times) // _DAY_MS == max(times) // _DAY_MS:
+        return [(items[_MODEL], items, requests, responses)]
+    grouped: dict[tuple[str, int], tuple[list[Any], list[Any], list[Any]]] = {}
     request_at = response_at = 0
-    for item in items:
-        group = grouped.setdefault((item[2], item[1] // _DAY_MS), ([], [], []))
-        group[0].append(item)
+    for at in range(0, len(items), FIELDS):
+        item = items[at : at + FIELDS]
+        group = grouped.setdefault((item[_MODEL], item[_TIME] // _DAY_MS), ([], [], []))
+        group[0].extend(item)
         size = item[_REQUEST_SIZE]
         group[1].append(requests[request_at : request_at + size])
         request_at += size
@@ -373,9 +376,9 @@ def _parts(chunk: Chunk) -> list[tuple[str, list[Pending], Any, Any]]:
     ]
 
 
-def _rows(items: list[Pending]) -> int:
+def _rows(items: list[Any]) -> int:
     """The rows (records) of buffered requests."""
-    return sum(map(itemgetter(_ROWS), items))
+    return sum(items[_ROWS::FIELDS])
 
 
 # An area's size: a chunk's bodies are copied into two of them (requests, responses); at
@@ -384,8 +387,11 @@ def _rows(items: list[Pending]) -> int:
 AREA_BYTES = 4 << 20
 
 
-class Area:
-    """Bodies copied back to back into one preallocated buffer, reused once written.
+class Area(mmap.mmap):
+    """Bodies copied back to back into one preallocated buffer, reused once written: its
+    position (``tell()``) is the bytes used, ``len()`` its size, and a body goes in by one
+    ``write`` (a C call: no slice, no view, no Python arithmetic per body; ~3k instructions
+    a request less than slicing a memoryview in a method of ours, session 14).
 
     The buffer is an anonymous memory map, not a ``bytearray``: a ``bytearray(n)`` is
     memset to zeros by the interpreter over pages the kernel has just handed out zeroed,
@@ -394,20 +400,8 @@ class Area:
     first written, and the pages a chunk never reaches (most of a response area) are never
     made at all."""
 
-    __slots__ = ("buffer", "size", "used", "view")
-
-    def __init__(self, size: int) -> None:
-        self.buffer = mmap.mmap(-1, size)
-        self.view = memoryview(self.buffer)
-        self.size = size
-        self.used = 0
-
-    def put(self, body: bytes) -> int:
-        """Copy ``body`` in (the caller checked it fits); return its length."""
-        end = self.used + len(body)
-        self.view[self.used : end] = body
-        self.used = end
-        return len(body)
+    def __new__(cls, size: int) -> Area:
+        return super().__new__(cls, -1, size)
 
 
 class Chunk:
@@ -416,7 +410,7 @@ class Chunk:
     __slots__ = ("items", "requests", "responses")
 
     def __init__(self, requests: Area, responses: Area) -> None:
-        self.items: list[Pending] = []
+        self.items: list[Any] = []  # FIELDS values per request
         self.requests = requests
         self.responses = responses
 

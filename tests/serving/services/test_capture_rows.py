@@ -30,7 +30,7 @@ from mlwp.monitoring.capture import (
 from mlwp.monitoring.capture_rows import json_rows
 from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
-from serving.services.capture import AREA_BYTES, CaptureBuffer, Captured
+from serving.services.capture import AREA_BYTES, FIELDS, CaptureBuffer, Captured
 
 pytestmark = pytest.mark.unit
 
@@ -86,7 +86,7 @@ def stored(buffer: CaptureBuffer) -> pa.Table:
     read back; the buffer keeps it."""
     root = Path(buffer.root.removeprefix("file://")) / f"stored-{next(_STORED)}"
     buffer.root, buffer._spool = root.as_uri(), None
-    assert buffer._write_parts([buffer._chunk]) == sum(item[7] for item in buffer._chunk.items)
+    assert buffer._write_parts([buffer._chunk]) == sum(buffer._chunk.items[7::FIELDS])
     parts = sorted(root.glob("monitoring/capture/model=*/date=*/*.spool"))
     return pa.concat_tables(read_spool(f"file://{part}") for part in parts)
 
@@ -235,21 +235,23 @@ def test_vectorised_columns_equal_the_row_by_row_ones(
 
 
 def test_a_buffered_request_is_nothing_the_collector_walks(tmp_path: Path) -> None:
-    """A buffered request is one tuple of strings and numbers, which the garbage
-    collector stops tracking at its first (youngest-generation) collection: nothing per
-    request or per row for it to walk then or later (why: the module's docstring)."""
-    gc.disable()  # no collection but the one below
+    """A buffered request is its values (strings and numbers) appended to the chunk's one
+    flat list: no object per request that outlives it, so buffering leaves the garbage
+    collector's count of young objects where it was, and nothing per request or per row
+    for it to walk (why: the module's docstring)."""
+    first = request(1, ["Yes", "No"], [[0.2, 0.8], [0.9, 0.1]], ["No", "Yes"])
+    second = request(2, ["Yes"], [[0.2, 0.8]], ["No", "Yes"])
+    buffer = buffer_of(tmp_path, first)
+    gc.disable()  # the young generation's count is read, no collection resets it
     try:
-        buffer = buffer_of(
-            tmp_path, request(1, ["Yes", "No"], [[0.2, 0.8], [0.9, 0.1]], ["No", "Yes"])
-        )
-        entry = buffer._chunk.items[0]
-        assert gc.is_tracked(entry)  # a new tuple is tracked until a collection looks at it
-        gc.collect(0)
+        young = gc.get_count()[0]
+        assert buffer.add(second)
+        assert gc.get_count()[0] <= young
     finally:
         gc.enable()
-    assert not gc.is_tracked(entry)
-    assert not any(gc.is_tracked(value) for value in entry)
+    items = buffer._chunk.items
+    assert len(items) == 2 * FIELDS
+    assert not any(gc.is_tracked(value) for value in items)
 
 
 class _Body(bytes):
@@ -283,7 +285,7 @@ def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> Non
 
     assert asyncio.run(flush()) == 1
     assert buffer._rows == 0
-    assert list(buffer._free) == list(areas) and all(area.used == 0 for area in areas)
+    assert list(buffer._free) == list(areas) and all(area.tell() == 0 for area in areas)
     parts = list(tmp_path.glob("monitoring/capture/model=m/date=*/*.spool"))
     assert len(parts) == 1
     table = read_spool(f"file://{parts[0]}")
@@ -293,7 +295,7 @@ def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> Non
     large = captured("r2", [{"x": 1}], ["y" * AREA_BYTES], [[0.9, 0.1]], ["No", "Yes"])
     assert buffer.add(large)
     chunk = buffer._chunk
-    assert any(chunk.requests is a for a in areas) and chunk.responses.size > AREA_BYTES
+    assert any(chunk.requests is a for a in areas) and len(chunk.responses) > AREA_BYTES
     assert asyncio.run(flush()) == 1
     assert len(buffer._free) == 2  # the large area is not kept
 
@@ -318,7 +320,7 @@ def test_bodies_of_every_size_are_copied_and_stored_in_order(tmp_path: Path, cod
         assert buffer.add(request)
     chunk = buffer._chunk
     assert chunk is not None
-    assert chunk.requests.used == sum(len(r.request) for r in requests)
+    assert chunk.requests.tell() == sum(len(r.request) for r in requests)
     assert asyncio.run(buffer.flush()) == sum(sizes)
     [part] = tmp_path.glob("monitoring/capture/model=m/date=*/*.spool")
     table = read_spool(f"file://{part}")
@@ -365,7 +367,8 @@ def test_a_chunk_of_two_models_and_two_days_is_spooled_by_model_and_day(
         '["No","Yes"]',
         late.latency_ms,
     )
-    assert buffer._chunk.items[2][10] == buffer._chunk.items[0][10]  # the same JSON
+    items = buffer._chunk.items
+    assert items[2 * FIELDS + 10] == items[10]  # the same JSON
     assert asyncio.run(buffer.flush()) == 4
     parts = sorted(tmp_path.glob("monitoring/capture/model=*/date=*/*.spool"))
     assert [(p.parent.parent.name, p.parent.name) for p in parts] == [
