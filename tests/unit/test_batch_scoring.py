@@ -306,16 +306,33 @@ def test_scoring_allocates_arrow_buffers_with_malloc_unless_a_pool_is_chosen() -
 def test_chunks_predicted_in_parts_give_the_whole_chunks_answers(
     churn_model: mlwp_model.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each chunk's rows split between the booster threads: the same table, rows in order."""
+    """Each chunk's rows split between the booster threads, and encoded in pieces (blocks
+    below the mmap threshold): the same table, rows in order."""
     storage, ref, reader = partitioned(tmp_path, rows_per_partition=1000)
+    width = len(churn_model.preprocessing.outputs)
+    small = 4096 + 4 * width * 40  # pieces of at most 40 rows
+    assert len(batch_scoring.pieces(333, width)) == 1
     tables = {}
-    for min_part_rows in (1_000_000, 1):  # chunks predicted whole, then in parts
+    # chunks predicted whole, then in parts, then encoded in pieces predicted in parts
+    for name, min_part_rows, threshold in [
+        ("whole", 1_000_000, batch_scoring.MMAP_THRESHOLD_BYTES),
+        ("parts", 1, batch_scoring.MMAP_THRESHOLD_BYTES),
+        ("pieces", 1, small),
+    ]:
         monkeypatch.setattr(batch_scoring, "MIN_PART_ROWS", min_part_rows)
+        monkeypatch.setattr(batch_scoring, "MMAP_THRESHOLD_BYTES", threshold)
         schema, scored = score_partition(churn_model, reader, reader.partitions[0], chunk_rows=333)
-        tables[min_part_rows] = pa.Table.from_batches(list(scored), schema)
-    assert tables[1].equals(tables[1_000_000])
-    assert tables[1]["row"].to_pylist() == list(range(ref.rows))
-    assert_served(churn_model, storage.read_dataset(ref.uri), tables[1].to_pandas())
+        tables[name] = pa.Table.from_batches(list(scored), schema)
+    assert [len(batch_scoring.pieces(333, width))] == [9]  # 333 rows in pieces of 37
+    assert tables["parts"].equals(tables["whole"])
+    assert tables["pieces"].equals(tables["whole"])
+    assert tables["pieces"]["row"].to_pylist() == list(range(ref.rows))
+    assert_served(churn_model, storage.read_dataset(ref.uri), tables["pieces"].to_pandas())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim")
+def test_scoring_gives_freed_heap_pages_back_first() -> None:
+    assert batch_scoring.trim_heap() is True
 
 
 def test_the_switch_interval_is_shortened_while_scoring_then_restored(
