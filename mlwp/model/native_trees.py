@@ -32,12 +32,15 @@ folder by a hash of their source and the compiler, so a restart loads them witho
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
 import math
 import os
+import platform
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -69,6 +72,8 @@ RANDOM_ROWS = 256
 BUILD_SECONDS = 180
 ENTRY = "mlwp_trees_predict"
 ROW_ENTRY = "mlwp_trees_predict_row"
+_MARKER = b"mlwp-trees-sha256"
+_TRAILER = len(_MARKER) + 32
 FLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-std=c99")
 
 
@@ -113,7 +118,10 @@ class NativeTrees:
         vector for one output, ``(rows, outputs)`` for several."""
         data = np.ascontiguousarray(matrix, dtype=np.float32)
         if data.ndim != 2 or data.shape[1] != self.features:
-            data = data.reshape(-1, self.features)
+            # XGBoost refuses it too; reshaping would score a wider matrix's values as rows
+            raise ValueError(
+                f"Feature shape mismatch, expected: {self.features}, got shape {data.shape}"
+            )
         rows = data.shape[0]
         out = np.empty((rows, self.outputs) if self.outputs > 1 else rows, dtype=np.float32)
         if rows:
@@ -132,15 +140,27 @@ class NativeTrees:
         if not compiler:
             raise Unsupported("no C compiler (cc) to build the trees with")
         digest = hashlib.sha256(
-            "\n".join((source, _compiler_identity(compiler), *FLAGS)).encode()
+            # the machine too: `cc --version` reads the same on x86-64 and arm64, and a
+            # models folder may be shared between both
+            "\n".join((source, _compiler_identity(compiler), platform.machine(), *FLAGS)).encode()
         ).hexdigest()[:24]
         path = cache / f"trees-{digest}.so"
-        if not path.exists():
+        # dlopen of a cut-short library can end the process (SIGBUS), so a cached file is
+        # loaded only whole: as this module wrote it, its digest at its end
+        cached = _intact(path)
+        if not cached:
             _compile(compiler, source, path)
         try:
             library = ctypes.CDLL(str(path))
         except OSError as exc:
-            raise Unsupported(f"cannot load the built trees: {exc}") from exc
+            if not cached:
+                raise Unsupported(f"cannot load the built trees: {exc}") from exc
+            # a whole file that does not load here (another C library, say): built again
+            _compile(compiler, source, path)
+            try:
+                library = ctypes.CDLL(str(path))
+            except OSError as exc:
+                raise Unsupported(f"cannot load the built trees: {exc}") from exc
         native = cls(library, path, features, outputs)
         native._check(booster, probes)
         return native
@@ -155,6 +175,18 @@ class NativeTrees:
             got, want = self.predict(rows[start:stop]), expected[start:stop]
             if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
                 raise Unsupported("the built trees differ from XGBoost on probe rows")
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` is a library :func:`_compile` wrote, whole (its trailer: a marker
+    and the SHA-256 of the bytes before it; the dynamic loader ignores bytes after the
+    ELF's sections)."""
+    try:
+        data = path.read_bytes()
+    except OSError:  # absent, unreadable
+        return False
+    body, marker, digest = data[:-_TRAILER], data[-_TRAILER:-32], data[-32:]
+    return marker == _MARKER and hashlib.sha256(body).digest() == digest
 
 
 def _compiler_identity(compiler: str) -> str:
@@ -174,18 +206,28 @@ def _compile(compiler: str, source: str, path: Path) -> None:
             c_file = Path(work) / "trees.c"
             c_file.write_text(source)
             built = Path(work) / "trees.so"
-            done = subprocess.run(  # the configured compiler, no shell
+            process = subprocess.Popen(  # the configured compiler, no shell
                 [compiler, *FLAGS, "-o", str(built), str(c_file), "-lm"],
                 env={**os.environ, "TMPDIR": work},  # its temporary files: the cache's disk
-                capture_output=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=BUILD_SECONDS,
-                check=False,
+                start_new_session=True,  # its own process group: cc1 and as end with it
             )
-            if done.returncode != 0:
-                lines = done.stderr.strip().splitlines() or ["no output"]
+            try:
+                _, stderr = process.communicate(timeout=BUILD_SECONDS)
+            except subprocess.TimeoutExpired:
+                # killing cc alone would leave cc1 compiling in the background
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise
+            if process.returncode != 0:
+                lines = stderr.strip().splitlines() or ["no output"]
                 first = next((line for line in lines if "error" in line), lines[0])
-                raise Unsupported(f"building the trees failed ({done.returncode}): {first}")
+                raise Unsupported(f"building the trees failed ({process.returncode}): {first}")
+            with built.open("r+b") as library:  # the trailer _intact checks
+                library.write(_MARKER + hashlib.sha256(library.read()).digest())
             # atomic: another process loading the same model sees the whole library or none
             os.replace(built, path)
     except (OSError, subprocess.SubprocessError) as exc:  # a read-only cache, a timeout
@@ -226,6 +268,8 @@ def _source(booster: xgboost.Booster) -> tuple[str, int, int, Array]:
         raise Unsupported("multi-target model")
     trees = gbm["model"]["trees"]
     groups = [int(g) for g in gbm["model"]["tree_info"]]
+    if len(groups) != len(trees) or any(not 0 <= g < outputs for g in groups):
+        raise Unsupported(f"tree groups {sorted(set(groups))} for {outputs} outputs")
     if sum(len(t["left_children"]) for t in trees) > MAX_NODES:
         raise Unsupported(f"more than {MAX_NODES} nodes")
     bases = _base_margins(params["base_score"], objective, outputs)
@@ -235,7 +279,8 @@ def _source(booster: xgboost.Booster) -> tuple[str, int, int, Array]:
         "#include <math.h>\n#include <stddef.h>\n\n",
     ]
     for index, tree in enumerate(trees):
-        parts.append(f"static float t{index}(const float *x) {{\n{_tree_body(tree)}}}\n")
+        body = _tree_body(tree, features)
+        parts.append(f"static float t{index}(const float *x) {{\n{body}}}\n")
     # the objective's transform of one row's margins s into out
     parts.append("static void finish(float *s, float *out) {\n")
     if transform == "sigmoid":
@@ -277,7 +322,7 @@ def _source(booster: xgboost.Booster) -> tuple[str, int, int, Array]:
     return "".join(parts), features, outputs, _probe_rows(trees, features)
 
 
-def _tree_body(tree: dict[str, Any]) -> str:
+def _tree_body(tree: dict[str, Any], features: int) -> str:
     """One tree as nested ``if``/``else`` returning its leaf values."""
     if int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
         raise Unsupported("vector-leaf trees")
@@ -297,7 +342,10 @@ def _tree_body(tree: dict[str, Any]) -> str:
             lines.append(f"{pad}return {value};\n")
             return
         # NaN fails every comparison: `!(x >= t)` sends it left, `x < t` right
-        x = f"x[{int(feature[i])}]"
+        f = int(feature[i])
+        if not 0 <= f < features:  # the C would read outside the row
+            raise Unsupported(f"a split on feature {f} of {features}")
+        x = f"x[{f}]"
         test = f"!({x} >= {value})" if default_left[i] else f"{x} < {value}"
         lines.append(f"{pad}if ({test}) {{\n")
         node(left[i], depth + 1)

@@ -243,3 +243,64 @@ def test_booster_predictor_falls_back_when_it_cannot_build(
     assert "building the trees failed" in predictor.not_native
     for size in (1, 2, 50):
         assert np.array_equal(predictor.predict(x[:size]), model.inplace_predict(x[:size]))
+
+
+def test_refuses_a_matrix_of_another_width(cache: Path) -> None:
+    model, x = train("binary:logistic")
+    native = NativeTrees.build(model, cache)
+    wide = np.zeros((2, 14), dtype=np.float32)  # reshaped, it would score as four rows
+    for matrix in (wide, x[:3, :6], x[0]):
+        with pytest.raises(ValueError, match="Feature shape mismatch"):
+            model.inplace_predict(matrix if matrix.ndim == 2 else matrix[None, :6])
+        with pytest.raises(ValueError, match="Feature shape mismatch"):
+            native.predict(matrix)
+
+
+def test_no_compiler_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = train("binary:logistic")
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, no gcc
+    with pytest.raises(Unsupported, match="no C compiler"):
+        NativeTrees.build(model, tmp_path / "cache")
+    predictor = BoosterPredictor(model)
+    predictor.compile_trees(x[:1].astype(np.float32), native_cache=tmp_path / "cache")
+    assert predictor.native is None and "no C compiler" in predictor.not_native
+    assert np.array_equal(predictor.predict(x[:20]), model.inplace_predict(x[:20]))
+
+
+def test_a_cached_file_that_does_not_load_is_built_again(tmp_path: Path) -> None:
+    model, x = train("binary:logistic")
+    built = NativeTrees.build(model, tmp_path / "a")
+    # another folder, so this process has not loaded it: a truncated copy, then not a library
+    for content in (built.path.read_bytes()[:1000], b"not a library"):
+        cached = tmp_path / content[:3].hex() / built.path.name
+        cached.parent.mkdir()
+        cached.write_bytes(content)
+        again = NativeTrees.build(model, cached.parent)
+        assert again.path == cached and cached.read_bytes() != content
+        assert np.array_equal(again.predict(x), model.inplace_predict(x))
+
+
+def test_a_build_that_takes_too_long_ends_with_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = train("binary:logistic", rounds=2)
+    child = tmp_path / "child.pid"
+    compiler = tmp_path / "slow-cc"  # like cc: a driver whose child (cc1) does the work
+    compiler.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && exit 0\nsleep 60 & echo $! > {child}\nwait\n'
+    )
+    compiler.chmod(0o755)
+    monkeypatch.setattr("mlwp.model.native_trees.BUILD_SECONDS", 1)
+    with pytest.raises(Unsupported, match="timed out"):
+        NativeTrees.build(model, tmp_path / "cache", compiler=str(compiler))
+    pid = int(child.read_text())
+    for _ in range(50):
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the compiler's child {pid} still runs")
+    assert list((tmp_path / "cache").iterdir()) == []  # its temporary folder removed
+
