@@ -154,20 +154,37 @@ class _Chooser:
     def __init__(self) -> None:
         self.chosen: dict[int, bool] = {}  # band -> the first predictor won
         self._times: dict[int, tuple[list[float], list[float]]] = {}
+        # the trials' bookkeeping (serving scores on the event loop and on pool threads at
+        # once): each band decided once, from exactly TRIALS batches a side
+        self._lock = threading.Lock()
+        # called once per decided band: (band's smallest batch, first won, the two medians
+        # in seconds); serving logs it (the choice is otherwise invisible to an operator)
+        self.report: Callable[[int, bool, tuple[float, float]], None] | None = None
 
     def predict(self, first: Predict, second: Predict, matrix: Array) -> Array:
         band = matrix.shape[0].bit_length()
         chosen = self.chosen.get(band)
         if chosen is not None:
             return first(matrix) if chosen else second(matrix)
-        times = self._times.setdefault(band, ([], []))
-        use_first = len(times[0]) <= len(times[1])
+        with self._lock:
+            times = self._times.setdefault(band, ([], []))
+            use_first = len(times[0]) <= len(times[1])
+        # the thread's CPU clock: the other requests' work does not count, a pause for the
+        # GIL neither; a GC pause or a cold cache is one trial of 16, the median ignores it
         started = time.thread_time()
         result = first(matrix) if use_first else second(matrix)
-        times[0 if use_first else 1].append(time.thread_time() - started)
-        if min(len(times[0]), len(times[1])) >= TRIALS:  # a race here costs a few extra trials
-            self.chosen[band] = statistics.median(times[0]) <= statistics.median(times[1])
-            self._times.pop(band, None)
+        spent = time.thread_time() - started
+        decided, medians = None, (0.0, 0.0)
+        with self._lock:
+            if band in self.chosen:  # decided meanwhile by another thread
+                return result
+            times[0 if use_first else 1].append(spent)
+            if min(len(times[0]), len(times[1])) >= TRIALS:
+                medians = statistics.median(times[0]), statistics.median(times[1])
+                decided = self.chosen[band] = medians[0] <= medians[1]
+                del self._times[band]
+        if decided is not None and self.report is not None:
+            self.report(1 << (band - 1) if band else 0, decided, medians)
         return result
 
 
@@ -216,6 +233,8 @@ class BoosterPredictor:
                 return -1
             except Unsupported as exc:
                 self.not_native = str(exc)
+            except Exception as exc:
+                self.not_native = f"{type(exc).__name__}: {exc}"
         try:
             compiled = CompiledTrees.compile(self.booster)
         except Unsupported as exc:

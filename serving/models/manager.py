@@ -370,6 +370,9 @@ class ModelManager:
             example = [schema.example_record()]
             native = self.settings.models_dir / "native-trees"
             predictor = model.compile_trees(native if self.settings.native_trees else None)
+            chooser = getattr(getattr(model, "predictor", None), "chooser", None)
+            if chooser is not None:  # C trees or XGBoost per batch size: logged when decided
+                chooser.report = functools.partial(_log_trees_choice, name, version)
             encoder = model.tune_encoder(example[0])
             for _ in range(WARMUP_ROUNDS):
                 result = model.predict(example)
@@ -431,6 +434,21 @@ def _versions(state: ModelState) -> dict[str, str]:
 
 def _safe(part: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in part)
+
+
+def _log_trees_choice(
+    name: str, version: str, rows: int, native: bool, medians: tuple[float, float]
+) -> None:
+    """The C trees or XGBoost's predictor for a band of batch sizes, once it is decided."""
+    log.info(
+        "trees_choice",
+        model=name,
+        version=version,
+        rows=f"{rows}-{max(rows, 2 * rows - 1)}",
+        predictor="C trees" if native else "XGBoost",
+        c_us=round(medians[0] * 1e6, 1),
+        xgboost_us=round(medians[1] * 1e6, 1),
+    )
 
 
 def _first_line(exc: BaseException) -> str:

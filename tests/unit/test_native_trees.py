@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -304,3 +305,43 @@ def test_a_build_that_takes_too_long_ends_with_its_children(
         pytest.fail(f"the compiler's child {pid} still runs")
     assert list((tmp_path / "cache").iterdir()) == []  # its temporary folder removed
 
+
+def test_the_chooser_decides_each_band_once_across_threads() -> None:
+    chooser = _Chooser()
+    reports: list[tuple[int, bool, tuple[float, float]]] = []
+    chooser.report = lambda rows, first, medians: reports.append((rows, first, medians))
+    matrix = np.zeros((100, 2))
+
+    def slow(m: np.ndarray) -> np.ndarray:
+        ends = time.thread_time() + 0.0005
+        while time.thread_time() < ends:
+            pass
+        return m
+
+    def serve() -> None:
+        for _ in range(TRIALS * 2):
+            assert chooser.predict(slow, lambda m: m, matrix) is matrix
+
+    threads = [threading.Thread(target=serve) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert chooser.chosen == {7: False}
+    assert len(reports) == 1 and reports[0][:2] == (64, False)
+    assert reports[0][2][0] > reports[0][2][1]
+
+
+def test_booster_predictor_falls_back_on_any_failure_to_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = train("binary:logistic")
+
+    def broken(*args: object) -> None:
+        raise KeyError("split_indices")  # a model JSON of another shape, say
+
+    monkeypatch.setattr(NativeTrees, "build", broken)
+    predictor = BoosterPredictor(model)
+    predictor.compile_trees(x[:1].astype(np.float32), native_cache=tmp_path)
+    assert predictor.native is None and predictor.not_native == "KeyError: 'split_indices'"
+    assert np.array_equal(predictor.predict(x[:20]), model.inplace_predict(x[:20]))
