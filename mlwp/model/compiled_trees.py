@@ -35,7 +35,7 @@ import json
 import math
 import struct
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -177,30 +177,9 @@ class CompiledTrees:
     @classmethod
     def compile(cls, booster: xgboost.Booster) -> CompiledTrees:
         """Compile ``booster``, or raise :class:`Unsupported` saying why not."""
-        config = json.loads(booster.save_config())
-        objective = config["learner"]["objective"]["name"]
-        if objective in SIGMOID:
-            transform = "sigmoid"
-        elif objective in SOFTMAX:
-            transform = "softmax"
-        elif objective in IDENTITY:
-            transform = "identity"
-        else:
-            raise Unsupported(f"objective {objective!r}")
-        model = json.loads(bytes(booster.save_raw("json")))["learner"]
-        gbm = model["gradient_booster"]
-        if gbm.get("name") != "gbtree":
-            raise Unsupported(f"booster {gbm.get('name')!r} (only gbtree)")
-        params = model["learner_model_param"]
-        features = int(params["num_feature"])
-        outputs = max(1, int(params["num_class"]))
-        if int(params.get("num_target", "1")) != 1:
-            raise Unsupported("multi-target model")
-        trees = gbm["model"]["trees"]
-        groups_of_trees = [int(g) for g in gbm["model"]["tree_info"]]
-        if sum(len(t["left_children"]) for t in trees) > MAX_NODES:
-            raise Unsupported(f"more than {MAX_NODES} nodes")
-        bases = _base_margins(params["base_score"], objective, outputs)
+        model = read_booster(booster, MAX_NODES)
+        trees, features, outputs, bases = model.trees, model.features, model.outputs, model.bases
+        groups_of_trees, transform = model.groups, model.transform
 
         # the function returns the base margins, then one leaf value per tree, packed as
         # float32 (what numpy reads without converting each Python float: a tuple through
@@ -232,6 +211,49 @@ class CompiledTrees:
                 raise Unsupported("differs from XGBoost on probe rows")
 
 
+class Ensemble(NamedTuple):
+    """What both compilers read of a booster (:func:`read_booster`)."""
+
+    transform: str  # "sigmoid", "softmax" or "identity"
+    features: int
+    outputs: int
+    trees: list[dict[str, Any]]  # the JSON model's trees
+    groups: list[int]  # each tree's output
+    bases: list[float]  # each output's base margin
+
+
+def read_booster(booster: xgboost.Booster, max_nodes: int) -> Ensemble:
+    """The booster's trees and what scoring them takes, or :class:`Unsupported` saying why
+    they cannot be compiled (an objective, booster or model shape not reproduced)."""
+    config = json.loads(booster.save_config())
+    objective = config["learner"]["objective"]["name"]
+    if objective in SIGMOID:
+        transform = "sigmoid"
+    elif objective in SOFTMAX:
+        transform = "softmax"
+    elif objective in IDENTITY:
+        transform = "identity"
+    else:
+        raise Unsupported(f"objective {objective!r}")
+    model = json.loads(bytes(booster.save_raw("json")))["learner"]
+    gbm = model["gradient_booster"]
+    if gbm.get("name") != "gbtree":
+        raise Unsupported(f"booster {gbm.get('name')!r} (only gbtree)")
+    params = model["learner_model_param"]
+    features = int(params["num_feature"])
+    outputs = max(1, int(params["num_class"]))
+    if int(params.get("num_target", "1")) != 1:
+        raise Unsupported("multi-target model")
+    trees = gbm["model"]["trees"]
+    groups = [int(g) for g in gbm["model"]["tree_info"]]
+    if len(groups) != len(trees) or any(not 0 <= g < outputs for g in groups):
+        raise Unsupported(f"tree groups {sorted(set(groups))} for {outputs} outputs")
+    if sum(len(t["left_children"]) for t in trees) > max_nodes:
+        raise Unsupported(f"more than {max_nodes} nodes")
+    bases = _base_margins(params["base_score"], objective, outputs)
+    return Ensemble(transform, features, outputs, trees, groups, bases)
+
+
 def _base_margins(raw: str, objective: str, outputs: int) -> list[float]:
     """The starting margin of each output, as XGBoost computes it from ``base_score``."""
     scores = [F32(float(v)) for v in str(raw).strip("[]").split(",") if v.strip()]
@@ -246,15 +268,25 @@ def _base_margins(raw: str, objective: str, outputs: int) -> list[float]:
     return [float(s) for s in scores]
 
 
-def _tree_expression(tree: dict[str, Any]) -> str:
-    """One tree as a nested conditional expression over the row ``x``."""
+def tree_arrays(tree: dict[str, Any]) -> tuple[list[Any], ...]:
+    """A JSON tree's children, split features, thresholds (a leaf's value in its place) and
+    default directions, or :class:`Unsupported` for the splits neither compiler takes."""
     if int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
         raise Unsupported("vector-leaf trees")
     if tree.get("categories_nodes") or any(int(t) != 0 for t in tree.get("split_type", [])):
         raise Unsupported("categorical splits")
-    left, right = tree["left_children"], tree["right_children"]
-    feature, threshold = tree["split_indices"], tree["split_conditions"]
-    default_left = tree["default_left"]
+    return (
+        tree["left_children"],
+        tree["right_children"],
+        tree["split_indices"],
+        tree["split_conditions"],
+        tree["default_left"],
+    )
+
+
+def _tree_expression(tree: dict[str, Any]) -> str:
+    """One tree as a nested conditional expression over the row ``x``."""
+    left, right, feature, threshold, default_left = tree_arrays(tree)
 
     def node(i: int, depth: int) -> str:
         if depth > MAX_DEPTH:

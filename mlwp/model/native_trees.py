@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import json
 import math
 import os
 import platform
@@ -51,13 +50,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlwp.model.compiled_trees import (
-    IDENTITY,
     MAX_DEPTH,
-    SIGMOID,
-    SOFTMAX,
     Unsupported,
-    _base_margins,
     _probe_rows,
+    read_booster,
+    tree_arrays,
 )
 
 if TYPE_CHECKING:
@@ -247,32 +244,9 @@ def _f32(value: float) -> str:
 
 def _source(booster: xgboost.Booster) -> tuple[str, int, int, Array]:
     """The C source of ``booster``, its feature and output counts, and its probe rows."""
-    config = json.loads(booster.save_config())
-    objective = config["learner"]["objective"]["name"]
-    if objective in SIGMOID:
-        transform = "sigmoid"
-    elif objective in SOFTMAX:
-        transform = "softmax"
-    elif objective in IDENTITY:
-        transform = "identity"
-    else:
-        raise Unsupported(f"objective {objective!r}")
-    model = json.loads(bytes(booster.save_raw("json")))["learner"]
-    gbm = model["gradient_booster"]
-    if gbm.get("name") != "gbtree":
-        raise Unsupported(f"booster {gbm.get('name')!r} (only gbtree)")
-    params = model["learner_model_param"]
-    features = int(params["num_feature"])
-    outputs = max(1, int(params["num_class"]))
-    if int(params.get("num_target", "1")) != 1:
-        raise Unsupported("multi-target model")
-    trees = gbm["model"]["trees"]
-    groups = [int(g) for g in gbm["model"]["tree_info"]]
-    if len(groups) != len(trees) or any(not 0 <= g < outputs for g in groups):
-        raise Unsupported(f"tree groups {sorted(set(groups))} for {outputs} outputs")
-    if sum(len(t["left_children"]) for t in trees) > MAX_NODES:
-        raise Unsupported(f"more than {MAX_NODES} nodes")
-    bases = _base_margins(params["base_score"], objective, outputs)
+    model = read_booster(booster, MAX_NODES)
+    trees, features, outputs, bases = model.trees, model.features, model.outputs, model.bases
+    groups, transform = model.groups, model.transform
 
     parts = [
         "/* XGBoost trees written as C by mlwp.model.native_trees. */\n",
@@ -324,13 +298,7 @@ def _source(booster: xgboost.Booster) -> tuple[str, int, int, Array]:
 
 def _tree_body(tree: dict[str, Any], features: int) -> str:
     """One tree as nested ``if``/``else`` returning its leaf values."""
-    if int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
-        raise Unsupported("vector-leaf trees")
-    if tree.get("categories_nodes") or any(int(t) != 0 for t in tree.get("split_type", [])):
-        raise Unsupported("categorical splits")
-    left, right = tree["left_children"], tree["right_children"]
-    feature, threshold = tree["split_indices"], tree["split_conditions"]
-    default_left = tree["default_left"]
+    left, right, feature, threshold, default_left = tree_arrays(tree)
     lines: list[str] = []
 
     def node(i: int, depth: int) -> None:
