@@ -166,12 +166,19 @@ class NativeTrees:
         rng = np.random.default_rng(0)
         random = rng.normal(size=(RANDOM_ROWS, self.features)).astype(np.float32)
         random[rng.random(random.shape) < 0.2] = np.nan
+        signs = rng.choice(np.array([-np.inf, np.inf], dtype=np.float32), size=random.shape)
+        random = np.where(rng.random(random.shape) < 0.05, signs, random)
         rows = np.concatenate([probes, random])
         expected = np.asarray(booster.inplace_predict(rows))
         for start, stop in ((0, len(rows)), (0, 1), (1, 8)):
             got, want = self.predict(rows[start:stop]), expected[start:stop]
             if got.shape != want.shape or not np.array_equal(got, want, equal_nan=True):
                 raise Unsupported("the built trees differ from XGBoost on probe rows")
+        if self.outputs == 1:  # the one-record path's own entry point, on 32 of the rows
+            for i in range(0, len(rows), max(1, len(rows) // 32)):
+                got_row = np.float32(self.predict_row(rows[i].tolist()))
+                if not np.array_equal(got_row, expected[i], equal_nan=True):
+                    raise Unsupported("the built trees' one-row entry differs from XGBoost")
 
 
 def _intact(path: Path) -> bool:
@@ -250,7 +257,9 @@ def _source(booster: xgboost.Booster) -> tuple[str, int, int, Array]:
 
     parts = [
         "/* XGBoost trees written as C by mlwp.model.native_trees. */\n",
-        "#include <math.h>\n#include <stddef.h>\n\n",
+        "#include <float.h>\n#include <math.h>\n#include <stddef.h>\n\n",
+        # float arithmetic in float: x87's extended precision (i386) would round otherwise
+        "#if FLT_EVAL_METHOD != 0\n#error FLT_EVAL_METHOD is not 0\n#endif\n\n",
     ]
     for index, tree in enumerate(trees):
         body = _tree_body(tree, features)

@@ -345,3 +345,21 @@ def test_booster_predictor_falls_back_on_any_failure_to_build(
     predictor.compile_trees(x[:1].astype(np.float32), native_cache=tmp_path)
     assert predictor.native is None and predictor.not_native == "KeyError: 'split_indices'"
     assert np.array_equal(predictor.predict(x[:20]), model.inplace_predict(x[:20]))
+
+
+def test_the_self_check_covers_the_one_row_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlwp.model import native_trees
+
+    model, _ = train("binary:logistic")
+    source = native_trees._source
+
+    def wrong_row(booster: xgboost.Booster) -> tuple[str, int, int, np.ndarray]:
+        text, *rest = source(booster)
+        text = text.replace("return out[0];", "return out[0] * 1.0000001f;")
+        return (text, *rest)  # type: ignore[return-value]
+
+    monkeypatch.setattr(native_trees, "_source", wrong_row)
+    with pytest.raises(Unsupported, match="one-row entry differs"):
+        NativeTrees.build(model, tmp_path)
