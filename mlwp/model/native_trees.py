@@ -4,7 +4,8 @@ XGBoost's C++ predictor spends about 40 µs per call before it looks at a tree, 
 trees through its generic node arrays; at 100 rows it takes about 150 µs for the churn
 model. :class:`NativeTrees` writes the trees as C (one function of nested ``if`` per tree,
 thresholds and leaf values as exact hexadecimal float literals), builds a shared library
-with ``cc`` and calls it through ctypes: one call per batch, the GIL released while it runs.
+with ``cc`` and calls it through ctypes: one call per batch, the GIL released while it runs
+(a single row's sub-microsecond call keeps it).
 
 Its results are XGBoost's own, bit for bit, because the C does XGBoost's arithmetic, as
 :mod:`mlwp.model.compiled_trees` does in Python (the same rules, the same probe rows):
@@ -86,7 +87,12 @@ class NativeTrees:
         function.restype = None
         function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
         self._function = function
-        row = getattr(library, ROW_ENTRY)
+        # the one-row entry keeps the GIL (PyDLL: the same loaded library): it runs for
+        # ~0.1 us, less than releasing costs, and a thread that gives the GIL up may wait a
+        # switch interval (5 ms) or more to get it back from a busy one (measured, churn:
+        # ~157 against ~123 ns a call; beside a busy Python thread 14 of 6,000 released
+        # calls took over 1 ms, up to 10 ms, and none of 6,000 held ones)
+        row = getattr(ctypes.PyDLL(str(path)), ROW_ENTRY)
         row.restype = ctypes.c_float
         row.argtypes = [ctypes.c_char_p]
         self._row = row
