@@ -44,6 +44,7 @@ import signal
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,6 +213,11 @@ def _compiler_identity(compiler: str) -> str:
 def _compile(compiler: str, source: str, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # what a build killed with its process left (a live one is killed at BUILD_SECONDS)
+        stale = time.time() - 2 * BUILD_SECONDS
+        for left in path.parent.glob("mlwp-trees-*"):
+            if left.is_dir() and left.stat().st_mtime < stale:
+                shutil.rmtree(left, ignore_errors=True)
         with tempfile.TemporaryDirectory(prefix="mlwp-trees-", dir=path.parent) as work:
             c_file = Path(work) / "trees.c"
             c_file.write_text(source)

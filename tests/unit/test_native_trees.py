@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -363,3 +364,15 @@ def test_the_self_check_covers_the_one_row_entry(
     monkeypatch.setattr(native_trees, "_source", wrong_row)
     with pytest.raises(Unsupported, match="one-row entry differs"):
         NativeTrees.build(model, tmp_path)
+
+
+def test_a_build_removes_what_killed_builds_left(tmp_path: Path) -> None:
+    model, _ = train("binary:logistic", rounds=2)
+    old, recent = tmp_path / "mlwp-trees-old", tmp_path / "mlwp-trees-recent"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "trees.c").write_text("/* half written */")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    NativeTrees.build(model, tmp_path)
+    assert not old.exists() and recent.exists()  # recent: perhaps another process's build
