@@ -28,7 +28,8 @@ same limits as the Python compiler) and what it cannot build (no compiler, a fai
 after loading the library it compares it with XGBoost on probe rows built from the model's
 own thresholds (each side of every split, missing values) plus seeded random rows, and any
 difference refuses it: the caller then keeps XGBoost's predictor. Libraries are cached in a
-folder by a hash of their source and the compiler, so a restart loads them without building.
+folder by a hash of their source, the compiler and the machine, so a restart loads them
+without building; a cached file is loaded only whole (a trailer of its SHA-256), else rebuilt.
 """
 
 from __future__ import annotations
