@@ -384,9 +384,9 @@ def pieces(rows: int, width: int) -> list[tuple[int, int]]:
     mapping fresh pages that fault in: a chunk of 65,536 rows of the benchmark's 13 columns
     was a 3.4 MB block, mapped anew for every chunk), split evenly, of at least
     ``BOOSTERS * MIN_PART_ROWS`` rows."""
-    fits = max(BOOSTERS * MIN_PART_ROWS, (MMAP_THRESHOLD_BYTES - 4096) // (4 * max(1, width)))
     from itertools import pairwise
 
+    fits = max(BOOSTERS * MIN_PART_ROWS, (MMAP_THRESHOLD_BYTES - 4096) // (4 * max(1, width)))
     count = max(1, -(-rows // fits))
     bounds = [rows * index // count for index in range(count + 1)]
     return [(start, end - start) for start, end in pairwise(bounds)]
