@@ -36,6 +36,10 @@ COPY dags/ dags/
 COPY expectations/ expectations/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-default-groups --group platform
+# The project is installed editable (its code stays here), which UV_COMPILE_BYTECODE does not
+# reach, and the platform user cannot write __pycache__ into this root-owned tree: without
+# this step every task process would compile mlwp and operators from source again.
+RUN python -m compileall -q mlwp operators serving plugins dags
 
 # The code under /opt/mlwp/app stays root-owned and read-only to the platform user; its state
 # (MLWP_HOME), the storage root under it and Airflow's home are the only writable places, and
