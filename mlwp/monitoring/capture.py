@@ -48,6 +48,7 @@ import math
 import mmap
 import os
 import struct
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -435,60 +436,91 @@ class _DirectWriter:
     first write ~2 ns per byte (the host maps and zeroes it) against ~0.15 for a page used
     before (measured, 2026-12-01); a spool part is written once and read once, by the
     monitor, so caching it buys nothing, and the staging area's pages are the same ones
-    part after part."""
+    part after part.
+
+    The area keeps its size (:data:`_DIRECT_AREA_BYTES`): a larger part goes through it in
+    turns (one grown to a part of hundreds of MB stayed resident for the writer's life).
+    One part at a time goes through it (a lock: serving's shutdown can flush from a second
+    thread while a cancelled flush's thread still writes; two parts staged at once got each
+    other's bytes). A write refused once some of the part is in the file (a short write
+    that ended off a block boundary: EINVAL) finishes the part buffered."""
 
     def __init__(self) -> None:
         self._area: mmap.mmap | None = None
+        self._lock = threading.Lock()
 
     def write(self, path: str, pieces: Sequence[bytes | memoryview]) -> None:
-
         views = [memoryview(piece).cast("B") for piece in pieces]
         length = sum(view.nbytes for view in views)
-        padded = -(-length // _DIRECT_ALIGN) * _DIRECT_ALIGN
-        if self._area is None or len(self._area) < padded:
-            if self._area is not None:
-                self._area.close()
-            self._area = mmap.mmap(-1, max(padded, 8 << 20))
-        area = memoryview(self._area)
-        at = 0
-        for view in views:
-            area[at : at + view.nbytes] = view
-            at += view.nbytes
         folder, name = path.rsplit("/", 1)
         temporary = f"{folder}/.{name}.tmp"
-        try:
-            descriptor = os.open(
-                temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666
-            )
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise _NoDirect from exc
-            raise
-        try:
-            done = 0
-            while done < padded:
-                try:
-                    done += os.write(descriptor, area[done:padded])
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL and done == 0:
-                        raise _NoDirect from exc
-                    raise
-            os.ftruncate(descriptor, length)
-        except BaseException:
+        with self._lock:
+            if self._area is None:
+                self._area = mmap.mmap(-1, _DIRECT_AREA_BYTES)
+            try:
+                descriptor = os.open(
+                    temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666
+                )
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise _NoDirect from exc
+                raise
+            area = memoryview(self._area)
+            try:
+                size, staged, stored = len(area), 0, 0  # the area's bytes used, the file's
+                for view in views:
+                    at = 0
+                    while at < view.nbytes:
+                        take = min(view.nbytes - at, size - staged)
+                        area[staged : staged + take] = view[at : at + take]
+                        staged, at = staged + take, at + take
+                        if staged == size:
+                            stored = _write_all(descriptor, area, stored)
+                            staged = 0
+                if staged:  # the last turn padded to a block, cut off below
+                    _write_all(
+                        descriptor, area[: -(-staged // _DIRECT_ALIGN) * _DIRECT_ALIGN], stored
+                    )
+                os.ftruncate(descriptor, length)
+            except BaseException:
+                os.close(descriptor)
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            finally:
+                area.release()
             os.close(descriptor)
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        finally:
-            area.release()
-        os.close(descriptor)
-        os.rename(temporary, path)
+            os.rename(temporary, path)
+
+
+def _write_all(descriptor: int, data: memoryview, stored: int) -> int:
+    """Write ``data`` to a file opened with O_DIRECT that holds ``stored`` bytes; return
+    the bytes it holds then. Refused at its first byte (EINVAL): :class:`_NoDirect`; refused
+    later (an offset a short write left off a block boundary): the rest buffered."""
+    done = 0
+    while done < data.nbytes:
+        try:
+            done += os.write(descriptor, data[done:])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            if stored + done == 0:
+                raise _NoDirect from exc
+            import fcntl
+
+            flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+            if not flags & _O_DIRECT:
+                raise
+            fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~_O_DIRECT)
+    return stored + done
 
 
 # O_DIRECT where the system has it (Linux, the BSDs; not macOS: 0, buffered writes)
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # direct writes in whole blocks of this size (a page: any device's logical block divides it)
 _DIRECT_ALIGN = 4096
+# the staging area's size: a part larger goes through it in turns
+_DIRECT_AREA_BYTES = 8 << 20
 
 
 def _blocks(run: Any) -> list[Any]:

@@ -563,3 +563,118 @@ def test_local_parts_are_written_past_the_page_cache_or_without_it_when_refused(
     assert first.read_bytes() == second.read_bytes()  # cut to its length, the same bytes
     assert capture.read_spool(direct).equals(capture.read_spool(buffered))
     assert not list(first.parent.glob(".*"))  # no temporary left
+
+
+def direct_parts(tmp_path: Path, writer: capture.SpoolWriter, sizes: list[int]) -> list[int]:
+    """Write a part of a request of each of ``sizes`` bytes and one of 3 (no codec), check
+    each reads back as written and is as long as its buffered write; return the lengths."""
+    lengths = []
+    for index, size in enumerate(sizes):
+        bodies = [bytes([65 + index % 26]) * size, b"xyz"]
+        answers = [b'{"predictions":[1]}'] * 2
+        columns = spool_columns(bodies, answers)
+        uri = writer.write("churn", columns, b"".join(bodies), b"".join(answers))
+        table = capture.read_spool(uri)
+        assert table["request"].to_pylist() == bodies, size
+        path = Path(uri.removeprefix("file://"))
+        plain = tmp_path / "plain.spool"
+        capture._write_file(str(plain), [path.read_bytes()])
+        assert path.stat().st_size == plain.stat().st_size  # no padding left in the part
+        lengths.append(path.stat().st_size)
+    return lengths
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
+def test_a_part_larger_than_the_staging_area_goes_through_it_in_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staging area keeps its size whatever a part's (a part of hundreds of MB made it
+    as large, resident for the writer's life): a larger part is staged and written in
+    turns, the last padded to a block; a part of exactly the area's size as well."""
+    monkeypatch.setattr(capture, "_DIRECT_AREA_BYTES", 8192)
+    writer = capture.SpoolWriter(tmp_path.as_uri())
+    direct_parts(tmp_path, writer, [10, 5000, 30_000, 100_001])
+    (length,) = direct_parts(tmp_path, writer, [20_000])
+    (length,) = direct_parts(tmp_path, writer, [20_000 + -length % 8192])
+    assert length % 8192 == 0  # the last turn fills the area: nothing padded
+    assert writer._direct is not None
+    assert len(writer._direct._area or b"") == 8192
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
+def test_a_short_direct_write_ending_off_a_block_is_finished_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct write that returns short, off a block boundary (a filesystem falling back
+    to buffered I/O for a tail), leaves an offset O_DIRECT refuses (EINVAL): the rest of
+    the part is written buffered, the part kept whole, and the next part direct again."""
+    import fcntl
+
+    real_write = os.write
+    calls = []
+
+    def short_once(descriptor: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) > 1:
+            return real_write(descriptor, data)
+        flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        written = real_write(descriptor, memoryview(data)[:4196])
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, flags)
+        return written
+
+    monkeypatch.setattr(capture.os, "write", short_once)
+    writer = capture.SpoolWriter(tmp_path.as_uri())
+    direct_parts(tmp_path, writer, [20_000])
+    assert len(calls) >= 3  # short, refused at 4196, the rest buffered
+    assert writer._direct is not None
+    monkeypatch.setattr(capture.os, "write", real_write)
+    direct_parts(tmp_path, writer, [20_000])
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
+def test_parts_written_from_two_threads_at_once_stay_whole(tmp_path: Path) -> None:
+    """One writer used by two threads at once (serving's shutdown cancels a flush whose
+    thread goes on, then flushes the rest in another): the staging area is theirs in turn,
+    no part gets the other's bytes."""
+    import threading
+
+    writer = capture.SpoolWriter(tmp_path.as_uri())
+    failures: list[BaseException] = []
+
+    def write(letter: bytes) -> None:
+        try:
+            for _ in range(40):
+                bodies = [letter * 200_000, letter * 3]
+                answers = [b'{"predictions":[1]}'] * 2
+                uri = writer.write(
+                    "churn", spool_columns(bodies, answers), b"".join(bodies), b"".join(answers)
+                )
+                assert capture.read_spool(uri)["request"].to_pylist() == bodies
+        except BaseException as exc:  # reported by the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(letter,)) for letter in (b"a", b"b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
+def test_a_filesystem_refusing_direct_writes_only_at_write_time_gets_buffered_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened with O_DIRECT, refused at the first write (EINVAL): the part is written
+    buffered instead, once, with no temporary left, and later parts buffered from then on."""
+
+    def refused(descriptor: int, data: Any) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(capture.os, "write", refused)
+    writer = capture.SpoolWriter(tmp_path.as_uri())
+    direct_parts(tmp_path, writer, [5000, 20_000])
+    assert writer._direct is None
+    assert len(list(tmp_path.rglob("*.spool"))) == 3  # two parts and the plain copy
+    assert not [path for path in tmp_path.rglob(".*") if path.is_file()]
