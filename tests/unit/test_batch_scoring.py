@@ -335,6 +335,67 @@ def test_scoring_gives_freed_heap_pages_back_first() -> None:
     assert batch_scoring.trim_heap() is True
 
 
+@pytest.mark.parametrize(
+    "library",
+    [
+        lambda name: object(),  # musl, macOS: no malloc_trim
+        lambda name: (_ for _ in ()).throw(OSError("no C library")),
+    ],
+)
+def test_trimming_the_heap_is_a_no_op_without_glibc(
+    monkeypatch: pytest.MonkeyPatch, library: Any
+) -> None:
+    import ctypes
+
+    monkeypatch.setattr(ctypes, "CDLL", library)
+    assert batch_scoring.trim_heap() is False
+
+
+@pytest.mark.parametrize("threshold", ["whole", "pieces"])
+def test_a_booster_threads_failure_ends_the_scoring_with_it(
+    churn_model: mlwp_model.Model,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threshold: str,
+) -> None:
+    """A prediction that raises in a booster thread raises from the scored chunks (no
+    hang, no chunk skipped), and the process's boosters score the next partition."""
+    import threading
+
+    _, _, reader = partitioned(tmp_path, rows_per_partition=1000)
+    if threshold == "pieces":
+        width = len(churn_model.preprocessing.outputs)
+        monkeypatch.setattr(batch_scoring, "MIN_PART_ROWS", 1)
+        monkeypatch.setattr(batch_scoring, "MMAP_THRESHOLD_BYTES", 4096 + 4 * width * 40)
+    real = batch_scoring.raw_scores
+    calls: list[int] = []
+
+    def fails_once_in_a_while(model: Any, matrix: Any) -> Any:
+        calls.append(len(matrix))
+        if len(calls) == 5:
+            raise RuntimeError("booster failed")
+        return real(model, matrix)
+
+    monkeypatch.setattr(batch_scoring, "raw_scores", fails_once_in_a_while)
+    outcome: list[BaseException | int] = []
+
+    def score() -> None:
+        try:
+            _, scored = score_partition(churn_model, reader, reader.partitions[0], chunk_rows=100)
+            outcome.append(sum(batch.num_rows for batch in scored))
+        except BaseException as exc:  # reported to the test's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=score, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "scoring hung after a booster failed"
+    assert isinstance(outcome[0], RuntimeError)
+    monkeypatch.setattr(batch_scoring, "raw_scores", real)
+    _, scored = score_partition(churn_model, reader, reader.partitions[0], chunk_rows=100)
+    assert sum(batch.num_rows for batch in scored) == reader.partitions[0].rows
+
+
 def test_the_switch_interval_is_shortened_while_scoring_then_restored(
     churn_model: mlwp_model.Model, tmp_path: Path
 ) -> None:
