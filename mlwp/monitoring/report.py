@@ -287,6 +287,12 @@ def alerts(result: Mapping[str, Any]) -> list[str]:
                 share = found_in.get("share", 0)
                 where.append(f"{name}{', '.join(columns)} (share {share:.0%})")
         found.append(f"drift in {'; '.join(where)}")
+    refused = (result.get("capture_compaction") or {}).get("parts_refused") or []
+    if refused:  # rows lost to the monitor: a disk or storage problem worth a look
+        found.append(
+            f"{len(refused)} capture spool part(s) unreadable, skipped by the monitor "
+            f"(first: {refused[0]['reason']})"
+        )
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -219,15 +220,16 @@ def test_spool_parts_read_then_compact_into_parquet_losing_nothing(
     assert same_rows(read_capture(root, "churn"), before)
 
     counts = capture.compact_capture(root, "churn")
-    assert counts == {"spooled": 1, "requests": 1, "parts": 1, "removed": 3}
+    assert counts == {"spooled": 1, "requests": 1, "parts": 1, "removed": 3, "parts_refused": []}
     assert not list(folder.rglob("*.spool"))
     parts = sorted(folder.rglob("*.parquet"))
     assert len(parts) == 2 and all(p.name.startswith("compacted-") for p in parts)
     assert pq.ParquetFile(parts[0]).metadata.row_group(0).column(9).compression == "ZSTD"
     assert same_rows(read_capture(root, "churn"), before)
-    assert capture.compact_capture(root, "churn") == dict.fromkeys(
-        ("spooled", "requests", "parts", "removed"), 0
-    )
+    assert capture.compact_capture(root, "churn") == {
+        **dict.fromkeys(("spooled", "requests", "parts", "removed"), 0),
+        "parts_refused": [],
+    }
     spool("d", T0 + timedelta(seconds=2))
     assert capture.compact_capture(root, "churn")["spooled"] == 1
     assert list(read_capture(root, "churn")["inference_id"].unique()) == ["a", "b", "d", "c"]
@@ -309,7 +311,8 @@ def test_spool_part_round_trips_the_buffers_as_given(tmp_path: Path) -> None:
         )
     path.write_bytes(path.read_bytes()[:-3])
     with pytest.raises(MonitoringError, match=r"\.spool: not a capture spool part: cut short"):
-        read_capture(root, "churn")
+        capture.read_spool(f"file://{path}")
+        # a reader skips it (test_a_broken_spool_part_is_skipped_named_and_set_aside)
 
 
 def test_arrow_spool_parts_of_before_are_read_and_compacted(tmp_path: Path) -> None:
@@ -341,23 +344,86 @@ def test_arrow_spool_parts_of_before_are_read_and_compacted(tmp_path: Path) -> N
     assert same_rows(read_capture(root, "churn"), before)
 
 
-def test_a_broken_spool_part_is_named_and_compaction_loses_nothing(tmp_path: Path) -> None:
+def test_a_broken_spool_part_is_skipped_named_and_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A part cut short (a power loss after the rename) or corrupt costs itself, not the
+    monitor: readers skip it with a warning naming it, compaction folds the rest, renames it
+    to ``.corrupt`` (which nothing reads) and lists it in ``parts_refused``; the next run
+    and the reads after find everything else once."""
     root = tmp_path.as_uri()
-    table = request_parts([{"inference_id": "a", "time": T0, "records": [{}], "predictions": [1]}])
-    [good] = capture.write_spool(root, "churn", table)
-    folder = Path(good.removeprefix("file://")).parent
-    (folder / "x.spool").write_bytes(b"not a spool part at all, but long enough")
+
+    def spool(inference_id: str) -> Path:
+        table = request_parts(
+            [{"inference_id": inference_id, "time": T0, "records": [{}], "predictions": [1]}]
+        )
+        [uri] = capture.write_spool(root, "churn", table)
+        return Path(uri.removeprefix("file://"))
+
+    good, cut = spool("a"), spool("b")
+    spool("c")
+    folder = good.parent
+    cut.write_bytes(cut.read_bytes()[:-20])  # its end lost
+    (folder / "x.spool").write_bytes(b"")  # renamed, never written
     (folder / "y.arrow").write_bytes(b"not arrow")
-    with pytest.raises(MonitoringError, match=r"x\.spool: not a capture spool part"):
-        read_capture(root, "churn")
-    with pytest.raises(MonitoringError, match=r"x\.spool: not a capture spool part"):
+    with caplog.at_level(logging.WARNING, logger="mlwp.monitoring.capture"):
+        read = read_capture(root, "churn")
+    assert sorted(read["inference_id"]) == ["a", "c"]
+    for name in (cut.name, "x.spool", "y.arrow"):
+        assert any(name in message and "skipped" in message for message in caplog.messages)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mlwp.monitoring.capture"):
+        counts = capture.compact_capture(root, "churn")
+    refused = counts.pop("parts_refused")
+    assert counts == {"spooled": 2, "requests": 2, "parts": 1, "removed": 2}
+    assert sorted(Path(r["part"]).name for r in refused) == sorted([cut.name, "x.spool", "y.arrow"])
+    assert all(r["moved_to"] == r["part"] + ".corrupt" for r in refused)
+    assert any("cut short" in r["reason"] for r in refused)
+    assert sum("refused" in message for message in caplog.messages) == 3
+    names = sorted(p.name for p in folder.iterdir())
+    assert [n for n in names if n.endswith(".parquet")] and not [
+        n for n in names if n.endswith((".spool", ".arrow", ".tmp"))
+    ]
+    assert sorted(n for n in names if n.endswith(".corrupt")) == sorted(
+        f"{n}.corrupt" for n in (cut.name, "x.spool", "y.arrow")
+    )
+    assert same_rows(read_capture(root, "churn"), read)
+    assert capture.compact_capture(root, "churn") == {
+        "spooled": 0,
+        "requests": 0,
+        "parts": 0,
+        "removed": 0,
+        "parts_refused": [],
+    }
+
+
+def test_a_storage_error_is_not_a_refused_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError reading a part is the storage's (every part after it would fail alike):
+    raised as before (the monitor reports it and reads), nothing moved or deleted."""
+    root = tmp_path.as_uri()
+    for inference_id in ("a", "b"):
+        table = request_parts(
+            [{"inference_id": inference_id, "time": T0, "records": [{}], "predictions": [1]}]
+        )
+        [uri] = capture.write_spool(root, "churn", table)
+    folder = Path(uri.removeprefix("file://")).parent
+    names = sorted(p.name for p in folder.iterdir())
+    real = capture._read_spool
+
+    def flaky(fs: object, path: str) -> object:
+        if path.endswith(Path(uri).name):
+            raise OSError(5, "Input/output error")
+        return real(fs, path)
+
+    monkeypatch.setattr(capture, "_read_spool", flaky)
+    with pytest.raises(OSError, match="Input/output error"):
         capture.compact_capture(root, "churn")
-    (folder / "x.spool").unlink()
-    with pytest.raises(MonitoringError, match=r"y\.arrow: not a capture spool part"):
-        capture.compact_capture(root, "churn")
-    # no compacted part (it would list the good part, which readers would then skip), no
-    # temporary file, and the good part still there
-    assert sorted(p.name for p in folder.iterdir()) == sorted([Path(good).name, "y.arrow"])
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.iterdir()) == names
+    assert capture.compact_capture(root, "churn")["spooled"] == 2
+    assert sorted(read_capture(root, "churn")["inference_id"]) == ["a", "b"]
 
 
 def test_spool_compacts_on_s3(s3_bucket: str) -> None:
@@ -373,6 +439,7 @@ def test_spool_compacts_on_s3(s3_bucket: str) -> None:
         "requests": 2,
         "parts": 1,
         "removed": 2,
+        "parts_refused": [],
     }
     fs, base = capture.filesystem(capture.kind_uri(root, CAPTURE, "churn"))
     names = [path.rsplit("/", 1)[-1] for path in fs.find(base)]

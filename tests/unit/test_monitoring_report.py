@@ -179,6 +179,19 @@ def test_a_drift_alert_names_the_variant_whose_columns_drifted() -> None:
     assert report.alerts({"drift": drift}) == ["drift in challenger v4: tenure (share 50%)"]
 
 
+def test_spool_parts_compaction_refused_are_an_alert() -> None:
+    """A capture part the monitor could not read (cut short, corrupt: compaction set it
+    aside) is rows it did not see: said, not silent."""
+    refused = {"part": "/c/x.spool", "reason": "/c/x.spool: not a capture spool part: too short"}
+    compaction = {"spooled": 1, "parts_refused": [refused, refused]}
+    assert report.alerts({"capture_compaction": compaction}) == [
+        "2 capture spool part(s) unreadable, skipped by the monitor "
+        "(first: /c/x.spool: not a capture spool part: too short)"
+    ]
+    assert report.alerts({"capture_compaction": {"parts_refused": []}}) == []
+    assert report.alerts({"capture_compaction": {"error": "capture compaction failed"}}) == []
+
+
 def test_the_rollouts_approval_request_shows_the_analysis(tmp_path: Path) -> None:
     """The monitor's result as the person deciding a promotion reads it (operators.rollout)."""
     from operators.rollout import monitor_markdown
