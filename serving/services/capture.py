@@ -234,9 +234,13 @@ class CaptureBuffer:
         return self._chunk
 
     def _area(self, needed: int) -> Area:
-        if needed <= AREA_BYTES and self._free:
-            # the one written last (LIFO): its lines the likeliest still in a cache
-            return self._free.pop()
+        if needed <= AREA_BYTES:
+            # the one written last (LIFO): its lines the likeliest still in a cache; the
+            # writer's thread may have let the pool's last go meanwhile (_trim)
+            try:
+                return self._free.pop()
+            except IndexError:
+                pass
         return Area(max(AREA_BYTES, needed))
 
     # ------------------------------------------------------------------ writer side
@@ -267,7 +271,8 @@ class CaptureBuffer:
                 self._pending.append(self._chunk)
                 self._chunk = None
             pending, self._pending = self._pending, []
-            if not pending:
+            if not pending:  # idle: areas a burst left are let go here (the writer, else)
+                self._trim()
                 return 0
             rows = sum(_rows(chunk.items) for chunk in pending)
             try:
@@ -293,37 +298,85 @@ class CaptureBuffer:
         try:
             return self._write_parts(pending)
         finally:
+            now = time.monotonic()
             for chunk in pending:
                 chunk.items.clear()
                 for area in (chunk.requests, chunk.responses):
                     if len(area) == AREA_BYTES:  # a larger one was for one large body
                         area.seek(0)
+                        area.freed_at = now
                         self._free.append(area)
             pending.clear()
+            self._trim()
+
+    def _trim(self) -> None:
+        """Unmap the free areas no chunk took for a flush interval, but :data:`KEEP_FREE`:
+        a burst while storage was slow left up to a full buffer's worth (50-100 MB at
+        100,000 rows), which the pool would otherwise keep for the process's life. The
+        loop takes areas from the pool's right end (the last written) and the writer adds
+        them there, so the pool is ordered by when each was given back, and the one at its
+        left end has been idle the longest. Called by the writer after each write and by
+        an idle flush: nothing on the request path."""
+        free = self._free
+        idle = time.monotonic() - self.flush_seconds
+        while len(free) > KEEP_FREE:
+            try:
+                area = free.popleft()
+            except IndexError:  # the loop took the rest meanwhile
+                return
+            if area.freed_at > idle:  # taken within the interval: still needed
+                free.appendleft(area)
+                return
+            with contextlib.suppress(BufferError):  # a view still open: unmapped with it
+                area.close()
 
     def _write_parts(self, pending: list[Chunk]) -> int:
-        from mlwp.monitoring.capture import SpoolWriter
-
+        """Write ``pending`` as spool parts; return the rows written. Every row ends counted
+        written or dropped: a part that fails is dropped on its own, and a failure outside
+        one (an import, a chunk that cannot be taken apart: a bug) drops every row not yet
+        counted, so written plus dropped is always the rows captured."""
+        counted: dict[str, int] = {}  # rows written or dropped so far, by model
         written = 0
-        for chunk in pending:
-            for model, items, requests, responses in _parts(chunk):
-                columns: dict[str, Sequence[Any]] = dict(
-                    zip(_COLUMNS, _columns(items), strict=True)
-                )
-                field = self.entity_fields.get(model, self.default_entity_field)
-                columns["entity_field"] = (field,) * (len(items) // FIELDS)
-                count = sum(columns["rows"])
-                try:
-                    if self._spool is None:  # on the writer's thread, at its first part
-                        self._spool = SpoolWriter(self.root, codec=self.codec)
-                    self._spool.write(model, columns, requests, responses)
-                except Exception as exc:  # storage down, a bad record: count, log, go on
-                    self.metrics.capture_dropped.labels(model, "write_failed").inc(count)
-                    log.error("capture_write_failed", model=model, rows=count, error=repr(exc))
-                    continue
-                self.metrics.capture_written.labels(model).inc(count)
-                written += count
+        try:
+            from mlwp.monitoring.capture import SpoolWriter
+
+            for chunk in pending:
+                for model, items, requests, responses in _parts(chunk):
+                    columns: dict[str, Sequence[Any]] = dict(
+                        zip(_COLUMNS, _columns(items), strict=True)
+                    )
+                    field = self.entity_fields.get(model, self.default_entity_field)
+                    columns["entity_field"] = (field,) * (len(items) // FIELDS)
+                    count = sum(columns["rows"])
+                    try:
+                        if self._spool is None:  # on the writer's thread, at its first part
+                            self._spool = SpoolWriter(self.root, codec=self.codec)
+                        self._spool.write(model, columns, requests, responses)
+                    except Exception as exc:  # storage down, a bad record: count, log, go on
+                        self.metrics.capture_dropped.labels(model, "write_failed").inc(count)
+                        counted[model] = counted.get(model, 0) + count
+                        log.error("capture_write_failed", model=model, rows=count, error=repr(exc))
+                        continue
+                    self.metrics.capture_written.labels(model).inc(count)
+                    counted[model] = counted.get(model, 0) + count
+                    written += count
+        except Exception as exc:  # outside one part: the rows not counted yet are dropped
+            self._drop_uncounted(pending, counted, exc)
         return written
+
+    def _drop_uncounted(
+        self, pending: list[Chunk], counted: dict[str, int], exc: Exception
+    ) -> None:
+        left: dict[str, int] = {}
+        for chunk in pending:
+            items = chunk.items
+            for model, rows in zip(items[_MODEL::FIELDS], items[_ROWS::FIELDS], strict=True):
+                left[model] = left.get(model, 0) + rows
+        for model, rows in left.items():
+            dropped = rows - counted.get(model, 0)
+            if dropped > 0:
+                self.metrics.capture_dropped.labels(model, "write_failed").inc(dropped)
+                log.error("capture_write_failed", model=model, rows=dropped, error=repr(exc))
 
 
 def _columns(items: list[Any]) -> list[list[Any]]:
@@ -385,6 +438,9 @@ def _rows(items: list[Any]) -> int:
 # 100 churn records per request (~47 kB of JSON) one holds ~90 requests. Larger areas are
 # made for a body that would not fit, and used for it alone.
 AREA_BYTES = 4 << 20
+# free areas kept however long idle: one chunk's pair, so the first requests after a quiet
+# spell write into pages already made
+KEEP_FREE = 2
 
 
 class Area(mmap.mmap):
@@ -399,6 +455,8 @@ class Area(mmap.mmap):
     (docs/history/capture.md, "Session 13"); a map's pages are zeroed once, by the kernel, when
     first written, and the pages a chunk never reaches (most of a response area) are never
     made at all."""
+
+    freed_at = 0.0  # when the writer gave it back to the pool (time.monotonic())
 
     def __new__(cls, size: int) -> Area:
         return super().__new__(cls, -1, size)

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import gc
 import itertools
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from mlwp.monitoring.capture import (
 from mlwp.monitoring.capture_rows import json_rows
 from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
-from serving.services.capture import AREA_BYTES, FIELDS, CaptureBuffer, Captured
+from serving.services.capture import AREA_BYTES, FIELDS, Area, CaptureBuffer, Captured
 
 pytestmark = pytest.mark.unit
 
@@ -384,3 +385,81 @@ def test_a_chunk_of_two_models_and_two_days_is_spooled_by_model_and_day(
         late.response,
         other.response,
     ]
+
+
+def _counted(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
+@pytest.mark.parametrize("where", ["import", "taking_apart", "second_chunk"])
+def test_a_write_failing_outside_a_part_counts_every_row_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Rows are counted written or dropped, never neither: a failure outside one part's
+    write (an import, a chunk the writer cannot take apart) drops the rows not counted yet
+    as ``write_failed``, so written plus dropped is the rows captured."""
+    from serving.services import capture as service
+
+    buffer = buffer_of(tmp_path)
+    big = {"x": 1, "pad": "p" * 1_000_000}  # a few of these fill a chunk's area
+    for number in range(6):
+        assert buffer.add(captured(f"r{number}", [big, big], ["Yes", "No"], None, ["No", "Yes"]))
+    assert len(buffer._pending) >= 1
+    if where == "import":
+        monkeypatch.setitem(sys.modules, "mlwp.monitoring.capture", None)
+    else:
+        real = service._parts
+        calls = []
+
+        def parts(chunk: Any) -> Any:
+            calls.append(chunk)
+            if where == "taking_apart" or len(calls) > 1:
+                raise RuntimeError("unexpected")
+            return real(chunk)
+
+        monkeypatch.setattr(service, "_parts", parts)
+
+    async def flush() -> int:
+        return await buffer.flush()
+
+    written = asyncio.run(flush())
+    metrics = buffer.metrics
+    stored = _counted(metrics, "mlwp_serving_capture_written_total", model="m")
+    dropped = _counted(
+        metrics, "mlwp_serving_capture_dropped_total", model="m", reason="write_failed"
+    )
+    assert stored == written and stored + dropped == 12
+    assert (stored > 0) == (where == "second_chunk")
+    assert buffer._rows == 0 and len(buffer._free) >= 2  # the areas given back all the same
+
+
+def test_the_free_areas_a_burst_left_are_let_go(tmp_path: Path) -> None:
+    """A burst while storage was slow leaves the pool a full buffer's worth of areas; those
+    no chunk took for a flush interval are unmapped (but two), by the writer after a write
+    or by an idle flush, never on the request path."""
+    buffer = buffer_of(tmp_path)
+    big = {"x": 1, "pad": "p" * 1_000_000}
+    for number in range(24):  # ~6 chunks, ~12 areas
+        assert buffer.add(captured(f"r{number}", [big], ["Yes"], None, ["No", "Yes"]))
+
+    async def flush() -> int:
+        return await buffer.flush()
+
+    assert asyncio.run(flush()) == 24
+    burst = list(buffer._free)
+    assert len(burst) >= 10  # kept: given back just now
+    assert asyncio.run(flush()) == 0
+    assert len(buffer._free) == len(burst)  # still within the interval
+    buffer.flush_seconds = 0.0  # the interval passed
+    assert buffer.add(captured("r", [{"x": 1}], ["Yes"], None, ["No", "Yes"]))
+    taken = buffer._chunk
+    assert asyncio.run(flush()) == 1  # the writer trims: its chunk's two areas are newest
+    assert len(buffer._free) == 2 and {id(a) for a in buffer._free} == {
+        id(taken.requests),
+        id(taken.responses),
+    }
+    assert all(area.closed for area in burst if area not in (taken.requests, taken.responses))
+    buffer._free.extendleft(Area(AREA_BYTES) for _ in range(3))  # given back long ago
+    assert asyncio.run(flush()) == 0  # an idle flush (nothing pending) trims as well
+    assert len(buffer._free) == 2
