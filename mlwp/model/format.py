@@ -165,21 +165,40 @@ class Model:
     def predictor(self) -> BoosterPredictor:
         return BoosterPredictor(self.booster)
 
-    def compile_trees(self, native_cache: Path | None = None) -> str:
+    def compile_trees(self, native_cache: Path | None = None, build: bool = True) -> str:
         """Compile the trees (a service does it once at load): to C, built in (or loaded
         from) ``native_cache`` when given (see :mod:`mlwp.model.native_trees`), else or when
         that fails to Python for small batches (see :mod:`mlwp.model.compiled_trees`); says
-        which, for which batch sizes, or why not."""
+        which, for which batch sizes, or why not. With ``build=False`` the C trees are only
+        loaded from the cache; when not there, :attr:`native_trees_pending` is true and
+        :meth:`build_native_trees` builds and attaches them later."""
         predictor = self.predictor
         rows = predictor.compile_trees(
-            np.zeros((1, self.booster.num_features())), native_cache=native_cache
+            np.zeros((1, self.booster.num_features())), native_cache=native_cache, build=build
         )
         if rows < 0:
             return "trees compiled to C (batches: against XGBoost on the first served)"
-        c = f"; not compiled to C: {predictor.not_native}" if native_cache is not None else ""
+        c = ""
+        if predictor.native_pending:
+            c = "; C trees building in the background"
+        elif native_cache is not None:
+            c = f"; not compiled to C: {predictor.not_native}"
         if rows:
             return f"compiled trees for batches of up to {rows} rows{c}"
         return f"XGBoost for every batch ({predictor.not_compiled}{c})"
+
+    @property
+    def native_trees_pending(self) -> bool:
+        """Whether ``compile_trees(build=False)`` left the C trees for
+        :meth:`build_native_trees`."""
+        return self.predictor.native_pending
+
+    def build_native_trees(self, native_cache: Path) -> str:
+        """Build the C trees and attach them once checked (any thread, while others
+        predict; see ``BoosterPredictor.build_native``); says the outcome."""
+        if self.predictor.build_native(native_cache):
+            return "C trees (batches: against XGBoost on the next served)"
+        return f"not compiled to C: {self.predictor.not_native}"
 
     def tune_encoder(self, record: Mapping[str, Any]) -> str:
         """Time the record encoder's two ways on copies of ``record`` (a service does it

@@ -77,6 +77,11 @@ _TRAILER = len(_MARKER) + 32
 FLAGS = ("-O2", "-fPIC", "-shared", "-fno-fast-math", "-ffp-contract=off", "-std=c99")
 
 
+class NotBuilt(Unsupported):
+    """The library is not in the cache (or does not load from it) and building was not
+    asked for (``NativeTrees.build(..., build=False)``): the caller builds it later."""
+
+
 class NativeTrees:
     """``predict(matrix)`` = ``booster.inplace_predict(matrix)``, evaluated by compiled C."""
 
@@ -136,10 +141,16 @@ class NativeTrees:
     # -- building ----------------------------------------------------------------------------
     @classmethod
     def build(
-        cls, booster: xgboost.Booster, cache: Path, compiler: str | None = None
+        cls,
+        booster: xgboost.Booster,
+        cache: Path,
+        compiler: str | None = None,
+        build: bool = True,
     ) -> NativeTrees:
         """The booster's trees as a loaded shared library, built into ``cache`` unless it is
-        there already; raises :class:`Unsupported` saying why not."""
+        there already (with ``build=False`` only loaded from there, else :class:`NotBuilt`:
+        serving builds in the background, see ``BoosterPredictor.build_native``); raises
+        :class:`Unsupported` saying why not."""
         source, features, outputs, probes = _source(booster)
         compiler = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if not compiler:
@@ -154,12 +165,16 @@ class NativeTrees:
         # loaded only whole: as this module wrote it, its digest at its end
         cached = _intact(path)
         if not cached:
+            if not build:
+                raise NotBuilt("not built yet")
             _compile(compiler, source, path)
         try:
             library = ctypes.CDLL(str(path))
         except OSError as exc:
             if not cached:
                 raise Unsupported(f"cannot load the built trees: {exc}") from exc
+            if not build:
+                raise NotBuilt("not built yet (the cached library does not load)") from exc
             # a whole file that does not load here (another C library, say): built again
             _compile(compiler, source, path)
             try:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlwp.model.compiled_trees import CompiledTrees, Unsupported
-from mlwp.model.native_trees import NativeTrees
+from mlwp.model.native_trees import NativeTrees, NotBuilt
 
 if TYPE_CHECKING:
     import xgboost
@@ -199,6 +199,8 @@ class BoosterPredictor:
         self.dense = DensePredictor(booster)
         self.native: NativeTrees | None = None
         self.not_native = "not built"
+        # compile_trees(build=False) found no library in the cache: build_native builds it
+        self.native_pending = False
         self.chooser = _Chooser()
         self.compiled: CompiledTrees | None = None
         self.compiled_rows = 0
@@ -206,10 +208,14 @@ class BoosterPredictor:
 
     def predict(self, matrix: Array) -> Array:
         """Raw booster output (float32; probabilities for binary and multiclass)."""
-        if self.native is not None:
-            return self.chooser.predict(self.native.predict, self.dense.predict, matrix)
-        if self.compiled is not None and matrix.shape[0] <= self.compiled_rows:
-            return self.compiled.predict(matrix)
+        # each attribute read once: build_native may attach the C trees meanwhile (one
+        # assignment), and a call sees them or not, never half
+        native = self.native
+        if native is not None:
+            return self.chooser.predict(native.predict, self.dense.predict, matrix)
+        compiled = self.compiled
+        if compiled is not None and matrix.shape[0] <= self.compiled_rows:
+            return compiled.predict(matrix)
         return self.dense.predict(matrix)
 
     @property
@@ -217,20 +223,30 @@ class BoosterPredictor:
         """What scores a single row of Python floats (``predict_row``), if anything: the C
         trees when built (one row: 0.7 µs where the Python trees take 5.6 and XGBoost
         about 30, on the churn model; a single row leaves the CPU little to mispredict)."""
-        return self.native if self.native is not None else self.compiled
+        native = self.native
+        return native if native is not None else self.compiled
 
-    def compile_trees(self, sample: Array, native_cache: Path | None = None) -> int:
+    def compile_trees(
+        self, sample: Array, native_cache: Path | None = None, build: bool = True
+    ) -> int:
         """Compile the trees: to C in ``native_cache`` when given (they then score the
         one-row path and, where faster, the batches; returns -1); else, or when that fails
         (``not_native`` says why), to Python, kept for the batch sizes where they beat
         XGBoost, timed on one ``sample`` row (the results are identical either way, so the
         timing only decides the speed). Returns that batch size; 0 when XGBoost stays
-        faster or the booster cannot be compiled (``not_compiled`` says why)."""
+        faster or the booster cannot be compiled (``not_compiled`` says why).
+
+        With ``build=False`` the C trees are only loaded from the cache; when they are not
+        there ``native_pending`` is set and the Python trees or XGBoost serve until
+        :meth:`build_native` (serving runs it in the background) attaches them."""
         if native_cache is not None:
             try:
-                self.native = NativeTrees.build(self.booster, native_cache)
+                self.native = NativeTrees.build(self.booster, native_cache, build=build)
                 self.not_native = ""
                 return -1
+            except NotBuilt as exc:
+                self.native_pending = True
+                self.not_native = str(exc)
             except Unsupported as exc:
                 self.not_native = str(exc)
             except Exception as exc:
@@ -249,3 +265,23 @@ class BoosterPredictor:
         self.compiled = compiled if self.compiled_rows else None
         self.not_compiled = "" if self.compiled_rows else "XGBoost is faster for one row"
         return self.compiled_rows
+
+    def build_native(self, native_cache: Path) -> bool:
+        """Build the C trees (after ``compile_trees(build=False)``; any thread, while other
+        threads predict) and, once built and checked against XGBoost, attach them: from
+        then on they score as if built at load (the per-band choice starts afresh). False,
+        with ``not_native`` saying why, when they cannot be built; what serves then stays."""
+        try:
+            native = NativeTrees.build(self.booster, native_cache)
+        except Unsupported as exc:
+            self.not_native = str(exc)
+            return False
+        except Exception as exc:
+            self.not_native = f"{type(exc).__name__}: {exc}"
+            return False
+        finally:
+            self.native_pending = False
+        self.not_native = ""
+        # one assignment: predict and row_trees read the attribute once per call
+        self.native = native
+        return True

@@ -106,9 +106,11 @@ class ServingSettings(BaseSettings):
     )
     native_trees: bool = Field(
         default=True,
-        description="At load, compile each model's trees to C with the C compiler on PATH "
-        "(cc, or $CC), cached under the model cache; without a compiler, or false: XGBoost's "
-        "predictor (the same outputs, bit for bit; mlwp.model.native_trees).",
+        description="Compile each model's trees to C with the C compiler on PATH (cc, or "
+        "$CC), cached under the model cache: loaded at load when cached, else built in the "
+        "background after the load (the version serves meanwhile, readiness does not wait); "
+        "without a compiler, or false: XGBoost's predictor (the same outputs, bit for bit; "
+        "mlwp.model.native_trees).",
     )
     cors_origins: list[str] = Field(default_factory=list)
     fast_predict: bool = Field(

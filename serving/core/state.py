@@ -72,6 +72,7 @@ class Services:
     async def close(self) -> None:
         await self.capture.close()
         await self.syncs.close()
+        self.models.close()
         if self.redis is not None:
             await self.redis.close()
         if self.keys is not None:

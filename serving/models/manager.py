@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import functools
 import json
+import queue
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,7 +72,12 @@ class Model(Protocol):
 
     def predict_decoded(self, records: list[Any]) -> PredictResult: ...
 
-    def compile_trees(self, native_cache: Path | None = None) -> str: ...
+    def compile_trees(self, native_cache: Path | None = None, build: bool = True) -> str: ...
+
+    @property
+    def native_trees_pending(self) -> bool: ...
+
+    def build_native_trees(self, native_cache: Path) -> str: ...
 
     def tune_encoder(self, record: Mapping[str, Any]) -> str: ...
 
@@ -172,6 +179,71 @@ def _load_mlwp_model(path: Path, threads: int) -> Model:
     return loaded
 
 
+class TreeBuilds:
+    """The C trees of loaded versions, built after their load on one thread of their own
+    (``mlwp-trees``), one build at a time, in the order loaded: a version serves from its
+    load with the Python trees and XGBoost's predictor, and the build never holds
+    readiness or a sync (near the 200,000-node limit it takes ~25 s of compiler CPU).
+    A build that succeeds and passes its check attaches the C trees to the version (one
+    assignment, see ``BoosterPredictor.build_native``); one that fails keeps what serves.
+    Each build is logged (``trees_built``). A queued build holds its version only weakly:
+    one unloaded before its turn is skipped; one unloaded while building is freed after.
+    The thread is a daemon: shutting down does not wait for a compiler."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, str, Callable[[], Any], Path] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.pending = 0  # builds queued or running
+
+    def submit(self, name: str, version: str, model: Model, cache: Path) -> None:
+        try:
+            ref: Callable[[], Any] = weakref.ref(model)
+        except TypeError:  # a model type without weak references: held until built
+            ref = functools.partial(lambda m: m, model)
+        with self._lock:
+            if self._closed:
+                return
+            self.pending += 1
+            self._queue.put((name, version, ref, cache))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mlwp-trees", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            name, version, ref, cache = job
+            started = time.perf_counter()
+            try:
+                model = ref()
+                if model is None:
+                    outcome = "skipped: the version was unloaded before its build"
+                else:
+                    outcome = model.build_native_trees(cache)
+            except Exception as exc:  # never ends the thread: the next version still builds
+                outcome = f"failed: {type(exc).__name__}: {_first_line(exc)}"
+            finally:
+                model = None  # an unloaded version is freed now, not at the next build
+                with self._lock:
+                    self.pending -= 1
+            log.info(
+                "trees_built",
+                model=name,
+                version=version,
+                seconds=round(time.perf_counter() - started, 3),
+                outcome=outcome,
+            )
+
+
 class ModelManager:
     """Holds the served models and keeps them in step with the registry."""
 
@@ -186,7 +258,12 @@ class ModelManager:
         self.versions_loaded = 0  # versions loaded so far (the poller freezes the heap after)
         self._sync_lock = threading.Lock()
         self._client: Any = None
+        self.tree_builds = TreeBuilds()
         configure_mlflow_client(settings)
+
+    def close(self) -> None:
+        """Stop the background C tree builds (one in progress ends with its thread)."""
+        self.tree_builds.close()
 
     # -- reading (hot path) -------------------------------------------------------------
     def get(self, name: str) -> ModelState | None:
@@ -369,7 +446,11 @@ class ModelManager:
             schema = RecordSchema.from_features(list(model.features))
             example = [schema.example_record()]
             native = self.settings.models_dir / "native-trees"
-            predictor = model.compile_trees(native if self.settings.native_trees else None)
+            # the C trees only from the cache here (0.02 s); building them (0.6 s for the
+            # churn model, ~25 s near 200,000 nodes) runs after the load, in the background
+            predictor = model.compile_trees(
+                native if self.settings.native_trees else None, build=False
+            )
             chooser = getattr(getattr(model, "predictor", None), "chooser", None)
             if chooser is not None:  # C trees or XGBoost per batch size: logged when decided
                 chooser.report = functools.partial(_log_trees_choice, name, version)
@@ -397,6 +478,8 @@ class ModelManager:
             predictor=predictor,
             encoder=encoder,
         )
+        if self.settings.native_trees and model.native_trees_pending:
+            self.tree_builds.submit(name, version, model, native)
         return Variant(
             alias, version, model, schema, getattr(model_version, "run_id", None), _now()
         )

@@ -338,7 +338,7 @@ def test_booster_predictor_falls_back_on_any_failure_to_build(
 ) -> None:
     model, x = train("binary:logistic")
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("split_indices")  # a model JSON of another shape, say
 
     monkeypatch.setattr(NativeTrees, "build", broken)
@@ -376,3 +376,74 @@ def test_a_build_removes_what_killed_builds_left(tmp_path: Path) -> None:
     os.utime(old, (hour_ago, hour_ago))
     NativeTrees.build(model, tmp_path)
     assert not old.exists() and recent.exists()  # recent: perhaps another process's build
+
+
+def test_the_c_trees_attach_later_while_threads_predict(tmp_path: Path) -> None:
+    # serving: compile_trees(build=False) at load, build_native in the background
+    model, x = train("binary:logistic")
+    rows = x.astype(np.float32)
+    predictor = BoosterPredictor(model)
+    predictor.compile_trees(rows[:1], native_cache=tmp_path, build=False)
+    assert predictor.native is None and predictor.native_pending
+    assert predictor.not_native == "not built yet"
+    assert not list(tmp_path.glob("trees-*.so"))  # nothing built at load
+    expected = {size: model.inplace_predict(rows[:size]) for size in (1, 2, 5, 50)}
+    before = {size: predictor.predict(rows[:size]) for size in expected}
+    row_before = predictor.row_trees  # the Python trees (or None: XGBoost)
+
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[bool] = []
+
+    def serve() -> None:
+        try:
+            while not stop.is_set():
+                for size, want in expected.items():
+                    assert np.array_equal(predictor.predict(rows[:size]), want)
+                trees = predictor.row_trees
+                if trees is not None:
+                    assert np.float32(trees.predict_row(rows[0].tolist())) == expected[1][0]
+                seen.append(predictor.native is not None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.05)
+        assert predictor.build_native(tmp_path)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors
+    assert not predictor.native_pending and predictor.not_native == ""
+    assert predictor.native is not None and predictor.row_trees is predictor.native
+    assert predictor.row_trees is not row_before
+    assert False in seen and True in seen  # predicted before and after the switch
+    for size, want in before.items():
+        assert np.array_equal(want, expected[size])
+        assert np.array_equal(predictor.predict(rows[:size]), want)
+    # and a second version of the same model loads it from the cache at once
+    again = BoosterPredictor(model)
+    assert again.compile_trees(rows[:1], native_cache=tmp_path, build=False) == -1
+    assert again.native is not None and not again.native_pending
+
+
+def test_a_later_build_that_fails_keeps_what_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x = train("binary:logistic")
+    rows = x.astype(np.float32)
+    predictor = BoosterPredictor(model)
+    served = predictor.compile_trees(rows[:1], native_cache=tmp_path, build=False)
+    compiled = predictor.compiled
+    monkeypatch.setenv("CC", "false")
+    assert not predictor.build_native(tmp_path)
+    assert predictor.native is None and not predictor.native_pending
+    assert "building the trees failed" in predictor.not_native
+    assert predictor.compiled is compiled and predictor.compiled_rows == served
+    for size in (1, 2, 50):
+        assert np.array_equal(predictor.predict(rows[:size]), model.inplace_predict(rows[:size]))
