@@ -452,46 +452,28 @@ class _DirectWriter:
     def write(self, path: str, pieces: Sequence[bytes | memoryview]) -> None:
         views = [memoryview(piece).cast("B") for piece in pieces]
         length = sum(view.nbytes for view in views)
-        folder, name = path.rsplit("/", 1)
-        temporary = f"{folder}/.{name}.tmp"
         with self._lock:
             if self._area is None:
                 self._area = mmap.mmap(-1, _DIRECT_AREA_BYTES)
-            try:
-                descriptor = os.open(
-                    temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666
-                )
-            except OSError as exc:
-                if exc.errno == errno.EINVAL:
-                    raise _NoDirect from exc
-                raise
             area = memoryview(self._area)
             try:
-                size, staged, stored = len(area), 0, 0  # the area's bytes used, the file's
-                for view in views:
-                    at = 0
-                    while at < view.nbytes:
-                        take = min(view.nbytes - at, size - staged)
-                        area[staged : staged + take] = view[at : at + take]
-                        staged, at = staged + take, at + take
-                        if staged == size:
-                            stored = _write_all(descriptor, area, stored)
-                            staged = 0
-                if staged:  # the last turn padded to a block, cut off below
-                    _write_all(
-                        descriptor, area[: -(-staged // _DIRECT_ALIGN) * _DIRECT_ALIGN], stored
-                    )
-                os.ftruncate(descriptor, length)
-                _sync(descriptor)
-            except BaseException:
-                os.close(descriptor)
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+                with _part_file(path, _O_DIRECT) as descriptor:
+                    size, staged, stored = len(area), 0, 0  # the area's bytes used, the file's
+                    for view in views:
+                        at = 0
+                        while at < view.nbytes:
+                            take = min(view.nbytes - at, size - staged)
+                            area[staged : staged + take] = view[at : at + take]
+                            staged, at = staged + take, at + take
+                            if staged == size:
+                                stored = _write_all(descriptor, area, stored)
+                                staged = 0
+                    if staged:  # the last turn padded to a block, cut off below
+                        end = -(-staged // _DIRECT_ALIGN) * _DIRECT_ALIGN
+                        _write_all(descriptor, area[:end], stored)
+                    os.ftruncate(descriptor, length)
             finally:
                 area.release()
-            os.close(descriptor)
-            os.rename(temporary, path)
 
 
 def _write_all(descriptor: int, data: memoryview, stored: int) -> int:
@@ -529,23 +511,21 @@ def _blocks(run: Any) -> list[Any]:
     return run if isinstance(run, list) else [run]
 
 
-def _write_file(path: str, pieces: Iterable[bytes | memoryview]) -> None:
-    """Write ``pieces`` to a dot-name beside ``path``, then rename it to ``path``: straight
-    from the buffers, gathered (``writev``: one call for a part of many blocks), the
-    interpreter lock released for each write."""
+@contextlib.contextmanager
+def _part_file(path: str, flags: int = 0) -> Iterator[int]:
+    """A descriptor on a dot-name beside ``path`` that becomes ``path`` when the block ends,
+    its bytes synced first, so a part appears whole or not at all; on any error it is
+    closed and removed. A filesystem refusing ``O_DIRECT`` at the open: :class:`_NoDirect`."""
     folder, name = path.rsplit("/", 1)
     temporary = f"{folder}/.{name}.tmp"
-    views = [view for view in (memoryview(piece).cast("B") for piece in pieces) if view.nbytes]
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        first = 0  # views before it are written
-        while first < len(views):
-            written = os.writev(descriptor, views[first : first + _IOV_MAX])
-            while written and written >= views[first].nbytes:
-                written -= views[first].nbytes
-                first += 1
-            if written:  # a short write ended inside this view
-                views[first] = views[first][written:]
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o666)
+    except OSError as exc:
+        if flags & _O_DIRECT and exc.errno == errno.EINVAL:
+            raise _NoDirect from exc
+        raise
+    try:
+        yield descriptor
         _sync(descriptor)
     except BaseException:
         os.close(descriptor)
@@ -554,6 +534,22 @@ def _write_file(path: str, pieces: Iterable[bytes | memoryview]) -> None:
         raise
     os.close(descriptor)
     os.rename(temporary, path)
+
+
+def _write_file(path: str, pieces: Iterable[bytes | memoryview]) -> None:
+    """Write ``pieces`` as the part ``path`` (:func:`_part_file`): straight from the
+    buffers, gathered (``writev``: one call for a part of many blocks), the interpreter
+    lock released for each write."""
+    views = [view for view in (memoryview(piece).cast("B") for piece in pieces) if view.nbytes]
+    with _part_file(path) as descriptor:
+        first = 0  # views before it are written
+        while first < len(views):
+            written = os.writev(descriptor, views[first : first + _IOV_MAX])
+            while written and written >= views[first].nbytes:
+                written -= views[first].nbytes
+                first += 1
+            if written:  # a short write ended inside this view
+                views[first] = views[first][written:]
 
 
 def _sync(descriptor: int) -> None:
