@@ -568,63 +568,31 @@ def main() -> None:
             "floor": (floor_port, "/predict", "mlwp", {}),
         }
         # the same service capturing nothing: what capture (100 % by default) costs in
-        # each cell, beside the peers (its own home, the same key database)
-        port = free_port()
-        proc = start(
-            [*serving, "--port", str(port)],
-            {
-                **mlwp_env,
-                "MLWP_SERVING_HOME": str(work / "home-capture-0"),
-                "MLWP_SERVING_DATABASE_URL": db,
-                "MLWP_SERVING_CAPTURE_PERCENT": "0",
-            },
-            work / "mlwp-capture-0.log",
-        )
-        procs.append(proc)
-        servers["mlwp-capture-0"] = proc
-        waits["mlwp-capture-0"] = f"http://127.0.0.1:{port}/health/ready"
-        targets["mlwp-capture-0"] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
+        # each cell, beside the peers (its own home, the same key database); with --asgi
+        # again with the prediction routes through the ASGI app (no fast path), with
+        # --xgboost-trees with XGBoost's predictor instead of the trees compiled to C
+        variants = {"mlwp-capture-0": {}}
         if args.asgi:
-            # the same again with the prediction routes through the ASGI app (no fast path)
-            port = free_port()
-            proc = start(
-                [*serving, "--port", str(port)],
-                {
-                    **mlwp_env,
-                    "MLWP_SERVING_HOME": str(work / "home-capture-0-asgi"),
-                    "MLWP_SERVING_DATABASE_URL": db,
-                    "MLWP_SERVING_CAPTURE_PERCENT": "0",
-                    "MLWP_SERVING_FAST_PREDICT": "false",
-                },
-                work / "mlwp-capture-0-asgi.log",
-            )
-            procs.append(proc)
-            servers["mlwp-capture-0-asgi"] = proc
-            waits["mlwp-capture-0-asgi"] = f"http://127.0.0.1:{port}/health/ready"
-            targets["mlwp-capture-0-asgi"] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
+            variants["mlwp-capture-0-asgi"] = {"MLWP_SERVING_FAST_PREDICT": "false"}
         if args.xgboost_trees:
-            # the same again with XGBoost's predictor instead of the trees compiled to C
+            variants["mlwp-capture-0-xgboost"] = {"MLWP_SERVING_NATIVE_TREES": "false"}
+        for label, env in variants.items():
             port = free_port()
             proc = start(
                 [*serving, "--port", str(port)],
                 {
                     **mlwp_env,
-                    "MLWP_SERVING_HOME": str(work / "home-capture-0-xgboost"),
+                    "MLWP_SERVING_HOME": str(work / label.replace("mlwp-", "home-")),
                     "MLWP_SERVING_DATABASE_URL": db,
                     "MLWP_SERVING_CAPTURE_PERCENT": "0",
-                    "MLWP_SERVING_NATIVE_TREES": "false",
+                    **env,
                 },
-                work / "mlwp-capture-0-xgboost.log",
+                work / f"{label}.log",
             )
             procs.append(proc)
-            servers["mlwp-capture-0-xgboost"] = proc
-            waits["mlwp-capture-0-xgboost"] = f"http://127.0.0.1:{port}/health/ready"
-            targets["mlwp-capture-0-xgboost"] = (
-                port,
-                f"/v1/models/{name}/predict",
-                "mlwp",
-                auth,
-            )
+            servers[label] = proc
+            waits[label] = f"http://127.0.0.1:{port}/health/ready"
+            targets[label] = (port, f"/v1/models/{name}/predict", "mlwp", auth)
         if granian_available():
             port = free_port()
             # its own home (captured rows apart), the same key database
