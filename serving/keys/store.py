@@ -15,12 +15,18 @@ the keys read last keep serving (a revocation cannot be written while the databa
 and the failure is logged.
 
 With ``background=True`` (the serving process) a re-read never runs on the caller's thread:
-the first request to find the keys older than ``cache_seconds`` starts one on a thread of
-the store's own and is answered from the keys read last, as are the requests until it ends.
-On the event loop the re-read was a stall of every request in flight: a cold SQLAlchemy
-query took 10-25 ms of CPU every ``cache_seconds`` under load (0.3 ms when run twice in a
-row), and with PostgreSQL it would add a network round trip. A key changed elsewhere then
-takes effect within ``cache_seconds`` and one query. The first read (nothing to answer from)
+a thread of the store's own (``mlwp-keys``) reads the keys again every ``cache_seconds``,
+whether or not requests come, and requests are answered from the keys read last. On the
+event loop the re-read was a stall of every request in flight: a cold SQLAlchemy query took
+10-25 ms of CPU every ``cache_seconds`` under load (0.3 ms when run twice in a row), and with
+PostgreSQL it would add a network round trip. A key changed elsewhere then takes effect
+within ``cache_seconds`` and one query, also on an idle service: before, the re-read was
+started by the first request to find the keys stale and that request was answered from the
+stale keys, so a key made with ``mlwp keys create`` was refused (401) on its first use
+however long after its creation, and a revoked key accepted once (found by following
+docs/monitoring.md on a fresh platform). Only when that thread has not read for twice
+``cache_seconds`` (a process frozen between invocations, as on AWS Lambda) is a request's
+verification made to read first, on its own thread. The first read (nothing to answer from)
 and ``cache_seconds=0`` (read on every verification) stay on the caller's thread.
 
 Scopes: ``admin`` (every route, including ``/admin/*``), ``model:<name>`` (predictions of
@@ -41,7 +47,7 @@ import re
 import secrets
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,16 +202,18 @@ class KeyStore:
         # changes made here (create, revoke) since the start: a re-read that began before one
         # must not install what it read (it would bring a revoked key back)
         self._changes = 0
-        # re-reads off the caller's thread (see the module)
+        # re-reads off the caller's thread, every cache_seconds (see the module)
         self._background = background and cache_seconds > 0
-        self._executor: ThreadPoolExecutor | None = None
-        self._reading: Future[None] | None = None
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._refreshing = False  # that thread is reading now (a slow database, not a freeze)
         # what an unknown id is compared with: the digest of a secret nobody holds
         self._decoy: tuple[ApiKey | None, str] = (None, self._digest(secrets.token_urlsafe(32)))
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._stop.set()
+        if self._refresher is not None and self._refresher is not threading.current_thread():
+            self._refresher.join()
         self._engine.dispose()
 
     def _digest(self, secret: str) -> str:
@@ -315,15 +323,26 @@ class KeyStore:
         return None
 
     def _keys(self) -> dict[str, tuple[ApiKey | None, str]]:
-        """The active keys, read again when older than ``cache_seconds`` (in the background
-        with ``background``: these keys serve until that read ends)."""
-        if time.monotonic() - self._read_at >= self._cache_seconds:
-            if not self._background or self._read_at == -math.inf:
+        """The active keys: read here the first time, and when older than ``cache_seconds``
+        without ``background``; with it, the store's thread keeps them fresh (see the
+        module), and they are read here only if that thread has fallen two periods behind."""
+        age = time.monotonic() - self._read_at
+        if not self._background:
+            if age >= self._cache_seconds:
                 self.reload()
-            elif self._reading is None or self._reading.done():
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="mlwp-keys")
-                self._reading = self._executor.submit(self._reload_logged)
+            return self._active
+        if self._read_at == -math.inf or (age >= 2 * self._cache_seconds and not self._refreshing):
+            self.reload()
+        if self._refresher is None:
+            with self._lock:
+                if self._refresher is None and not self._stop.is_set():
+                    self._refresher = threading.Thread(
+                        target=_refresh,
+                        args=(weakref.ref(self), self._stop, self._cache_seconds),
+                        name="mlwp-keys",
+                        daemon=True,
+                    )
+                    self._refresher.start()
         return self._active
 
     def _reload_logged(self) -> None:
@@ -350,8 +369,23 @@ class KeyStore:
             return
         with self._lock:
             if self._changes != changes:
-                return  # a key changed here while reading: the next verification reads again
+                return  # a key changed here while reading: the next read installs
             self._active, self._read_at = active, now
+
+
+def _refresh(store_ref: weakref.ref[KeyStore], stop: threading.Event, seconds: float) -> None:
+    """The ``mlwp-keys`` thread: read the keys again every ``seconds`` until the store is
+    closed or gone (held weakly, so a store dropped without ``close`` ends its thread)."""
+    while not stop.wait(seconds):
+        store = store_ref()
+        if store is None:
+            return
+        store._refreshing = True
+        try:
+            store._reload_logged()
+        finally:
+            store._refreshing = False
+        del store
 
 
 def _to_key(row: ApiKeyRow) -> ApiKey:
