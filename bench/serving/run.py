@@ -461,6 +461,14 @@ def main() -> None:
         "repeatable",
     )
     parser.add_argument(
+        "--capture-setting",
+        action="append",
+        metavar="NAME=VARIABLE=VALUE",
+        help="with --capture-only: also run a 100 %% server of this tree with a serving "
+        "setting, side by side as '100 %% NAME' (e.g. lz4=MLWP_SERVING_CAPTURE_SPOOL_CODEC="
+        "lz4_raw); repeatable, one setting each",
+    )
+    parser.add_argument(
         "--no-capture-control",
         action="store_true",
         help="capture section: leave out the second 0 %% server (the A/A control whose ratio "
@@ -811,13 +819,20 @@ def capture_section(
     # servers that differ in nothing measured 0.78-1.12x apart in one run, 2026-11-30, so a
     # ratio means something only beside the control's), then a 100 % server of each
     # --capture-tree
-    trees: list[tuple[str, int, Path | None]] = [("0 %", 0, None), ("100 %", 100, None)]
+    trees: list[tuple[str, int, Path | None, dict[str, str]]] = [
+        ("0 %", 0, None, {}),
+        ("100 %", 100, None, {}),
+    ]
     if not args.no_capture_control:
-        trees.append(("0 % again", 0, None))
+        trees.append(("0 % again", 0, None, {}))
     for spec in args.capture_tree or []:
         tree_name, _, tree_path = spec.partition("=")
-        trees.append((f"100 % {tree_name}", 100, Path(tree_path).resolve()))
-    for label, percent, tree in trees:
+        trees.append((f"100 % {tree_name}", 100, Path(tree_path).resolve(), {}))
+    for spec in args.capture_setting or []:  # --capture-setting NAME=VARIABLE=VALUE
+        setting_name, _, setting = spec.partition("=")
+        variable, _, value = setting.partition("=")
+        trees.append((f"100 % {setting_name}", 100, None, {variable: value}))
+    for label, percent, tree, setting_env in trees:
         slug = label.replace(" % ", "-").replace(" %", "")
         home = work / f"capture-{slug}"
         token = bench_key(home, name)
@@ -827,6 +842,7 @@ def capture_section(
             "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{slug}").as_uri(),
             "MLWP_SERVING_CAPTURE_PERCENT": str(percent),
             "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": str(CAPTURE_FLUSH_SECONDS),
+            **setting_env,
         }
         options = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         options += ["--no-access-log", "--log-level", "warning"]
@@ -845,7 +861,7 @@ def capture_section(
     pool = telco.sample_records(1000)
     path = f"/v1/models/{name}/predict"
     rows_out: list[dict[str, Any]] = []
-    percents = {label: percent for label, percent, _ in trees}
+    percents = {label: percent for label, percent, _, _ in trees}
     capturing = [label for label in servers if percents[label] > 0]
     compared = [label for label in servers if label != "0 %"]  # capturing, and the control
     concurrency = 8

@@ -110,15 +110,27 @@ SPOOL_SUFFIX = ".spool"
 # buffers; still read and compacted
 ARROW_SPOOL_SUFFIX = ".arrow"
 SPOOL_SUFFIXES = (SPOOL_SUFFIX, ARROW_SPOOL_SUFFIX)
+# format 1: the sections back to back (parts on object stores)
 SPOOL_MAGIC = b"MLWPSPL1"
+# format 2: each section starts at a multiple of the header's alignment, zeros between
+# (local parts: the bodies' runs are written past the page cache straight from serving's
+# areas, which needs them at block boundaries in the file; session 15)
+SPOOL_MAGIC_ALIGNED = b"MLWPSPL2"
 SPOOL_END = b"MLWPEND1"
 # magic, then the lengths of the columns' JSON, of the request bodies and of the response
 # bodies as stored (compressed when the JSON's "codec" says so), little-endian
 _SPOOL_HEADER = struct.Struct("<8sQQQ")
+# format 2: magic, the alignment, then the three lengths as in format 1
+_SPOOL_HEADER_ALIGNED = struct.Struct("<8sQQQQ")
 # the codecs a framed spool part's bodies may be compressed with (Arrow's, which compress
-# without the interpreter lock; serving's default lz4_raw, LZ4 blocks, docs/history/capture.md,
-# "Session 13"); None: stored as they are
+# without the interpreter lock; LZ4 blocks, lz4_raw, the cheapest per byte,
+# docs/history/capture.md, "Session 13"); None: stored as they are
 SPOOL_CODECS = (None, "zstd", "lz4", "lz4_raw")
+# the spool codec by where the root is (docs/monitoring.md "Capture", "Cost"): none on a
+# local filesystem (a direct write's CPU does not grow with the bytes as LZ4's does, and
+# the monitor's compaction stores zstd Parquet anyway), lz4_raw on an object store (every
+# byte is encrypted and sent)
+AUTO_CODEC = "auto"
 # the per-request columns of a framed spool part's JSON: request_schema()'s, the bodies
 # given by their lengths
 SPOOL_COLUMNS = tuple(
@@ -321,15 +333,18 @@ class SpoolWriter:
         *,
         codec: str | None = None,
     ) -> None:
-        if codec not in SPOOL_CODECS:
+        if codec not in (*SPOOL_CODECS, AUTO_CODEC):
             raise MonitoringError(
-                f"spool codec {codec!r} is not one of {', '.join(map(str, SPOOL_CODECS))}",
+                f"spool codec {codec!r} is not one of "
+                f"{', '.join(map(str, (*SPOOL_CODECS, AUTO_CODEC)))}",
                 code="bad_codec",
             )
-        self.codec = codec
         self._uri = f"{normalise_root(root)}/monitoring/{CAPTURE}"
         self._fs, self._base = filesystem(self._uri, **dict(storage_options or {}))
         self._local = _local(self._fs)
+        if codec == AUTO_CODEC:
+            codec = None if self._local else "lz4_raw"
+        self.codec = codec
         self._folders: set[str] = set()  # made already
         # local parts are written past the page cache (O_DIRECT) from this staging area,
         # where the system has it and while the filesystem takes it (_DirectWriter says why)
@@ -392,9 +407,9 @@ class SpoolWriter:
             stored.append(blocks)
         described["columns"] = {name: columns[name] for name in SPOOL_COLUMNS}
         meta = orjson.dumps(described)
-        sizes = [sum(block.nbytes for block in blocks) for blocks in stored]
-        header = _SPOOL_HEADER.pack(SPOOL_MAGIC, len(meta), *sizes)
-        pieces: tuple[bytes | memoryview, ...] = (header, meta, *stored[0], *stored[1], SPOOL_END)
+        # local parts in format 2 (their runs at block boundaries: _DirectWriter), objects
+        # in format 1 (no padding to send)
+        pieces = _framing(meta, stored, _DIRECT_ALIGN if self._local else 1)
         day = date(1970, 1, 1) + timedelta(days=first)
         folder = f"{model_partition(model)}/date={day.isoformat()}"
         name = f"{uuid.uuid4().hex}{SPOOL_SUFFIX}"
@@ -414,7 +429,7 @@ class SpoolWriter:
             self._fs.pipe_file(path, b"".join(pieces))
         return f"{self._uri}/{folder}/{name}"
 
-    def _write_local(self, path: str, pieces: Sequence[bytes | memoryview]) -> None:
+    def _write_local(self, path: str, pieces: Sequence[memoryview]) -> None:
         if self._direct is not None:
             try:
                 self._direct.write(path, pieces)
@@ -424,33 +439,59 @@ class SpoolWriter:
         _write_file(path, pieces)
 
 
+def _framing(meta: bytes, runs: Sequence[Sequence[memoryview]], align: int) -> list[memoryview]:
+    """A framed part's pieces: the header and the columns' JSON, then the two runs of
+    bodies (each a list of blocks), then the end mark. ``align`` 1: format 1, back to back;
+    else format 2, each section starting at a multiple of ``align`` (zeros before it)."""
+    sizes = [sum(block.nbytes for block in blocks) for blocks in runs]
+    if align == 1:
+        header = _SPOOL_HEADER.pack(SPOOL_MAGIC, len(meta), *sizes)
+        return [memoryview(header), memoryview(meta), *runs[0], *runs[1], memoryview(SPOOL_END)]
+    header = _SPOOL_HEADER_ALIGNED.pack(SPOOL_MAGIC_ALIGNED, align, len(meta), *sizes)
+    pieces = [memoryview(header), memoryview(meta)]
+    at = len(header) + len(meta)
+    for blocks, size in zip(runs, sizes, strict=True):
+        if at % align:
+            pieces.append(memoryview(bytes(align - at % align)))
+            at += align - at % align
+        pieces.extend(blocks)
+        at += size
+    pieces.append(memoryview(SPOOL_END))
+    return pieces
+
+
 class _NoDirect(Exception):
     """The filesystem refused a direct write."""
 
 
 class _DirectWriter:
-    """Writes a part past the page cache: its pieces copied into one reusable staging area
-    (an anonymous map, so page-aligned), written with ``O_DIRECT`` in whole blocks, the
-    file then cut to its length. Why: a buffered write copies each byte into a page-cache
-    page, and on a virtual machine a page the guest had not touched since boot costs its
-    first write ~2 ns per byte (the host maps and zeroes it) against ~0.15 for a page used
-    before (measured, 2026-12-01); a spool part is written once and read once, by the
-    monitor, so caching it buys nothing, and the staging area's pages are the same ones
-    part after part.
+    """Writes a part past the page cache (``O_DIRECT``) in whole blocks, the file then cut
+    to its length. Why: a buffered write copies each byte into a page-cache page, and on a
+    virtual machine a page the guest had not touched since boot costs its first write ~2 ns
+    per byte (the host maps and zeroes it) against ~0.15 for a page used before (measured,
+    2026-12-01); a spool part is written once and read once, by the monitor, so caching it
+    buys nothing.
 
-    The area keeps its size (:data:`_DIRECT_AREA_BYTES`): a larger part goes through it in
-    turns (one grown to a part of hundreds of MB stayed resident for the writer's life).
-    One part at a time goes through it (a lock: serving's shutdown can flush from a second
-    thread while a cancelled flush's thread still writes; two parts staged at once got each
-    other's bytes). A write refused once some of the part is in the file (a short write
-    that ended off a block boundary: EINVAL) finishes the part buffered."""
+    A piece that starts at a block boundary of the file and of memory (serving's areas are
+    memory maps, and format 2 puts each run at a block boundary) is written straight from
+    where it lies, its whole blocks; the rest (the header and the columns' JSON, a run's
+    last partial block and the zeros after it, compressed blocks) is copied into one
+    reusable staging area (an anonymous map, so page-aligned) and written from there
+    (session 14 copied every byte: ~8 us of the writer's ~18 per 100-row request,
+    uncompressed). The area keeps its size (:data:`_DIRECT_AREA_BYTES`): more than it holds
+    goes through it in turns (one grown to a part of hundreds of MB stayed resident for the
+    writer's life). One part at a time goes through it (a lock: serving's shutdown can
+    flush from a second thread while a cancelled flush's thread still writes; two parts
+    staged at once got each other's bytes). A write refused once some of the part is in
+    the file (a short write that ended off a block boundary: EINVAL) finishes the part
+    buffered."""
 
     def __init__(self) -> None:
         self._area: mmap.mmap | None = None
         self._lock = threading.Lock()
 
-    def write(self, path: str, pieces: Sequence[bytes | memoryview]) -> None:
-        views = [memoryview(piece).cast("B") for piece in pieces]
+    def write(self, path: str, pieces: Sequence[memoryview]) -> None:
+        views = [piece.cast("B") if piece.format != "B" else piece for piece in pieces]
         length = sum(view.nbytes for view in views)
         with self._lock:
             if self._area is None:
@@ -460,7 +501,14 @@ class _DirectWriter:
                 with _part_file(path, _O_DIRECT) as descriptor:
                     size, staged, stored = len(area), 0, 0  # the area's bytes used, the file's
                     for view in views:
-                        at = 0
+                        at = 0  # the piece's bytes written or staged
+                        whole = view.nbytes - view.nbytes % _DIRECT_ALIGN
+                        if whole and not (stored + staged) % _DIRECT_ALIGN and _aligned(view):
+                            if staged:  # a whole number of blocks: the file stays aligned
+                                stored = _write_all(descriptor, area[:staged], stored)
+                                staged = 0
+                            stored = _write_all(descriptor, view[:whole], stored)
+                            at = whole
                         while at < view.nbytes:
                             take = min(view.nbytes - at, size - staged)
                             area[staged : staged + take] = view[at : at + take]
@@ -474,6 +522,16 @@ class _DirectWriter:
                     os.ftruncate(descriptor, length)
             finally:
                 area.release()
+
+
+def _aligned(view: memoryview) -> bool:
+    """Whether ``view``'s memory starts at a block boundary (a read-only buffer's address
+    is not to be had without a copy: not aligned)."""
+    if view.readonly:
+        return False
+    import ctypes
+
+    return not ctypes.addressof(ctypes.c_char.from_buffer(view)) % _DIRECT_ALIGN
 
 
 def _write_all(descriptor: int, data: memoryview, stored: int) -> int:
@@ -852,23 +910,33 @@ def _framed(data: pa.Buffer, path: str) -> pa.Table:
     def bad(why: str) -> MonitoringError:
         return MonitoringError(f"{path}: not a capture spool part: {why}", code="bad_capture")
 
-    size = _SPOOL_HEADER.size
+    magic = data.slice(0, min(data.size, len(SPOOL_MAGIC))).to_pybytes()
+    header = {SPOOL_MAGIC: _SPOOL_HEADER, SPOOL_MAGIC_ALIGNED: _SPOOL_HEADER_ALIGNED}.get(magic)
+    if header is None:
+        raise bad("no spool mark at its start")
+    size = header.size
     if data.size < size + len(SPOOL_END):
         raise bad("too short")
-    magic, meta_size, requests_size, responses_size = _SPOOL_HEADER.unpack(
-        data.slice(0, size).to_pybytes()
-    )
-    if magic != SPOOL_MAGIC:
-        raise bad("no spool mark at its start")
-    end = size + meta_size + requests_size + responses_size
+    fields = header.unpack(data.slice(0, size).to_pybytes())
+    align = 1 if magic == SPOOL_MAGIC else fields[1]
+    meta_size, requests_size, responses_size = fields[-3:]
+    if not 1 <= align <= 1 << 20 or align & (align - 1):
+        raise bad(f"an alignment of {align}")
+
+    def aligned(at: int) -> int:
+        return -(-at // align) * align
+
+    requests_at = aligned(size + meta_size)
+    responses_at = aligned(requests_at + requests_size)
+    end = responses_at + responses_size
     if data.size != end + len(SPOOL_END) or data.slice(end).to_pybytes() != SPOOL_END:
         raise bad("cut short or not a whole part")
     try:
         meta = orjson.loads(data.slice(size, meta_size).to_pybytes())
         columns = meta["columns"]
         codec = meta["codec"]
-        requests = data.slice(size + meta_size, requests_size)
-        responses = data.slice(size + meta_size + requests_size, responses_size)
+        requests = data.slice(requests_at, requests_size)
+        responses = data.slice(responses_at, responses_size)
         if codec is not None:
             requests = _decompressed(pa.Codec(codec), requests, meta, "request")
             responses = _decompressed(pa.Codec(codec), responses, meta, "response")

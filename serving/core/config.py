@@ -199,12 +199,14 @@ class ServingSettings(BaseSettings):
     capture_flush_seconds: float = Field(
         default=10.0, gt=0, description="Write captured rows at least this often."
     )
-    capture_spool_codec: Literal["none", "zstd", "lz4", "lz4_raw"] = Field(
-        default="lz4_raw",
+    capture_spool_codec: Literal["auto", "none", "zstd", "lz4", "lz4_raw"] = Field(
+        default="auto",
         description="Compression of the captured bodies in serving's spool parts, until the "
-        "monitor's compaction stores them as zstd Parquet: lz4_raw (LZ4 blocks) stores about "
-        "a seventh of the bytes for less than half zstd's instructions; zstd about half "
-        "lz4_raw's bytes; none all of them (docs/history/capture.md, 'Session 13').",
+        "monitor's compaction stores them as zstd Parquet: auto is none on a local "
+        "filesystem (written past the page cache, so uncompressed bodies cost the least CPU; "
+        "~7.6x lz4_raw's bytes until compaction) and lz4_raw on an object store (every byte "
+        "sent); lz4_raw (LZ4 blocks) stores about a seventh of the bytes for less than half "
+        "zstd's instructions; zstd about half lz4_raw's bytes (docs/monitoring.md, 'Cost').",
     )
 
     log_level: str = "INFO"

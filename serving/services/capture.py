@@ -9,9 +9,10 @@ size. Nothing is parsed, serialised or held per record: the bodies' bytes die wi
 request, on the event loop's thread, and the next request's allocation reuses that warm
 memory; written areas are reused by the next chunks, the last written first. A background
 task hands full chunks to a worker thread, which writes each as spool parts (one per model
-and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas as they are, each
-LZ4-compressed by Arrow without the interpreter lock, framed with the requests' columns as
-one JSON dump, written past the page cache on a local filesystem) under
+and day; ``mlwp.monitoring.capture.SpoolWriter``: the areas as they are, framed with the
+requests' columns as one JSON dump; on a local filesystem uncompressed and written past the
+page cache straight from the areas, on an object store each LZ4-compressed by Arrow without
+the interpreter lock) under
 ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
 ``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
 Encoding into Parquet happens out of this process, in the monitor task
@@ -128,6 +129,7 @@ class CaptureBuffer:
         self.batch_rows = settings.capture_batch_rows
         self.flush_seconds = settings.capture_flush_seconds
         codec = settings.capture_spool_codec
+        # "auto": the SpoolWriter's choice by the root (none local, lz4_raw on object stores)
         self.codec = None if codec == "none" else codec
         self._spool: Any = None  # the SpoolWriter, made by the writer's thread
         self.metrics = metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -632,13 +633,16 @@ def test_local_parts_are_written_past_the_page_cache_or_without_it_when_refused(
     assert not list(first.parent.glob(".*"))  # no temporary left
 
 
-def direct_parts(tmp_path: Path, writer: capture.SpoolWriter, sizes: list[int]) -> list[int]:
-    """Write a part of a request of each of ``sizes`` bytes and one of 3 (no codec), check
-    each reads back as written and is as long as its buffered write; return the lengths."""
+def direct_parts(
+    tmp_path: Path, writer: capture.SpoolWriter, sizes: list[int], answer: int = 19
+) -> list[int]:
+    """Write a part of a request of each of ``sizes`` bytes and one of 3, each answered by
+    ``answer`` bytes (no codec), check each reads back as written and is as long as its
+    buffered write; return the lengths."""
     lengths = []
     for index, size in enumerate(sizes):
         bodies = [bytes([65 + index % 26]) * size, b"xyz"]
-        answers = [b'{"predictions":[1]}'] * 2
+        answers = [b"[" + b"1" * (answer - 2) + b"]"] * 2
         columns = spool_columns(bodies, answers)
         uri = writer.write("churn", columns, b"".join(bodies), b"".join(answers))
         table = capture.read_spool(uri)
@@ -662,7 +666,11 @@ def test_a_part_larger_than_the_staging_area_goes_through_it_in_turns(
     writer = capture.SpoolWriter(tmp_path.as_uri())
     direct_parts(tmp_path, writer, [10, 5000, 30_000, 100_001])
     (length,) = direct_parts(tmp_path, writer, [20_000])
-    (length,) = direct_parts(tmp_path, writer, [20_000 + -length % 8192])
+    # format 2: the answers start at a block boundary and the end mark follows them; answers
+    # that make the part a whole number of areas
+    answers_at = length - 2 * 19 - len(capture.SPOOL_END)
+    answer = (-(answers_at + len(capture.SPOOL_END)) % 8192) // 2
+    (length,) = direct_parts(tmp_path, writer, [20_000], answer)
     assert length % 8192 == 0  # the last turn fills the area: nothing padded
     assert writer._direct is not None
     assert len(writer._direct._area or b"") == 8192
@@ -745,3 +753,111 @@ def test_a_filesystem_refusing_direct_writes_only_at_write_time_gets_buffered_on
     assert writer._direct is None
     assert len(list(tmp_path.rglob("*.spool"))) == 3  # two parts and the plain copy
     assert not [path for path in tmp_path.rglob(".*") if path.is_file()]
+
+
+def area_of(bodies: list[bytes]) -> tuple[mmap.mmap, memoryview]:
+    """Bodies copied back to back into a fresh anonymous map, as serving's areas hold them,
+    and the view of the bytes used (what serving hands the writer)."""
+    area = mmap.mmap(-1, 4 << 20)
+    for body in bodies:
+        area.write(body)
+    return area, memoryview(area)[: area.tell()]
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT on this system")
+def test_runs_lying_at_a_block_boundary_are_written_straight_from_their_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local part is framed in format 2 (each section at a 4 KiB boundary of the file,
+    zeros before it); a run of bodies in page-aligned memory (serving's areas) has its
+    whole blocks written with O_DIRECT from there, and only the header, the columns' JSON,
+    each run's last partial block and the end mark go through the staging area. The bytes
+    equal a buffered write of the same pieces, and read back as the requests."""
+    bodies = [bytes([65 + i % 26]) * (3000 + 7 * i) for i in range(40)]
+    answers = [b'{"predictions":[%d]}' % i for i in range(40)]
+    request_area, requests = area_of(bodies)
+    response_area, responses = area_of(answers)
+    writer = capture.SpoolWriter(tmp_path.as_uri())
+    real_write = os.write
+    sources: list[tuple[Any, int]] = []
+
+    def recording(descriptor: int, data: Any) -> int:
+        sources.append((memoryview(data).obj, len(data)))
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(capture.os, "write", recording)
+    uri = writer.write("churn", spool_columns(bodies, answers), requests, responses)
+    monkeypatch.setattr(capture.os, "write", real_write)
+    assert writer._direct is not None
+    from_area = sum(size for source, size in sources if source is request_area)
+    assert from_area == requests.nbytes - requests.nbytes % 4096  # its whole blocks
+    staged = sum(size for source, size in sources if source is writer._direct._area)
+    assert staged <= 3 * 4096 + len(orjson.dumps(spool_columns(bodies, answers)))
+    path = Path(uri.removeprefix("file://"))
+    stored = path.read_bytes()
+    assert stored.startswith(capture.SPOOL_MAGIC_ALIGNED)
+    assert stored.endswith(capture.SPOOL_END)
+    requests_at = stored.index(bodies[0])
+    assert requests_at % 4096 == 0
+    assert stored.index(answers[0]) % 4096 == 0
+    assert not stored[requests_at - 100 : requests_at].strip(b"\0")  # zeros before a run
+    table = capture.read_spool(uri)
+    assert table["request"].to_pylist() == bodies
+    assert table["response"].to_pylist() == answers
+    # the same part buffered (a filesystem refusing O_DIRECT): the same bytes
+    buffered = capture.SpoolWriter((tmp_path / "buffered").as_uri())
+    buffered._direct = None
+    again = buffered.write("churn", spool_columns(bodies, answers), requests, responses)
+    assert Path(again.removeprefix("file://")).read_bytes() == stored
+    del requests, responses
+    request_area.close()
+    response_area.close()
+
+
+def test_the_default_codec_is_none_locally_and_lz4_on_object_stores(
+    tmp_path: Path, s3_bucket: str
+) -> None:
+    """``codec="auto"`` (serving's default): a local root's spool is uncompressed, in
+    format 2; an object store's LZ4 blocks in format 1 (no padding sent). Both read back."""
+    bodies, answers = [b'{"data":[{"x":1}]}'] * 3, [b'{"predictions":[1]}'] * 3
+    columns = spool_columns(bodies, answers)
+    local = capture.SpoolWriter(tmp_path.as_uri(), codec="auto")
+    assert local.codec is None
+    uri = local.write("churn", columns, b"".join(bodies), b"".join(answers))
+    assert Path(uri.removeprefix("file://")).read_bytes()[:8] == capture.SPOOL_MAGIC_ALIGNED
+    assert capture.read_spool(uri)["request"].to_pylist() == bodies
+    remote = capture.SpoolWriter(f"s3://{s3_bucket}/platform", codec="auto")
+    assert remote.codec == "lz4_raw"
+    uri = remote.write("churn", columns, b"".join(bodies), b"".join(answers))
+    fs, path = capture.filesystem(uri)
+    assert fs.cat_file(path)[:8] == capture.SPOOL_MAGIC
+    assert capture.read_spool(uri)["request"].to_pylist() == bodies
+
+
+@pytest.mark.parametrize("align", [0, 3, 1 << 21])
+def test_a_part_of_a_bad_alignment_is_refused(tmp_path: Path, align: int) -> None:
+    """Format 2's alignment is checked (a power of two up to 1 MiB) before any offset is
+    computed from it: a corrupt one refuses the part, named."""
+    bodies, answers = [b'{"data":[{"x":1}]}'], [b'{"predictions":[1]}']
+    writer = capture.SpoolWriter(tmp_path.as_uri())
+    uri = writer.write("churn", spool_columns(bodies, answers), bodies[0], answers[0])
+    path = Path(uri.removeprefix("file://"))
+    stored = bytearray(path.read_bytes())
+    stored[8:16] = align.to_bytes(8, "little")
+    path.write_bytes(stored)
+    with pytest.raises(MonitoringError, match="an alignment of"):
+        capture.read_spool(uri)
+
+
+def test_format_1_parts_written_locally_before_are_read(tmp_path: Path) -> None:
+    """Local parts written before format 2 (the sections back to back) still read."""
+    bodies, answers = [b'{"data":[{"x":1}]}', b'{"data":[{"x":2}]}'], [b"[1]", b"[2]"]
+    meta = orjson.dumps({"codec": None, "columns": spool_columns(bodies, answers)})
+    runs = [[memoryview(b"".join(bodies))], [memoryview(b"".join(answers))]]
+    folder = tmp_path / "monitoring/capture/model=churn/date=2026-11-28"
+    folder.mkdir(parents=True)
+    capture._write_file(str(folder / "old.spool"), capture._framing(meta, runs, 1))
+    assert (folder / "old.spool").read_bytes()[:8] == capture.SPOOL_MAGIC
+    table = capture.read_spool(f"file://{folder}/old.spool")
+    assert table["request"].to_pylist() == bodies
+    assert table["response"].to_pylist() == answers

@@ -301,12 +301,13 @@ def test_bodies_are_copied_into_reused_areas_and_not_held(tmp_path: Path) -> Non
     assert len(buffer._free) == 2  # the large area is not kept
 
 
-@pytest.mark.parametrize("codec", ["lz4_raw", "zstd", "none"])
+@pytest.mark.parametrize("codec", ["auto", "lz4_raw", "zstd", "none"])
 def test_bodies_of_every_size_are_copied_and_stored_in_order(tmp_path: Path, codec: str) -> None:
     """Small and large request bodies alike are copied into the chunk's area, none held
     (the large ones were held in session 13: by CPU time that cost the loop more than
     their copy, docs/history/capture.md, "Session 14"); the part reads back as the requests
-    in their order, and compacts."""
+    in their order, and compacts. The default codec ("auto") stores a local root's bodies
+    uncompressed."""
     many = [{"x": i, "customer": f"c{i}", "plan": "Month-to-month" * 4} for i in range(600)]
     sizes = (1, 600, 600, 2, 600, 1)
     requests = [
@@ -324,6 +325,8 @@ def test_bodies_of_every_size_are_copied_and_stored_in_order(tmp_path: Path, cod
     assert chunk.requests.tell() == sum(len(r.request) for r in requests)
     assert asyncio.run(buffer.flush()) == sum(sizes)
     [part] = tmp_path.glob("monitoring/capture/model=m/date=*/*.spool")
+    stored = part.read_bytes()
+    assert (requests[1].request in stored) == (codec in {"auto", "none"})  # as it came
     table = read_spool(f"file://{part}")
     assert table.column("request").to_pylist() == [r.request for r in requests]
     assert table.column("response").to_pylist() == [r.response for r in requests]
