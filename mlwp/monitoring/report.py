@@ -417,8 +417,18 @@ def to_html(result: Mapping[str, Any], *, title: str) -> str:
         for variant, metrics in (result.get("metrics") or {}).items()
         for name, est in metrics.items()
     ]
+    # the monitor's `confidence` (0.95 unless the definition says otherwise)
+    levels = sorted(
+        {
+            est["confidence"]
+            for metrics in (result.get("metrics") or {}).values()
+            for est in metrics.values()
+            if isinstance(est.get("confidence"), (int, float))
+        }
+    )
+    level = " / ".join(f"{100 * c:g} %" for c in levels) or "95 %"
     parts.append(
-        "<h2>Metrics on labelled predictions (95 % intervals)</h2>"
+        f"<h2>Metrics on labelled predictions ({e(level)} intervals)</h2>"
         + table(["variant", "metric", "value", "low", "high", "n", "interval"], metric_rows)
     )
     for heading, comparison in (
@@ -433,19 +443,34 @@ def to_html(result: Mapping[str, Any], *, title: str) -> str:
                 f"<h2>{e(heading)}</h2>"
                 + table(["field", "value"], [[k, v] for k, v in comparison.items()])
             )
+    # One table per served variant, each naming its own Evidently report: the champion's
+    # columns alone (what the summary's `columns` holds) hid a challenger's drift, which
+    # raises the alarm and the rollout's guardrail, and the page pointed at a
+    # drift/report.html that no run has (they are drift/<variant>/report.html).
     drift = result.get("drift") or {}
     if drift:
         parts.append(
-            "<h2>Drift (details: drift/report.html)</h2>"
-            + table(
-                ["column", "method", "threshold", "score", "drifted"],
-                [
-                    [n, c.get("method"), c.get("threshold"), c.get("score"), c.get("drifted")]
-                    for n, c in (drift.get("columns") or {}).items()
-                ],
-            )
-            + f"<p>Alarm: {e(drift.get('drifted'))}; {e(drift.get('skipped') or '')}</p>"
+            f"<h2>Drift</h2><p>Alarm: {e(drift.get('drifted'))}; predictions drifted: "
+            f"{e(drift.get('prediction_drifted'))}.</p>"
         )
+        # a document without per-variant results: its summary, under no variant's name
+        variants = drift.get("variants") or {"": drift}
+        for variant, found in variants.items():
+            heading = f"{variant} v{found.get('version')}" if variant else "inputs"
+            if found.get("skipped"):
+                parts.append(f"<h3>{e(heading)}</h3><p>Not tested: {e(found['skipped'])}</p>")
+                continue
+            details = f" (details: drift/{variant}/report.html)" if variant else ""
+            parts.append(
+                f"<h3>{e(heading)}: drifted share {e(found.get('share'))}{e(details)}</h3>"
+                + table(
+                    ["column", "method", "threshold", "score", "drifted"],
+                    [
+                        [n, c.get("method"), c.get("threshold"), c.get("score"), c.get("drifted")]
+                        for n, c in (found.get("columns") or {}).items()
+                    ],
+                )
+            )
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"

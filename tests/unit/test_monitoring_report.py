@@ -216,3 +216,56 @@ def test_the_rollouts_approval_request_shows_the_analysis(tmp_path: Path) -> Non
     assert "- Sample-ratio mismatch: no (chi-square p = " in text
     assert f"**{result['comparison']['decision']}**" in text
     assert "None for these two versions yet" in monitor_markdown(None)
+
+
+def _column(score: float, drifted: bool) -> dict:
+    return {"method": "ks", "threshold": 0.05, "score": score, "drifted": drifted}
+
+
+def test_the_page_shows_each_variants_drift_and_names_its_evidently_report() -> None:
+    """The readable report of the churn example's monitor (mlwp run churn.monitor on a fresh
+    platform) said "Drift (details: drift/report.html)", a file no monitoring run has (the
+    reports are drift/<variant>/report.html), and showed the champion's columns only: a
+    challenger whose inputs drifted raised the alarm while every row of the page's table said
+    drifted False. Its metrics heading said 95 % whatever the task's `confidence`."""
+    estimate = {"value": 0.8, "low": 0.7, "high": 0.9, "n": 200, "method": "wilson"}
+    result = {
+        "versions": {"champion": "1", "challenger": "2"},
+        "metrics": {"champion": {"accuracy": {**estimate, "confidence": 0.9}}},
+        "drift": {
+            "drifted": True,
+            "prediction_drifted": False,
+            "columns": {"tenure": _column(0.4, False)},
+            "share": 0.0,
+            "skipped": None,
+            "variants": {
+                "champion": {
+                    "version": "1",
+                    "columns": {"tenure": _column(0.4, False)},
+                    "share": 0.0,
+                    "drifted": False,
+                },
+                "challenger": {
+                    "version": "2",
+                    "columns": {"tenure": _column(0.001, True)},
+                    "share": 1.0,
+                    "drifted": True,
+                },
+            },
+        },
+    }
+    page = report.to_html(result, title="Monitoring of churn")
+    assert "drift/report.html" not in page
+    assert "drift/champion/report.html" in page and "drift/challenger/report.html" in page
+    challenger = page[page.index("challenger v2: drifted share") :]
+    assert "<td>tenure</td><td>ks</td><td>0.05</td><td>0.001</td><td>True</td>" in challenger
+    assert "drift in challenger v2: tenure (share 100%)" in page
+    assert "(90 % intervals)" in page and "95 %" not in page
+    # a variant without enough rows says why, and names no report it does not have
+    result["drift"]["variants"]["challenger"] = {
+        "version": "2",
+        "skipped": "12 captured rows in the window, fewer than min_rows (100)",
+        "columns": {},
+    }
+    page = report.to_html(result, title="Monitoring of churn")
+    assert "Not tested: 12 captured rows" in page and "drift/challenger/report.html" not in page
