@@ -164,6 +164,19 @@ def _approval(
     echo(f"  waiting for an approval: {link}")
 
 
+def _xcom(api: Airflow, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
+    """A task's XCom value (JSON decoded), or None when it has none."""
+    try:
+        value = api.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": True},
+        )["value"]
+    except RunError:
+        return None
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
 def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
     """Print what the run registered and deployed; return the deployed model's name."""
     model = None
@@ -171,22 +184,21 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
         "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100}
     )["task_instances"]
     for ti in tis:
+        if ti.get("operator") == "RegisterOperator" and ti.get("state") == "skipped":
+            # the gate refused the version (a retrain no better than the champion): a run
+            # that succeeded without a word about registering looked like a silent failure
+            gate = _xcom(api, dag_id, run_id, ti["task_id"], "gate")
+            summary = gate.get("summary") if isinstance(gate, dict) else None
+            echo(f"not registered ({ti['task_id']} skipped): {summary or 'see its log'}")
+            continue
         if ti.get("state") != "success" or ti.get("operator") not in (
             "RegisterOperator",
             "DeployOperator",
         ):
             continue
-        try:
-            value = api.request(
-                "GET",
-                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{ti['task_id']}/xcomEntries/"
-                "return_value",
-                params={"deserialize": True},
-            )["value"]
-        except RunError:
+        value = _xcom(api, dag_id, run_id, ti["task_id"], "return_value")
+        if value is None:
             continue
-        if isinstance(value, str):
-            value = orjson.loads(value)
         if ti["operator"] == "RegisterOperator":
             echo(f"registered: {value.get('model')} version {value.get('version')}")
         else:

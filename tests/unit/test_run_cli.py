@@ -33,3 +33,73 @@ def test_anything_else_is_refused_naming_the_file(tmp_path: Path) -> None:
     bad.write_bytes(orjson.dumps({"rows": []}))
     with pytest.raises(typer.BadParameter, match=r"rows\.json: expected a list of records"):
         read_rows(bad)
+
+
+class _FakeAirflow:
+    """Airflow's REST answers for a finished run, by path (RunError for a missing XCom)."""
+
+    def __init__(self, tis: list[dict], xcoms: dict[tuple[str, str], object]) -> None:
+        self.tis, self.xcoms = tis, xcoms
+
+    def request(self, method: str, path: str, **kwargs: object) -> object:
+        from mlwp.cli.run import RunError
+
+        if path.endswith("/taskInstances"):
+            return {"task_instances": self.tis}
+        task_id, key = path.split("/taskInstances/")[1].split("/xcomEntries/")
+        if (task_id, key) not in self.xcoms:
+            raise RunError(f"GET {path}: HTTP 404")
+        return {"value": self.xcoms[task_id, key]}
+
+
+def test_a_run_whose_gate_refused_the_version_says_so_and_why() -> None:
+    """A second `mlwp run churn.train --approve` on a fresh platform retrains the same model:
+    the gate refuses it (no better than the champion), register, approve and deploy are
+    skipped, and the run succeeds. The command ended with "success" and nothing about the
+    model, as if registering had silently not happened; now it prints the gate's verdict."""
+    from mlwp.cli.run import _outcome
+
+    summary = "roc_auc=0.8460 does not beat champion v1 (0.8460) by the margin 0.0"
+    api = _FakeAirflow(
+        [
+            {"task_id": "register", "operator": "RegisterOperator", "state": "skipped"},
+            {"task_id": "deploy", "operator": "DeployOperator", "state": "skipped"},
+        ],
+        {("register", "gate"): orjson.dumps({"passed": False, "summary": summary}).decode()},
+    )
+    lines: list[str] = []
+    assert _outcome(api, "churn.train", "manual__1", lines.append) is None  # type: ignore[arg-type]
+    assert lines == [f"not registered (register skipped): {summary}"]
+    # no verdict stored: the message still says it was not registered, and where to look
+    api.xcoms.clear()
+    lines.clear()
+    _outcome(api, "churn.train", "manual__1", lines.append)  # type: ignore[arg-type]
+    assert lines == ["not registered (register skipped): see its log"]
+
+
+def test_a_registered_and_deployed_version_is_printed() -> None:
+    from mlwp.cli.run import _outcome
+
+    api = _FakeAirflow(
+        [
+            {"task_id": "register", "operator": "RegisterOperator", "state": "success"},
+            {"task_id": "deploy", "operator": "DeployOperator", "state": "success"},
+        ],
+        {
+            ("register", "return_value"): {"model": "churn", "version": "2"},
+            ("deploy", "return_value"): {
+                "model": "churn",
+                "alias": "challenger",
+                "version": "2",
+                "traffic": {"champion": 90, "challenger": 10},
+                "serving": {"state": "serving"},
+            },
+        },
+    )
+    lines: list[str] = []
+    assert _outcome(api, "churn.train", "manual__1", lines.append) == "churn"  # type: ignore[arg-type]
+    assert lines == [
+        "registered: churn version 2",
+        "deployed: churn@challenger -> version 2 (traffic {'champion': 90, 'challenger': 10}; "
+        "serving: serving)",
+    ]
