@@ -1269,11 +1269,12 @@ DriftMethod = Literal[
     "z",
 ]
 MonitorMetric = Literal["accuracy", "log_loss", "brier", "absolute_error", "squared_error"]
-MonitorAlert = Literal["srm", "drift", "challenger_worse", "challenger_better"]
+MonitorAlert = Literal["srm", "drift", "challenger_worse", "challenger_better", "capture"]
 
 
 def _default_monitor_alerts() -> list[MonitorAlert]:
-    return ["srm", "drift", "challenger_worse"]
+    # capture: spool parts the monitor could not read (rows it never saw, a storage problem)
+    return ["srm", "drift", "challenger_worse", "capture"]
 
 
 class DriftColumn(StrictModel):

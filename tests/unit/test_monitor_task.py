@@ -51,7 +51,7 @@ def test_definition_and_compiled_dag(tmp_path: Path) -> None:
     task = project.workflows["watch"].tasks["monitor"]
     assert isinstance(task, MonitorTask)
     assert task.window == timedelta(hours=12) and task.lookback == timedelta(days=30)
-    assert task.alert_on == ["srm", "drift", "challenger_worse"]
+    assert task.alert_on == ["srm", "drift", "challenger_worse", "capture"]
 
     dag = build_dag(project, "watch", project_dir=tmp_path / "shop", grant_role=False)
     monitor = dag.get_task("monitor")
@@ -124,6 +124,27 @@ def test_operator_arguments_and_findings() -> None:
         "sample-ratio mismatch: ...",
         "challenger worse on accuracy: ...",
     ]
+
+
+def test_unreadable_capture_parts_are_sent_by_default() -> None:
+    """The finding compaction's refused spool parts give (mlwp.monitoring.report.alerts) had
+    no alert_on kind, so findings() dropped it: in the result and the report page, never
+    sent, though docs/monitoring.md says the monitor's alerts announce it. Now `capture`,
+    on by default."""
+    from airflow.sdk import DAG
+
+    from mlwp.monitoring.report import alerts
+    from operators.monitor import MonitorOperator
+
+    refused = {"part": "/c/x.spool", "reason": "/c/x.spool: not a capture spool part"}
+    result = {"comparison": {}, "capture_compaction": {"parts_refused": [refused]}}
+    result["alerts"] = alerts(result)
+    with DAG("shop.watch", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC)):
+        default = MonitorOperator(task_id="m", model="shop", project="shop")
+        drift_only = MonitorOperator(task_id="d", model="shop", project="shop", alert_on=["drift"])
+    assert default.findings(result) == result["alerts"] != []
+    assert "capture spool part(s) unreadable" in default.findings(result)[0]
+    assert drift_only.findings(result) == []
 
 
 def test_schema_methods_match_the_drift_module() -> None:
