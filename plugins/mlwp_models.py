@@ -168,24 +168,17 @@ def serving_models() -> dict[str, Any]:
 def _reload_serving(model: str, after: dict[str, Any]) -> dict[str, Any]:
     """Ask serving to load the new state now (it would also notice on its next poll)."""
     from mlwp.platform.serving_key import task_admin_key
-    from mlwp.registry.serving_client import reload_and_wait
+    from mlwp.registry.serving_client import reload_after_change
     from mlwp.settings import get_settings
 
     settings = get_settings()
-    key = task_admin_key(settings)
-    champion = after["aliases"].get("champion")
-    if champion is None:
-        return {"state": "skipped", "message": "no champion to serve"}
-    outcome = reload_and_wait(
+    return reload_after_change(
         settings.serving_url,
         model,
-        "champion",
-        champion,
-        after.get("traffic"),
-        api_key=key,
+        after,
+        api_key=task_admin_key(settings),
         timeout=RELOAD_WAIT_SECONDS,
-    )
-    return outcome.as_dict()
+    ).as_dict()
 
 
 def _model_in_project(project: str, model: str) -> None:

@@ -21,6 +21,9 @@ ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="Why; recorded in the audit trail.")
 ]
 
+# how long a change waits for serving to show it (the Models view waits as long)
+RELOAD_SECONDS = 20.0
+
 app = typer.Typer(
     help="Registered models: list, promote, rollback, traffic, history.", no_args_is_help=True
 )
@@ -38,6 +41,22 @@ def _actor() -> str:
     from mlwp.cli.roles import current_actor
 
     return current_actor()
+
+
+def _reload_serving(name: str, state: dict[str, Any]) -> dict[str, Any]:
+    """Ask serving to load the change now, as the deploy task and the Models view do, and
+    say what it answered; without this serving kept the old version until its next poll
+    (MLWP_SERVING_POLL_INTERVAL_SECONDS, 30 s), so a rollback took effect up to 30 s after
+    the command said it had. The registry change stands whatever serving answers."""
+    from mlwp.platform.serving_key import task_admin_key
+    from mlwp.registry.serving_client import reload_after_change
+    from mlwp.settings import get_settings
+
+    settings = get_settings()
+    outcome = reload_after_change(
+        settings.serving_url, name, state, api_key=task_admin_key(settings), timeout=RELOAD_SECONDS
+    )
+    return outcome.as_dict()
 
 
 def _fail(exc: MlwpError) -> None:
@@ -118,8 +137,10 @@ def promote_command(
     except MlwpError as exc:
         _fail(exc)
         return
-    if not _emit(after, json_output):
+    serving = _reload_serving(name, after)
+    if not _emit({**after, "serving": serving}, json_output):
         typer.echo(f"{name}: champion is now v{after['aliases'].get('champion')}")
+        typer.echo(f"serving: {serving['message']}")
 
 
 @app.command("rollback")
@@ -146,8 +167,10 @@ def rollback_command(
     except MlwpError as exc:
         _fail(exc)
         return
-    if not _emit(after, json_output):
+    serving = _reload_serving(name, after)
+    if not _emit({**after, "serving": serving}, json_output):
         typer.echo(f"{name}: rolled back to {model_changes.describe_state(after)}")
+        typer.echo(f"serving: {serving['message']}")
 
 
 @app.command("history")
@@ -212,8 +235,11 @@ def traffic_command(
                 raise registry.RegistryError(f"expected alias=percent, got {pair!r}")
             traffic[alias.strip()] = int(percent)
         result = model_changes.set_traffic(_actor(), name, traffic, reason)
+        aliases = registry.aliases(name)
     except MlwpError as exc:
         _fail(exc)
         return
-    if not _emit(result, json_output):
+    serving = _reload_serving(name, {"aliases": aliases, "traffic": result})
+    if not _emit(result, json_output):  # the split, as before
         typer.echo(f"{name}: traffic " + ", ".join(f"{a} {p}%" for a, p in result.items()))
+        typer.echo(f"serving: {serving['message']}")

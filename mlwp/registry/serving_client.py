@@ -154,6 +154,31 @@ def reload_and_wait(
             http.close()
 
 
+def reload_after_change(
+    base_url: str,
+    model: str,
+    state: Mapping[str, Any],
+    *,
+    api_key: str | None,
+    timeout: float = 20.0,
+) -> ReloadOutcome:
+    """After a person's change of aliases or traffic (``mlwp models promote|rollback|traffic``,
+    the Models view): ask serving to load ``state`` now and wait until its champion and split
+    show (``skipped`` when the state has no champion to serve)."""
+    champion = (state.get("aliases") or {}).get("champion")
+    if champion is None:
+        return ReloadOutcome("skipped", "no champion to serve", 0.0)
+    return reload_and_wait(
+        base_url,
+        model,
+        "champion",
+        str(champion),
+        state.get("traffic"),
+        api_key=api_key,
+        timeout=timeout,
+    )
+
+
 def _request_reload(
     http: httpx.Client,
     base: str,

@@ -111,3 +111,43 @@ def test_parse_point_and_describe_state() -> None:
 def test_nothing_to_roll_back_without_a_promotion(trail: list) -> None:
     with pytest.raises(RegistryError, match="'unknown' has nothing to roll back"):
         model_changes.target_state("unknown")
+
+
+def test_the_cli_asks_serving_to_load_a_change_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlwp models rollback|promote|traffic` ask serving to reload and print what it answered,
+    as the deploy task and the Models view do. On a fresh platform, `mlwp models rollback
+    churn` printed "rolled back to champion v1 100%" while serving kept answering with v2
+    until its next registry poll (30 s by default)."""
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+    from mlwp.registry import serving_client
+
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    def fake(*args: object, **kwargs: object) -> serving_client.ReloadOutcome:
+        calls.append((args, kwargs))
+        return serving_client.ReloadOutcome("serving", "serving shows churn@champion = 1", 0.4)
+
+    monkeypatch.setattr(serving_client, "reload_and_wait", fake)
+    monkeypatch.setattr(model_changes, "rollback", lambda *a, **k: S2)
+    monkeypatch.setattr(model_changes, "promote", lambda *a, **k: S4)
+    monkeypatch.setenv("MLWP_SERVING_ADMIN_KEY", "mlwp_admin")
+    monkeypatch.setenv("MLWP_SERVING_PORT", "8123")
+    runner = CliRunner()
+    rolled = runner.invoke(app, ["models", "rollback", "churn"])
+    assert rolled.exit_code == 0, rolled.output
+    assert "serving: serving shows churn@champion = 1" in rolled.output
+    ((args, kwargs),) = calls
+    assert args == ("http://127.0.0.1:8123", "churn", "champion", "1", S2["traffic"])
+    assert kwargs["api_key"] == "mlwp_admin"
+    promoted = runner.invoke(app, ["models", "promote", "churn", "--json"])
+    assert promoted.exit_code == 0, promoted.output
+    assert '"state": "serving"' in promoted.output and calls[-1][0][3] == "2"
+
+    # a state without a champion has nothing for serving to load: not asked
+    calls.clear()
+    monkeypatch.setattr(model_changes, "rollback", lambda *a, **k: {"aliases": {}, "traffic": {}})
+    empty = runner.invoke(app, ["models", "rollback", "churn"])
+    assert empty.exit_code == 0 and "serving: no champion to serve" in empty.output
+    assert calls == []
