@@ -127,6 +127,8 @@ class CaptureBuffer:
         self.entity_fields = dict(settings.entity_fields)
         self.capacity = settings.capture_buffer_rows
         self.batch_rows = settings.capture_batch_rows
+        # put's one compare: past it the buffer may be full or a batch wait to be written
+        self._check_at = min(self.capacity + 1, self.batch_rows)
         self.flush_seconds = settings.capture_flush_seconds
         codec = settings.capture_spool_codec
         # "auto": the SpoolWriter's choice by the root (none local, lz4_raw on object stores)
@@ -192,20 +194,28 @@ class CaptureBuffer:
         """:meth:`add` with :class:`Captured`'s fields as arguments and the classes as their
         JSON (``Variant.classes_json``): the prediction route's path, which builds nothing
         per request but the buffered tuple."""
-        if self._rows + rows > self.capacity:
-            self.metrics.capture_dropped.labels(model, "buffer_full").inc(rows)
-            return False
-        size = len(request)
-        chunk = self._chunk
-        if (
-            chunk is None
-            or chunk.requests.tell() + size > len(chunk.requests)
-            or chunk.responses.tell() + len(response) > len(chunk.responses)
-        ):
-            chunk = self._new_chunk(size, len(response))
-        # each body copied in by one call (the map's write), no Python step of ours
-        chunk.requests.write(request)
-        chunk.responses.write(response)
+        total = self._rows + rows
+        if total >= self._check_at:  # rarely: full, or a batch waits (one compare, not two)
+            if total > self.capacity:
+                self.metrics.capture_dropped.labels(model, "buffer_full").inc(rows)
+                return False
+            if total >= self.batch_rows and self._wake is not None:
+                self._wake.set()
+        chunk: Chunk = self._chunk  # type: ignore[assignment]  # None: AttributeError below
+        # each body copied in by one call (the map's write, no Python step of ours); a body
+        # the chunk's area has no room for raises (ValueError: no tell() or len() per
+        # request to ask first), and the chunk is replaced
+        try:
+            chunk.requests.write(request)
+            try:
+                chunk.responses.write(response)
+            except ValueError:  # the request went in: out again, into the next chunk
+                chunk.requests.seek(-len(request), 1)
+                raise
+        except (AttributeError, ValueError):  # no chunk yet, or this one full
+            chunk = self._new_chunk(len(request), len(response))
+            chunk.requests.write(request)
+            chunk.responses.write(response)
         # flat: FIELDS values per request, no object of its own that outlives the request
         # (the tuple this makes dies here): nothing for the garbage collector to count
         chunk.items += (
@@ -217,14 +227,12 @@ class CaptureBuffer:
             served,
             routing_key,
             rows,
-            size,
+            len(request),
             len(response),
             classes_json,
             latency_ms,
         )
-        self._rows += rows
-        if self._rows >= self.batch_rows and self._wake is not None:
-            self._wake.set()
+        self._rows = total
         return True
 
     def _new_chunk(self, request: int, response: int) -> Chunk:

@@ -301,15 +301,16 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
     answer = OrjsonResponse(response)
     captured = None
     shadow = state.shadow
-    if services.capture.sampled(model):
+    capture = services.capture
+    if capture.sampled(model):
         # the bytes at hand, as they are: the writer and the readers do the rest
         # (serving/services/capture.py)
         started = request.scope["state"].get("started")
         latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
         if shadow is None:  # straight into the buffer: nothing built but its tuple
-            services.capture.put(
+            capture.put(
                 request_id,
-                now_ms(),
+                time.time_ns() // 1_000_000,  # now_ms(), without its call
                 model,
                 variant.version,
                 alias,
@@ -336,7 +337,7 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
                 classes=variant.model.classes,
                 latency_ms=latency_ms,
             )
-            services.capture.add(captured)
+            capture.add(captured)
     if shadow is not None:
         if data is None:
             data = orjson.loads(body)["data"]  # the records as the usual path reads them

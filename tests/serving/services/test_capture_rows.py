@@ -466,3 +466,65 @@ def test_the_free_areas_a_burst_left_are_let_go(tmp_path: Path) -> None:
     buffer._free.extendleft(Area(AREA_BYTES) for _ in range(3))  # given back long ago
     assert asyncio.run(flush()) == 0  # an idle flush (nothing pending) trims as well
     assert len(buffer._free) == 2
+
+
+def test_a_response_the_area_has_no_room_for_moves_its_request_to_the_next_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``put`` asks no area for its room: a body that does not fit raises in the map's
+    write and the chunk is replaced. When the request went in and its response does not,
+    the request is taken out again, and both go into the next chunk: every request's
+    bodies lie in one chunk, and the parts read back as the requests, in order."""
+    from serving.services import capture as serving_capture
+
+    monkeypatch.setattr(serving_capture, "AREA_BYTES", 1024)
+    settings = ServingSettings(home=tmp_path, storage_root=tmp_path.as_uri())
+    buffer = CaptureBuffer(settings, Metrics())
+    requests = [
+        dataclasses.replace(
+            captured(f"r{n}", [{"x": n}], ["No"], [[0.9, 0.1]], ["No", "Yes"]),
+            request=bytes([65 + n]) * 300,
+            response=bytes([97 + n]) * size,
+        )
+        for n, size in enumerate((600, 600, 100, 2000))  # the second's answer: no room left
+    ]
+    assert buffer.add(requests[0])
+    first = buffer._chunk
+    assert first is not None
+    assert buffer.add(requests[1])
+    assert buffer._chunk is not first and buffer._pending == [first]
+    assert first.requests.tell() == 300  # the second request taken out again
+    for request in requests[2:]:
+        assert buffer.add(request)
+    assert asyncio.run(buffer.flush()) == len(requests)
+    parts = tmp_path.glob("monitoring/capture/model=m/date=*/*.spool")
+    table = pa.concat_tables(read_spool(f"file://{part}") for part in parts)
+    by_id = dict(zip(table["inference_id"].to_pylist(), table.to_pylist(), strict=True))
+    for request in requests:
+        assert by_id[request.inference_id]["request"] == request.request
+        assert by_id[request.inference_id]["response"] == request.response
+
+
+def test_put_drops_past_the_buffer_and_wakes_the_writer_at_a_batch(tmp_path: Path) -> None:
+    """``put``'s one compare: below both bounds nothing else is asked; at the batch's rows
+    the writer is woken; past the buffer's rows a request is dropped and counted."""
+    settings = ServingSettings(
+        home=tmp_path,
+        storage_root=tmp_path.as_uri(),
+        capture_buffer_rows=5,
+        capture_batch_rows=3,
+    )
+    metrics = Metrics()
+    buffer = CaptureBuffer(settings, metrics)
+    buffer._wake = asyncio.Event()
+    one = captured("r", [{"x": 1}, {"x": 2}], ["No", "No"], [[0.9, 0.1]] * 2, ["No", "Yes"])
+    assert buffer.add(one)
+    assert not buffer._wake.is_set()
+    assert buffer.add(one)  # 4 rows: a batch waits
+    assert buffer._wake.is_set()
+    assert not buffer.add(one)  # 6 > 5: dropped
+    assert buffer._rows == 4
+    dropped = _counted(
+        metrics, "mlwp_serving_capture_dropped_total", model="m", reason="buffer_full"
+    )
+    assert dropped == 2
