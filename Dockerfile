@@ -16,9 +16,14 @@ FROM ghcr.io/astral-sh/uv:0.9 AS uv
 FROM python:${PYTHON_VERSION}-slim-bookworm
 COPY --from=uv /uv /usr/local/bin/uv
 # curl: healthchecks; git: Airflow's Git DAG bundle (charts/airflow-values-git-bundle.yaml);
-# libgomp1: XGBoost; tini: PID 1.
+# libgomp1: XGBoost; tini: PID 1. A C compiler: batch prediction's tasks compile the model's
+# trees to C as serving does (mlwp.model.native_trees, cached under MLWP_HOME/native-trees),
+# the same outputs bit for bit in about half XGBoost's time per row on the benchmark's model
+# (docs/scale.md). It adds about 180 MB; `--build-arg TREES_COMPILER=` leaves it out, and the
+# tasks then score with XGBoost's predictor.
+ARG TREES_COMPILER="gcc libc6-dev"
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl git libgomp1 tini \
+    && apt-get install -y --no-install-recommends curl git libgomp1 tini ${TREES_COMPILER} \
     && rm -rf /var/lib/apt/lists/*
 
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy \

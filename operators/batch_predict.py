@@ -252,17 +252,23 @@ class BatchPredictPartitionOperator(MlwpOperator):
         from mlwp.data.batch_scoring import (
             Output,
             OutputColumnsError,
+            native_trees,
             predicted_fields,
             score_partition,
         )
         from mlwp.data.partitions import Partition, PartitionedReader, stage_part
         from mlwp.model.features import PreprocessingError
+        from mlwp.settings import get_settings
         from operators import _registry
 
         started = time.monotonic()
         plan = self.partition
         storage = self.storage()
         model = _registry.load_model(f"models:/{self.model}/{plan['model_version']}")
+        # the trees compiled to C where the worker has a compiler, as serving scores: built
+        # by a worker's first task of this model version, loaded by the next ones
+        trees = native_trees(model, get_settings().home / "native-trees")
+        self.log.info("Scoring with %s", trees)
         reader = PartitionedReader(storage, plan["dataset_uri"])
         partition = Partition.from_dict(plan["partition"])
         if partition.rows == 0:

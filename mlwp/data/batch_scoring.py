@@ -35,6 +35,7 @@ from mlwp.errors import MlwpError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+    from pathlib import Path
 
     import pyarrow as pa
 
@@ -280,6 +281,26 @@ def read_columns(model: Model, names: Sequence[str], output: Output = LEAN) -> l
         return None
     wanted = {f.name for f in model.preprocessing.features} | set(output.keys)
     return [name for name in names if name in wanted]
+
+
+# Batches each predictor scores per band of batch sizes before the faster keeps the band,
+# when the trees are compiled to C (:func:`native_trees`): a chunk's piece of thousands of
+# rows takes milliseconds, long enough for a few to time it (the median of three passes over
+# a first, cold call); serving's 16 a side would be half the pieces of a 1M-row dataset.
+NATIVE_TRIALS = 3
+
+
+def native_trees(model: Model, cache: Path) -> str:
+    """Score ``model``'s batches with its trees compiled to C as serving does
+    (:mod:`mlwp.model.native_trees`: the same outputs, bit for bit, checked against XGBoost
+    at each load), built into the folder ``cache`` or loaded from there when built before,
+    wherever they prove faster than XGBoost's predictor on the batches themselves (per band
+    of batch sizes, :data:`NATIVE_TRIALS` a side). Without a C compiler, or when the model is
+    not one the C reproduces, XGBoost scores. Says which, and why not."""
+    predictor = model.predictor
+    if predictor.load_native(cache, trials=NATIVE_TRIALS):
+        return "trees compiled to C (against XGBoost on the first chunks)"
+    return f"XGBoost ({predictor.not_native})"
 
 
 def score_partition(

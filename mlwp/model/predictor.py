@@ -144,18 +144,20 @@ TRIALS = 16
 class _Chooser:
     """Which of two predictors with identical outputs scores a batch, per band of batch
     sizes (1, 2-3, 4-7, 8-15, ...): the first batches of a band alternate between them,
-    timed by the thread's CPU clock, and after ``TRIALS`` each the one with the lower median
-    keeps the band. The trees compiled to C are faster than XGBoost's predictor on models
-    whose splits a CPU predicts well (the churn model: 19 against 98 µs for 100 rows) and
-    slower where rows take each side at random (a model of continuous noise: 306 against
-    234 µs); only the rows actually served tell which, and a probe at load misleads (the
-    model's own threshold rows reversed that model's verdict), so the traffic decides."""
+    timed by the thread's CPU clock, and after ``trials`` each (:data:`TRIALS`) the one with
+    the lower median keeps the band. The trees compiled to C are faster than XGBoost's
+    predictor on models whose splits a CPU predicts well (the churn model: 19 against 98 µs
+    for 100 rows) and slower where rows take each side at random (a model of continuous
+    noise: 306 against 234 µs); only the rows actually served tell which, and a probe at
+    load misleads (the model's own threshold rows reversed that model's verdict), so the
+    traffic decides."""
 
-    def __init__(self) -> None:
+    def __init__(self, trials: int = TRIALS) -> None:
+        self.trials = trials
         self.chosen: dict[int, bool] = {}  # band -> the first predictor won
         self._times: dict[int, tuple[list[float], list[float]]] = {}
         # the trials' bookkeeping (serving scores on the event loop and on pool threads at
-        # once): each band decided once, from exactly TRIALS batches a side
+        # once): each band decided once, from exactly ``trials`` batches a side
         self._lock = threading.Lock()
         # called once per decided band: (band's smallest batch, first won, the two medians
         # in seconds); serving logs it (the choice is otherwise invisible to an operator)
@@ -179,7 +181,7 @@ class _Chooser:
             if band in self.chosen:  # decided meanwhile by another thread
                 return result
             times[0 if use_first else 1].append(spent)
-            if min(len(times[0]), len(times[1])) >= TRIALS:
+            if min(len(times[0]), len(times[1])) >= self.trials:
                 medians = statistics.median(times[0]), statistics.median(times[1])
                 decided = self.chosen[band] = medians[0] <= medians[1]
                 del self._times[band]
@@ -239,18 +241,8 @@ class BoosterPredictor:
         With ``build=False`` the C trees are only loaded from the cache; when they are not
         there ``native_pending`` is set and the Python trees or XGBoost serve until
         :meth:`build_native` (serving runs it in the background) attaches them."""
-        if native_cache is not None:
-            try:
-                self.native = NativeTrees.build(self.booster, native_cache, build=build)
-                self.not_native = ""
-                return -1
-            except NotBuilt as exc:
-                self.native_pending = True
-                self.not_native = str(exc)
-            except Unsupported as exc:
-                self.not_native = str(exc)
-            except Exception as exc:
-                self.not_native = f"{type(exc).__name__}: {exc}"
+        if native_cache is not None and self.load_native(native_cache, build=build):
+            return -1
         try:
             compiled = CompiledTrees.compile(self.booster)
         except Unsupported as exc:
@@ -265,6 +257,33 @@ class BoosterPredictor:
         self.compiled = compiled if self.compiled_rows else None
         self.not_compiled = "" if self.compiled_rows else "XGBoost is faster for one row"
         return self.compiled_rows
+
+    def load_native(
+        self, native_cache: Path, build: bool = True, trials: int | None = None
+    ) -> bool:
+        """Load the C trees from ``native_cache``, built there first unless they are cached
+        already or ``build`` is False (then ``native_pending`` is set when they are not
+        there), and let them score each band of batch sizes where the batches show them
+        faster than XGBoost (after ``trials`` batches a side, :data:`TRIALS` unless given:
+        batch scoring's batches of thousands of rows need fewer). False, with
+        ``not_native`` saying why, when they cannot be had; XGBoost then scores."""
+        try:
+            native = NativeTrees.build(self.booster, native_cache, build=build)
+        except NotBuilt as exc:
+            self.native_pending = True
+            self.not_native = str(exc)
+            return False
+        except Unsupported as exc:
+            self.not_native = str(exc)
+            return False
+        except Exception as exc:
+            self.not_native = f"{type(exc).__name__}: {exc}"
+            return False
+        if trials is not None and trials != self.chooser.trials:
+            self.chooser = _Chooser(trials)
+        self.not_native = ""
+        self.native = native
+        return True
 
     def build_native(self, native_cache: Path) -> bool:
         """Build the C trees (after ``compile_trees(build=False)``; any thread, while other

@@ -46,7 +46,12 @@ def partitioned(tmp_path: Path, **options: Any) -> tuple[Storage, Any, Partition
 
 
 @pytest.fixture(scope="module")
-def churn_model(tmp_path_factory: pytest.TempPathFactory) -> mlwp_model.Model:
+def churn_model(churn_model_path: Path) -> mlwp_model.Model:
+    return mlwp_model.load(churn_model_path)
+
+
+@pytest.fixture(scope="module")
+def churn_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     definition = yaml.safe_load((ROOT / "dags/projects/churn/workflow.yaml").read_text())
     steps = definition["workflows"]["train"]["tasks"]["features"]["steps"]
     result = run_transform(pd.read_csv(DATA), steps)
@@ -58,7 +63,7 @@ def churn_model(tmp_path_factory: pytest.TempPathFactory) -> mlwp_model.Model:
         {"target": "churn", "num_boost_round": 20, "max_depth": 3, "nthread": 1, "seed": 1},
     )
     entrypoint.run(environ)
-    return mlwp_model.load(workdir / "model")
+    return workdir / "model"
 
 
 PREDICTED = ["prediction", "probability_No", "probability_Yes"]
@@ -420,3 +425,64 @@ def test_the_booster_threads_start_with_their_pool(monkeypatch: pytest.MonkeyPat
         assert pool.submit(lambda: 1).result(timeout=5) == 1
     finally:
         pool.shutdown(wait=True)
+
+
+def test_the_trees_compiled_to_c_score_partitions_as_xgboost(
+    churn_model: mlwp_model.Model, churn_model_path: Path, tmp_path: Path
+) -> None:
+    """With the trees compiled to C (as serving scores), every chunk's answers are
+    XGBoost's, in trials and after the choice; a second load takes them from the cache."""
+    from checkers import c_compiler
+
+    c_compiler()  # skipped without one, failed in CI
+    _, _, reader = partitioned(tmp_path, rows_per_partition=1000)
+    model = mlwp_model.load(churn_model_path)  # its own predictor: the fixture's stays XGBoost
+    cache = tmp_path / "native-trees"
+    assert batch_scoring.native_trees(model, cache).startswith("trees compiled to C")
+    predictor = model.predictor
+    assert predictor.native is not None
+    assert predictor.chooser.trials == batch_scoring.NATIVE_TRIALS
+    native = predictor.native
+    calls: list[tuple[int, bool]] = []
+    real = native.predict
+
+    def counted(matrix: np.ndarray) -> np.ndarray:
+        # the encoder's column-major blocks are read as they are (no row-order copy)
+        calls.append((len(matrix), matrix.flags.f_contiguous))
+        return real(matrix)
+
+    native.predict = counted  # type: ignore[method-assign]
+    for chunk_rows in (100, 37):  # enough chunks for the trials, then the chosen side
+        for partition in reader.partitions:
+            expected = scored_table(churn_model, reader, partition, chunk_rows)
+            assert scored_table(model, reader, partition, chunk_rows).equals(expected)
+    assert calls and all(by_columns for _, by_columns in calls)
+    assert predictor.chooser.chosen  # decided after NATIVE_TRIALS batches a side
+    assert len(list(cache.glob("trees-*.so"))) == 1
+    again = mlwp_model.load(churn_model_path)
+    assert batch_scoring.native_trees(again, cache).startswith("trees compiled to C")
+    assert len(list(cache.glob("trees-*.so"))) == 1  # loaded, not built again
+
+
+def test_without_a_compiler_xgboost_scores(
+    churn_model: mlwp_model.Model,
+    churn_model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, _, reader = partitioned(tmp_path, rows_per_partition=1000)
+    monkeypatch.setenv("CC", "false")  # a compiler that fails every build
+    model = mlwp_model.load(churn_model_path)
+    said = batch_scoring.native_trees(model, tmp_path / "native-trees")
+    assert said.startswith("XGBoost (building the trees failed")
+    assert model.predictor.native is None
+    partition = reader.partitions[0]
+    expected = scored_table(churn_model, reader, partition, 100)
+    assert scored_table(model, reader, partition, 100).equals(expected)
+
+
+def scored_table(
+    model: mlwp_model.Model, reader: PartitionedReader, partition: Any, chunk_rows: int
+) -> pa.Table:
+    schema, scored = score_partition(model, reader, partition, chunk_rows=chunk_rows)
+    return pa.Table.from_batches(list(scored), schema)

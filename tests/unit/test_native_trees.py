@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tree_models import MODEL_KINDS, check_predict_row, train, train_kind
 
 from mlwp.model.compiled_trees import Unsupported
-from mlwp.model.native_trees import NativeTrees
+from mlwp.model.native_trees import NativeTrees, _column_stride
 from mlwp.model.predictor import TRIALS, BoosterPredictor, _Chooser
 
 
@@ -47,6 +47,23 @@ def test_same_output_as_xgboost(
     # a column-major matrix, and float32 input, give the same
     assert np.array_equal(native.predict(np.asfortranarray(x)), expected)
     assert np.array_equal(native.predict(x.astype(np.float32)), expected)
+    # float32 column by column (batch scoring's encoder's blocks), and rows of such a
+    # block: read through the columns entry, no row-order copy
+    by_columns = np.asfortranarray(x, dtype=np.float32)
+    for start, rows in ((0, len(x)), (0, 1), (1, 2), (5, 100), (100, 300)):
+        block = by_columns[start : start + rows]
+        assert _column_stride(block) == len(x)
+        assert np.array_equal(native.predict(block), expected[start : start + rows])
+
+
+def test_only_column_major_float32_blocks_are_read_by_columns() -> None:
+    block = np.asfortranarray(np.zeros((10, 3), dtype=np.float32))
+    assert _column_stride(block) == 10
+    assert _column_stride(block[2:7]) == 10  # rows of it
+    assert _column_stride(np.ascontiguousarray(block)) == 0  # row order: read as it is
+    assert _column_stride(block.astype(np.float64, order="F")) == 0  # converted first
+    assert _column_stride(block[::2]) == 0  # every other row: copied first
+    assert _column_stride(block[:, :1]) == 0  # one column: its rows are contiguous
 
 
 @settings(max_examples=15, deadline=None)
