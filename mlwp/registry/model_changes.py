@@ -218,6 +218,7 @@ def target_state(name: str, to: int | datetime | None = None) -> tuple[dict[str,
         raise registry.RegistryError(
             f"no recorded state of {name!r} at {when.isoformat()}: its history starts later"
         )
+    first: audit.AuditEvent | None = None  # a promotion with nothing before it
     for event in reversed(changes):
         promoted = event.action == PROMOTE or (
             event.action == DEPLOY and event.details.get("alias") == "champion"
@@ -225,6 +226,16 @@ def target_state(name: str, to: int | datetime | None = None) -> tuple[dict[str,
         state = _state(event.details.get("from"))
         if promoted and state is not None and state["aliases"]:
             return state, f"the state before the promotion of event {event.id}"
+        if promoted:
+            first = event
+    if first is not None:
+        # "no promotion recorded" was wrong here: the first deploy is one, with no state
+        # before it (a model whose only promotion made its first champion)
+        raise registry.RegistryError(
+            f"{name!r} has nothing to roll back: its only promotion, event {first.id} "
+            f"({first.action} by {first.actor}), made its first champion, and no state came "
+            "before it (give --to with an event id or time from `mlwp models history`)"
+        )
     raise registry.RegistryError(f"{name!r} has nothing to roll back (no promotion recorded)")
 
 

@@ -113,6 +113,31 @@ def test_nothing_to_roll_back_without_a_promotion(trail: list) -> None:
         model_changes.target_state("unknown")
 
 
+def test_a_model_whose_only_promotion_made_its_first_champion_says_so(trail: list) -> None:
+    """On a fresh platform, after the first train run (deploy as champion, event 3) and a
+    second run's deploy of a challenger, `mlwp models rollback churn` said "nothing to roll
+    back (no promotion recorded)": the first deploy is a recorded promotion, with no state
+    before it. The message names it and points at --to."""
+    audit.record(
+        "workflow:shop.train",
+        "model.deploy",
+        "shop",
+        {
+            "from": {"aliases": {}, "traffic": {"champion": 100}},
+            "to": S1,
+            "alias": "champion",
+            "kind": "workflow",
+        },
+    )
+    first = model_changes.history("shop")[0]["id"]
+    with pytest.raises(RegistryError) as info:
+        model_changes.target_state("shop")
+    message = str(info.value)
+    assert f"its only promotion, event {first} (model.deploy by workflow:shop.train)" in message
+    assert "made its first champion" in message and "--to" in message
+    assert "no promotion recorded" not in message
+
+
 def test_the_cli_asks_serving_to_load_a_change_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """`mlwp models rollback|promote|traffic` ask serving to reload and print what it answered,
     as the deploy task and the Models view do. On a fresh platform, `mlwp models rollback
