@@ -88,9 +88,10 @@ def run_monitor(
         )
     versions = registry.aliases(settings.model)
     split = registry.get_traffic(settings.model)
-    # serving spools what it captures as Arrow IPC parts; fold them into zstd Parquet
-    # here, out of the serving process (docs/monitoring.md, "Capture"). Reading does not
-    # need it: a storage that refuses the deletes is reported, not fatal
+    # serving spools what it captures as framed .spool parts (mlwp.monitoring.capture);
+    # fold them into zstd Parquet here, out of the serving process (docs/monitoring.md,
+    # "Capture"). Reading does not need it: a storage that refuses the deletes is reported,
+    # not fatal
     try:
         compacted: dict[str, Any] = compact_capture(storage_root, settings.model, storage_options)
     except OSError as exc:
