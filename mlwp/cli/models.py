@@ -235,11 +235,22 @@ def traffic_command(
                 raise registry.RegistryError(f"expected alias=percent, got {pair!r}")
             traffic[alias.strip()] = int(percent)
         result = model_changes.set_traffic(_actor(), name, traffic, reason)
-        aliases = registry.aliases(name)
     except MlwpError as exc:
         _fail(exc)
         return
-    serving = _reload_serving(name, {"aliases": aliases, "traffic": result})
+    # the split is set and recorded: a failure to read the aliases for serving's reload
+    # (MLflow answering an error: a raw MlflowException) must not end the command as if it
+    # had not been (it did, with a traceback and exit 1, and a person would set it again)
+    try:
+        aliases = registry.aliases(name)
+    except Exception as exc:
+        serving = {
+            "state": "skipped",
+            "message": f"not asked to reload: the aliases could not be read ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); serving picks the change up on its next registry poll",
+        }
+    else:
+        serving = _reload_serving(name, {"aliases": aliases, "traffic": result})
     if not _emit(result, json_output):  # the split, as before
         typer.echo(f"{name}: traffic " + ", ".join(f"{a} {p}%" for a, p in result.items()))
         typer.echo(f"serving: {serving['message']}")

@@ -176,3 +176,36 @@ def test_the_cli_asks_serving_to_load_a_change_at_once(monkeypatch: pytest.Monke
     empty = runner.invoke(app, ["models", "rollback", "churn"])
     assert empty.exit_code == 0 and "serving: no champion to serve" in empty.output
     assert calls == []
+
+
+def test_traffic_stands_when_the_aliases_for_serving_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`mlwp models traffic` read the aliases again after the split was set (for serving's
+    reload) inside the command's error handling: an MLflow error there (a raw MlflowException,
+    not an MlwpError) ended the command with a traceback and exit 1 although the split was
+    set and recorded, so a person would set it again. The change stands, the command says
+    so and that serving picks it up on its next poll."""
+    from mlflow.exceptions import MlflowException
+    from typer.testing import CliRunner
+
+    from mlwp import registry
+    from mlwp.cli import app
+    from mlwp.registry import serving_client
+
+    def unreachable(name: str) -> dict[str, str]:
+        raise MlflowException("API request to /registered-models/get failed: 503")
+
+    def not_asked(*args: object, **kwargs: object) -> serving_client.ReloadOutcome:
+        raise AssertionError("serving asked without the aliases")
+
+    monkeypatch.setattr(
+        model_changes, "set_traffic", lambda *a, **k: {"champion": 90, "challenger": 10}
+    )
+    monkeypatch.setattr(registry, "aliases", unreachable)
+    monkeypatch.setattr(serving_client, "reload_and_wait", not_asked)
+    result = CliRunner().invoke(app, ["models", "traffic", "churn", "champion=90", "challenger=10"])
+    assert result.exit_code == 0, result.output
+    assert "churn: traffic champion 90%, challenger 10%" in result.output
+    assert "serving: not asked to reload" in result.output
+    assert "next registry poll" in result.output
