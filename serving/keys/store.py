@@ -213,7 +213,12 @@ class KeyStore:
     def close(self) -> None:
         self._stop.set()
         if self._refresher is not None and self._refresher is not threading.current_thread():
-            self._refresher.join()
+            # bounded: with the database unreachable the thread is nearly always in a read
+            # (one every cache_seconds), and a connect with no timeout waits ~2 min; it is a
+            # daemon holding the store weakly between reads, so it may be left to end
+            self._refresher.join(_CLOSE_WAIT_SECONDS)
+            if self._refresher.is_alive():
+                log.warning("api_keys_refresher_left_reading", waited_seconds=_CLOSE_WAIT_SECONDS)
         self._engine.dispose()
 
     def _digest(self, secret: str) -> str:
@@ -371,6 +376,10 @@ class KeyStore:
             if self._changes != changes:
                 return  # a key changed here while reading: the next read installs
             self._active, self._read_at = active, now
+
+
+# how long close() waits for a read in progress (a healthy one takes milliseconds)
+_CLOSE_WAIT_SECONDS = 5.0
 
 
 def _refresh(store_ref: weakref.ref[KeyStore], stop: threading.Event, seconds: float) -> None:

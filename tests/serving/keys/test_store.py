@@ -218,3 +218,34 @@ def test_a_background_read_does_not_bring_back_a_key_revoked_meanwhile(
     _eventually(lambda: store._read_at > read_at)  # a later read installed
     assert store.verify(token) is None
     store.close()
+
+
+@pytest.mark.unit
+def test_close_does_not_wait_for_a_read_stuck_on_the_database(tmp_path: Path) -> None:
+    """The store's thread reads every ``cache_seconds`` whatever happens, so when the key
+    database is unreachable (a network partition: a PostgreSQL connect waits ~2 min for
+    the system's SYN retries, the engine sets no timeout) a read is nearly always in
+    progress, and ``close()`` joined it without a bound: serving's shutdown (run on the
+    event loop, after the capture flush) hung with it. The thread is a daemon holding the
+    store weakly between reads: close waits a little, then leaves it."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    migrate(url)
+    store = KeyStore(url, cache_seconds=0.05, background=True)
+    assert store.verify("mlwp_0123456789abcdef_" + "x" * 43) is None  # starts the thread
+    reading, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        reading.set()
+        release.wait(120)  # the database does not answer
+
+    store.reload = stuck  # type: ignore[method-assign]
+    assert reading.wait(30)  # the thread is in its read
+    closing = threading.Thread(target=store.close, daemon=True)
+    closing.start()
+    closing.join(30)
+    try:
+        assert not closing.is_alive(), "close() waited for a read the database never answers"
+    finally:
+        release.set()
