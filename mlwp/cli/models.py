@@ -53,9 +53,17 @@ def _reload_serving(name: str, state: dict[str, Any]) -> dict[str, Any]:
     from mlwp.settings import get_settings
 
     settings = get_settings()
+    key = task_admin_key(settings)
     outcome = reload_after_change(
-        settings.serving_url, name, state, api_key=task_admin_key(settings), timeout=RELOAD_SECONDS
+        settings.serving_url, name, state, api_key=key, timeout=RELOAD_SECONDS
     )
+    if key is None and outcome.state == "refused":
+        # serving's answer ("missing API key") does not say where the platform's key lives
+        outcome.message += (
+            "; no serving admin key here (MLWP_SERVING_ADMIN_KEY, or "
+            f"{settings.secrets_file} made by `mlwp up` or `mlwp keys install-admin`): the "
+            "change stands and serving picks it up on its next registry poll"
+        )
     return outcome.as_dict()
 
 

@@ -209,3 +209,31 @@ def test_traffic_stands_when_the_aliases_for_serving_cannot_be_read(
     assert "churn: traffic champion 90%, challenger 10%" in result.output
     assert "serving: not asked to reload" in result.output
     assert "next registry poll" in result.output
+
+
+def test_the_cli_says_which_key_is_missing_when_serving_refuses_the_reload(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a serving admin key (none configured, no secrets.json in this MLWP_HOME) the
+    CLI's reload is answered 401 and it printed only serving's answer ("missing API key:
+    send 'Authorization: Bearer <key>'"), which a person who sent nothing cannot act on; it
+    says where the key comes from and that the change stands."""
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+    from mlwp.registry import serving_client
+
+    def refused(*args: object, **kwargs: object) -> serving_client.ReloadOutcome:
+        assert kwargs["api_key"] is None
+        return serving_client.ReloadOutcome(
+            "refused", "answered 401 to POST http://127.0.0.1:8123/admin/reload: {}", 0.1
+        )
+
+    monkeypatch.setattr(serving_client, "reload_and_wait", refused)
+    monkeypatch.setattr(model_changes, "rollback", lambda *a, **k: S2)
+    monkeypatch.delenv("MLWP_SERVING_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["models", "rollback", "churn"])
+    assert result.exit_code == 0, result.output
+    assert "answered 401" in result.output
+    assert "MLWP_SERVING_ADMIN_KEY" in result.output and "next registry poll" in result.output
