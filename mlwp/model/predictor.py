@@ -282,6 +282,7 @@ class BoosterPredictor:
         if trials is not None and trials != self.chooser.trials:
             self.chooser = _Chooser(trials)
         self.not_native = ""
+        # one assignment: predict and row_trees read the attribute once per call
         self.native = native
         return True
 
@@ -291,16 +292,6 @@ class BoosterPredictor:
         then on they score as if built at load (the per-band choice starts afresh). False,
         with ``not_native`` saying why, when they cannot be built; what serves then stays."""
         try:
-            native = NativeTrees.build(self.booster, native_cache)
-        except Unsupported as exc:
-            self.not_native = str(exc)
-            return False
-        except Exception as exc:
-            self.not_native = f"{type(exc).__name__}: {exc}"
-            return False
+            return self.load_native(native_cache)
         finally:
             self.native_pending = False
-        self.not_native = ""
-        # one assignment: predict and row_trees read the attribute once per call
-        self.native = native
-        return True
