@@ -947,7 +947,8 @@ def _framed(data: pa.Buffer, path: str) -> pa.Table:
             if field.name in ("request", "response"):
                 sizes = np.asarray(columns[f"{field.name}_size"], dtype=np.int64)
                 bodies = requests if field.name == "request" else responses
-                if int(sizes.sum()) != bodies.size:
+                # a negative length could still add up, and would give rows each other's bytes
+                if (sizes < 0).any() or int(sizes.sum()) != bodies.size:
                     raise bad(f"its {field.name} bodies do not add up to their lengths")
                 offsets = np.zeros(count + 1, dtype=np.int32)
                 np.cumsum(sizes, out=offsets[1:], dtype=np.int32)

@@ -849,6 +849,23 @@ def test_a_part_of_a_bad_alignment_is_refused(tmp_path: Path, align: int) -> Non
         capture.read_spool(uri)
 
 
+def test_a_part_whose_body_lengths_add_up_through_a_negative_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The bodies' lengths are checked one by one, not only their sum: lengths of 30 and
+    -10 add up to two bodies of 10, and would have handed the rows each other's bytes."""
+    bodies, answers = [b"0123456789", b"abcdefghij"], [b"[1]", b"[2]"]
+    columns = spool_columns(bodies, answers)
+    columns["request_size"] = [30, -10]
+    meta = orjson.dumps({"codec": None, "columns": columns})
+    runs = [[memoryview(b"".join(bodies))], [memoryview(b"".join(answers))]]
+    folder = tmp_path / "monitoring/capture/model=churn/date=2026-11-28"
+    folder.mkdir(parents=True)
+    capture._write_file(str(folder / "crafted.spool"), capture._framing(meta, runs, 1))
+    with pytest.raises(MonitoringError, match="do not add up to their lengths"):
+        capture.read_spool(f"file://{folder}/crafted.spool")
+
+
 def test_format_1_parts_written_locally_before_are_read(tmp_path: Path) -> None:
     """Local parts written before format 2 (the sections back to back) still read."""
     bodies, answers = [b'{"data":[{"x":1}]}', b'{"data":[{"x":2}]}'], [b"[1]", b"[2]"]
