@@ -148,7 +148,7 @@ def serving_models() -> dict[str, Any]:
     """What serving has loaded (``GET /v1/models``), or why it could not be asked."""
     import httpx
 
-    from mlwp.platform.serving_key import task_admin_key
+    from mlwp.platform.serving_key import missing_key_hint, task_admin_key
     from mlwp.settings import get_settings
 
     settings = get_settings()
@@ -161,24 +161,19 @@ def serving_models() -> dict[str, Any]:
     except httpx.HTTPError as exc:
         return {"error": f"serving at {settings.serving_url} is unreachable: {exc}"}
     if response.status_code != 200:
-        return {"error": f"serving answered {response.status_code}: {response.text[:200]}"}
+        error = f"serving answered {response.status_code}: {response.text[:200]}"
+        if key is None and response.status_code == 401:
+            error += missing_key_hint(settings)
+        return {"error": error}
     return dict(response.json())
 
 
 def _reload_serving(model: str, after: dict[str, Any]) -> dict[str, Any]:
     """Ask serving to load the new state now (it would also notice on its next poll)."""
-    from mlwp.platform.serving_key import task_admin_key
-    from mlwp.registry.serving_client import reload_after_change
+    from mlwp.platform.serving_key import reload_serving
     from mlwp.settings import get_settings
 
-    settings = get_settings()
-    return reload_after_change(
-        settings.serving_url,
-        model,
-        after,
-        api_key=task_admin_key(settings),
-        timeout=RELOAD_WAIT_SECONDS,
-    ).as_dict()
+    return reload_serving(get_settings(), model, after, RELOAD_WAIT_SECONDS)
 
 
 def _model_in_project(project: str, model: str) -> None:

@@ -48,23 +48,10 @@ def _reload_serving(name: str, state: dict[str, Any]) -> dict[str, Any]:
     say what it answered; without this serving kept the old version until its next poll
     (MLWP_SERVING_POLL_INTERVAL_SECONDS, 30 s), so a rollback took effect up to 30 s after
     the command said it had. The registry change stands whatever serving answers."""
-    from mlwp.platform.serving_key import task_admin_key
-    from mlwp.registry.serving_client import reload_after_change
+    from mlwp.platform.serving_key import reload_serving
     from mlwp.settings import get_settings
 
-    settings = get_settings()
-    key = task_admin_key(settings)
-    outcome = reload_after_change(
-        settings.serving_url, name, state, api_key=key, timeout=RELOAD_SECONDS
-    )
-    if key is None and outcome.state == "refused":
-        # serving's answer ("missing API key") does not say where the platform's key lives
-        outcome.message += (
-            "; no serving admin key here (MLWP_SERVING_ADMIN_KEY, or "
-            f"{settings.secrets_file} made by `mlwp up` or `mlwp keys install-admin`): the "
-            "change stands and serving picks it up on its next registry poll"
-        )
-    return outcome.as_dict()
+    return reload_serving(get_settings(), name, state, RELOAD_SECONDS)
 
 
 def _fail(exc: MlwpError) -> None:

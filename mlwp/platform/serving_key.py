@@ -17,6 +17,8 @@ install and its roles-sync Job registers that configured token (``install_config
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -107,3 +109,34 @@ def ensure_serving_admin_key(settings: Settings, *, install_configured: bool = F
             code="bootstrap_failed",
         ) from exc
     return key.key_id
+
+
+def missing_key_hint(settings: Settings) -> str:
+    """What to add to serving's refusal when no admin key was sent: serving's own answer
+    ("missing API key") does not say where the platform's key lives."""
+    return (
+        f"; no serving admin key here (MLWP_SERVING_ADMIN_KEY, or {settings.secrets_file} "
+        "made by `mlwp up` or `mlwp keys install-admin`)"
+    )
+
+
+def reload_serving(
+    settings: Settings, model: str, state: Mapping[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Ask serving to load a registry change of ``model`` now, with :func:`task_admin_key`
+    (the CLI's ``mlwp models`` commands and the Models view), and say what it answered
+    (:meth:`~mlwp.registry.serving_client.ReloadOutcome.as_dict`); refused for want of a
+    key, the answer says where the key comes from. The change stands whatever serving
+    answers."""
+    from mlwp.registry.serving_client import reload_after_change
+
+    key = task_admin_key(settings)
+    outcome = reload_after_change(
+        settings.serving_url, model, dict(state), api_key=key, timeout=timeout
+    )
+    if key is None and outcome.state == "refused":
+        outcome.message += (
+            missing_key_hint(settings)
+            + ": the change stands and serving picks it up on its next registry poll"
+        )
+    return outcome.as_dict()

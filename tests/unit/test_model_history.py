@@ -237,3 +237,40 @@ def test_the_cli_says_which_key_is_missing_when_serving_refuses_the_reload(
     assert result.exit_code == 0, result.output
     assert "answered 401" in result.output
     assert "MLWP_SERVING_ADMIN_KEY" in result.output and "next registry poll" in result.output
+
+
+def test_the_models_view_says_which_key_is_missing_when_serving_refuses(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Models view asks serving the same way the CLI does (one helper,
+    ``serving_key.reload_serving``) and, without an admin key, showed only serving's bare
+    401; its reload and its "what serving has loaded" both say where the key comes from."""
+    import sys
+
+    import httpx
+
+    from mlwp.registry import serving_client
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "plugins"))
+    sys.modules.pop("mlwp_models", None)
+    import mlwp_models
+
+    monkeypatch.delenv("MLWP_SERVING_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+
+    def refused(*args: object, **kwargs: object) -> serving_client.ReloadOutcome:
+        assert kwargs["api_key"] is None
+        return serving_client.ReloadOutcome("refused", "answered 401 to POST /admin/reload", 0.1)
+
+    monkeypatch.setattr(serving_client, "reload_and_wait", refused)
+    reloaded = mlwp_models._reload_serving("churn", {"aliases": {"champion": "2"}, "traffic": {}})
+    assert "MLWP_SERVING_ADMIN_KEY" in reloaded["message"]
+    assert "next registry poll" in reloaded["message"]
+
+    def unauthorised(*args: object, **kwargs: object) -> httpx.Response:
+        return httpx.Response(401, text='{"error": "missing API key"}')
+
+    monkeypatch.setattr(httpx, "get", unauthorised)
+    error = mlwp_models.serving_models()["error"]
+    assert error.startswith("serving answered 401")
+    assert "MLWP_SERVING_ADMIN_KEY" in error and "mlwp keys install-admin" in error
