@@ -194,7 +194,10 @@ class ServingSettings(BaseSettings):
         "requests are not captured and the rows are counted as dropped.",
     )
     capture_batch_rows: int = Field(
-        default=10_000, ge=1, description="Write captured rows once this many are waiting."
+        default=50_000,
+        ge=1,
+        description="Write captured rows once this many are waiting (or 32 MiB of request "
+        "bodies, whichever comes first).",
     )
     capture_flush_seconds: float = Field(
         default=10.0, gt=0, description="Write captured rows at least this often."

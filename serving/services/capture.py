@@ -14,7 +14,8 @@ requests' columns as one JSON dump; on a local filesystem uncompressed and writt
 page cache straight from the areas, on an object store each LZ4-compressed by Arrow without
 the interpreter lock) under
 ``<storage root>/monitoring/capture/model=<model>/date=<day>/``, when
-``capture_batch_rows`` rows are waiting, every ``capture_flush_seconds``, and at shutdown.
+``capture_batch_rows`` rows or :data:`BATCH_CHUNKS` full chunks are waiting, every
+``capture_flush_seconds``, and at shutdown.
 Encoding into Parquet happens out of this process, in the monitor task
 (``mlwp.monitoring.capture.compact_capture``), and the per-record rows (one per input
 record, with its entity key, class index, probability and outputs) when the captures are
@@ -130,6 +131,7 @@ class CaptureBuffer:
         # put's one compare: past it the buffer may be full or a batch wait to be written
         self._check_at = min(self.capacity + 1, self.batch_rows)
         self.flush_seconds = settings.capture_flush_seconds
+        self.area_idle_seconds = AREA_IDLE_SECONDS  # free areas unused longer are unmapped
         codec = settings.capture_spool_codec
         # "auto": the SpoolWriter's choice by the root (none local, lz4_raw on object stores)
         self.codec = None if codec == "none" else codec
@@ -237,9 +239,12 @@ class CaptureBuffer:
 
     def _new_chunk(self, request: int, response: int) -> Chunk:
         """Start a chunk (the current one is full): reused areas when they are large
-        enough, new ones when not."""
+        enough, new ones when not. :data:`BATCH_CHUNKS` full chunks waiting are a batch
+        whatever their rows (the bodies' bytes bound a batch as well as its rows)."""
         if self._chunk is not None and self._chunk.items:
             self._pending.append(self._chunk)
+            if len(self._pending) >= BATCH_CHUNKS and self._wake is not None:
+                self._wake.set()
         self._chunk = Chunk(self._area(request), self._area(response))
         return self._chunk
 
@@ -320,15 +325,16 @@ class CaptureBuffer:
             self._trim()
 
     def _trim(self) -> None:
-        """Unmap the free areas no chunk took for a flush interval, but :data:`KEEP_FREE`:
-        a burst while storage was slow left up to a full buffer's worth (50-100 MB at
-        100,000 rows), which the pool would otherwise keep for the process's life. The
+        """Unmap the free areas no chunk took for :data:`AREA_IDLE_SECONDS`, but
+        :data:`KEEP_FREE`: a burst while storage was slow left up to a full buffer's worth
+        (50-100 MB at 100,000 rows), which the pool would otherwise keep for the process's
+        life. The
         loop takes areas from the pool's right end (the last written) and the writer adds
         them there, so the pool is ordered by when each was given back, and the one at its
         left end has been idle the longest. Called by the writer after each write and by
         an idle flush: nothing on the request path."""
         free = self._free
-        idle = time.monotonic() - self.flush_seconds
+        idle = time.monotonic() - self.area_idle_seconds
         while len(free) > KEEP_FREE:
             try:
                 area = free.popleft()
@@ -451,6 +457,19 @@ AREA_BYTES = 4 << 20
 # free areas kept however long idle: one chunk's pair, so the first requests after a quiet
 # spell write into pages already made
 KEEP_FREE = 2
+# Free areas no chunk took for this long are unmapped (but KEEP_FREE). Not the flush
+# interval, as before session 16: a lull longer than a flush let the pool go, and the next
+# burst wrote into new pages, each costing the loop a fault and the kernel's zeroing (~7 us
+# a page on this project's virtual machines: ~3 faults, +18 us of system time per 100-row
+# request in 2-second bursts, docs/history/capture.md "Session 16"). A minute, as
+# allocators decay unused memory over seconds to minutes (jemalloc: 10 s).
+AREA_IDLE_SECONDS = 60.0
+# Full chunks waiting that make a batch whatever their rows: 32 MiB of request bodies. The
+# rows alone (10,000 before session 16) made a batch of a hundred 100-row requests (5 MB),
+# and a batch costs the writer ~1-2 ms of CPU however small (its parts' files and syscalls,
+# the interpreter lock handed back and forth): with the pool kept, 100 rows x1.125 -> x1.071
+# (docs/history/capture.md "Session 16").
+BATCH_CHUNKS = 8
 
 
 class Area(mmap.mmap):

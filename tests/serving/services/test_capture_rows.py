@@ -31,7 +31,14 @@ from mlwp.monitoring.capture import (
 from mlwp.monitoring.capture_rows import json_rows
 from serving.core.config import ServingSettings
 from serving.core.metrics import Metrics
-from serving.services.capture import AREA_BYTES, FIELDS, Area, CaptureBuffer, Captured
+from serving.services.capture import (
+    AREA_BYTES,
+    BATCH_CHUNKS,
+    FIELDS,
+    Area,
+    CaptureBuffer,
+    Captured,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -439,8 +446,9 @@ def test_a_write_failing_outside_a_part_counts_every_row_dropped(
 
 def test_the_free_areas_a_burst_left_are_let_go(tmp_path: Path) -> None:
     """A burst while storage was slow leaves the pool a full buffer's worth of areas; those
-    no chunk took for a flush interval are unmapped (but two), by the writer after a write
-    or by an idle flush, never on the request path."""
+    no chunk took for a minute (AREA_IDLE_SECONDS, not a flush interval: a lull between
+    bursts keeps them) are unmapped (but two), by the writer after a write or by an idle
+    flush, never on the request path."""
     buffer = buffer_of(tmp_path)
     big = {"x": 1, "pad": "p" * 1_000_000}
     for number in range(24):  # ~6 chunks, ~12 areas
@@ -453,8 +461,10 @@ def test_the_free_areas_a_burst_left_are_let_go(tmp_path: Path) -> None:
     burst = list(buffer._free)
     assert len(burst) >= 10  # kept: given back just now
     assert asyncio.run(flush()) == 0
-    assert len(buffer._free) == len(burst)  # still within the interval
-    buffer.flush_seconds = 0.0  # the interval passed
+    buffer.flush_seconds = 0.0  # flush intervals pass: the pool is kept all the same
+    assert asyncio.run(flush()) == 0
+    assert len(buffer._free) == len(burst)  # still within the minute
+    buffer.area_idle_seconds = 0.0  # the minute passed
     assert buffer.add(captured("r", [{"x": 1}], ["Yes"], None, ["No", "Yes"]))
     taken = buffer._chunk
     assert asyncio.run(flush()) == 1  # the writer trims: its chunk's two areas are newest
@@ -503,6 +513,20 @@ def test_a_response_the_area_has_no_room_for_moves_its_request_to_the_next_chunk
     for request in requests:
         assert by_id[request.inference_id]["request"] == request.request
         assert by_id[request.inference_id]["response"] == request.response
+
+
+def test_full_chunks_make_a_batch_whatever_their_rows(tmp_path: Path) -> None:
+    """Large requests fill areas long before the batch's rows wait: BATCH_CHUNKS full
+    chunks wake the writer (a batch bounded in bytes), fewer do not."""
+    buffer = buffer_of(tmp_path)
+    buffer._wake = asyncio.Event()
+    big = {"x": 1, "pad": "p" * 1_000_000}  # ~1 MB a request: four to an area
+    for number in range(4 * BATCH_CHUNKS):
+        assert buffer.add(captured(f"r{number}", [big], ["Yes"], None, ["No", "Yes"]))
+    assert len(buffer._pending) == BATCH_CHUNKS - 1 and not buffer._wake.is_set()
+    assert buffer._rows < buffer.batch_rows
+    assert buffer.add(captured("last", [big], ["Yes"], None, ["No", "Yes"]))  # a new chunk
+    assert len(buffer._pending) == BATCH_CHUNKS and buffer._wake.is_set()
 
 
 def test_put_drops_past_the_buffer_and_wakes_the_writer_at_a_batch(tmp_path: Path) -> None:
