@@ -468,10 +468,10 @@ def main() -> None:
     parser.add_argument(
         "--capture-rounds",
         type=int,
-        default=10,
+        default=20,
         help="capture section: rounds of every server driven at once (paired: what the "
         "host does in a round it does to all), giving each ratio a 95 %% confidence "
-        "interval; 0 leaves them out (default: 10)",
+        "interval; 0 leaves them out (default: 20)",
     )
     parser.add_argument(
         "--capture-round-seconds",
