@@ -194,9 +194,9 @@ class ServingSettings(BaseSettings):
         "requests are not captured and the rows are counted as dropped.",
     )
     capture_batch_rows: int = Field(
-        default=50_000,
+        default=25_000,
         ge=1,
-        description="Write captured rows once this many are waiting (or 32 MiB of request "
+        description="Write captured rows once this many are waiting (or 16 MiB of request "
         "bodies, whichever comes first).",
     )
     capture_flush_seconds: float = Field(

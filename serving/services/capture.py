@@ -464,12 +464,14 @@ KEEP_FREE = 2
 # request in 2-second bursts, docs/history/capture.md "Session 16"). A minute, as
 # allocators decay unused memory over seconds to minutes (jemalloc: 10 s).
 AREA_IDLE_SECONDS = 60.0
-# Full chunks waiting that make a batch whatever their rows: 32 MiB of request bodies. The
+# Full chunks waiting that make a batch whatever their rows: 16 MiB of request bodies. The
 # rows alone (10,000 before session 16) made a batch of a hundred 100-row requests (5 MB),
 # and a batch costs the writer ~1-2 ms of CPU however small (its parts' files and syscalls,
 # the interpreter lock handed back and forth): with the pool kept, 100 rows x1.125 -> x1.071
-# (docs/history/capture.md "Session 16").
-BATCH_CHUNKS = 8
+# (docs/history/capture.md "Session 16"). Not larger: 50,000-row batches (a buffer of two)
+# dropped 1.5 % of a run's rows while the pool was still growing, 25,000 none, for the same
+# writer's CPU.
+BATCH_CHUNKS = 4
 
 
 class Area(mmap.mmap):
