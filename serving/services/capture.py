@@ -451,9 +451,14 @@ def _rows(items: list[Any]) -> int:
 
 
 # An area's size: a chunk's bodies are copied into two of them (requests, responses); at
-# 100 churn records per request (~47 kB of JSON) one holds ~90 requests. Larger areas are
-# made for a body that would not fit, and used for it alone.
-AREA_BYTES = 4 << 20
+# 100 churn records per request (~52 kB of JSON) one holds ~320 requests, at one record
+# ~27,000. Larger areas are made for a body that would not fit, and used for it alone. A
+# chunk is a spool part, and a part costs the writer its files' syscalls (the interpreter
+# lock handed back after each) however small: 16 MiB, not 4 (session 16), so that a batch
+# (BATCH_CHUNKS, or the batch's rows) is one part, not four; the pages a chunk never reaches
+# (most of a response area) are never made, and the pool keeps two areas idle (32 MiB of
+# address space, the pages touched resident).
+AREA_BYTES = 16 << 20
 # free areas kept however long idle: one chunk's pair, so the first requests after a quiet
 # spell write into pages already made
 KEEP_FREE = 2
@@ -464,14 +469,14 @@ KEEP_FREE = 2
 # request in 2-second bursts, docs/history/capture.md "Session 16"). A minute, as
 # allocators decay unused memory over seconds to minutes (jemalloc: 10 s).
 AREA_IDLE_SECONDS = 60.0
-# Full chunks waiting that make a batch whatever their rows: 16 MiB of request bodies. The
-# rows alone (10,000 before session 16) made a batch of a hundred 100-row requests (5 MB),
-# and a batch costs the writer ~1-2 ms of CPU however small (its parts' files and syscalls,
-# the interpreter lock handed back and forth): with the pool kept, 100 rows x1.125 -> x1.071
-# (docs/history/capture.md "Session 16"). Not larger: 50,000-row batches (a buffer of two)
-# dropped 1.5 % of a run's rows while the pool was still growing, 25,000 none, for the same
-# writer's CPU.
-BATCH_CHUNKS = 4
+# Full chunks waiting that make a batch whatever their rows: one (16 MiB of request
+# bodies). The rows alone (10,000 before session 16) made a batch of a hundred 100-row
+# requests (5 MB), and a batch costs the writer ~1-2 ms of CPU however small (its parts'
+# files and syscalls, the interpreter lock handed back and forth): with the pool kept, 100
+# rows x1.125 -> x1.071 (docs/history/capture.md "Session 16"). Not larger: 50,000-row
+# batches (a 100,000-row buffer of two) dropped 1.5 % of a run's rows while the pool was
+# still growing; 25,000 none, for the same writer's CPU.
+BATCH_CHUNKS = 1
 
 
 class Area(mmap.mmap):

@@ -42,6 +42,8 @@ from serving.services.capture import (
 
 pytestmark = pytest.mark.unit
 
+# a record whose request fills a quarter of an area: four to a chunk
+BIG = {"x": 1, "pad": "p" * (AREA_BYTES // 4 - 64)}
 COMMON = {"time_ms": 1_764_000_000_000, "model": "m", "routing_key": None, "latency_ms": 1.0}
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -412,7 +414,7 @@ def test_a_write_failing_outside_a_part_counts_every_row_dropped(
     from serving.services import capture as service
 
     buffer = buffer_of(tmp_path)
-    big = {"x": 1, "pad": "p" * 1_000_000}  # a few of these fill a chunk's area
+    big = BIG  # a few of these fill a chunk's area
     for number in range(6):
         assert buffer.add(captured(f"r{number}", [big, big], ["Yes", "No"], None, ["No", "Yes"]))
     assert len(buffer._pending) >= 1
@@ -450,7 +452,7 @@ def test_the_free_areas_a_burst_left_are_let_go(tmp_path: Path) -> None:
     bursts keeps them) are unmapped (but two), by the writer after a write or by an idle
     flush, never on the request path."""
     buffer = buffer_of(tmp_path)
-    big = {"x": 1, "pad": "p" * 1_000_000}
+    big = BIG
     for number in range(24):  # ~6 chunks, ~12 areas
         assert buffer.add(captured(f"r{number}", [big], ["Yes"], None, ["No", "Yes"]))
 
@@ -520,7 +522,7 @@ def test_full_chunks_make_a_batch_whatever_their_rows(tmp_path: Path) -> None:
     chunks wake the writer (a batch bounded in bytes), fewer do not."""
     buffer = buffer_of(tmp_path)
     buffer._wake = asyncio.Event()
-    big = {"x": 1, "pad": "p" * 1_000_000}  # ~1 MB a request: four to an area
+    big = BIG  # four to an area
     for number in range(4 * BATCH_CHUNKS):
         assert buffer.add(captured(f"r{number}", [big], ["Yes"], None, ["No", "Yes"]))
     assert len(buffer._pending) == BATCH_CHUNKS - 1 and not buffer._wake.is_set()
