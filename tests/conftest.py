@@ -272,8 +272,10 @@ def _mlflow_tracking_uri_restored() -> Iterator[None]:
     before = getattr(utils, "_tracking_uri", None)
     yield
     utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    if utils is not None and utils._tracking_uri != before:
-        utils.set_tracking_uri(before)
+    # getattr: a thread a test left behind (an app's registry poll) may be importing mlflow
+    # right now, the module in sys.modules but not yet run: nothing of it to restore then
+    if getattr(utils, "_tracking_uri", before) != before:
+        utils.set_tracking_uri(before)  # type: ignore[union-attr]
     if before_env is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:

@@ -802,13 +802,12 @@ def serving_env(home: Path, mlflow_url: str, model: str) -> dict[str, str]:
     }
 
 
-def wait_written(port: int, timeout: float = 30.0, *, settle: bool = True) -> None:
+def wait_written(port: int, timeout: float = 30.0, *, flush: float = CAPTURE_FLUSH_SECONDS) -> None:
     """Wait until a server holds no captured rows in memory (its writer flushed them). It
-    first sleeps one and a half flush intervals (the writer flushes within one, then
-    writes; ``settle=False``: the caller slept), so a server is scraped once: a scrape
+    first sleeps one and a half of the server's ``flush`` intervals (the writer flushes
+    within one, then writes; 0: the caller slept), so a server is scraped once: a scrape
     costs the server CPU (milliseconds), and both servers of a pair should pay alike."""
-    if settle:
-        time.sleep(CAPTURE_FLUSH_SECONDS * 1.5)
+    time.sleep(flush * 1.5)
     deadline = time.monotonic() + timeout
     while metric_total(port, "mlwp_serving_capture_buffered") > 0:
         if time.monotonic() > deadline:
@@ -824,6 +823,7 @@ def paired_rounds(
     bodies: list[bytes],
     concurrency: int,
     args: Any,
+    flush_seconds: float = CAPTURE_FLUSH_SECONDS,
 ) -> dict[str, dict[str, float]]:
     """Every server driven at once (its own wrk), ``--capture-rounds`` times: each server's
     CPU per request over each round as a ratio to the first 0 % server's in the same round,
@@ -858,9 +858,13 @@ def paired_rounds(
                 for label, (port, _) in servers.items()
             }
         results = {label: future.result() for label, future in futures.items()}
-        time.sleep(CAPTURE_FLUSH_SECONDS * 1.5)  # once for all: each pays the same idle time
+        # once for all, the longest flush interval among them: each pays the same idle
+        # time, and each is scraped once (wait_written polls a server still buffering,
+        # and each scrape costs it CPU: a server with a longer interval, polled until it
+        # flushed, paid for a dozen scrapes a round)
+        time.sleep(flush_seconds * 1.5)
         for port, _ in servers.values():
-            wait_written(port, settle=False)
+            wait_written(port, flush=0)
         per_request = {
             label: (cpu_seconds(proc) - before[label]) / max(1, results[label]["requests"])
             for label, (_, proc) in servers.items()
@@ -929,6 +933,7 @@ def capture_section(
         setting_name, _, setting = spec.partition("=")
         variable, _, value = setting.partition("=")
         trees.append((f"100 % {setting_name}", 100, None, {variable: value}))
+    flushes: dict[str, float] = {}  # each server's capture flush interval
     for label, percent, tree, setting_env in trees:
         slug = label.replace(" % ", "-").replace(" %", "")
         home = work / f"capture-{slug}"
@@ -939,8 +944,12 @@ def capture_section(
             "MLWP_SERVING_STORAGE_ROOT": (work / f"capture-storage-{slug}").as_uri(),
             "MLWP_SERVING_CAPTURE_PERCENT": str(percent),
             "MLWP_SERVING_CAPTURE_FLUSH_SECONDS": str(CAPTURE_FLUSH_SECONDS),
+            # no registry polling: a poll (an HTTP round trip to MLflow, milliseconds of
+            # CPU) fell into one server's round and not another's, noise in the ratios
+            "MLWP_SERVING_POLL_INTERVAL_SECONDS": "0",
             **setting_env,
         }
+        flushes[label] = float(env["MLWP_SERVING_CAPTURE_FLUSH_SECONDS"])
         options = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         options += ["--no-access-log", "--log-level", "warning"]
         if tree is not None:  # its code first on the path (and its folder the working one)
@@ -971,7 +980,7 @@ def capture_section(
         for label, (port, _) in servers.items():
             auth = {"Authorization": f"Bearer {tokens[label]}"}
             drive(port, path, bodies[:20], auth, concurrency, 1.0, 2000)
-            wait_written(port)
+            wait_written(port, flush=flushes[label])
         written_before, dropped_before = {}, {}
         for label in capturing:
             port = servers[label][0]
@@ -989,7 +998,7 @@ def capture_section(
                 result = drive(
                     port, path, bodies, auth, concurrency, args.seconds, args.max_requests
                 )
-                wait_written(port)
+                wait_written(port, flush=flushes[label])
                 used = cpu_seconds(proc) - before
                 result["cpu_us"] = used / max(1, result["requests"]) * 1e6
                 threads = cpu_outside_loop(proc) - threads_before
@@ -1062,7 +1071,9 @@ def capture_section(
                 flush=True,
             )
         if args.capture_rounds > 1:
-            row["together"] = paired_rounds(servers, tokens, drive, path, bodies, concurrency, args)
+            row["together"] = paired_rounds(
+                servers, tokens, drive, path, bodies, concurrency, args, max(flushes.values())
+            )
     for label in capturing:
         port = servers[label][0]
         written = metric_total(port, "mlwp_serving_capture_written_total")

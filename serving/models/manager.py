@@ -92,13 +92,18 @@ class Variant:
     schema: RecordSchema
     run_id: str | None
     loaded_at: str
+    # the model's classes as captured beside its requests (serving/services/capture.py),
+    # made once per loaded version, not per request
+    classes_json: str | None = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def classes_json(self) -> str | None:
-        """The model's classes as captured beside its requests (serving/services/capture.py),
-        made once per loaded version, not per request."""
+    def __post_init__(self) -> None:
+        # An attribute set here, not a cached_property: that stores into the instance's
+        # dict at the first capture, and an instance whose dict is made stops the
+        # interpreter's specialised attribute loads (3.11) on every Variant attribute the
+        # request path reads (version, model, schema): each became a lookup in the type's
+        # and the instance's dicts, ~6 a one-row request, ~1 % of its CPU
         classes = self.model.classes
-        return None if classes is None else classes_json(classes)
+        object.__setattr__(self, "classes_json", None if classes is None else classes_json(classes))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -306,7 +306,7 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
         # the bytes at hand, as they are: the writer and the readers do the rest
         # (serving/services/capture.py)
         started = request.scope["state"].get("started")
-        latency_ms = (time.perf_counter() - started) * 1000 if started else 0.0
+        latency_ms = (time.perf_counter() - started) * 1000.0 if started else 0.0
         if shadow is None:  # straight into the buffer: nothing built but its tuple
             capture.put(
                 request_id,
@@ -318,7 +318,7 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
                 routing,
                 rows,
                 body,
-                bytes(answer.body),  # the same object: render() made bytes
+                answer.body,  # type: ignore[arg-type]  # bytes: render() made them
                 variant.classes_json,
                 latency_ms,
             )
@@ -333,7 +333,7 @@ async def _predict(services: Services, request: Request, model: str) -> OrjsonRe
                 routing_key=routing,
                 rows=rows,
                 request=body,
-                response=bytes(answer.body),
+                response=answer.body,  # type: ignore[arg-type]  # bytes (render())
                 classes=variant.model.classes,
                 latency_ms=latency_ms,
             )
