@@ -181,12 +181,18 @@ def approve(platform: RunningPlatform, api: AirflowApi, run_id: str) -> dict[str
         details: list[dict[str, Any]] = listed["hitl_details"]
         return details[0] if details else None
 
-    request = wait_until(
-        f"the approval of {run_id}", pending, timeout=RUN_TIMEOUT, interval=POLL_SECONDS
-    )
+    wait_until(f"the approval of {run_id}", pending, timeout=RUN_TIMEOUT, interval=POLL_SECONDS)
     wait_for_parked_exit(platform, run_id)
+    # Listed again: the task writes its request while still running, so a request seen
+    # before the scheduler processed the parking can carry the running state.
+    request = pending()
+    assert request is not None, run_id
     ti = request["task_instance"]
-    assert (ti["dag_run_id"], ti["task_id"], ti["state"]) == (run_id, "approve", "awaiting_input")
+    assert (ti["dag_run_id"], ti["task_id"], ti["state"]) == (
+        run_id,
+        "approve",
+        "awaiting_input",
+    ), ti
     assert request["options"] == ["Approve", "Reject"]
     answered = api.patch(
         f"/dags/{TRAIN}/dagRuns/{run_id}/taskInstances/approve/{ti['map_index']}/hitlDetails",
