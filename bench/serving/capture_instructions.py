@@ -4,7 +4,7 @@ The CPU time of two servers on a shared two-core machine cannot resolve 5 % (two
 that differ in nothing measured up to 22 % apart, docs/history/capture.md "Session 12"); the
 instructions they execute can. Each cell (rows per request) starts a 0 % and a 100 %
 server under ``valgrind --tool=callgrind`` with instrumentation off, waits for their
-trees compiled to C (``trees_attached``), warms both up (the warm-up ends with a capture
+trees compiled to C (``run.trees_attached``), warms both up (the warm-up ends with a capture
 flush, so the window starts with an empty buffer), then counts every thread's
 instructions (valgrind runs a process's threads one at a time) over a fixed number of
 requests: instrumentation on, the requests (both servers driven at once, so the idle
@@ -87,23 +87,6 @@ def parse_cell(spec: str) -> tuple[int, int, int, int]:
             f"{spec}: the warm-up's rows must be whole batches (so the window starts empty)"
         )
     return rows, requests, warmup, batch
-
-
-def trees_attached(home: Path, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
-    """Wait until the server in ``home`` has built its C trees, and their check and attach
-    are over. A version serves from its load with XGBoost and the Python trees while its
-    C trees build in the background (under callgrind, for minutes); a warm-up that ended
-    before they were attached left the C trees' trials against XGBoost (16 batches a side
-    per band of batch sizes, ``mlwp.model.predictor._Chooser``) to the window, in one server
-    and not the other: XGBoost's ~100k instructions per 100-row request counted as
-    capture's (x1.053 for x1.023, 2026-12-02)."""
-    cache = home / "serving-models" / "native-trees"
-    deadline = time.monotonic() + timeout
-    while not list(cache.glob("trees-*.so")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"no C trees built in {cache}")
-        time.sleep(0.5)
-    time.sleep(5)  # the library is renamed into place, then loaded and checked under callgrind
 
 
 def parts_written(storage: Path) -> int:
@@ -218,7 +201,7 @@ def main() -> None:
                 )
                 run.answered(server["port"], path, bodies[0], server["auth"], "mlwp", server["log"])
             for server in servers.values():
-                trees_attached(server["home"], server["proc"])
+                run.trees_attached(server["home"], server["proc"])
             print(f"  warming up ({warmup} requests each) ...", flush=True)
             both(run, servers, path, bodies, warmup - 1, args.concurrency)
             for server in servers.values():
