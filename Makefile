@@ -41,12 +41,8 @@ status: sync
 # --max-worker-restart=0: a worker that dies (pytest-timeout ends a hung test by ending its
 # process) ends the run with a report naming the test; with a replacement worker, xdist's
 # loadfile scheduler has waited forever for the dead worker's file, until CI was killed.
-# --no-loadscope-reorder: files are handed out in collection order (tests/e2e and
-# tests/integration, the minutes-long files, first; the many fast unit files fill in at the
-# end); xdist's default order, most tests first, left a one-test e2e file of several
-# minutes for last while the other worker sat idle (a ~5-minute tail, 2026-12-02).
 test: sync checkers  ## the whole suite, as CI runs it (two workers: most slow tests wait on servers)
-	$(RUN) pytest -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0 $(PYTEST_ARGS)
+	$(RUN) pytest -n 2 --dist loadfile --max-worker-restart=0 $(PYTEST_ARGS)
 
 test-fast: sync checkers  ## the inner loop: no slow tests
 	$(RUN) pytest -m "not slow" -n 2 $(PYTEST_ARGS)
