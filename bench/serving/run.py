@@ -845,7 +845,7 @@ def paired_rounds(
     concurrency: int,
     args: Any,
     flush_seconds: float = CAPTURE_FLUSH_SECONDS,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Every server driven at once (its own wrk), ``--capture-rounds`` times: each server's
     CPU per request over each round as a ratio to the first 0 % server's in the same round,
     and their geometric mean with a 95 % confidence interval (Student's t over the rounds'
@@ -892,27 +892,41 @@ def paired_rounds(
         }
         for label in servers:
             ratios[label].append(per_request[label] / per_request[base])
-    together: dict[str, dict[str, float]] = {}
     t = stats.t.ppf(0.975, args.capture_rounds - 1)
+
+    def mean_and_interval(values: list[float]) -> dict[str, Any]:
+        logs = [math.log(value) for value in values]
+        mean = statistics.fmean(logs)
+        half = t * statistics.stdev(logs) / math.sqrt(len(logs))
+        return {
+            "ratio": math.exp(mean),
+            "low": math.exp(mean - half),
+            "high": math.exp(mean + half),
+            "rounds": values,  # kept, so that runs can be pooled later
+        }
+
+    together: dict[str, dict[str, Any]] = {}
     print(
         f"  together ({args.capture_rounds} rounds of {args.capture_round_seconds:g} s, every "
         "server at once; cpu per request against the 0 % server's in the same round, "
         "geometric mean and 95 % CI):"
     )
-    for label, values in ratios.items():
-        if label == base:
-            continue
-        logs = [math.log(value) for value in values]
-        mean = statistics.fmean(logs)
-        half = t * statistics.stdev(logs) / math.sqrt(len(logs))
-        together[label] = {
-            "ratio": math.exp(mean),
-            "low": math.exp(mean - half),
-            "high": math.exp(mean + half),
-        }
+    comparisons = [(label, base, values) for label, values in ratios.items() if label != base]
+    # a candidate (--capture-tree, --capture-setting) against this tree's 100 % server, round
+    # by round: the 0 % server's own noise cancels, so the difference between the two shows
+    # at a resolution the two ratios to 0 % apart do not give
+    landed = "100 %"
+    comparisons += [
+        (label, landed, [a / b for a, b in zip(values, ratios[landed], strict=True)])
+        for label, values in ratios.items()
+        if label.startswith(f"{landed} ") and landed in ratios
+    ]
+    for label, against, values in comparisons:
+        summary = mean_and_interval(values)
+        together[label if against == base else f"{label} / {against}"] = summary
         print(
-            f"    {label} / 0 %: x{math.exp(mean):.3f} "
-            f"(95 % CI {math.exp(mean - half):.3f}-{math.exp(mean + half):.3f})",
+            f"    {label} / {against}: x{summary['ratio']:.3f} "
+            f"(95 % CI {summary['low']:.3f}-{summary['high']:.3f})",
             flush=True,
         )
     return together

@@ -495,7 +495,9 @@ class _DirectWriter:
         length = sum(view.nbytes for view in views)
         with self._lock:
             if self._area is None:
-                self._area = mmap.mmap(-1, _DIRECT_AREA_BYTES)
+                # private: a shared anonymous map is shmem, whose pages a direct write pins
+                # at more cost (serving's areas, `serving.services.capture.Area`, say more)
+                self._area = mmap.mmap(-1, _DIRECT_AREA_BYTES, flags=mmap.MAP_PRIVATE)
             area = memoryview(self._area)
             try:
                 with _part_file(path, _O_DIRECT) as descriptor:
