@@ -856,10 +856,6 @@ def paired_rounds(
     and the paired ratios spread by 2-3 % at 100 rows (session 16). Each server then has a
     share of the two cores, not a core, so its CPU per request is higher than alone, for
     all alike; the rows dropped are checked by the runs above, at full load."""
-    import math
-
-    from scipy import stats
-
     ratios: dict[str, list[float]] = {label: [] for label in servers}
     base = next(iter(servers))  # the first 0 % server
     for _ in range(args.capture_rounds):
@@ -892,43 +888,63 @@ def paired_rounds(
         }
         for label in servers:
             ratios[label].append(per_request[label] / per_request[base])
-    t = stats.t.ppf(0.975, args.capture_rounds - 1)
-
-    def mean_and_interval(values: list[float]) -> dict[str, Any]:
-        logs = [math.log(value) for value in values]
-        mean = statistics.fmean(logs)
-        half = t * statistics.stdev(logs) / math.sqrt(len(logs))
-        return {
-            "ratio": math.exp(mean),
-            "low": math.exp(mean - half),
-            "high": math.exp(mean + half),
-            "rounds": values,  # kept, so that runs can be pooled later
-        }
-
-    together: dict[str, dict[str, Any]] = {}
     print(
         f"  together ({args.capture_rounds} rounds of {args.capture_round_seconds:g} s, every "
         "server at once; cpu per request against the 0 % server's in the same round, "
         "geometric mean and 95 % CI):"
     )
-    comparisons = [(label, base, values) for label, values in ratios.items() if label != base]
-    # a candidate (--capture-tree, --capture-setting) against this tree's 100 % server, round
-    # by round: the 0 % server's own noise cancels, so the difference between the two shows
-    # at a resolution the two ratios to 0 % apart do not give
-    landed = "100 %"
-    comparisons += [
-        (label, landed, [a / b for a, b in zip(values, ratios[landed], strict=True)])
-        for label, values in ratios.items()
-        if label.startswith(f"{landed} ") and landed in ratios
-    ]
-    for label, against, values in comparisons:
-        summary = mean_and_interval(values)
-        together[label if against == base else f"{label} / {against}"] = summary
+    together = compare_rounds(ratios)
+    for name, summary in together.items():
+        against = "" if " / " in name else " / 0 %"
         print(
-            f"    {label} / {against}: x{summary['ratio']:.3f} "
+            f"    {name}{against}: x{summary['ratio']:.3f} "
             f"(95 % CI {summary['low']:.3f}-{summary['high']:.3f})",
             flush=True,
         )
+    return together
+
+
+def compare_rounds(ratios: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Paired rounds' ratios summarised: ``ratios`` holds each server's CPU per request over
+    each round as a ratio to the first server's (a 0 % one, whose own list is all ones) in
+    the same round. Each summary is the geometric mean with a 95 % confidence interval
+    (Student's t over the log ratios) and the rounds themselves (so that runs can be pooled
+    later), for each server against the first; for a candidate (``100 % NAME``: a
+    ``--capture-tree`` or ``--capture-setting``) against this tree's ``100 %`` server,
+    round by round (the 0 % server's noise cancels, so the difference between the two shows
+    at a resolution their ratios to 0 % apart do not give); and, when the A/A control ran
+    (``0 % again``), for each capturing server against both 0 % servers (the geometric mean
+    of the two: the 0 % cost measured twice, so one 0 % server's own noise in a run, the
+    control's ratio to it x0.95-x1.05, moves the ratios less)."""
+    import math
+
+    from scipy import stats
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        logs = [math.log(value) for value in values]
+        mean = statistics.fmean(logs)
+        half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        return {
+            "ratio": math.exp(mean),
+            "low": math.exp(mean - half),
+            "high": math.exp(mean + half),
+            "rounds": values,
+        }
+
+    others = list(ratios)[1:]  # the first is the 0 % server the ratios are to
+    together = {label: summary(ratios[label]) for label in others}
+    landed, control = "100 %", "0 % again"
+    for label in others:
+        if label.startswith(f"{landed} ") and landed in ratios:
+            paired = [a / b for a, b in zip(ratios[label], ratios[landed], strict=True)]
+            together[f"{label} / {landed}"] = summary(paired)
+    if control in ratios:
+        for label in others:
+            if label.startswith(landed):
+                both = [
+                    a / math.sqrt(c) for a, c in zip(ratios[label], ratios[control], strict=True)
+                ]
+                together[f"{label} / both 0 %"] = summary(both)
     return together
 
 
