@@ -499,9 +499,12 @@ class Area(mmap.mmap):
     ``madvise``, the default of most distributions, or ``always``): the direct write of 16
     MiB costs its thread ~0.2 ms of CPU against ~1.2 (shared) and ~0.8 (private, small
     pages), and the writer's CPU per 100-row request halves (~10 -> ~5 us, in one process,
-    docs/history/capture.md "Session 20"). A region's first write zeroes its 2 MiB at once,
-    the same work as its 512 small pages' faults, in one fault: only while the pool grows,
-    as areas are reused. Elsewhere (no THP, macOS) the advice is ignored or not given."""
+    docs/history/capture.md "Session 20"). The price is paid while the pool grows (start-up,
+    a burst after a lull of over a minute; areas are reused after): a region's first write
+    faults its 2 MiB in at once, ~0.1 ms in memory the kernel had freed, but 5-7 ms on this
+    project's virtual machines in memory the guest never touched (the host backs it then),
+    one such pause per 2 MiB where small pages spread ~40 % of that work over the requests.
+    Elsewhere (no THP, macOS) the advice is ignored or not given."""
 
     freed_at = 0.0  # when the writer gave it back to the pool (time.monotonic())
 
