@@ -501,7 +501,7 @@ class Area(mmap.mmap):
     pages), and the writer's CPU per 100-row request halves (~10 -> ~5 us, in one process,
     docs/history/capture.md "Session 20"). The price is paid while the pool grows (start-up,
     a burst after a lull of over a minute; areas are reused after): a region's first write
-    faults its 2 MiB in at once, ~0.1 ms in memory the kernel had freed, but 5-7 ms on this
+    faults its 2 MiB in at once, 0.2-0.4 ms in memory the kernel had freed, 5-7 ms on this
     project's virtual machines in memory the guest never touched (the host backs it then),
     one such pause per 2 MiB where small pages spread ~40 % of that work over the requests.
     Elsewhere (no THP, macOS) the advice is ignored or not given."""
