@@ -5,22 +5,17 @@ in CI."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_scripts import load
 
 pytestmark = pytest.mark.unit
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "serving" / "capture_instructions.py"
-
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("capture_instructions", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load("serving/capture_instructions.py")
 
 
 CALLGRIND = """# callgrind format

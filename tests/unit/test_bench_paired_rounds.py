@@ -4,23 +4,17 @@ in CI."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_scripts import load
 
 pytestmark = pytest.mark.unit
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "serving" / "run.py"
-
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_serving_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load("serving/run.py")
 
 
 def test_each_server_against_the_first_a_candidate_against_100_and_all_against_both_0() -> None:
