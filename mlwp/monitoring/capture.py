@@ -1253,6 +1253,10 @@ def label_value(value: Any, classes: Sequence[Any] | None, where: str) -> float:
         number = float(value)
         if math.isnan(number):  # NaN is not an outcome
             raise MonitoringError(f"{where}: label is NaN", code="bad_label")
+        if math.isinf(number):
+            # "inf", "-Infinity" (a string, or JSON's non-standard literal) is no outcome
+            # either: one stored infinity makes every loss and interval of its variant inf
+            raise MonitoringError(f"{where}: label {value!r} is not finite", code="bad_label")
         if classes and not (number.is_integer() and 0 <= number < len(classes)):
             raise MonitoringError(
                 f"{where}: label {value!r} is neither a class of the model "

@@ -487,6 +487,17 @@ def test_labels_are_checked_with_where_and_what() -> None:
     assert table.column("entity_key").to_pylist() == [None, "42"]
 
 
+def test_an_infinite_label_is_refused_like_nan() -> None:
+    """A label of "inf" (the feedback endpoint's string, JSON's Infinity, a CSV's inf) was
+    stored as infinity: NaN was refused, infinity not, and one such row turns its variant's
+    squared or absolute error and their intervals into inf."""
+    for value in ("inf", "-Infinity", float("inf"), float("-inf")):
+        with pytest.raises(MonitoringError, match=r"labels\[0\]\.label: label .* is not finite"):
+            labels_table([{"inference_id": "x", "label": value}], source="api")
+    with pytest.raises(MonitoringError, match=r"labels\[0\]\.label: label is NaN"):
+        labels_table([{"inference_id": "x", "label": "nan"}], source="api")
+
+
 def test_latest_label_wins_and_resending_is_a_no_op(tmp_path: Path) -> None:
     root = str(tmp_path)
     first = datetime.now(UTC) - timedelta(hours=1)
