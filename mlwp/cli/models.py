@@ -37,6 +37,16 @@ def _connect() -> None:
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or get_settings().mlflow_url)
 
 
+def _require_model(name: str) -> None:
+    """Refuse a name the registry does not hold before anything is read or changed: MLflow's
+    own "not found" is a raw MlflowException, which ended promote, rollback and traffic with
+    a traceback instead of an error line."""
+    from mlwp import registry
+
+    if not registry.registered_model_exists(name):
+        raise registry.RegistryError(f"no registered model named {name!r} (see `mlwp models list`)")
+
+
 def _actor() -> str:
     from mlwp.cli.roles import current_actor
 
@@ -90,8 +100,7 @@ def list_command(
                 )
             console.print(table)
             return
-        if not registry.registered_model_exists(name):
-            raise registry.RegistryError(f"no registered model named {name!r}")
+        _require_model(name)
         described = registry.describe(name)
         if _emit(described, json_output):
             return
@@ -128,6 +137,7 @@ def promote_command(
 
     _connect()
     try:
+        _require_model(name)
         after = model_changes.promote(_actor(), name, version, reason)
     except MlwpError as exc:
         _fail(exc)
@@ -158,6 +168,7 @@ def rollback_command(
 
     _connect()
     try:
+        _require_model(name)
         after = model_changes.rollback(_actor(), name, reason, to=to)
     except MlwpError as exc:
         _fail(exc)
@@ -218,6 +229,7 @@ def traffic_command(
 
     _connect()
     try:
+        _require_model(name)
         if not split:
             current = registry.get_traffic(name)
             if not _emit(current, json_output):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mlwp import registry
 from mlwp.registry import RegistryError, model_changes
 from mlwp.security import audit
 
@@ -155,6 +156,7 @@ def test_the_cli_asks_serving_to_load_a_change_at_once(monkeypatch: pytest.Monke
         return serving_client.ReloadOutcome("serving", "serving shows churn@champion = 1", 0.4)
 
     monkeypatch.setattr(serving_client, "reload_and_wait", fake)
+    monkeypatch.setattr(registry, "registered_model_exists", lambda name: True)
     monkeypatch.setattr(model_changes, "rollback", lambda *a, **k: S2)
     monkeypatch.setattr(model_changes, "promote", lambda *a, **k: S4)
     monkeypatch.setenv("MLWP_SERVING_ADMIN_KEY", "mlwp_admin")
@@ -189,7 +191,6 @@ def test_traffic_stands_when_the_aliases_for_serving_cannot_be_read(
     from mlflow.exceptions import MlflowException
     from typer.testing import CliRunner
 
-    from mlwp import registry
     from mlwp.cli import app
     from mlwp.registry import serving_client
 
@@ -203,6 +204,7 @@ def test_traffic_stands_when_the_aliases_for_serving_cannot_be_read(
         model_changes, "set_traffic", lambda *a, **k: {"champion": 90, "challenger": 10}
     )
     monkeypatch.setattr(registry, "aliases", unreachable)
+    monkeypatch.setattr(registry, "registered_model_exists", lambda name: True)
     monkeypatch.setattr(serving_client, "reload_and_wait", not_asked)
     result = CliRunner().invoke(app, ["models", "traffic", "churn", "champion=90", "challenger=10"])
     assert result.exit_code == 0, result.output
@@ -230,6 +232,7 @@ def test_the_cli_says_which_key_is_missing_when_serving_refuses_the_reload(
         )
 
     monkeypatch.setattr(serving_client, "reload_and_wait", refused)
+    monkeypatch.setattr(registry, "registered_model_exists", lambda name: True)
     monkeypatch.setattr(model_changes, "rollback", lambda *a, **k: S2)
     monkeypatch.delenv("MLWP_SERVING_ADMIN_KEY", raising=False)
     monkeypatch.setenv("MLWP_HOME", str(tmp_path))
@@ -237,6 +240,35 @@ def test_the_cli_says_which_key_is_missing_when_serving_refuses_the_reload(
     assert result.exit_code == 0, result.output
     assert "answered 401" in result.output
     assert "MLWP_SERVING_ADMIN_KEY" in result.output and "next registry poll" in result.output
+
+
+def test_the_cli_names_a_model_the_registry_does_not_hold(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`mlwp models promote|rollback|traffic nope` ended with MLflow's traceback
+    (MlflowException: Registered Model with name=nope not found) and exit 1; `list nope`
+    already said so in one line. All four do now, before anything is read or recorded (an
+    MLflow registry in a SQLite file: no server)."""
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runner = CliRunner()
+    for command in (
+        ["promote", "nope"],
+        ["rollback", "nope"],
+        ["rollback", "nope", "--to", "1"],
+        ["traffic", "nope"],
+        ["traffic", "nope", "champion=100"],
+        ["list", "nope"],
+    ):
+        result = runner.invoke(app, ["models", *command])
+        assert result.exit_code == 1, (command, result.output)
+        assert "no registered model named 'nope'" in result.output, (command, result.output)
+        assert isinstance(result.exception, SystemExit), (command, result.exception)
+    assert model_changes.history("nope") == []  # nothing recorded
 
 
 def test_the_models_view_says_which_key_is_missing_when_serving_refuses(
