@@ -205,6 +205,14 @@ def target_state(name: str, to: int | datetime | None = None) -> tuple[dict[str,
         )
     if isinstance(to, datetime):
         when = to.astimezone(UTC)
+        if when > datetime.now(UTC):
+            # the state "in force" then is not recorded yet: taking today's instead would
+            # record a rollback that changed nothing and say "rolled back" (a local time
+            # read as UTC, a typo in the year)
+            raise registry.RegistryError(
+                f"--to {when.isoformat()} is in the future; give a past time (UTC unless it "
+                "names a zone) or an event id from `mlwp models history`"
+            )
         before = [event for event in changes if event.timestamp <= when]
         if before:
             state = _state(before[-1].details.get("to"))

@@ -98,6 +98,20 @@ def test_rollback_target_by_time_is_the_state_in_force_then(trail: list) -> None
         model_changes.target_state("churn", trail[0].timestamp - timedelta(days=1))
 
 
+def test_a_rollback_to_a_future_time_is_refused(
+    trail: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlwp models rollback churn --to <a time not reached yet>` (a local time read as UTC,
+    a mistyped year) took the current state as the one "in force then": it recorded a
+    rollback that changed nothing and printed "rolled back to ...". Refused, naming it."""
+    later = datetime.now(UTC) + timedelta(hours=2)
+    with pytest.raises(RegistryError, match=r"--to .* is in the future; give a past time"):
+        model_changes.target_state("churn", later)
+    monkeypatch.setattr(model_changes, "snapshot", lambda name: S4)  # no MLflow here
+    with pytest.raises(RegistryError, match="is in the future"):
+        model_changes.rollback("alice", "churn", to=later.strftime("%Y-%m-%dT%H:%M"))
+
+
 def test_parse_point_and_describe_state() -> None:
     assert model_changes.parse_point(" 42 ") == 42
     assert model_changes.parse_point("2026-01-31T09:00") == datetime(2026, 1, 31, 9, tzinfo=UTC)
