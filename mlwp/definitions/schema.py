@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     Tag,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -1277,6 +1278,15 @@ def _default_monitor_alerts() -> list[MonitorAlert]:
     return ["srm", "drift", "challenger_worse", "capture"]
 
 
+def _drift_threshold(method: str | None, threshold: float | None) -> float | None:
+    from mlwp.monitoring.drift import threshold_problem
+
+    problem = threshold_problem(method, threshold)
+    if problem is not None:
+        raise ValueError(problem)
+    return threshold
+
+
 class DriftColumn(StrictModel):
     """How one column is tested for drift (Evidently's method name and its threshold)."""
 
@@ -1288,6 +1298,11 @@ class DriftColumn(StrictModel):
         gt=0,
         description="p-value methods: drift below it; distance methods: drift at or above it.",
     )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_fits_method(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return _drift_threshold(info.data.get("method"), value)
 
 
 class DriftSpec(StrictModel):
@@ -1315,6 +1330,27 @@ class DriftSpec(StrictModel):
     min_rows: int = Field(
         default=100, ge=1, description="Fewer captured rows in the window: no drift test."
     )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_fits_method(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return _drift_threshold(info.data.get("method"), value)
+
+    @model_validator(mode="after")
+    def _inherited_thresholds_fit(self) -> DriftSpec:
+        # a column's own method without its own threshold takes the shared one (as the
+        # monitor does, mlwp.monitoring.drift.DriftSettings.for_column)
+        from mlwp.monitoring.drift import threshold_problem
+
+        for name, column in self.columns.items():
+            if column.method is not None and column.threshold is None:
+                problem = threshold_problem(column.method, self.threshold)
+                if problem is not None:
+                    raise ValueError(
+                        f"columns.{name} has no threshold of its own and takes `threshold`; "
+                        f"{problem}"
+                    )
+        return self
 
 
 class MonitorTask(TaskBase):

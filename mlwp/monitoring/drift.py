@@ -82,6 +82,37 @@ METHODS: dict[str, tuple[str, ...]] = {
     "z": (CATEGORICAL,),
 }
 
+# The methods whose score is a p-value (Evidently flags drift when it is below the
+# threshold), so their threshold is a significance level, between 0 and 1: at 1 or above
+# every column is flagged in every window (a "5" meant as 5 % does exactly that). The others
+# score a distance, flagged at or above the threshold.
+P_VALUE_METHODS = frozenset(
+    {
+        "anderson",
+        "chisquare",
+        "cramer_von_mises",
+        "empirical_mmd",
+        "es",
+        "fisher_exact",
+        "g_test",
+        "ks",
+        "mannw",
+        "t_test",
+        "TVD",
+        "z",
+    }
+)
+
+
+def threshold_problem(method: str | None, threshold: float | None) -> str | None:
+    """Why ``threshold`` cannot be ``method``'s (a p-value method's outside (0, 1)), or None."""
+    if method in P_VALUE_METHODS and threshold is not None and not 0 < threshold < 1:
+        return (
+            f"{method!r} scores a p-value, so its threshold is a significance level between "
+            f"0 and 1 (e.g. 0.05), got {threshold!r}"
+        )
+    return None
+
 
 class DriftError(MlwpError):
     """Drift cannot be computed as asked (no baseline, unknown column or method)."""
@@ -321,13 +352,20 @@ class DriftSettings:
         method = own.get("method")
         if method is not None:
             _check_method(method, kind, f"column {name!r}")
-            return method, own.get("threshold", self.threshold)
+            return _checked(name, method, own.get("threshold", self.threshold))
         if self.method is not None:
             _check_method(self.method, None, "drift")
             if kind in METHODS[self.method]:
-                return self.method, own.get("threshold", self.threshold)
+                return _checked(name, self.method, own.get("threshold", self.threshold))
             return None, own.get("threshold")
         return None, own.get("threshold", self.threshold)
+
+
+def _checked(name: str, method: str, threshold: float | None) -> tuple[str, float | None]:
+    problem = threshold_problem(method, threshold)
+    if problem is not None:
+        raise DriftError(f"drift of column {name!r}: {problem}")
+    return method, threshold
 
 
 def _check_method(method: str, kind: str | None, where: str) -> None:

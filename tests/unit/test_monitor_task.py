@@ -84,6 +84,17 @@ def test_asset_of_a_monitor_needs_retrain_on_drift(tmp_path: Path) -> None:
         ({"drift": {"method": "kss"}}, "drift.method"),
         ({"alpha": 2}, "alpha"),
         ({"alert_on": ["typo"]}, "alert_on"),
+        # a p-value method's threshold is a level in (0, 1): 5 (meant as 5 %) flagged every
+        # column in every window, and was accepted
+        ({"drift": {"method": "ks", "threshold": 5}}, "drift.threshold: 'ks' scores a p-value"),
+        (
+            {"drift": {"columns": {"price": {"method": "chisquare", "threshold": 1}}}},
+            "drift.columns.price.threshold: 'chisquare' scores a p-value",
+        ),
+        (
+            {"drift": {"method": "psi", "threshold": 1.5, "columns": {"price": {"method": "ks"}}}},
+            "columns.price has no threshold of its own and takes `threshold`; 'ks' scores",
+        ),
     ],
 )
 def test_bad_fields_are_refused(tmp_path: Path, fields: dict, message: str) -> None:
@@ -96,6 +107,19 @@ def test_bad_fields_are_refused(tmp_path: Path, fields: dict, message: str) -> N
     with pytest.raises(DefinitionError) as info:
         _load(tmp_path, yaml.safe_dump(data))
     assert message in str(info.value)
+
+
+def test_drift_thresholds_fit_their_methods_at_run_time_too() -> None:
+    """A distance method's threshold may exceed 1 (PSI, Wasserstein); a p-value method's may
+    not, also when the monitor's settings come from elsewhere than a definition."""
+    from mlwp.monitoring.drift import DriftError, DriftSettings
+
+    settings = DriftSettings(method="psi", threshold=1.5, columns={"age": {"method": "ks"}})
+    assert settings.for_column("price", "numerical") == ("psi", 1.5)
+    with pytest.raises(DriftError, match=r"column 'age': 'ks' scores a p-value.*got 1\.5"):
+        settings.for_column("age", "numerical")
+    with pytest.raises(DriftError, match="'z' scores a p-value"):
+        DriftSettings(method="z", threshold=1.0).for_column("city", "categorical")
 
 
 def test_operator_arguments_and_findings() -> None:
