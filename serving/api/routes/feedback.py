@@ -93,6 +93,19 @@ async def send_feedback(
         )
     champion = state.champion if state is not None else None
     classes = champion.model.classes if champion is not None else None
+    if champion is None:
+        # Class values ("Yes") map to indices with the champion's classes, unknown until it
+        # loads: refusing them as bad labels (422) told the client not to retry a label that
+        # is right, and it was lost. Numbers need no classes and are stored as usual.
+        named = next((label.label for label in body.labels if _class_value(label.label)), None)
+        if named is not None:
+            raise Unavailable(
+                f"model {model!r} is not loaded yet, so label {named!r} cannot be mapped to "
+                "its class index; retry (sending the same labels again is safe), or send "
+                "class indices",
+                code="model_not_loaded",
+                headers={"Retry-After": "5"},
+            )
     records: list[dict[str, Any]] = [label.model_dump() for label in body.labels]
     received_at = datetime.now(UTC)
     try:
@@ -123,3 +136,14 @@ async def send_feedback(
             "request_id": request.scope.get("state", {}).get("request_id"),
         }
     )
+
+
+def _class_value(label: float | str) -> bool:
+    """Whether ``label`` names a class (``"Yes"``) rather than giving a number (``"1"``)."""
+    if not isinstance(label, str):
+        return False
+    try:
+        float(label)
+    except ValueError:
+        return True
+    return False

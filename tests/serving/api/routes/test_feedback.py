@@ -1,0 +1,59 @@
+"""``POST /v1/models/{model}/feedback`` while the model is not loaded (its MLflow registry
+unreachable, so no version ever loads): no MLflow server, the app in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from serving_harness import running
+
+pytestmark = [pytest.mark.anyio]
+
+URL = "/v1/models/churn/feedback"
+
+
+async def test_a_class_label_waits_for_the_model_and_numbers_do_not(tmp_path: Path) -> None:
+    """A label given as a class ("Yes") is mapped with the champion's classes. Before the
+    champion loaded, the label was refused as a bad one (422 bad_label, "not a number or a
+    class of the model"), which tells a client not to retry, so a right label was lost: it
+    is 503 model_not_loaded with Retry-After now. Class indices and values need no classes
+    and are stored; an infinite one is refused, naming the label."""
+    from serving.core.config import ServingSettings
+
+    settings = ServingSettings(
+        home=tmp_path / "home",
+        mlflow_tracking_uri="http://127.0.0.1:9",  # nothing listens: the model never loads
+        poll_interval_seconds=0,
+        models=["churn"],
+        storage_root=(tmp_path / "storage").as_uri(),
+    )
+    async with running(settings, wait_ready=False) as svc:
+        headers = svc.auth(svc.key("feedback:churn"))
+        named = await svc.client.post(
+            URL,
+            json={
+                "labels": [{"inference_id": "a", "label": 1}, {"entity_key": "c", "label": "Yes"}]
+            },
+            headers=headers,
+        )
+        assert named.status_code == 503, named.text
+        error = named.json()["error"]
+        assert error["code"] == "model_not_loaded"
+        assert "label 'Yes' cannot be mapped" in error["message"]
+        assert named.headers["Retry-After"] == "5"
+
+        numbers = await svc.client.post(
+            URL,
+            json={"labels": [{"inference_id": "a", "label": 1}, {"entity_key": "c", "label": "0"}]},
+            headers=headers,
+        )
+        assert numbers.status_code == 200, numbers.text
+        assert numbers.json()["accepted"] == 2
+
+        infinite = await svc.client.post(
+            URL, json={"labels": [{"inference_id": "a", "label": "inf"}]}, headers=headers
+        )
+        assert infinite.status_code == 422, infinite.text
+        assert infinite.json()["error"]["code"] == "bad_label"
+        assert infinite.json()["error"]["message"].startswith("labels[0].label: ")
