@@ -1336,22 +1336,6 @@ class DriftSpec(StrictModel):
     def _threshold_fits_method(cls, value: float | None, info: ValidationInfo) -> float | None:
         return _drift_threshold(info.data.get("method"), value)
 
-    @model_validator(mode="after")
-    def _inherited_thresholds_fit(self) -> DriftSpec:
-        # a column's own method without its own threshold takes the shared one (as the
-        # monitor does, mlwp.monitoring.drift.DriftSettings.for_column)
-        from mlwp.monitoring.drift import threshold_problem
-
-        for name, column in self.columns.items():
-            if column.method is not None and column.threshold is None:
-                problem = threshold_problem(column.method, self.threshold)
-                if problem is not None:
-                    raise ValueError(
-                        f"columns.{name} has no threshold of its own and takes `threshold`; "
-                        f"{problem}"
-                    )
-        return self
-
 
 class MonitorTask(TaskBase):
     """Analyse captured predictions: traffic, labels, metrics, challenger, drift."""

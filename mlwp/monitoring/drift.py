@@ -346,13 +346,16 @@ class DriftSettings:
 
         A column's own method must suit its kind; the shared ``method`` applies to the
         columns it suits and leaves the others to Evidently's default (with ``threshold``
-        only when the shared method applies, as thresholds mean different things per method).
+        only when the shared method applies, as thresholds mean different things per method:
+        a column's own method takes the shared threshold only when it is the shared method,
+        else its own or Evidently's default for it).
         """
         own = self.columns.get(name, {})
         method = own.get("method")
         if method is not None:
             _check_method(method, kind, f"column {name!r}")
-            return _checked(name, method, own.get("threshold", self.threshold))
+            shared = self.threshold if method == self.method else None
+            return _checked(name, method, own.get("threshold", shared))
         if self.method is not None:
             _check_method(self.method, None, "drift")
             if kind in METHODS[self.method]:

@@ -91,10 +91,6 @@ def test_asset_of_a_monitor_needs_retrain_on_drift(tmp_path: Path) -> None:
             {"drift": {"columns": {"price": {"method": "chisquare", "threshold": 1}}}},
             "drift.columns.price.threshold: 'chisquare' scores a p-value",
         ),
-        (
-            {"drift": {"method": "psi", "threshold": 1.5, "columns": {"price": {"method": "ks"}}}},
-            "columns.price has no threshold of its own and takes `threshold`; 'ks' scores",
-        ),
     ],
 )
 def test_bad_fields_are_refused(tmp_path: Path, fields: dict, message: str) -> None:
@@ -114,12 +110,34 @@ def test_drift_thresholds_fit_their_methods_at_run_time_too() -> None:
     not, also when the monitor's settings come from elsewhere than a definition."""
     from mlwp.monitoring.drift import DriftError, DriftSettings
 
-    settings = DriftSettings(method="psi", threshold=1.5, columns={"age": {"method": "ks"}})
+    settings = DriftSettings(method="psi", threshold=1.5, columns={"age": {"threshold": 2}})
     assert settings.for_column("price", "numerical") == ("psi", 1.5)
-    with pytest.raises(DriftError, match=r"column 'age': 'ks' scores a p-value.*got 1\.5"):
-        settings.for_column("age", "numerical")
+    assert settings.for_column("age", "numerical") == ("psi", 2)
+    with pytest.raises(DriftError, match=r"column 'age': 'ks' scores a p-value.*got 2"):
+        DriftSettings(method="ks", columns={"age": {"threshold": 2}}).for_column("age", "numerical")
     with pytest.raises(DriftError, match="'z' scores a p-value"):
         DriftSettings(method="z", threshold=1.0).for_column("city", "categorical")
+
+
+def test_a_columns_own_method_does_not_take_another_methods_threshold() -> None:
+    """`drift: {method: psi, threshold: 0.25, columns: {tenure: {method: ks}}}` tested tenure
+    with K-S at p < 0.25: the PSI distance's threshold read as a significance level, a column
+    flagged in a quarter of the windows without drift. A column's own method takes the
+    shared threshold only when it is the shared method, else its own or Evidently's default."""
+    from mlwp.monitoring.drift import DriftSettings
+
+    settings = DriftSettings(
+        method="psi",
+        threshold=0.25,
+        columns={
+            "tenure": {"method": "ks"},
+            "city": {"method": "psi"},
+            "age": {"method": "ks", "threshold": 0.01},
+        },
+    )
+    assert settings.for_column("tenure", "numerical") == ("ks", None)  # Evidently's 0.05
+    assert settings.for_column("city", "categorical") == ("psi", 0.25)
+    assert settings.for_column("age", "numerical") == ("ks", 0.01)
 
 
 def test_operator_arguments_and_findings() -> None:
