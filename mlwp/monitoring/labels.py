@@ -8,9 +8,11 @@ or an entity key. Labels given as class values (``Yes``) become class indices th
 ``classes`` (the values in class-index order, as the training's ordinal step lists them).
 
 Re-running an ingestion is a no-op: a row whose key already holds the same label (with the
-same ``label_time``, when the row gives one) in the store is not written again, so a daily
-ingestion of a growing outcomes file writes only what is new or changed. A changed label is
-written and, being received last, replaces the stored one.
+same ``label_time``, when the row gives one) in the store, as its latest label or as the
+latest this source stored, is not written again, so a daily ingestion of a growing outcomes
+file writes only what is new or changed, and leaves a correction received since from
+elsewhere in place. A changed label is written and, being received last, replaces the
+stored one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mlwp.monitoring.capture import (
     LABELS,
     MonitoringError,
     labels_table,
+    latest_labels,
     read_labels,
     write_parts,
 )
@@ -94,18 +97,13 @@ def ingest_labels(
     table = labels_table(records, source=source, classes=classes, where=where)
     unchanged = 0
     if table.num_rows:
-        stored = read_labels(root, model, storage_options=storage_options)
-        known = {
-            _key(i, r, e): (label, time)
-            for i, r, e, label, time in zip(
-                stored["inference_id"].astype(object).where(stored["inference_id"].notna(), None),
-                stored["row"].astype(object).where(stored["row"].notna(), None),
-                stored["entity_key"].astype(object).where(stored["entity_key"].notna(), None),
-                stored["label"],
-                stored["label_time"],
-                strict=True,
-            )
-        }
+        every = read_labels(root, model, storage_options=storage_options, latest=False)
+        # A row is unchanged when the store's latest label of its key is the same, or when
+        # this source's own latest is: else re-running an ingestion over an unchanged file
+        # wrote its rows again over labels received since from elsewhere (a correction sent
+        # to the feedback endpoint), which the re-run undid.
+        known = _known(latest_labels(every))
+        own = _known(latest_labels(every[every["source"] == source])) if len(every) else {}
         # a row without its own label_time is stamped now: compare its label only
         timed = [record.get("label_time") not in (None, "") for record in records]
         keep = []
@@ -118,10 +116,10 @@ def ingest_labels(
             timed,
             strict=True,
         ):
-            before = known.get(_key(i, r, e))
-            same = before is not None and before[0] == label
-            if same and has_time and before is not None:  # (mypy cannot narrow through same)
-                same = before[1] == _as_timestamp(time)
+            key = _key(i, r, e)
+            same = any(
+                _same(before, label, time, has_time) for before in (known.get(key), own.get(key))
+            )
             keep.append(not same)
         unchanged = keep.count(False)
         table = table.filter(pa.array(keep, type=pa.bool_()))
@@ -134,6 +132,30 @@ def ingest_labels(
         "unchanged": unchanged,
         "parts": uris,
     }
+
+
+def _known(stored: pd.DataFrame) -> dict[tuple[Any, ...], tuple[Any, Any]]:
+    """Key -> (label, label_time) of stored labels (one per key: a ``latest_labels`` frame)."""
+    if stored.empty:
+        return {}
+    return {
+        _key(i, r, e): (label, time)
+        for i, r, e, label, time in zip(
+            stored["inference_id"].astype(object).where(stored["inference_id"].notna(), None),
+            stored["row"].astype(object).where(stored["row"].notna(), None),
+            stored["entity_key"].astype(object).where(stored["entity_key"].notna(), None),
+            stored["label"],
+            stored["label_time"],
+            strict=True,
+        )
+    }
+
+
+def _same(before: tuple[Any, Any] | None, label: Any, time: Any, has_time: bool) -> bool:
+    # a row without its own label_time is stamped now: compare its label only
+    if before is None or before[0] != label:
+        return False
+    return not has_time or before[1] == _as_timestamp(time)
 
 
 def _as_timestamp(value: Any) -> Any:

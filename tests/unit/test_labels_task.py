@@ -124,6 +124,35 @@ def test_mapping_and_values_are_checked(tmp_path: Path) -> None:
         )
 
 
+def test_a_rerun_does_not_undo_a_correction_received_since(tmp_path: Path) -> None:
+    """Re-running an ingestion over an unchanged file compared its rows with the store's
+    latest label only: a correction the feedback endpoint received in between differed, so
+    the re-run wrote the file's row again, received last, and the correction was undone. A
+    row this source already stored unchanged is left alone; a row the file changes still
+    wins."""
+    from mlwp.monitoring.capture import write_labels
+
+    root = str(tmp_path)
+    frame = pd.DataFrame({"entity_key": ["c1", "c2"], "label": [1, 0]})
+    first = ingest_labels(frame, root=root, model="m", source="shop.watch.labels")
+    assert (first["written"], first["unchanged"]) == (2, 0)
+    write_labels(root, "m", [{"entity_key": "c1", "label": 0}], source="api")  # a correction
+
+    again = ingest_labels(frame, root=root, model="m", source="shop.watch.labels")
+    assert (again["written"], again["unchanged"]) == (0, 2)
+    latest = read_labels(root, "m").set_index("entity_key")
+    assert (latest.loc["c1", "label"], latest.loc["c1", "source"]) == (0.0, "api")
+
+    frame.loc[1, "label"] = 1  # the file itself changes c2: written, and wins
+    changed = ingest_labels(frame, root=root, model="m", source="shop.watch.labels")
+    assert (changed["written"], changed["unchanged"]) == (1, 1)
+    assert read_labels(root, "m").set_index("entity_key").loc["c2", "label"] == 1.0
+
+    # a label another source already holds is not written again either
+    other = ingest_labels(frame.iloc[:1].assign(label=0), root=root, model="m", source="x.y.z")
+    assert (other["written"], other["unchanged"]) == (0, 1)
+
+
 @pytest.mark.integration
 def test_labels_from_a_postgres_query(
     tmp_path: Path, postgres_database: str, monkeypatch: pytest.MonkeyPatch
