@@ -60,12 +60,16 @@ def current_rows(joined: pd.DataFrame, versions: Mapping[str, str]) -> pd.DataFr
     return joined.loc[keep].reset_index(drop=True)
 
 
-def default_metric(labels: Any) -> str:
-    """``accuracy`` for class labels, ``squared_error`` for values."""
+def default_metric(labels: Any, predictions: Any = None) -> str:
+    """``accuracy`` for class labels (of a model predicting classes), ``squared_error`` for
+    values."""
     return (
         "accuracy"
-        if stats.is_classification(np.asarray(labels, dtype=float))
-        else ("squared_error")
+        if stats.is_classification(
+            np.asarray(labels, dtype=float),
+            None if predictions is None else np.asarray(predictions, dtype=float),
+        )
+        else "squared_error"
     )
 
 
@@ -140,7 +144,13 @@ def analyse(
     rows = current_rows(joined, versions)
     labelled = rows[rows["label"].notna()] if len(rows) else rows
     if metric is None:
-        metric = default_metric(labelled["label"]) if len(labelled) else "accuracy"
+        metric = (
+            default_metric(
+                labelled["label"], labelled["prediction"].to_numpy(dtype=float, na_value=np.nan)
+            )
+            if len(labelled)
+            else "accuracy"
+        )
     if metric not in stats.ROW_METRICS:
         raise stats.StatsError(f"unknown metric {metric!r}; known: {', '.join(stats.ROW_METRICS)}")
 

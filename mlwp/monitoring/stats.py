@@ -260,10 +260,22 @@ def row_metric(
     raise StatsError(f"unknown metric {name!r}; known: {', '.join(ROW_METRICS)}")
 
 
-def is_classification(labels: Array) -> bool:
-    """Whether labels look like class indices (small non-negative integers)."""
+def is_classification(labels: Array, predictions: Array | None = None) -> bool:
+    """Whether labels look like class indices (small non-negative integers) and, when
+    ``predictions`` are given, the model predicted whole numbers too.
+
+    Labels alone cannot tell a count from a class: a regression of whole outcomes (tickets
+    per customer, 0-20) was taken for a classifier, its accuracy (a float prediction
+    exactly equal to the count) near 0 for every version, compared as if it meant something.
+    A classifier's predictions are class indices; a regression's are not whole numbers.
+    """
     y = np.asarray(labels, dtype=float)
     y = y[np.isfinite(y)]
+    if predictions is not None:
+        pred = np.asarray(predictions, dtype=float)
+        pred = pred[np.isfinite(pred)]
+        if not np.all(pred == np.round(pred)):
+            return False
     return (
         bool(y.size)
         and bool(np.all(y == np.round(y)))
@@ -282,7 +294,7 @@ def model_metrics(
     y = np.asarray(labels, dtype=float)
     pred = np.asarray(predictions, dtype=float)
     out: dict[str, Estimate] = {}
-    if is_classification(y):
+    if is_classification(y, pred):
         correct = row_metric("accuracy", y, pred)
         correct = correct[np.isfinite(correct)]
         out["accuracy"] = proportion(int(correct.sum()), int(correct.size), confidence)

@@ -238,6 +238,25 @@ def test_auc_delong_matches_mann_whitney_and_covers() -> None:
     assert math.isnan(stats.auc_delong(np.ones(5), np.arange(5.0)).value)
 
 
+def test_a_regression_of_whole_outcomes_is_not_taken_for_a_classifier() -> None:
+    """Labels alone decided: a regression of counts (whole numbers 0-20) was measured and
+    compared on accuracy, a float prediction exactly equal to the count, near 0 for every
+    version. Its predictions, not whole numbers, say it is a regression."""
+    from mlwp.monitoring.report import default_metric
+
+    rng = np.random.default_rng(25)
+    counts = rng.poisson(3, 400).astype(float)
+    predicted = counts + rng.normal(0, 1, 400)
+    assert stats.is_classification(counts)  # what the labels alone say
+    assert not stats.is_classification(counts, predicted)
+    assert set(stats.model_metrics(counts, predicted)) == {"mae", "rmse", "mean_error"}
+    assert default_metric(counts, predicted) == "squared_error"
+    classes = (rng.random(400) < 0.3).astype(float)
+    assert default_metric(classes, np.where(rng.random(400) < 0.9, classes, 1 - classes)) == (
+        "accuracy"
+    )
+
+
 def test_model_metrics_classification_and_regression() -> None:
     rng = np.random.default_rng(24)
     y = (rng.random(500) < 0.4).astype(float)
