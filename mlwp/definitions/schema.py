@@ -1279,7 +1279,7 @@ def _default_monitor_alerts() -> list[MonitorAlert]:
 
 
 def _drift_threshold(method: str | None, threshold: float | None) -> float | None:
-    from mlwp.monitoring.drift import threshold_problem
+    from mlwp.monitoring.drift_methods import threshold_problem
 
     problem = threshold_problem(method, threshold)
     if problem is not None:

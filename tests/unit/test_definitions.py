@@ -308,6 +308,23 @@ def test_module_resolution_does_not_import(tmp_path: Path, monkeypatch) -> None:
     assert "noisy_pkg_for_resolution" not in sys.modules
 
 
+def test_loading_a_definition_imports_nothing_heavy() -> None:
+    """The DAG processor loads every definition at each parse: its schema's checks (a drift
+    threshold's range among them) must not pull numpy or pandas in."""
+    import subprocess
+
+    script = (
+        "import sys, pathlib\n"
+        "from mlwp.definitions.loading import load_project\n"
+        f"load_project(pathlib.Path({str(CHURN)!r}))\n"
+        "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_json_schema_accepts_valid_and_rejects_unknown_keys() -> None:
     import jsonschema
     import yaml

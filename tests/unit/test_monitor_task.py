@@ -193,7 +193,8 @@ def test_schema_methods_match_the_drift_module() -> None:
     from typing import get_args
 
     from mlwp.definitions.schema import DriftMethod
-    from mlwp.monitoring.drift import METHODS, P_VALUE_METHODS
+    from mlwp.monitoring.drift import METHODS
+    from mlwp.monitoring.drift_methods import P_VALUE_METHODS
 
     assert set(get_args(DriftMethod)) == set(METHODS)
     assert P_VALUE_METHODS.issubset(METHODS)
