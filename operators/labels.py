@@ -101,4 +101,9 @@ class LabelsOperator(MlwpOperator):
         uri = extract.resolve_source(str(self.source), self.project_dir)
         options = s3_storage_options(self.aws_conn_id) if uri.startswith("s3://") else {}
         fmt = extract.infer_format(uri, self.format)
-        return extract.read_frame(uri, fmt, self.read_options, options), uri
+        read_options = self.read_options
+        if fmt == "csv":  # the keys as text: "0012" is an id, not 12
+            from mlwp.monitoring.labels import csv_read_options
+
+            read_options = csv_read_options(read_options, self.columns)
+        return extract.read_frame(uri, fmt, read_options, options), uri

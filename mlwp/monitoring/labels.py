@@ -72,6 +72,25 @@ def mapped_records(
     return records
 
 
+def csv_read_options(
+    read_options: Mapping[str, Any] | None, columns: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """``read_options`` for a CSV of labels, with its key columns (the inference id's and the
+    entity key's, as ``columns`` maps them) read as text unless the options type them.
+
+    A key is an identifier, not a number: read by pandas' inference, ``0012`` became 12 and
+    joined no prediction captured as ``"0012"``, and a 19-digit account number beside an
+    empty cell became a float that lost its last digits. A ``dtype`` for every column (not
+    a mapping) is left as given."""
+    options = dict(read_options or {})
+    dtype = options.get("dtype")
+    if dtype is not None and not isinstance(dtype, Mapping):
+        return options
+    keys = {(columns or {}).get(field, field): str for field in ("inference_id", "entity_key")}
+    options["dtype"] = {**keys, **(dtype or {})}
+    return options
+
+
 def _key(inference_id: Any, row: Any, entity_key: Any) -> tuple[Any, ...]:
     if inference_id is not None:
         return ("id", inference_id, 0 if row is None else int(row))

@@ -82,6 +82,28 @@ def test_compiled_task_ingests_once(tmp_path: Path) -> None:
     assert str(labels["label_time"].iloc[0]) == "2026-11-01 10:00:00+00:00"
 
 
+def test_csv_keys_are_read_as_text(tmp_path: Path) -> None:
+    """A key column is read as it is written: "0012" stays "0012" (pandas' inference made it
+    12, which joins no prediction captured as "0012"), a 19-digit id beside an empty cell
+    keeps its digits; a dtype the definition gives for the column still wins."""
+    from operators.compiler import build_dag
+
+    project, folder = _project(tmp_path)
+    (folder / "data" / "outcomes.csv").write_text(
+        "customer_id,churn,churned_at\n"
+        "0012,Yes,2026-11-01T10:00:00Z\n"
+        "1234567890123456789,No,2026-11-02T10:00:00Z\n"
+        ",No,2026-11-02T10:00:00Z\n"
+    )
+    operator = build_dag(project, "watch", project_dir=folder, grant_role=False).get_task("labels")
+    frame, _ = operator._read()  # type: ignore[attr-defined]
+    assert frame["customer_id"].tolist()[:2] == ["0012", "1234567890123456789"]
+
+    operator.read_options = {"dtype": {"customer_id": "float64"}}  # type: ignore[attr-defined]
+    frame, _ = operator._read()  # type: ignore[attr-defined]
+    assert frame["customer_id"].iloc[0] == 12.0
+
+
 def test_definition_problems_are_named(tmp_path: Path) -> None:
     from mlwp.definitions.problems import DefinitionError
 
