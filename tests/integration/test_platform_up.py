@@ -8,6 +8,7 @@ The embedded SQLite defaults (stopped with Ctrl-C) are the platform of a new use
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -88,7 +89,12 @@ def postgres_backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]
 def check_platform_serves(platform: RunningPlatform) -> list[psutil.Process]:
     """What `mlwp up` promises once ready; returns its child processes."""
     children = psutil.Process(platform.proc.pid).children(recursive=True)
-    commands = [" ".join(child.cmdline()) for child in children if child.is_running()]
+    commands = []
+    for child in children:
+        # a short-lived child may have exited since the listing, or be a zombie its parent
+        # has not reaped yet (psutil.ZombieProcess, a NoSuchProcess): it runs no command
+        with contextlib.suppress(psutil.NoSuchProcess):
+            commands.append(" ".join(child.cmdline()))
     assert not any("standalone" in command for command in commands), commands
 
     # Airflow: the FAB login page, a JWT for the admin, the churn DAG in the DAG list.
