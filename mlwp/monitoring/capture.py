@@ -1265,10 +1265,13 @@ def label_value(value: Any, classes: Sequence[Any] | None, where: str) -> float:
             )
         return number
     if isinstance(value, str):
+        parsed: float | None
         try:
-            return label_value(float(value), classes, where)
-        except ValueError:
-            pass
+            parsed = float(value)
+        except ValueError:  # not a number: refused below, naming the classes
+            parsed = None
+        if parsed is not None:
+            return label_value(parsed, classes, where)
     known = f" (the model's classes are {list(classes)!r})" if classes else ""
     raise MonitoringError(
         f"{where}: label {value!r} is not a number or a class of the model{known}",

@@ -171,7 +171,7 @@ def _known(stored: pd.DataFrame) -> dict[tuple[Any, ...], tuple[Any, Any]]:
 
 
 def _same(before: tuple[Any, Any] | None, label: Any, time: Any, has_time: bool) -> bool:
-    # a row without its own label_time is stamped now: compare its label only
+    """Whether a row's label (and its ``label_time``, when it gives one) is ``before``'s."""
     if before is None or before[0] != label:
         return False
     return not has_time or before[1] == _as_timestamp(time)
