@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -59,20 +60,75 @@ def _http_error(request: Request, exc: Exception) -> Response:
 def _validation_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, RequestValidationError):  # pragma: no cover
         raise exc
-    details: list[dict[str, Any]] = [
-        {"location": ".".join(str(p) for p in error.get("loc", ())), "message": error.get("msg")}
-        for error in exc.errors()
-    ]
-    first = details[0] if details else {"location": "?", "message": "invalid request"}
+    details = validation_problems(exc.errors(), exc.body)
+    first = details[0] if details else {"location": "body", "in": "body", "message": "invalid"}
     return OrjsonResponse(
         error_body(
             "invalid_input",
-            f"{first['location']}: {first['message']}",
+            f"{_named(first)}: {first['message']}",
             request_id_of(request),
             details,
         ),
         status_code=422,
     )
+
+
+# Where a request's value came from, as the first element of a pydantic error's loc.
+_PLACES = {"query": "query parameter", "path": "path parameter", "header": "header"}
+
+
+def validation_problems(errors: Sequence[Mapping[str, Any]], body: Any) -> list[dict[str, Any]]:
+    """Pydantic's errors of a request as ``{location, in, message}``, one per field, the
+    field named as mlwp's own errors name it: ``labels[0].label``, not pydantic's
+    ``body.labels.0.label`` (a client saw both forms for one body: the route's own checks
+    name the field the first way). ``in`` is ``body`` or where a parameter was (``query``,
+    ``path``, ``header``, ``cookie``); a parameter's location is its name.
+
+    A union's failed alternatives each add their type to pydantic's loc
+    (``labels.0.label.float`` and ``.str``): an element that names nothing in the ``body``
+    sent is such a tag and is left out, and the alternatives' messages are joined under
+    their one field."""
+    problems: dict[tuple[str, str], list[str]] = {}
+    for error in errors:
+        loc = tuple(error.get("loc", ())) or ("body",)
+        place, names = str(loc[0]), loc[1:]
+        message = str(error.get("msg", "invalid"))
+        if place == "body":
+            location = _body_path(names, body, error.get("type") == "missing") or "body"
+            if error.get("type") == "json_invalid":  # loc is ("body", the character's index)
+                reason = (error.get("ctx") or {}).get("error", message)
+                message = f"invalid JSON at character {names[0] if names else 0}: {reason}"
+        else:
+            location = ".".join(str(name) for name in names) or place
+        messages = problems.setdefault((place, location), [])
+        if message not in messages:
+            messages.append(message)
+    return [
+        {"location": location, "in": place, "message": "; ".join(messages)}
+        for (place, location), messages in problems.items()
+    ]
+
+
+def _body_path(names: Sequence[Any], body: Any, missing: bool) -> str:
+    """``names`` (a loc after ``body``) as a path in ``body``: ``labels[0].label``."""
+    path, value = "", body
+    for position, name in enumerate(names):
+        if isinstance(value, list) and isinstance(name, int) and 0 <= name < len(value):
+            path, value = f"{path}[{name}]", value[name]
+        elif isinstance(value, Mapping) and isinstance(name, str):
+            if name not in value and not (missing and position == len(names) - 1):
+                continue  # a union alternative's tag, not a key of the object sent
+            path, value = f"{path}.{name}" if path else name, value.get(name)
+        # else: a tag under a value that is no container (null given for a union)
+    return path
+
+
+def _named(problem: Mapping[str, Any]) -> str:
+    """A problem's field as its message names it: ``labels[0].label``, ``query parameter
+    'timeout'``."""
+    if problem["in"] == "body":
+        return str(problem["location"])
+    return f"{_PLACES.get(problem['in'], problem['in'])} {problem['location']!r}"
 
 
 def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -152,6 +152,15 @@ async def test_wait_true_answers_the_result_or_202_at_its_timeout(
         bad = await svc.client.post("/admin/reload?timeout=0", headers=svc.auth())
         assert bad.status_code == 422
         assert bad.json()["error"]["code"] == "invalid_input"
+        # a parameter is named as one, not as pydantic's "query.timeout"
+        assert bad.json()["error"]["message"] == (
+            "query parameter 'timeout': Input should be greater than 0"
+        )
+        assert bad.json()["error"]["details"][0] == {
+            "location": "timeout",
+            "in": "query",
+            "message": "Input should be greater than 0",
+        }
 
 
 async def test_concurrent_reloads_join_one_sync_and_never_overlap(

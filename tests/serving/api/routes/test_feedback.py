@@ -4,6 +4,7 @@ unreachable, so no version ever loads): no MLflow server, the app in-process."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from serving_harness import running
@@ -13,22 +14,25 @@ pytestmark = [pytest.mark.anyio]
 URL = "/v1/models/churn/feedback"
 
 
-async def test_a_class_label_waits_for_the_model_and_numbers_do_not(tmp_path: Path) -> None:
-    """A label given as a class ("Yes") is mapped with the champion's classes. Before the
-    champion loaded, the label was refused as a bad one (422 bad_label, "not a number or a
-    class of the model"), which tells a client not to retry, so a right label was lost: it
-    is 503 model_not_loaded with Retry-After now. Class indices and values need no classes
-    and are stored; an infinite one is refused, naming the label."""
+def _settings(tmp_path: Path) -> Any:
     from serving.core.config import ServingSettings
 
-    settings = ServingSettings(
+    return ServingSettings(
         home=tmp_path / "home",
         mlflow_tracking_uri="http://127.0.0.1:9",  # nothing listens: the model never loads
         poll_interval_seconds=0,
         models=["churn"],
         storage_root=(tmp_path / "storage").as_uri(),
     )
-    async with running(settings, wait_ready=False) as svc:
+
+
+async def test_a_class_label_waits_for_the_model_and_numbers_do_not(tmp_path: Path) -> None:
+    """A label given as a class ("Yes") is mapped with the champion's classes. Before the
+    champion loaded, the label was refused as a bad one (422 bad_label, "not a number or a
+    class of the model"), which tells a client not to retry, so a right label was lost: it
+    is 503 model_not_loaded with Retry-After now. Class indices and values need no classes
+    and are stored; an infinite one is refused, naming the label."""
+    async with running(_settings(tmp_path), wait_ready=False) as svc:
         headers = svc.auth(svc.key("feedback:churn"))
         named = await svc.client.post(
             URL,
@@ -57,3 +61,41 @@ async def test_a_class_label_waits_for_the_model_and_numbers_do_not(tmp_path: Pa
         assert infinite.status_code == 422, infinite.text
         assert infinite.json()["error"]["code"] == "bad_label"
         assert infinite.json()["error"]["message"].startswith("labels[0].label: ")
+
+
+async def test_schema_errors_name_fields_as_the_routes_own_errors_do(tmp_path: Path) -> None:
+    """Pydantic's 422s named a field ``body.labels.0.label`` (and a union's alternatives
+    ``body.labels.0.label.float`` and ``.str``), while the route's own checks of the same
+    body say ``labels[0].label``: one client saw both forms. Both say ``labels[0].label``
+    now, one problem per field."""
+    async with running(_settings(tmp_path), wait_ready=False) as svc:
+        headers = svc.auth(svc.key("feedback:churn"))
+
+        async def error(**request: Any) -> dict[str, Any]:
+            request["headers"] = {**headers, **request.get("headers", {})}
+            response = await svc.client.post(URL, **request)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_input"
+            found: dict[str, Any] = response.json()["error"]
+            return found
+
+        typed = await error(json={"labels": [{"inference_id": "a", "label": 1, "row": -1}]})
+        assert typed["message"] == "labels[0].row: Input should be greater than or equal to 0"
+        assert typed["details"] == [
+            {
+                "location": "labels[0].row",
+                "in": "body",
+                "message": "Input should be greater than or equal to 0",
+            }
+        ]
+        union = await error(json={"labels": [{"inference_id": "a", "label": 1}, {"label": None}]})
+        assert union["message"] == (
+            "labels[1].label: Input should be a valid number; Input should be a valid string"
+        )
+        assert [d["location"] for d in union["details"]] == ["labels[1].label"]
+        missing = await error(json={"labels": [{"inference_id": "a"}]})
+        assert missing["message"] == "labels[0].label: Field required"
+        assert (await error(json={"labels": []}))["message"].startswith("labels: List should")
+        assert (await error(json=[1]))["message"].startswith("body: Input should be a valid")
+        broken = await error(content=b'{"labels": [', headers={"content-type": "application/json"})
+        assert broken["message"].startswith("body: invalid JSON at character 12: ")
