@@ -1279,13 +1279,27 @@ def label_value(value: Any, classes: Sequence[Any] | None, where: str) -> float:
     )
 
 
+# How far ahead of the receiving clock a label_time may be: the clocks of the systems that
+# send outcomes (and of the workers that ingest them) drift from the server's by seconds,
+# rarely minutes, so a few minutes ahead is skew and is kept. Beyond that the time is wrong
+# (a local time sent without its zone, read as UTC hours ahead; a mistyped date), and stored
+# it would do harm: an entity's label joins the predictions made up to its label_time, so a
+# future one would claim predictions made after the outcome. Five minutes is Kerberos'
+# customary allowance for clock skew.
+LABEL_TIME_SKEW = timedelta(minutes=5)
+
+
 def _time(value: Any, where: str, default: datetime) -> datetime:
+    """``value`` as a label's time (UTC), ``default`` (the time it was received) when
+    unset; a time later than ``default`` plus :data:`LABEL_TIME_SKEW` is refused."""
     if value is None or value == "":
         return default
+    parsed: datetime | None
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return datetime.fromtimestamp(float(value), tz=UTC)
-        parsed = _bound(value, "label_time")
+            parsed = datetime.fromtimestamp(float(value), tz=UTC)  # seconds since the epoch
+        else:
+            parsed = _bound(value, "label_time")
     except MonitoringError as exc:
         raise MonitoringError(f"{where}: {exc.message}", code="bad_time") from None
     except (OverflowError, OSError, ValueError, TypeError):
@@ -1295,6 +1309,14 @@ def _time(value: Any, where: str, default: datetime) -> datetime:
         ) from None
     if parsed is None:
         return default
+    if parsed > default + LABEL_TIME_SKEW:
+        minutes = int(LABEL_TIME_SKEW.total_seconds() // 60)
+        raise MonitoringError(
+            f"{where}: {parsed.isoformat()} is in the future: the label was received at "
+            f"{default.isoformat()}, and a label_time may be at most {minutes} minutes later "
+            "(clock skew); send when the outcome happened, with its time zone",
+            code="bad_time",
+        )
     return parsed
 
 

@@ -104,6 +104,31 @@ def test_csv_keys_are_read_as_text(tmp_path: Path) -> None:
     assert frame["customer_id"].iloc[0] == 12.0
 
 
+def test_a_row_with_a_label_time_in_the_future_fails_the_task_naming_it(tmp_path: Path) -> None:
+    """A row whose label_time is later than now (beyond five minutes of clock skew) was
+    stored, as the feedback endpoint stored such a label; it is refused like the task's
+    other bad rows: the task fails naming the file, the row and the field, and stores
+    nothing until the file is fixed."""
+    from operators.compiler import build_dag
+
+    project, folder = _project(tmp_path)
+    outcomes = folder / "data" / "outcomes.csv"
+    outcomes.write_text(OUTCOMES + "c3,Yes,2099-01-01T10:00:00Z\n")
+    operator = build_dag(project, "watch", project_dir=folder, grant_role=False).get_task("labels")
+    root = (tmp_path / "storage").as_uri()
+    operator.storage_root = root  # type: ignore[attr-defined]
+    with pytest.raises(MonitoringError) as caught:
+        operator.execute({})  # type: ignore[arg-type]
+    assert caught.value.message.startswith(
+        f"task 'labels' ({outcomes.as_uri()})[2].label_time: 2099-01-01T10:00:00+00:00 is in "
+        "the future"
+    )
+    assert read_labels(root, "shop").empty
+
+    outcomes.write_text(OUTCOMES + "c3,Yes,2026-11-03T10:00:00Z\n")
+    assert operator.execute({})["written"] == 3  # type: ignore[arg-type]
+
+
 def test_definition_problems_are_named(tmp_path: Path) -> None:
     from mlwp.definitions.problems import DefinitionError
 

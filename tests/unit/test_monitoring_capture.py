@@ -487,6 +487,37 @@ def test_labels_are_checked_with_where_and_what() -> None:
     assert table.column("entity_key").to_pylist() == [None, "42"]
 
 
+def test_a_label_time_in_the_future_is_refused() -> None:
+    """A label_time later than its receipt was stored, and an entity's label joins the
+    predictions made up to its label_time, so it claimed predictions made after the outcome.
+    Up to five minutes ahead is clock skew and is kept; later is refused, naming the label."""
+    received = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    for when in (
+        received + timedelta(minutes=5, seconds=1),
+        "2026-11-28T13:00:00",  # a local time east of UTC sent without its zone
+        (received + timedelta(days=365)).timestamp(),
+    ):
+        with pytest.raises(
+            MonitoringError, match=r"^labels\[1\]\.label_time: .* is in the future"
+        ) as caught:
+            labels_table(
+                [
+                    {"inference_id": "a", "label": 1},
+                    {"inference_id": "b", "label": 1, "label_time": when},
+                ],
+                source="api",
+                received_at=received,
+            )
+        assert caught.value.code == "bad_time"
+    skewed = received + timedelta(minutes=5)
+    table = labels_table(
+        [{"inference_id": "a", "label": 1, "label_time": skewed}],
+        source="api",
+        received_at=received,
+    )
+    assert table.column("label_time").to_pylist() == [skewed]
+
+
 def test_an_infinite_label_is_refused_like_nan() -> None:
     """A label of "inf" (the feedback endpoint's string, JSON's Infinity, a CSV's inf) was
     stored as infinity: NaN was refused, infinity not, and one such row turns its variant's

@@ -99,3 +99,43 @@ async def test_schema_errors_name_fields_as_the_routes_own_errors_do(tmp_path: P
         assert (await error(json=[1]))["message"].startswith("body: Input should be a valid")
         broken = await error(content=b'{"labels": [', headers={"content-type": "application/json"})
         assert broken["message"].startswith("body: invalid JSON at character 12: ")
+
+
+async def test_a_label_time_in_the_future_is_refused(tmp_path: Path) -> None:
+    """A label_time later than now was accepted and stored (an entity's label then claims
+    the predictions made up to that time, after the outcome). Five minutes ahead is clock
+    skew and is stored; later is 422, naming the label's label_time, and nothing is."""
+    from datetime import UTC, datetime, timedelta
+
+    from mlwp.monitoring.capture import read_labels
+
+    now = datetime.now(UTC)
+    async with running(_settings(tmp_path), wait_ready=False) as svc:
+        headers = svc.auth(svc.key("feedback:churn"))
+        future = await svc.client.post(
+            URL,
+            json={
+                "labels": [
+                    {"inference_id": "a", "label": 1},
+                    {"entity_key": "c", "label": 0, "label_time": "2099-01-01T00:00:00Z"},
+                ]
+            },
+            headers=headers,
+        )
+        assert future.status_code == 422, future.text
+        error = future.json()["error"]
+        assert error["code"] == "bad_time"
+        assert error["message"].startswith(
+            "labels[1].label_time: 2099-01-01T00:00:00+00:00 is in the future"
+        )
+        assert "at most 5 minutes later" in error["message"]
+
+        skewed = (now + timedelta(minutes=2)).isoformat()
+        ahead = await svc.client.post(
+            URL,
+            json={"labels": [{"entity_key": "c", "label": 0, "label_time": skewed}]},
+            headers=headers,
+        )
+        assert ahead.status_code == 200, ahead.text
+    stored = read_labels((tmp_path / "storage").as_uri(), "churn", latest=False)
+    assert list(stored["entity_key"]) == ["c"]
