@@ -10,12 +10,14 @@ retry freely. A key needs the ``feedback:<model>`` or ``feedback:*`` scope (or `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Body, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
 from serving.api.deps import ApiKeyDep, ServicesDep
@@ -46,6 +48,28 @@ class LabelIn(BaseModel):
     label_time: datetime | None = Field(
         default=None, description="When the outcome happened (ISO 8601, UTC if no zone); now."
     )
+
+    # pydantic's lax mode makes true an int (1) and 1.0 an int too: `entity_key: true` was
+    # stored as key "1", which joins the predictions of entity "1", and `row: true` as row 1.
+    @field_validator("entity_key", mode="before")
+    @classmethod
+    def _entity_key_is_text_or_integer(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str) or _integer(value):
+            return value
+        raise PydanticCustomError(
+            "entity_key_type",
+            "an entity key is a string or an integer, not {kind}",
+            {"kind": _json_kind(value)},
+        )
+
+    @field_validator("row", mode="before")
+    @classmethod
+    def _row_is_no_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError(
+                "row_type", "a row is an integer, not {kind}", {"kind": _json_kind(value)}
+            )
+        return value
 
 
 class FeedbackRequest(BaseModel):
@@ -147,3 +171,20 @@ def _class_value(label: float | str) -> bool:
     except ValueError:
         return True
     return False
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, for an error: ``a boolean (true)``, ``an object``."""
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, float):
+        return f"a decimal number ({value!r})"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"

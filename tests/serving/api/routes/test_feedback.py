@@ -139,3 +139,50 @@ async def test_a_label_time_in_the_future_is_refused(tmp_path: Path) -> None:
         assert ahead.status_code == 200, ahead.text
     stored = read_labels((tmp_path / "storage").as_uri(), "churn", latest=False)
     assert list(stored["entity_key"]) == ["c"]
+
+
+async def test_an_entity_key_is_text_or_an_integer(tmp_path: Path) -> None:
+    """``entity_key: true`` was stored as key "1" (pydantic's lax mode made the boolean an
+    int), joining the predictions of entity "1"; 1.0 became "1" too. Booleans, decimals,
+    objects and arrays are refused, naming labels[i].entity_key; a string or an integer is
+    stored as text. ``row: true`` was row 1, and is refused too; an inference id is text
+    (pydantic refused anything else already)."""
+    from mlwp.monitoring.capture import read_labels
+
+    async with running(_settings(tmp_path), wait_ready=False) as svc:
+        headers = svc.auth(svc.key("feedback:churn"))
+
+        async def refused(label: dict[str, Any]) -> str:
+            labels = [{"entity_key": "c", "label": 1}, {"label": 1, **label}]
+            response = await svc.client.post(URL, json={"labels": labels}, headers=headers)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_input"
+            message: str = response.json()["error"]["message"]
+            return message
+
+        for value, kind in (
+            (True, "a boolean (true)"),
+            (False, "a boolean (false)"),
+            (1.0, "a decimal number (1.0)"),
+            (1.5, "a decimal number (1.5)"),
+            ({"id": 1}, "an object"),
+            (["c"], "an array"),
+        ):
+            assert await refused({"entity_key": value}) == (
+                f"labels[1].entity_key: an entity key is a string or an integer, not {kind}"
+            )
+        assert await refused({"inference_id": True}) == (
+            "labels[1].inference_id: Input should be a valid string"
+        )
+        assert await refused({"inference_id": "a", "row": True}) == (
+            "labels[1].row: a row is an integer, not a boolean (true)"
+        )
+
+        stored = await svc.client.post(
+            URL,
+            json={"labels": [{"entity_key": 17, "label": 1}, {"entity_key": "0012", "label": 0}]},
+            headers=headers,
+        )
+        assert stored.status_code == 200, stored.text
+    labels = read_labels((tmp_path / "storage").as_uri(), "churn", latest=False)
+    assert sorted(labels["entity_key"]) == ["0012", "17"]
