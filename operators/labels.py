@@ -54,6 +54,11 @@ class LabelsOperator(MlwpOperator):
             check_choice(self.task_id, "format", format, FORMATS)
         for field in columns or {}:
             check_choice(self.task_id, "columns", field, FIELDS)
+        if classes is not None and not classes:
+            raise ValueError(
+                f"task {self.task_id!r}: 'classes' is empty; list the label values in "
+                "class-index order, or leave it out to take numbers as they are"
+            )
         self.model = model
         self.source = source
         self.query = query

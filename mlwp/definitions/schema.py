@@ -1414,6 +1414,10 @@ class LabelsTask(TaskBase):
     )
     classes: list[str | int | float | bool] | None = Field(
         default=None,
+        # an empty list names no class: the task ran as if classes were unset (numbers taken
+        # as they are, a class value such as Yes failing the task), which a list of classes
+        # never means; mlwp validate refuses it instead
+        min_length=1,
         description="Label values in class-index order (e.g. [No, Yes]): values become class "
         "indices, as the model predicts them; numbers are taken as they are when unset.",
     )

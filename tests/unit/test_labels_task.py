@@ -131,6 +131,7 @@ def test_a_row_with_a_label_time_in_the_future_fails_the_task_naming_it(tmp_path
 
 def test_definition_problems_are_named(tmp_path: Path) -> None:
     from mlwp.definitions.problems import DefinitionError
+    from operators.labels import LabelsOperator
 
     bad = DEFINITION.replace("        source: data/outcomes.csv\n", "")
     with pytest.raises(DefinitionError, match="exactly one of 'source' or 'query'"):
@@ -138,6 +139,16 @@ def test_definition_problems_are_named(tmp_path: Path) -> None:
     typo = DEFINITION.replace("{entity_key: customer_id", "{entity: customer_id")
     with pytest.raises(DefinitionError, match="entity"):
         _project(tmp_path, typo)
+    # an empty class list was accepted, and the task ran as if classes were unset
+    empty = DEFINITION.replace('classes: ["No", "Yes"]', "classes: []")
+    with pytest.raises(DefinitionError) as caught:
+        _project(tmp_path, empty)
+    assert (
+        "workflow.yaml:12:18: workflows.watch.tasks.labels.classes: List should have at least "
+        "1 item after validation, not 0"
+    ) in str(caught.value)
+    with pytest.raises(ValueError, match="'classes' is empty"):
+        LabelsOperator(task_id="labels", project="shop", model="shop", source="x.csv", classes=[])
 
 
 def test_mapping_and_values_are_checked(tmp_path: Path) -> None:
