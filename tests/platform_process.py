@@ -46,6 +46,9 @@ def clean_environment(home: Path, **extra: str) -> dict[str, str]:
         MLWP_MLFLOW_PORT=str(free_port()),
         MLWP_SERVING_PORT=str(free_port()),
         MLWP_START_TIMEOUT_SECONDS="600",
+        # A 500 from Airflow's API carries the database's own error (a user's shell would
+        # read it in the API server's log, which the test's temporary home loses).
+        AIRFLOW__API__EXPOSE_STACKTRACE="True",
         **extra,
     )
     return env
@@ -78,6 +81,14 @@ class RunningPlatform:
 
     def output(self) -> str:
         return "\n".join(self.lines)
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last ``lines`` of each process's log under ``MLWP_HOME/logs``."""
+        tails = []
+        for log in sorted((self.home / "logs").glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"----- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(tails)
 
     def mlwp(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return mlwp(self.env, *args, timeout=timeout)
@@ -140,6 +151,10 @@ def running_platform(
     platform = start_platform(env, home, cwd)
     try:
         yield platform
+    except BaseException:
+        # The processes' logs live in the test's temporary home: show them with the failure.
+        print(platform.log_tails())
+        raise
     finally:
         platform.stop()
 
