@@ -234,7 +234,7 @@ def run_platform(
     run of the model's v1) filled in.
     """
     from mlwp.platform.airflow_config import airflow_environment
-    from mlwp.platform.processes import without_fab_sync
+    from mlwp.platform.processes import SQLITE_API_SERVER, without_fab_sync
     from mlwp.platform.webserver_config import write_webserver_config
     from mlwp.settings import Settings
 
@@ -292,7 +292,8 @@ def run_platform(
         _run([airflow, "dags", "reserialize"], env, log)
         server_log = (home / "api-server.log").open("wb")
         proc = subprocess.Popen(
-            [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+            # the api-server as `mlwp up` starts it on SQLite (operators/api_server.py)
+            [*SQLITE_API_SERVER, "--port", str(port), "--host", "127.0.0.1"],
             env=without_fab_sync(env),  # as `mlwp up` starts it, after the roles sync
             cwd=REPO_ROOT,
             stdout=server_log,

@@ -74,6 +74,18 @@ def child_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+# ``airflow api-server`` through operators/api_server.py, which keeps Airflow's action log
+# from blocking the event loop on SQLite's write lock (docs/platform.md, Decisions).
+SQLITE_API_SERVER = (sys.executable, "-m", "operators.api_server", "api-server")
+
+
+def api_server_command(settings: Settings, airflow: str) -> list[str]:
+    """``airflow api-server``, on SQLite as :data:`SQLITE_API_SERVER`."""
+    if settings.airflow_database_url.startswith("sqlite"):
+        return [*SQLITE_API_SERVER]
+    return [airflow, "api-server"]
+
+
 def serving_entity_fields(settings: Settings) -> tuple[dict[str, str], list[str]]:
     """Serving's per-model entity-key fields as the definitions under the DAG folder declare
     them in their labels tasks (:mod:`mlwp.definitions.entity_keys`), and the problems met."""
@@ -299,8 +311,7 @@ def platform_processes(
         ProcessSpec(
             name="api-server",
             argv=[
-                airflow,
-                "api-server",
+                *api_server_command(settings, airflow),
                 "--host",
                 settings.host,
                 "--port",

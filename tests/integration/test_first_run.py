@@ -37,10 +37,12 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,48 @@ def headers(platform: RunningPlatform) -> dict[str, str]:
 
 def test_up_serves_airflow_mlflow_and_serving(platform: RunningPlatform) -> None:
     check_platform_serves(platform)
+
+
+def test_a_change_waiting_for_the_database_holds_up_no_other_request(
+    platform: RunningPlatform,
+) -> None:
+    """A change through the REST API waits for SQLite's write lock in a worker thread, not on
+    the api-server's event loop (operators/api_server.py): another request is answered while
+    it waits. Before, Airflow's action log waited on the loop, so the api-server answered
+    nothing until the lock was free; when one of its own requests held the lock, waiting for
+    the loop to close its session, every request stalled for the 30 s busy timeout and the
+    change failed with 500 "database is locked" (a CI run's trigger did).
+
+    The lock is held here by another connection, as a task's transaction would, and released
+    well within that timeout, so the platform's other processes only wait.
+    """
+    base = platform.url("airflow")
+    auth = headers(platform)
+    holder = sqlite3.connect(platform.home / "airflow.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            change = pool.submit(
+                httpx.post,
+                f"{base}/api/v2/variables",
+                json={"key": "mlwp_lock_probe", "value": "waited"},
+                headers=auth,
+                timeout=120,
+            )
+            time.sleep(2)  # the change's action-log insert now waits for the lock
+            assert not change.done(), change.result().text
+            try:
+                version = httpx.get(f"{base}/api/v2/version", headers=auth, timeout=8)
+            except httpx.TimeoutException:
+                pytest.fail("the api-server answered nothing while a change waited for the lock")
+            assert version.status_code == 200, version.text
+            holder.execute("ROLLBACK")
+            created = change.result()
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    assert created.status_code == 201, created.text
 
 
 def test_a_project_added_while_running_gets_its_role_within_one_parse_cycle(

@@ -24,7 +24,7 @@ import pytest
 from ui_platform import add_roles_and_users
 
 from mlwp.platform.airflow_config import airflow_environment
-from mlwp.platform.processes import without_fab_sync
+from mlwp.platform.processes import SQLITE_API_SERVER, without_fab_sync
 from mlwp.platform.webserver_config import write_webserver_config
 from mlwp.security.roles import (
     ACTIONS,
@@ -187,7 +187,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, migrated_airflow_db: Path) 
 
     server_log = (home / "api-server.log").open("wb")
     proc = subprocess.Popen(
-        [airflow, "api-server", "--port", str(port), "--host", "127.0.0.1"],
+        # the api-server as `mlwp up` starts it on SQLite (operators/api_server.py)
+        [*SQLITE_API_SERVER, "--port", str(port), "--host", "127.0.0.1"],
         env=without_fab_sync(env),  # as `mlwp up` starts it, after the roles sync
         stdout=server_log,
         stderr=subprocess.STDOUT,
