@@ -59,6 +59,11 @@ class LabelsOperator(MlwpOperator):
                 f"task {self.task_id!r}: 'classes' is empty; list the label values in "
                 "class-index order, or leave it out to take numbers as they are"
             )
+        if classes:
+            from mlwp.monitoring.capture import repeated_class
+
+            if problem := repeated_class(classes):
+                raise ValueError(f"task {self.task_id!r}: 'classes': {problem}")
         self.model = model
         self.source = source
         self.query = query

@@ -1422,6 +1422,16 @@ class LabelsTask(TaskBase):
         "indices, as the model predicts them; numbers are taken as they are when unset.",
     )
 
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, classes: list[Any] | None) -> list[Any] | None:
+        from mlwp.monitoring.capture import repeated_class
+
+        problem = repeated_class(classes) if classes else None
+        if problem:
+            raise ValueError(problem)
+        return classes
+
     @model_validator(mode="after")
     def _one_source(self) -> LabelsTask:
         if (self.source is None) == (self.query is None):

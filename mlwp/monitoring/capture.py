@@ -1240,12 +1240,30 @@ def label_report(joined: pd.DataFrame, *, by: str = "variant") -> dict[str, dict
 # ---------------------------------------------------------------------- labels in
 
 
+def is_class(value: Any, known: Any) -> bool:
+    """Whether a label ``value`` names the class ``known`` (``"1"`` names the class 1)."""
+    return bool(value == known or (isinstance(value, str) and value == str(known)))
+
+
+def repeated_class(classes: Sequence[Any]) -> str | None:
+    """Why ``classes`` cannot be a model's class list (one class listed twice), or None: a
+    label naming it takes the first index, so the second is never reached."""
+    for index, known in enumerate(classes):
+        for earlier, other in enumerate(classes[:index]):
+            if is_class(known, other) or is_class(other, known):
+                return (
+                    f"class {known!r} is listed twice (at {earlier} and {index}); a label "
+                    f"naming it always takes index {earlier}, so index {index} is never reached"
+                )
+    return None
+
+
 def label_value(value: Any, classes: Sequence[Any] | None, where: str) -> float:
     """A label as the number stored: a class's index when ``classes`` (the model's, in
     order) holds it, else the value itself as a number (regression, or a class index)."""
     if classes:
         for index, known in enumerate(classes):
-            if value == known or (isinstance(value, str) and value == str(known)):
+            if is_class(value, known):
                 return float(index)
     if isinstance(value, bool):
         return float(value)

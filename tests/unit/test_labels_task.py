@@ -149,6 +149,17 @@ def test_definition_problems_are_named(tmp_path: Path) -> None:
     ) in str(caught.value)
     with pytest.raises(ValueError, match="'classes' is empty"):
         LabelsOperator(task_id="labels", project="shop", model="shop", source="x.csv", classes=[])
+    # a class listed twice: a label naming it always took the first index
+    repeated = DEFINITION.replace('classes: ["No", "Yes"]', 'classes: ["No", "Yes", "No"]')
+    with pytest.raises(DefinitionError) as caught:
+        _project(tmp_path, repeated)
+    assert ("workflows.watch.tasks.labels.classes: class 'No' is listed twice (at 0 and 2)") in str(
+        caught.value
+    )
+    with pytest.raises(ValueError, match=r"'classes': class '1' is listed twice \(at 0 and 1\)"):
+        LabelsOperator(
+            task_id="labels", project="shop", model="shop", source="x.csv", classes=[1, "1"]
+        )
 
 
 def test_mapping_and_values_are_checked(tmp_path: Path) -> None:
