@@ -173,10 +173,13 @@ def platform_settings(home: Path, mlflow_url: str, port: int, platform: Platform
 
 def platform_processes(settings: Any, env: dict[str, str]) -> list[tuple[str, list[str]]]:
     """api-server, scheduler, dag-processor and, for Celery, the workers (as ``mlwp up``)."""
+    from mlwp.platform.processes import api_server_command
+
     airflow = str(VENV_BIN / "airflow")
     port = str(settings.airflow_port)
+    api_server = api_server_command(settings, airflow)
     commands = [
-        ("api-server", [airflow, "api-server", "--port", port, "--workers", "1"]),
+        ("api-server", [*api_server, "--port", port, "--workers", "1"]),
         ("scheduler", [airflow, "scheduler", "--skip-serve-logs"]),
         ("dag-processor", [airflow, "dag-processor"]),
     ]
