@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from mlwp.security.roles import SecurityError
@@ -21,6 +22,8 @@ def run_rbac(command: str, request: dict[str, Any], settings: Settings) -> dict[
     """Run one ``operators.rbac`` command and return its JSON answer, or raise its error."""
     from mlwp.platform.airflow_config import airflow_environment
     from mlwp.platform.processes import without_fab_sync
+
+    require_airflow_database(settings.airflow_database_url)
 
     # FAB syncs its permissions whenever its app starts unless told not to. No command needs
     # that: `sync` does FAB's sync itself, first (as `airflow sync-perm` does), and the others
@@ -57,3 +60,43 @@ def run_rbac(command: str, request: dict[str, Any], settings: Settings) -> dict[
     if "error" in answer:
         raise SecurityError(answer["error"]["message"], code=answer["error"]["code"])
     return answer
+
+
+def require_airflow_database(url: str) -> None:
+    """Raise a one-line cause unless Airflow's metadata database at ``url`` has its tables.
+
+    Before the first ``mlwp up`` there is none: a user or role command then ended in
+    Airflow's traceback ("no such table: variable"), and left an empty SQLite file behind.
+    """
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mlwp.platform.preflight import display_url
+
+    parsed = make_url(url)
+    shown = display_url(url)
+    fix = (
+        "start the platform once with `mlwp up` (it sets the database up) "
+        "or run `mlwp airflow db migrate`"
+    )
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise SecurityError(
+            f"Airflow's database {shown} does not exist yet: {fix}", code="database_not_set_up"
+        )
+    engine = create_engine(parsed)
+    try:
+        with engine.connect() as connection:
+            migrated = inspect(connection).has_table("alembic_version")
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        first = cause[0] if cause else type(exc).__name__
+        raise SecurityError(
+            f"Airflow's database {shown} is unreachable: {first}", code="database_unreachable"
+        ) from exc
+    finally:
+        engine.dispose()
+    if not migrated:
+        raise SecurityError(
+            f"Airflow's database {shown} has no tables yet: {fix}", code="database_not_set_up"
+        )
