@@ -84,7 +84,9 @@ def require_airflow_database(url: str) -> None:
         raise SecurityError(
             f"Airflow's database {shown} does not exist yet: {fix}", code="database_not_set_up"
         )
-    engine = create_engine(parsed)
+    # a host that drops packets must not hold the command for the driver's default minutes
+    timeout = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
+    engine = create_engine(parsed, connect_args=timeout)
     try:
         with engine.connect() as connection:
             migrated = inspect(connection).has_table("alembic_version")
