@@ -190,6 +190,11 @@ def history_command(
 
     try:
         changes = model_changes.history(name, limit)
+        if not changes:
+            # the trail is read without MLflow, so a mistyped name read as a model with no
+            # changes (exit 0); a model deleted since keeps its recorded history
+            _connect()
+            _require_model(name)
     except MlwpError as exc:
         _fail(exc)
         return

@@ -262,7 +262,8 @@ def test_the_cli_names_a_model_the_registry_does_not_hold(
     """`mlwp models promote|rollback|traffic nope` ended with MLflow's traceback
     (MlflowException: Registered Model with name=nope not found) and exit 1; `list nope`
     already said so in one line. All four do now, before anything is read or recorded (an
-    MLflow registry in a SQLite file: no server)."""
+    MLflow registry in a SQLite file: no server). `history nope` said "no recorded alias or
+    traffic changes" and exit 0, as for a model that exists."""
     from typer.testing import CliRunner
 
     from mlwp.cli import app
@@ -277,6 +278,8 @@ def test_the_cli_names_a_model_the_registry_does_not_hold(
         ["traffic", "nope"],
         ["traffic", "nope", "champion=100"],
         ["list", "nope"],
+        ["history", "nope"],
+        ["history", "nope", "--json"],
     ):
         result = runner.invoke(app, ["models", *command])
         assert result.exit_code == 1, (command, result.output)
