@@ -483,7 +483,7 @@ def _load_projects(
         # imports Airflow's deprecated airflow.security.permissions, a warning at the start
         # of every task: only the DAG processor's parse names the role.
         grant_role = dag_id is None and (project_roles is None or project.role in project_roles)
-        if not grant_role:
+        if dag_id is None and not grant_role:
             log.info(
                 "Role %r does not exist yet: the DAGs of %s are built without access_control "
                 "until the roles sync creates it (`mlwp up` runs it when a project appears)",

@@ -327,6 +327,21 @@ def test_a_project_whose_role_does_not_exist_yet_is_built_without_access_control
     assert unknown.dags["churn.train"].access_control is not None
 
 
+def test_a_task_run_does_not_say_the_project_role_is_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task run builds its DAG without access_control whether or not the role exists (it
+    never syncs permissions); every task log of the churn example said "Role
+    'project:churn' does not exist yet" all the same, with the role in place for hours."""
+    projects = _projects(tmp_path)
+    with caplog.at_level("INFO", logger="operators.compiler"):
+        load_projects(projects, dag_id="churn.score", expectations_dir=EXPECTATIONS)
+    assert "does not exist yet" not in caplog.text
+    with caplog.at_level("INFO", logger="operators.compiler"):
+        load_projects(projects, expectations_dir=EXPECTATIONS, project_roles=frozenset())
+    assert "Role 'project:churn' does not exist yet" in caplog.text  # the DAG processor's
+
+
 def test_existing_project_roles_is_unknown_outside_the_dag_processor() -> None:
     from operators.compiler import existing_project_roles
 
