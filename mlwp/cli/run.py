@@ -268,7 +268,21 @@ def run_command(
         entry = next((m for m in (served or {}).get("models", []) if m.get("name") == model), None)
         if entry is not None:
             typer.echo(f"serving {model}: {orjson.dumps(entry).decode()}")
-        typer.echo(f"try it: mlwp predict {model} --file rows.json")
+        typer.echo(f"try it: {predict_hint(settings.dags_folder, dag_id, model)}")
+
+
+def predict_hint(dags_folder: Path, dag_id: str, model: str) -> str:
+    """The ``mlwp predict`` command to try after a deploy: with the project's example rows
+    when it has them (``--file rows.json`` named a file nobody had, and ``mlwp predict``
+    ended in a FileNotFoundError traceback)."""
+    example = dags_folder / "projects" / dag_id.partition(".")[0] / "data" / "example_rows.json"
+    if not example.is_file():
+        return f"mlwp predict {model} --file <rows.json or rows.csv>"
+    try:
+        shown = example.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = example
+    return f"mlwp predict {model} --file {shown}"
 
 
 def _serving_key(settings: Any, key: str | None) -> str | None:
@@ -300,7 +314,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             return [
                 {k: _scalar(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)
             ]
-    data = orjson.loads(path.read_bytes())
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{path}: not JSON ({exc}); expected a list of records") from None
     rows = data.get("data") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise typer.BadParameter(f"{path}: expected a list of records or {{'data': [...]}}")
@@ -320,7 +337,10 @@ def _scalar(text: str) -> Any:
 def predict_command(
     model: Annotated[str, typer.Argument(help="Registered model name (e.g. churn).")],
     *,
-    file: Annotated[Path, typer.Option("--file", "-f", help="rows.json or rows.csv.")],
+    file: Annotated[
+        Path,
+        typer.Option("--file", "-f", help="rows.json or rows.csv.", exists=True, dir_okay=False),
+    ],
     key: Annotated[
         str | None,
         typer.Option(help="Serving API key; default MLWP_SERVING_API_KEY, else mlwp up's key."),

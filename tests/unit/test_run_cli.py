@@ -35,6 +35,39 @@ def test_anything_else_is_refused_naming_the_file(tmp_path: Path) -> None:
         read_rows(bad)
 
 
+def test_a_missing_file_or_broken_json_is_one_error_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlwp predict churn --file rows.json` (the file `mlwp run` told users to try) ended in
+    a FileNotFoundError traceback, and a file that is not JSON in a JSONDecodeError one."""
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+    missing = CliRunner().invoke(app, ["predict", "churn", "--file", str(tmp_path / "rows.json")])
+    assert missing.exit_code == 2, missing.output
+    assert "does not exist" in missing.output and missing.exception is not None
+    assert isinstance(missing.exception, SystemExit)
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2")
+    with pytest.raises(typer.BadParameter, match=r"broken\.json: not JSON"):
+        read_rows(broken)
+
+
+def test_the_hint_after_a_deploy_names_a_file_that_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlwp.cli.run import predict_hint
+
+    monkeypatch.chdir(REPO_ROOT)
+    hint = predict_hint(REPO_ROOT / "dags", "churn.train", "churn")
+    assert hint == "mlwp predict churn --file dags/projects/churn/data/example_rows.json"
+    assert (REPO_ROOT / hint.rpartition(" ")[2]).is_file()
+    other = predict_hint(tmp_path, "shop.train", "shop")
+    assert other == "mlwp predict shop --file <rows.json or rows.csv>"
+
+
 class _FakeAirflow:
     """Airflow's REST answers for a finished run, by path (RunError for a missing XCom)."""
 
