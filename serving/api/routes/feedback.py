@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Body, Request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
@@ -32,6 +32,10 @@ MAX_LABELS = 10_000
 
 class LabelIn(BaseModel):
     """One outcome: about ``inference_id`` (+ ``row``), or about ``entity_key``."""
+
+    # a misspelt field ("labeltime") was dropped without a word: the label was stored with
+    # label_time = now, which joins it to the entity's predictions made until now
+    model_config = ConfigDict(extra="forbid")
 
     inference_id: str | None = Field(
         default=None, description="The request_id of the prediction (X-Request-ID)."

@@ -99,6 +99,11 @@ async def test_schema_errors_name_fields_as_the_routes_own_errors_do(tmp_path: P
         assert (await error(json=[1]))["message"].startswith("body: Input should be a valid")
         broken = await error(content=b'{"labels": [', headers={"content-type": "application/json"})
         assert broken["message"].startswith("body: invalid JSON at character 12: ")
+        # a misspelt field was ignored: "labeltime" stored the label with label_time = now
+        typo = await error(
+            json={"labels": [{"entity_key": "c", "label": 1, "labeltime": "2026-01-01T00:00:00Z"}]}
+        )
+        assert typo["message"] == "labels[0].labeltime: Extra inputs are not permitted"
 
 
 async def test_a_label_time_in_the_future_is_refused(tmp_path: Path) -> None:
