@@ -112,6 +112,15 @@ class ApiKey:
         """Whether this key may send labels (outcomes) of ``model``."""
         return self.is_admin or "feedback:*" in self.scopes or f"feedback:{model}" in self.scopes
 
+    def refusal(self, action: str, model: str, scope: str) -> str:
+        """Why this key is refused ``action`` on ``model``, with the key's own scopes: a
+        client that mistyped the model (``churnn``) was told only that its key may not,
+        as if the key were wrong."""
+        return (
+            f"this API key ({self.name!r}, scopes {', '.join(self.scopes) or 'none'}) may not "
+            f"{action} model {model!r}: that needs scope {scope}:{model} or {scope}:*"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "key_id": self.key_id,

@@ -109,7 +109,7 @@ async def send_feedback(
 
     if not key.allows_feedback(model):
         raise Forbidden(
-            f"this API key may not send feedback for model {model!r} (scope feedback:{model})",
+            key.refusal("send feedback for", model, "feedback"),
             code="feedback_scope_required",
         )
     state = services.models.get(model)

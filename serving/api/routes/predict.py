@@ -66,7 +66,7 @@ async def predict_model(model: str, request: Request, key: ApiKeyDep) -> OrjsonR
     """Score rows with the model's A/B-routed variant."""
     services: Services = request.app.state.services
     if not key.allows_model(model):
-        raise Forbidden(f"this API key may not use model {model!r}", code="model_scope_required")
+        raise Forbidden(key.refusal("use", model, "model"), code="model_scope_required")
     return await _predict(services, request, model)
 
 
@@ -80,7 +80,7 @@ async def predict_default(request: Request, key: ApiKeyDep) -> OrjsonResponse:
     if model is None:
         raise Unavailable("no model is loaded yet", code="model_not_loaded")
     if not key.allows_model(model):
-        raise Forbidden(f"this API key may not use model {model!r}", code="model_scope_required")
+        raise Forbidden(key.refusal("use", model, "model"), code="model_scope_required")
     return await _predict(services, request, model)
 
 

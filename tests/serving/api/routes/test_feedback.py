@@ -191,3 +191,32 @@ async def test_an_entity_key_is_text_or_an_integer(tmp_path: Path) -> None:
         assert stored.status_code == 200, stored.text
     labels = read_labels((tmp_path / "storage").as_uri(), "churn", latest=False)
     assert sorted(labels["entity_key"]) == ["0012", "17"]
+
+
+async def test_a_refused_key_is_told_its_scopes_and_the_one_needed(tmp_path: Path) -> None:
+    """A key of scope feedback:churn sending labels of 'churnn' (a typo) was told "this API
+    key may not send feedback for model 'churnn'", and a feedback key asking for predictions
+    "may not use model 'churn'": as if the key were wrong, with nothing to compare. Both name
+    the key's scopes and the scope needed now."""
+    async with running(_settings(tmp_path), wait_ready=False) as svc:
+        headers = svc.auth(svc.key("feedback:churn"))
+        typo = await svc.client.post(
+            "/v1/models/churnn/feedback",
+            json={"labels": [{"inference_id": "a", "label": 1}]},
+            headers=headers,
+        )
+        assert typo.status_code == 403, typo.text
+        assert typo.json()["error"]["code"] == "feedback_scope_required"
+        assert typo.json()["error"]["message"] == (
+            "this API key ('test', scopes feedback:churn) may not send feedback for model "
+            "'churnn': that needs scope feedback:churnn or feedback:*"
+        )
+        predict = await svc.client.post(
+            "/v1/models/churn/predict", json={"data": [{"tenure": 1}]}, headers=headers
+        )
+        assert predict.status_code == 403, predict.text
+        assert predict.json()["error"]["code"] == "model_scope_required"
+        assert predict.json()["error"]["message"] == (
+            "this API key ('test', scopes feedback:churn) may not use model 'churn': that "
+            "needs scope model:churn or model:*"
+        )
