@@ -194,12 +194,17 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
         if ti.get("state") != "success" or ti.get("operator") not in (
             "RegisterOperator",
             "DeployOperator",
+            "MonitorOperator",
         ):
             continue
         value = _xcom(api, dag_id, run_id, ti["task_id"], "return_value")
         if value is None:
             continue
-        if ti["operator"] == "RegisterOperator":
+        if ti["operator"] == "MonitorOperator":
+            # a monitor run ended with "success" and not a word of what the look found
+            for line in monitor_summary(value):
+                echo(line)
+        elif ti["operator"] == "RegisterOperator":
             echo(f"registered: {value.get('model')} version {value.get('version')}")
         else:
             model = value.get("model")
@@ -209,6 +214,30 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
                 f"(traffic {value.get('traffic')}; serving: {serving})"
             )
     return model
+
+
+def monitor_summary(result: Any) -> list[str]:
+    """What a monitor task's look found (its ``MonitorResult``), in a few lines."""
+    if not isinstance(result, dict):
+        return []
+    comparison = result.get("comparison") or {}
+    decision = comparison.get("decision") or "none"
+    if comparison.get("reason"):
+        decision += f" ({comparison['reason']})"
+    drift = result.get("drift") or {}
+    drifted = "drifted" if drift.get("drifted") else "no drift"
+    if drift.get("skipped"):
+        drifted = f"not tested ({drift['skipped']})"
+    versions = ", ".join(f"{a} v{v}" for a, v in (result.get("versions") or {}).items())
+    lines = [
+        f"monitor {result.get('model')} ({versions or 'no version served'}): "
+        f"{result.get('rows')} rows, {result.get('labelled_rows')} labelled; "
+        f"{result.get('metric')} comparison: {decision}; drift: {drifted}",
+        *(f"  alert: {alert}" for alert in result.get("alerts") or []),
+    ]
+    if result.get("mlflow_run_id"):
+        lines.append(f"  MLflow run {result['mlflow_run_id']} (monitor/report.html)")
+    return lines
 
 
 @app.command("run")

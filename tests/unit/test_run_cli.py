@@ -136,3 +136,33 @@ def test_a_registered_and_deployed_version_is_printed() -> None:
         "deployed: churn@challenger -> version 2 (traffic {'champion': 90, 'challenger': 10}; "
         "serving: serving)",
     ]
+
+
+def test_a_monitor_run_says_what_the_look_found() -> None:
+    """`mlwp run churn.monitor` ended with "success after 12s" and nothing of the result:
+    rows, labels, the decision, drift and alerts were only in the task log and MLflow."""
+    from mlwp.cli.run import _outcome
+
+    result = {
+        "model": "churn",
+        "versions": {"champion": "1"},
+        "rows": 303,
+        "labelled_rows": 24,
+        "metric": "accuracy",
+        "comparison": {"decision": "no_difference_yet", "reason": "no labelled rows of x"},
+        "drift": {"drifted": True, "skipped": None},
+        "alerts": ["drift in champion v1: tenure (share 5%)"],
+        "mlflow_run_id": "abc123",
+    }
+    api = _FakeAirflow(
+        [{"task_id": "monitor", "operator": "MonitorOperator", "state": "success"}],
+        {("monitor", "return_value"): result},
+    )
+    lines: list[str] = []
+    assert _outcome(api, "churn.monitor", "manual__1", lines.append) is None  # type: ignore[arg-type]
+    assert lines == [
+        "monitor churn (champion v1): 303 rows, 24 labelled; accuracy comparison: "
+        "no_difference_yet (no labelled rows of x); drift: drifted",
+        "  alert: drift in champion v1: tenure (share 5%)",
+        "  MLflow run abc123 (monitor/report.html)",
+    ]
