@@ -171,6 +171,9 @@ def analyse(
         metrics[str(name)] = {key: est.to_dict() for key, est in estimates.items()}
 
     comparison = _comparison(labelled, metric, alpha, effect, min_samples)
+    if "challenger" not in versions and comparison.get("reason"):
+        # "no labelled rows of the challenger" read as if one were served and unlabelled
+        comparison["reason"] = "no challenger to compare: the model has no challenger alias"
     return {
         "format": FORMAT,
         "versions": dict(versions),

@@ -120,6 +120,10 @@ def test_no_labels_and_empty_capture(tmp_path: Path) -> None:
     result = report.analyse(joined, split={"champion": 100}, versions={"champion": "1"})
     assert result["labelled_rows"] == 0 and result["metrics"] == {}
     assert result["comparison"]["decision"] == "no_difference_yet"
+    # it said "no labelled rows of the champion and challenger", as if one were served
+    assert result["comparison"]["reason"] == (
+        "no challenger to compare: the model has no challenger alias"
+    )
     assert result["label_coverage"]["champion"]["coverage"] == 0.0
     empty = report.analyse(joined.iloc[:0], split={"champion": 100}, versions={})
     assert empty["rows"] == 0 and empty["srm"]["mismatch"] is False
