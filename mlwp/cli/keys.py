@@ -95,18 +95,36 @@ def list_command(
         for key in keys:
             typer.echo(orjson.dumps(key.as_dict()).decode())
         return
-    table = Table("key id", "name", "scopes", "rate limit", "created", "revoked")
+    # In 80 columns the id and the scopes were cut to "c13dd491eb…" and "feedback:c…": the
+    # id `mlwp keys revoke` needs could not be read from the list. Now the id is never cut,
+    # the name and scopes keep their width (folded past 24 and 32), without borders, and
+    # the times are days (--json has them whole); "revoked" only with --all, the one list
+    # that holds revoked keys.
+    table = Table(box=None, pad_edge=False, header_style="bold underline")
+    table.add_column("key id", no_wrap=True, min_width=16)
+    widest = {
+        "name": max((len(k.name) for k in keys), default=4),
+        "scopes": max((len(", ".join(k.scopes)) for k in keys), default=6),
+    }
+    table.add_column("name", overflow="fold", min_width=min(widest["name"], 24))
+    table.add_column("scopes", overflow="fold", min_width=min(widest["scopes"], 32))
+    table.add_column("limit", overflow="fold")
+    table.add_column("created", no_wrap=True, min_width=10)
+    if all_keys:
+        table.add_column("revoked", no_wrap=True)
     for key in keys:
         info = key.as_dict()
-        table.add_row(
-            key.key_id,
-            key.name,
-            ", ".join(key.scopes),
-            key.rate_limit or "default",
-            info["created_at"],
-            info["revoked_at"] or "",
-        )
+        row = [key.key_id, key.name, ", ".join(key.scopes), key.rate_limit or "default"]
+        row.append(_when(info["created_at"]))
+        if all_keys:
+            row.append(_when(info["revoked_at"]))
+        table.add_row(*row)
     Console().print(table)
+
+
+def _when(iso: str | None) -> str:
+    """The day (UTC) of an ISO time, or nothing; ``--json`` has the times."""
+    return iso[:10] if iso else ""
 
 
 @app.command("revoke")

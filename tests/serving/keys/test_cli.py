@@ -33,6 +33,10 @@ def test_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     listed = runner.invoke(app, ["keys", "list", "--json"])
     assert [orjson.loads(line)["key_id"] for line in listed.stdout.splitlines()] == [key["key_id"]]
     assert key["token"] not in listed.stdout
+    # the table, in 80 columns, shows the whole id (which revoke takes) and the scopes:
+    # they were cut to "c13dd491eb…" and "feedback:c…"
+    table = runner.invoke(app, ["keys", "list"], env={"COLUMNS": "80"})
+    assert key["key_id"] in table.stdout and "model:churn" in table.stdout, table.stdout
 
     revoked = runner.invoke(app, ["keys", "revoke", key["key_id"]])
     assert revoked.exit_code == 0 and "revoked key" in revoked.stdout
