@@ -37,7 +37,12 @@ def serving_entity_fields(definitions: list[Path]) -> tuple[dict[str, str], list
         project, file_problems = check_file(path, check_references=False)
         if project is None:
             errors = [p for p in file_problems if p.severity == "error"]
-            problems.append(f"{path}: not read ({len(errors)} problem(s); run mlwp validate)")
+            # one problem is said (a path that does not exist was "1 problem(s)", no more)
+            problems.append(
+                f"not read: {errors[0]}"
+                if len(errors) == 1
+                else f"{path}: not read ({len(errors)} problem(s); run mlwp validate)"
+            )
             continue
         for declared in declared_entity_fields(project):
             where = f"{path}: {format_path(declared.path)}"

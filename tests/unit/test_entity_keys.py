@@ -91,6 +91,12 @@ def test_two_fields_for_one_model_are_refused_in_a_project_and_reported_across(
         "field per model, so 'customer_id' is kept",
         f"{files[2]}: not read (2 problem(s); run mlwp validate)",
     ]
+    # a path that does not exist was "not read (1 problem(s); run mlwp validate)"
+    missing = tmp_path / "nosuchdir"
+    assert serving_entity_fields([missing])[1] == [
+        f"not read: {missing}: cannot read definition: [Errno 2] No such file or directory: "
+        f"'{missing}'"
+    ]
 
 
 def test_mlwp_config_prints_the_setting(tmp_path: Path) -> None:
