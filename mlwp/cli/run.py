@@ -216,6 +216,23 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
     return model
 
 
+def parse_conf(conf: str | None) -> dict[str, Any]:
+    """``--conf``, checked before anything is changed: broken JSON ended in a JSONDecodeError
+    traceback, after the DAG had been unpaused (which starts its scheduled run)."""
+    if not conf:
+        return {}
+    try:
+        params = orjson.loads(conf)
+    except orjson.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON ({exc}): {conf!r}", param_hint="'--conf'") from None
+    if not isinstance(params, dict):
+        raise typer.BadParameter(
+            f"expected a JSON object such as '{{\"min_roc_auc\": 0.75}}', got {conf!r}",
+            param_hint="'--conf'",
+        )
+    return params
+
+
 def monitor_summary(result: Any) -> list[str]:
     """What a monitor task's look found (its ``MonitorResult``), in a few lines."""
     if not isinstance(result, dict):
@@ -259,6 +276,7 @@ def run_command(
 
     settings = get_settings()
     dag_id = workflow
+    params = parse_conf(conf)
     try:
         api = Airflow(settings.airflow_url, *_login(settings, username))
         dag = api.request("GET", f"/dags/{dag_id}")
@@ -274,7 +292,7 @@ def run_command(
                     "run behind it"
                 )
         if run_id is None:
-            body = {"logical_date": None, "conf": orjson.loads(conf) if conf else {}}
+            body = {"logical_date": None, "conf": params}
             run_id = str(api.request("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
             typer.echo(f"triggered {dag_id}: run {run_id}")
         typer.echo(f"  {settings.airflow_url}/dags/{dag_id}/runs/{run_id}")

@@ -166,3 +166,22 @@ def test_a_monitor_run_says_what_the_look_found() -> None:
         "  alert: drift in champion v1: tenure (share 5%)",
         "  MLflow run abc123 (monitor/report.html)",
     ]
+
+
+def test_a_broken_conf_is_refused_before_the_dag_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlwp run churn.train --conf '{bad json'` unpaused the DAG (starting its scheduled
+    run), then ended in a JSONDecodeError traceback; it is a usage error now, before any
+    request (none is possible here: the login would fail first)."""
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+
+    monkeypatch.setenv("MLWP_HOME", str(tmp_path))
+    monkeypatch.setenv("MLWP_AIRFLOW_PORT", "9")  # nothing answers: no request may be made
+    for conf, says in (("{bad json", "not JSON"), ("[1]", "expected a JSON object")):
+        result = CliRunner().invoke(app, ["run", "churn.train", "--conf", conf])
+        assert result.exit_code == 2, result.output
+        assert "--conf" in result.output and says in result.output, result.output
+        assert isinstance(result.exception, SystemExit)
