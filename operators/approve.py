@@ -168,7 +168,10 @@ class ApproveOperator(MlwpOperator, ApprovalOperator):
         from mlwp.security.approvals import approval_target, approvals_so_far
 
         ti = context["ti"]
-        target = approval_target(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number)
+        assert ti.try_number is not None  # a running task's try is numbered
+        # unmapped: -1, as in the URL of the answer the middleware records
+        map_index = -1 if ti.map_index is None else ti.map_index
+        target = approval_target(ti.dag_id, ti.run_id, ti.task_id, map_index, ti.try_number)
         names = approvals_so_far(target)
         last = ((answer or {}).get("responded_by_user") or {}).get("name")
         return names or ([last] if last else [])

@@ -318,7 +318,7 @@ def batch_transform_tasks(
     )
     job = SageMakerTransformOperator(
         task_id=f"{task_id}_job",
-        config=request.output,
+        config=request.output,  # type: ignore[arg-type]  # an XComArg, resolved at run time
         aws_conn_id=settings.aws_conn_id,
         wait_for_completion=True,
         deferrable=True,

@@ -103,7 +103,7 @@ def cron_timetable(expression: str, start_date: datetime) -> Any:
     from airflow.sdk import CronDataIntervalTimetable, CronTriggerTimetable
     from airflow.sdk.configuration import conf
 
-    timezone = pendulum.instance(start_date).timezone
+    timezone = pendulum.instance(start_date).timezone or pendulum.UTC  # naive: UTC, as Airflow
     if conf.getboolean("scheduler", "create_cron_data_intervals"):
         return CronDataIntervalTimetable(expression, timezone)
     return CronTriggerTimetable(expression, timezone=timezone)
@@ -192,7 +192,7 @@ def build_dag(
         access_control=access_control(project) if grant_role else None,
         params=_params(workflow),
     )
-    context = {
+    context: dict[str, Any] = {
         "project": project.project,
         "workflow": workflow_name,
         "project_dir": str(project_dir),

@@ -192,7 +192,7 @@ class _Prefetched:
 
     def fetchmany(self, size: int) -> list[Any]:
         if self._first is not None:
-            rows, self._first = self._first, None
-            return rows
+            first, self._first = self._first, None
+            return first
         rows: list[Any] = self._cursor.fetchmany(size)
         return rows

@@ -293,9 +293,9 @@ def validate_tasks(
     **base: Any,
 ) -> tuple[BaseOperator, BaseOperator]:
     """Build plan -> validate (mapped over partitions) -> combine; return (head, tail)."""
-    context = {"project": project, "workflow": workflow, "project_dir": project_dir}
+    context: dict[str, Any] = {"project": project, "workflow": workflow, "project_dir": project_dir}
     base.pop("task_id", None)
-    suite_args = {"suite": suite, "expectations_folder": expectations_folder}
+    suite_args: dict[str, Any] = {"suite": suite, "expectations_folder": expectations_folder}
     plan = ValidatePlanOperator(
         task_id=f"{task_id}_plan", input=input, **suite_args, **context, **base
     )
