@@ -322,7 +322,9 @@ def promote(project: str, model: str, body: PromoteBody, user: ChangerDep) -> di
 
     _model_in_project(project, model)
     after = _registry_call(model_changes.promote, user.get_name(), model, body.version, body.reason)
-    return {**after, "serving": _reload_serving(model, after)}
+    if model_changes.unchanged(after):
+        return _unchanged(after)
+    return {**after, "unchanged": False, "serving": _reload_serving(model, after)}
 
 
 @app.post("/api/projects/{project}/models/{model}/rollback")
@@ -334,7 +336,9 @@ def rollback(project: str, model: str, body: RollbackBody, user: ChangerDep) -> 
     after = _registry_call(
         model_changes.rollback, user.get_name(), model, body.reason, to=body.to or None
     )
-    return {**after, "serving": _reload_serving(model, after)}
+    if model_changes.unchanged(after):
+        return _unchanged(after)
+    return {**after, "unchanged": False, "serving": _reload_serving(model, after)}
 
 
 @app.post("/api/projects/{project}/models/{model}/traffic")
@@ -348,7 +352,19 @@ def traffic(project: str, model: str, body: TrafficBody, user: ChangerDep) -> di
         model_changes.set_traffic, user.get_name(), model, body.traffic, body.reason
     )
     after = {"aliases": _registry_call(registry.aliases, model), "traffic": split}
-    return {**after, "serving": _reload_serving(model, after)}
+    if model_changes.unchanged(split):
+        return _unchanged(after)
+    return {**after, "unchanged": False, "serving": _reload_serving(model, after)}
+
+
+def _unchanged(state: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a change that changed nothing: 200, nothing recorded, serving not asked
+    (it already serves this state), as `mlwp models` says "unchanged: ..."."""
+    return {
+        **state,
+        "unchanged": True,
+        "serving": {"state": "skipped", "message": "unchanged: nothing to reload"},
+    }
 
 
 @app.exception_handler(HTTPException)

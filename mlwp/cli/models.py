@@ -69,6 +69,13 @@ def _fail(exc: MlwpError) -> None:
     raise typer.Exit(1)
 
 
+def _say_unchanged(what: str, state: dict[str, Any], json_output: bool) -> None:
+    """A change that changes nothing: recorded nothing and serving is not asked to reload
+    (it already serves this), said in one line; exit 0, as `kubectl apply` says unchanged."""
+    if not _emit({**state, "unchanged": True}, json_output):
+        typer.echo(f"unchanged: {what}")
+
+
 def _emit(data: Any, json_output: bool) -> bool:
     if json_output:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
@@ -142,6 +149,13 @@ def promote_command(
     except MlwpError as exc:
         _fail(exc)
         return
+    if model_changes.unchanged(after):
+        _say_unchanged(
+            f"{name} champion is already v{after['aliases'].get('champion')} with all the traffic",
+            after,
+            json_output,
+        )
+        return
     serving = _reload_serving(name, after)
     if not _emit({**after, "serving": serving}, json_output):
         typer.echo(f"{name}: champion is now v{after['aliases'].get('champion')}")
@@ -172,6 +186,11 @@ def rollback_command(
         after = model_changes.rollback(_actor(), name, reason, to=to)
     except MlwpError as exc:
         _fail(exc)
+        return
+    if model_changes.unchanged(after):
+        _say_unchanged(
+            f"{name} is already at {model_changes.describe_state(after)}", after, json_output
+        )
         return
     serving = _reload_serving(name, after)
     if not _emit({**after, "serving": serving}, json_output):
@@ -249,6 +268,14 @@ def traffic_command(
         result = model_changes.set_traffic(_actor(), name, traffic, reason)
     except MlwpError as exc:
         _fail(exc)
+        return
+    if model_changes.unchanged(result):
+        already = ", ".join(f"{a}={p}" for a, p in result.items())
+        if json_output:  # the split, as for a change; the line goes to stderr
+            _emit(dict(result), json_output)
+            typer.echo(f"unchanged: {name} traffic is already {already}", err=True)
+        else:
+            typer.echo(f"unchanged: {name} traffic is already {already}")
         return
     # the split is set and recorded: a failure to read the aliases for serving's reload
     # (MLflow answering an error: a raw MlflowException) must not end the command as if it

@@ -14,16 +14,20 @@ moving traffic back to the champion). Each change is the registry change
 :func:`history` reads them back (``mlwp models history``); :func:`rollback` returns to any
 recorded state in one step: the state before the last promotion by default, or the state
 right after a given event (``to=<event id>``) or in force at a given time
-(``to=<ISO time>``). The rollback is itself a recorded change. Who may make a change is
-decided by the caller's front end (the Airflow permissions for the view, see
-:func:`mlwp.security.roles.may_change_model`).
+(``to=<ISO time>``). The rollback is itself a recorded change.
+
+A change that would change nothing (the split already set, a promotion of the champion, a
+rollback to the state in force) writes and records nothing: its result is marked
+:func:`unchanged`, as ``kubectl apply`` says "unchanged", so the history holds only real
+changes. Who may make a change is decided by the caller's front end (the Airflow permissions
+for the view, see :func:`mlwp.security.roles.may_change_model`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from mlwp import registry
 from mlwp.security import audit
@@ -38,6 +42,27 @@ PROMOTE, ROLLBACK, TRAFFIC, DEPLOY = (
 HISTORY_ACTIONS = (PROMOTE, ROLLBACK, TRAFFIC, DEPLOY)
 # Who made a change (details["kind"]).
 KINDS = ("person", "workflow", "guardrail")
+
+
+class _Unchanged(dict[str, Any]):
+    """A change function's result when nothing changed (see :func:`unchanged`)."""
+
+
+def unchanged(result: Mapping[str, Any]) -> bool:
+    """Whether a change function changed nothing (and so recorded nothing)."""
+    return isinstance(result, _Unchanged)
+
+
+def _split(traffic: Mapping[str, Any] | None) -> dict[str, Any]:
+    # {"champion": 100, "challenger": 0} routes exactly as {"champion": 100}
+    return {alias: percent for alias, percent in (traffic or {"champion": 100}).items() if percent}
+
+
+def same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two states serve alike: the same aliases and the same non-zero split."""
+    return dict(a.get("aliases") or {}) == dict(b.get("aliases") or {}) and _split(
+        a.get("traffic")
+    ) == _split(b.get("traffic"))
 
 
 def workflow_actor(dag_id: str) -> str:
@@ -92,8 +117,20 @@ def promote(
     kind: str = "person",
     **extra: Any,
 ) -> dict[str, Any]:
-    """Make ``version`` (default: the challenger) the champion with all the traffic."""
+    """Make ``version`` (default: the challenger) the champion with all the traffic.
+
+    Promoting the champion when it already has all the traffic changes nothing: nothing is
+    recorded and the result is marked :func:`unchanged`.
+    """
     before = snapshot(name)
+    current = before["aliases"]
+    if (
+        version is not None
+        and current.get("champion") == str(version)
+        and current.get("challenger") != str(version)
+        and _split(before["traffic"]) == {"champion": 100}
+    ):
+        return _Unchanged(before)
     after = registry.promote(name, version)
     _record(actor, PROMOTE, name, before=before, after=after, reason=reason, kind=kind, **extra)
     return after
@@ -108,8 +145,15 @@ def set_traffic(
     kind: str = "person",
     **extra: Any,
 ) -> dict[str, int]:
-    """Set the traffic split (percent per alias, summing to 100)."""
+    """Set the traffic split (percent per alias, summing to 100).
+
+    The split already in force changes nothing: nothing is written or recorded and the
+    result is marked :func:`unchanged`.
+    """
     before = snapshot(name)
+    split = registry.validate_traffic(name, traffic)
+    if _split(split) == _split(before["traffic"]):
+        return cast(dict[str, int], _Unchanged(split))
     split = registry.set_traffic(name, traffic)
     after = {**before, "traffic": split}
     _record(actor, TRAFFIC, name, before=before, after=after, reason=reason, kind=kind, **extra)
@@ -258,6 +302,10 @@ def rollback(
 ) -> dict[str, Any]:
     """Return ``name`` to a recorded state in one step (see :func:`target_state`).
 
+    A state given by ``to`` that is already in force changes nothing: nothing is recorded
+    and the result is marked :func:`unchanged` (the default rollback refuses instead: with
+    no ``to``, a person asked to undo something and nothing is undone).
+
     Without any recorded history (changes made before the trail existed), the state saved
     by the last promotion in the registry tag ``mlwp.rollback`` is restored.
     """
@@ -274,7 +322,9 @@ def rollback(
             actor, ROLLBACK, name, before=before, after=after, reason=reason, kind=kind, **extra
         )
         return after
-    if to is None and state == before:
+    if same_state(state, before):
+        if to is not None:
+            return _Unchanged(before)
         raise registry.RegistryError(
             f"{name!r} is already in {described}; nothing to roll back "
             "(give --to with an event id or time from `mlwp models history`)"

@@ -101,6 +101,12 @@
     return request("POST", "/projects/" + encodeURIComponent(model.project) + "/models/" +
       encodeURIComponent(model.name) + "/" + action, body).then(function (after) {
       var serving = after.serving || {};
+      // a change that changes nothing is recorded nowhere: say so rather than "Serving: ..."
+      if (after.unchanged) {
+        show("info", "unchanged: " + model.name + " already has aliases " +
+          JSON.stringify(after.aliases) + ", traffic " + traffic(after.traffic));
+        return Promise.all([loadList(), loadDetail(model.name)]);
+      }
       show("info", model.name + ": aliases " + JSON.stringify(after.aliases) + ", traffic " +
         traffic(after.traffic) + ". Serving: " + (serving.message || serving.state || "not asked"));
       return Promise.all([loadList(), loadDetail(model.name)]);

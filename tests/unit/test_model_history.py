@@ -323,3 +323,84 @@ def test_the_models_view_says_which_key_is_missing_when_serving_refuses(
     error = mlwp_models.serving_models()["error"]
     assert error.startswith("serving answered 401")
     assert "MLWP_SERVING_ADMIN_KEY" in error and "mlwp keys install-admin" in error
+
+
+def test_a_change_that_changes_nothing_records_nothing(
+    trail: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlwp models traffic churn champion=100` when that was the split, `rollback --to <the
+    event whose state is in force>` and `promote --version <the champion>` each recorded an
+    event whose from equalled its to. They write and record nothing now and are marked
+    unchanged (the default rollback still refuses "nothing to roll back")."""
+
+    def no_write(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the registry was written")
+
+    monkeypatch.setattr(model_changes, "snapshot", lambda name: S4)
+    monkeypatch.setattr(registry, "validate_traffic", lambda name, traffic: dict(traffic))
+    for write in ("set_traffic", "restore", "promote"):
+        monkeypatch.setattr(registry, write, no_write)
+    recorded = len(model_changes.history("churn"))
+
+    split = model_changes.set_traffic("alice", "churn", {"champion": 100, "challenger": 0})
+    assert model_changes.unchanged(split) and split == {"champion": 100, "challenger": 0}
+    rolled = model_changes.rollback("alice", "churn", to=str(trail[4].id))
+    assert model_changes.unchanged(rolled) and rolled == S4
+    promoted = model_changes.promote("alice", "churn", "2")
+    assert model_changes.unchanged(promoted) and promoted == S4
+    assert len(model_changes.history("churn")) == recorded
+
+    # a real change is not marked
+    monkeypatch.setattr(registry, "restore", lambda name, state: dict(state))
+    changed = model_changes.rollback("alice", "churn", to=str(trail[3].id))
+    assert changed == S3 and not model_changes.unchanged(changed)
+    assert len(model_changes.history("churn")) == recorded + 1
+
+
+def test_the_cli_and_the_models_view_say_unchanged(
+    trail: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line, exit 0, serving not asked to reload; the Models view answers 200 with
+    ``"unchanged": true``."""
+    import sys
+
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+    from mlwp.registry import serving_client
+
+    def not_asked(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serving asked to reload an unchanged state")
+
+    monkeypatch.setattr(serving_client, "reload_and_wait", not_asked)
+    monkeypatch.setattr(registry, "registered_model_exists", lambda name: True)
+    monkeypatch.setattr(model_changes, "snapshot", lambda name: S4)
+    monkeypatch.setattr(registry, "validate_traffic", lambda name, traffic: dict(traffic))
+    monkeypatch.setattr(registry, "aliases", lambda name: S4["aliases"])
+    monkeypatch.setattr(registry, "model_project", lambda name: "churn")
+    recorded = len(model_changes.history("churn"))
+    runner = CliRunner()
+    traffic = runner.invoke(app, ["models", "traffic", "churn", "champion=100"])
+    assert traffic.exit_code == 0, traffic.output
+    assert traffic.output == "unchanged: churn traffic is already champion=100\n"
+    rolled = runner.invoke(app, ["models", "rollback", "churn", "--to", str(trail[4].id)])
+    assert rolled.exit_code == 0, rolled.output
+    assert rolled.output == "unchanged: churn is already at champion v2 100%\n"
+    promoted = runner.invoke(app, ["models", "promote", "churn", "--version", "2", "--json"])
+    assert promoted.exit_code == 0, promoted.output
+    assert '"unchanged": true' in promoted.output
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "plugins"))
+    sys.modules.pop("mlwp_models", None)
+    import mlwp_models
+
+    class User:
+        def get_name(self) -> str:
+            return "alice"
+
+    answer = mlwp_models.traffic(
+        "churn", "churn", mlwp_models.TrafficBody(traffic={"champion": 100}), User()
+    )
+    assert answer["unchanged"] is True and answer["aliases"] == {"champion": "2"}
+    assert answer["serving"]["state"] == "skipped"
+    assert len(model_changes.history("churn")) == recorded
