@@ -372,6 +372,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _scalar(text: str) -> Any:
+    """A CSV cell as a number when it reads as one, else the text.
+
+    A leading zero before another digit ("0012", "-007") keeps the text: it is an identifier
+    (a customer id, a postcode), and as 12 a captured entity key no longer matched the label
+    "0012" the labels task keeps as text. "0", "0.5" and "-0.25" are still numbers.
+    """
+    digits = text.strip().lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
+        return text
     for cast in (int, float):
         try:
             return cast(text)

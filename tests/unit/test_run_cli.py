@@ -28,6 +28,23 @@ def test_rows_from_csv_are_typed_and_empty_cells_are_missing(tmp_path: Path) -> 
     assert read_rows(rows) == [{"tenure": 3, "monthly": 29.85, "contract": "Month-to-month"}]
 
 
+def test_a_csv_value_with_a_leading_zero_stays_text(tmp_path: Path) -> None:
+    """`mlwp predict --file rows.csv` sent customer_id "0012" as 12, so the captured entity
+    key never matched the label "0012" (the labels task keeps keys as text)."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("customer_id,zip,zero,share,neg,small\n0012,-007,0,0.5,-0.25,00.5\n")
+    assert read_rows(rows) == [
+        {
+            "customer_id": "0012",
+            "zip": "-007",
+            "zero": 0,
+            "share": 0.5,
+            "neg": -0.25,
+            "small": "00.5",
+        }
+    ]
+
+
 def test_anything_else_is_refused_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "rows.json"
     bad.write_bytes(orjson.dumps({"rows": []}))
