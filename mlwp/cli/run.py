@@ -208,12 +208,41 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
             echo(f"registered: {value.get('model')} version {value.get('version')}")
         else:
             model = value.get("model")
-            serving = (value.get("serving") or {}).get("state", "unknown")
-            echo(
-                f"deployed: {model}@{value.get('alias')} -> version {value.get('version')} "
-                f"(traffic {value.get('traffic')}; serving: {serving})"
-            )
+            serving = value.get("serving") or {}
+            line = f"deployed: {model}@{value.get('alias')} -> version {value.get('version')}"
+            if value.get("traffic"):
+                line += f", traffic {_percents(value['traffic'])}"
+            # "serving" is the good case, which the "serving ..." line after this shows;
+            # anything else is a problem, and its message says which ("(serving: serving)"
+            # said nothing)
+            if serving.get("state") != "serving":
+                line += f" (serving: {serving.get('message') or serving.get('state', 'unknown')})"
+            echo(line)
     return model
+
+
+def _percents(traffic: dict[str, Any]) -> str:
+    """``champion 90%, challenger 10%``."""
+    return ", ".join(f"{alias} {float(percent):g}%" for alias, percent in traffic.items())
+
+
+def serving_summary(serving_url: str, entry: dict[str, Any]) -> list[str]:
+    """What serves a model, from its ``GET /v1/models`` entry, in a line or two: the
+    variants with their versions and shares and the URL (the whole entry, signature and
+    all, was a wall of JSON)."""
+    name = entry.get("name")
+    shares = entry.get("effective_traffic") or entry.get("traffic") or {}
+    variants = ", ".join(
+        f"{v.get('alias')} v{v.get('version')} {float(shares.get(v.get('alias'), 0)):g}%"
+        for v in entry.get("variants") or []
+    )
+    lines = [
+        f"serving {name}: {variants or 'nothing loaded'} at {serving_url}/v1/models/{name}/predict"
+    ]
+    errors = entry.get("load_errors") or []
+    if errors:
+        lines.append(f"  {len(errors)} version(s) not loaded: see {serving_url}/v1/models")
+    return lines
 
 
 def parse_conf(conf: str | None) -> dict[str, Any]:
@@ -314,7 +343,8 @@ def run_command(
         served = _serving_get(settings, "/v1/models")
         entry = next((m for m in (served or {}).get("models", []) if m.get("name") == model), None)
         if entry is not None:
-            typer.echo(f"serving {model}: {orjson.dumps(entry).decode()}")
+            for line in serving_summary(settings.serving_url, entry):
+                typer.echo(line)
         typer.echo(f"try it: {predict_hint(settings.dags_folder, dag_id, model)}")
 
 

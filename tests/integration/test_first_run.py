@@ -379,8 +379,14 @@ def test_the_readmes_first_prediction_commands_run_as_written(platform: RunningP
     assert "registered: churn version 1" in out, out
     # The first version deployed is the champion with all the traffic, and serving loaded it
     # when asked: the deploy's reload was authorised by the key `mlwp up` made.
-    deployed = "deployed: churn@champion -> version 1 (traffic {'champion': 100}; serving: serving)"
-    assert deployed in out, out
+    # (a problem would follow the line as "(serving: <why>)")
+    deployed = "deployed: churn@champion -> version 1, traffic champion 100%"
+    assert re.search(rf"^{re.escape(deployed)}$", out, flags=re.MULTILINE), out
+    assert re.search(
+        r"^serving churn: champion v1 100% at http://\S+/v1/models/churn/predict$",
+        out,
+        flags=re.MULTILINE,
+    ), out
     run_id = re.search(r"^unpausing started the scheduled run (\S+)", out, flags=re.MULTILINE)
     assert run_id is not None, out
     OUTCOME["run_id"] = run_id.group(1)

@@ -150,9 +150,46 @@ def test_a_registered_and_deployed_version_is_printed() -> None:
     assert _outcome(api, "churn.train", "manual__1", lines.append) == "churn"  # type: ignore[arg-type]
     assert lines == [
         "registered: churn version 2",
-        "deployed: churn@challenger -> version 2 (traffic {'champion': 90, 'challenger': 10}; "
-        "serving: serving)",
+        "deployed: churn@challenger -> version 2, traffic champion 90%, challenger 10%",
     ]
+    # serving not showing it: its message says why
+    api.xcoms["deploy", "return_value"]["serving"] = {
+        "state": "refused",
+        "message": "answered 401 to POST /admin/reload",
+    }
+    lines.clear()
+    _outcome(api, "churn.train", "manual__1", lines.append)  # type: ignore[arg-type]
+    assert lines[-1] == (
+        "deployed: churn@challenger -> version 2, traffic champion 90%, challenger 10% "
+        "(serving: answered 401 to POST /admin/reload)"
+    )
+
+
+def test_what_serves_is_one_readable_line() -> None:
+    """The end of `mlwp run churn.train` printed "serving churn: {...}", serving's whole
+    entry as JSON (the signature included); it is one line now: variants, versions, shares,
+    the URL to predict at."""
+    from mlwp.cli.run import serving_summary
+
+    entry = {
+        "name": "churn",
+        "variants": [
+            {"alias": "champion", "version": "1", "run_id": "r1", "classes": [0, 1]},
+            {"alias": "challenger", "version": "2", "run_id": "r2", "classes": [0, 1]},
+        ],
+        "traffic": {"champion": 90.0, "challenger": 10.0},
+        "effective_traffic": {"champion": 90.0, "challenger": 10.0},
+        "signature": {"type": "object", "properties": {"tenure": {"type": "number"}}},
+        "load_errors": [],
+    }
+    assert serving_summary("http://127.0.0.1:8000", entry) == [
+        "serving churn: champion v1 90%, challenger v2 10% at "
+        "http://127.0.0.1:8000/v1/models/churn/predict"
+    ]
+    entry["load_errors"] = [{"version": "3", "error": "boom"}]
+    assert serving_summary("http://127.0.0.1:8000", entry)[1] == (
+        "  1 version(s) not loaded: see http://127.0.0.1:8000/v1/models"
+    )
 
 
 def test_a_monitor_run_says_what_the_look_found() -> None:
