@@ -64,6 +64,11 @@ def _reload_serving(name: str, state: dict[str, Any]) -> dict[str, Any]:
     return reload_serving(get_settings(), name, state, RELOAD_SECONDS)
 
 
+def _table() -> Table:
+    """A table for an 80-column terminal: no borders (they took 3 columns each)."""
+    return Table(box=None, pad_edge=False, header_style="bold underline")
+
+
 def _fail(exc: MlwpError) -> None:
     typer.echo(f"error: {exc.message}", err=True)
     raise typer.Exit(1)
@@ -97,7 +102,11 @@ def list_command(
             models = registry.list_models()
             if _emit(models, json_output):
                 return
-            table = Table("model", "aliases", "traffic", "latest version")
+            table = _table()
+            table.add_column("model", no_wrap=True, min_width=8)
+            table.add_column("aliases", overflow="fold")
+            table.add_column("traffic", overflow="fold")
+            table.add_column("latest version", no_wrap=True)
             for model in models:
                 table.add_row(
                     model["name"],
@@ -115,15 +124,22 @@ def list_command(
             f"[bold]{name}[/bold] traffic: "
             + ", ".join(f"{a} {p}%" for a, p in described["traffic"].items())
         )
-        table = Table("version", "aliases", "dag run", "dataset sha256", "test metrics")
+        # In 80 columns the dag run was cut to "scheduled__2026-1…", so the run a version
+        # came from could not be read: it folds now (never cut), a metric per line
+        table = _table()
+        table.add_column("version", no_wrap=True)
+        table.add_column("aliases", overflow="fold")
+        table.add_column("dag run", overflow="fold", min_width=24)
+        table.add_column("dataset", no_wrap=True, min_width=12)
+        table.add_column("test metrics", overflow="fold", min_width=16)
         for version in described["versions"]:
             metrics = version["test_metrics"] or {}
             table.add_row(
                 version["version"],
-                ", ".join(version["aliases"]),
+                "\n".join(version["aliases"]),
                 version["airflow_run_id"] or "",
                 (version["dataset_sha256"] or "")[:12],
-                ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
+                "\n".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())),
             )
         console.print(table)
     except MlwpError as exc:
@@ -222,19 +238,34 @@ def history_command(
     if not changes:
         typer.echo(f"{name}: no recorded alias or traffic changes")
         return
-    table = Table("event", "time (UTC)", "actor", "action", "from", "to", "reason")
+    # Printed 200 wide, every line wrapped in an 80-column terminal. Now it fits the
+    # terminal: the event id (what `rollback --to` takes), the time under it (to the minute;
+    # --json has it whole) and the action are never cut; who, from -> to and the reason
+    # fold in two columns rather than four narrow ones; the actor's kind is shown only when the
+    # actor does not already say it ("workflow:churn.train").
+    table = _table()
+    table.add_column("event, time (UTC)", no_wrap=True, min_width=16)
+    table.add_column("action, by", overflow="fold", min_width=14)
+    table.add_column("from -> to (reason)", overflow="fold", min_width=30)
     for change in changes:
         details = change["details"]
-        table.add_row(
-            str(change.get("id") or ""),
-            change["timestamp"][:19].replace("T", " "),
-            change["actor"] + (f" ({details['kind']})" if details.get("kind") else ""),
-            change["action"],
-            model_changes.describe_state(details.get("from")),
-            model_changes.describe_state(details.get("to")),
-            str(details.get("reason") or ""),
+        kind = details.get("kind")
+        actor = change["actor"]
+        if kind and not actor.startswith(f"{kind}:"):
+            actor += f" ({kind})"
+        described = (
+            model_changes.describe_state(details.get("from"))
+            + "\n-> "
+            + model_changes.describe_state(details.get("to"))
         )
-    Console(width=200).print(table)
+        if details.get("reason"):
+            described += f"\n({details['reason']})"
+        table.add_row(
+            f"{change.get('id') or ''}\n{change['timestamp'][:16].replace('T', ' ')}",
+            f"{change['action']}\n{actor}",
+            described,
+        )
+    Console().print(table)
 
 
 @app.command("traffic")

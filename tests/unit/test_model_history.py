@@ -404,3 +404,66 @@ def test_the_cli_and_the_models_view_say_unchanged(
     assert answer["unchanged"] is True and answer["aliases"] == {"champion": "2"}
     assert answer["serving"]["state"] == "skipped"
     assert len(model_changes.history("churn")) == recorded
+
+
+def test_history_and_versions_are_readable_at_80_columns(
+    trail: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlwp models history` printed 200 wide (every line wrapped in an 80-column terminal)
+    and `mlwp models list churn` cut the dag run to "scheduled__2026-1…". At 80 columns no
+    line is longer, the event ids, times and actions are whole and the dag run is never cut
+    (it may fold)."""
+    from typer.testing import CliRunner
+
+    from mlwp.cli import app
+
+    audit.record(
+        "guardrail:churn.train",
+        "model.rollback",
+        "churn",
+        {"from": S3, "to": S2, "kind": "guardrail", "reason": "error rate 4.1% > 1%"},
+    )
+    runner = CliRunner()
+    history = runner.invoke(app, ["models", "history", "churn"], env={"COLUMNS": "80"})
+    assert history.exit_code == 0, history.output
+    lines = history.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, history.output
+    text = history.output
+    for change in model_changes.history("churn"):
+        at = next(n for n, line in enumerate(lines) if line.startswith(f"{change['id']} "))
+        assert change["action"] in lines[at], text
+        assert lines[at + 1].startswith(change["timestamp"][:16].replace("T", " ")), text
+    assert "champion v1 50%, challenger v2 50%" in text
+    assert "-> champion v1 90%, challenger v2 10%" in text
+    assert "(error rate 4.1% > 1%)" in text
+    assert "guardrail:churn.train" in text and "(guardrail)" not in text
+    assert "alice (person)" in text
+
+    run_id = "scheduled__2026-01-26T00:00:00+00:00"
+    described = {
+        "name": "churn",
+        "traffic": {"champion": 90, "challenger": 10},
+        "versions": [
+            {
+                "version": str(n),
+                "aliases": aliases,
+                "airflow_run_id": run_id,
+                "dataset_sha256": "a" * 64,
+                "test_metrics": {"accuracy": 0.8, "roc_auc": 0.846, "log_loss": 0.41},
+            }
+            for n, aliases in ((2, ["challenger"]), (1, ["champion"]))
+        ],
+    }
+    monkeypatch.setattr(registry, "registered_model_exists", lambda name: True)
+    monkeypatch.setattr(registry, "describe", lambda name: described)
+    listed = runner.invoke(app, ["models", "list", "churn"], env={"COLUMNS": "80"})
+    assert listed.exit_code == 0, listed.output
+    assert max(len(line) for line in listed.output.splitlines()) <= 80, listed.output
+    assert "…" not in listed.output, listed.output
+    # folded or not, every character of the run id is there, in order
+    lines = listed.output.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith("2 "))
+    column = next(line for line in lines if "dag run" in line).index("dag run")
+    folded = "".join(line[column:].split()[0] for line in lines[at : at + 2])
+    assert folded == run_id, listed.output
+    assert "roc_auc=0.8460" in listed.output and "challenger" in listed.output
