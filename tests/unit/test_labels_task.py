@@ -255,3 +255,56 @@ def test_labels_from_a_postgres_query(
     assert summary["written"] == 2 and summary["from"] == "postgres://outcomes_db"
     stored = read_labels(str(tmp_path), "shop")
     assert dict(zip(stored["inference_id"], stored["label"], strict=True)) == {"r1": 1.0, "r2": 0.0}
+
+
+def test_the_churn_examples_first_predictions_get_labels(tmp_path: Path) -> None:
+    """The first-run walkthrough (train, `mlwp predict churn --file example_rows.json`, then
+    churn.monitor) showed no labelled rows: the example rows carried no customer_id, so no
+    entity key was captured and the outcomes file (keyed by customer_id) joined nothing. The
+    rows are customers 1-3 of telco_churn.csv now; outcomes.csv knows 1 and 3, so two of the
+    three predictions are labelled by the monitor's labels task, run after them."""
+    from datetime import UTC, datetime, timedelta
+
+    from mlwp.cli.run import read_rows
+    from mlwp.definitions.loading import load_project
+    from mlwp.monitoring.capture import join_labels
+    from mlwp.settings import REPO_ROOT
+    from operators.compiler import build_dag
+
+    folder = REPO_ROOT / "dags" / "projects" / "churn"
+    rows = read_rows(folder / "data" / "example_rows.json")
+    data = pd.read_csv(folder / "data" / "telco_churn.csv", dtype={"customer_id": str})
+    for record in rows:  # the rows are the dataset's records of those customers
+        match = data[data["customer_id"] == record["customer_id"]]
+        assert len(match) == 1, record
+        for field, value in record.items():
+            if field in ("monthly_charges", "total_charges"):
+                assert float(match.iloc[0][field]) == pytest.approx(value), (record, field)
+            else:
+                assert str(match.iloc[0][field]) == str(value), (record, field)
+
+    project = load_project(folder / "workflow.yaml")
+    task = build_dag(project, "monitor", project_dir=folder, grant_role=False).get_task("labels")
+    predicted = datetime.now(UTC) - timedelta(minutes=1)  # before the labels are ingested
+    frame, _ = task._read()  # type: ignore[attr-defined]
+    root = (tmp_path / "storage").as_uri()
+    ingest_labels(
+        frame,
+        root=root,
+        model="churn",
+        source="churn.monitor.labels",
+        columns=task.columns,  # type: ignore[attr-defined]
+        classes=task.classes,  # type: ignore[attr-defined]
+    )
+    # what serving captures of one request of those rows (entity field customer_id)
+    capture = pd.DataFrame(
+        {
+            "inference_id": ["r1"] * len(rows),
+            "row": range(len(rows)),
+            "entity_key": [str(record.get("customer_id")) for record in rows],
+            "time": pd.Series([predicted] * len(rows), dtype="datetime64[ms, UTC]"),
+        }
+    )
+    joined = join_labels(capture, read_labels(root, "churn"))
+    assert joined["label"].tolist()[0] == 0 and joined["label"].tolist()[2] == 1
+    assert int(joined["label"].notna().sum()) == 2
