@@ -66,19 +66,6 @@ class LabelIn(BaseModel):
             {"kind": _json_kind(value)},
         )
 
-    # `label: true` was stored as 1 (lax mode again): a boolean is not a class of a model
-    # nor a number it predicts, and as 1 it scored as the positive class
-    @field_validator("label", mode="before")
-    @classmethod
-    def _label_is_no_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise PydanticCustomError(
-                "label_type",
-                "a label is a class of the model (as predicted) or a number, not {kind}",
-                {"kind": _json_kind(value)},
-            )
-        return value
-
     @field_validator("row", mode="before")
     @classmethod
     def _row_is_no_boolean(cls, value: Any) -> Any:
