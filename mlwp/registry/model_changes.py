@@ -16,11 +16,13 @@ recorded state in one step: the state before the last promotion by default, or t
 right after a given event (``to=<event id>``) or in force at a given time
 (``to=<ISO time>``). The rollback is itself a recorded change.
 
-A change that would change nothing (the split already set, a promotion of the champion, a
-rollback to the state in force) writes and records nothing: its result is marked
-:func:`unchanged`, as ``kubectl apply`` says "unchanged", so the history holds only real
-changes. Who may make a change is decided by the caller's front end (the Airflow permissions
-for the view, see :func:`mlwp.security.roles.may_change_model`).
+A person's change that would change nothing (the split already set, a promotion of the
+champion, a rollback to the state in force) writes and records nothing: its result is marked
+:func:`unchanged`, as ``kubectl apply`` says "unchanged". A workflow's or a guardrail's is
+recorded all the same: it carries its run and evidence, and a rollout's step is a step of
+its record even when the deploy had already set that split. Who may make a change is decided
+by the caller's front end (the Airflow permissions for the view, see
+:func:`mlwp.security.roles.may_change_model`).
 """
 
 from __future__ import annotations
@@ -119,13 +121,14 @@ def promote(
 ) -> dict[str, Any]:
     """Make ``version`` (default: the challenger) the champion with all the traffic.
 
-    Promoting the champion when it already has all the traffic changes nothing: nothing is
-    recorded and the result is marked :func:`unchanged`.
+    A person promoting the champion when it already has all the traffic changes nothing:
+    nothing is recorded and the result is marked :func:`unchanged`.
     """
     before = snapshot(name)
     current = before["aliases"]
     if (
-        version is not None
+        kind == "person"
+        and version is not None
         and current.get("champion") == str(version)
         and current.get("challenger") != str(version)
         and _split(before["traffic"]) == {"champion": 100}
@@ -147,12 +150,12 @@ def set_traffic(
 ) -> dict[str, int]:
     """Set the traffic split (percent per alias, summing to 100).
 
-    The split already in force changes nothing: nothing is written or recorded and the
-    result is marked :func:`unchanged`.
+    A person setting the split already in force changes nothing: nothing is written or
+    recorded and the result is marked :func:`unchanged`.
     """
     before = snapshot(name)
     split = registry.validate_traffic(name, traffic)
-    if _split(split) == _split(before["traffic"]):
+    if kind == "person" and _split(split) == _split(before["traffic"]):
         return cast(dict[str, int], _Unchanged(split))
     split = registry.set_traffic(name, traffic)
     after = {**before, "traffic": split}
@@ -302,7 +305,7 @@ def rollback(
 ) -> dict[str, Any]:
     """Return ``name`` to a recorded state in one step (see :func:`target_state`).
 
-    A state given by ``to`` that is already in force changes nothing: nothing is recorded
+    A person giving with ``to`` the state already in force changes nothing: nothing is recorded
     and the result is marked :func:`unchanged` (the default rollback refuses instead: with
     no ``to``, a person asked to undo something and nothing is undone).
 
@@ -323,12 +326,13 @@ def rollback(
         )
         return after
     if same_state(state, before):
-        if to is not None:
+        if to is None:
+            raise registry.RegistryError(
+                f"{name!r} is already in {described}; nothing to roll back "
+                "(give --to with an event id or time from `mlwp models history`)"
+            )
+        if kind == "person":
             return _Unchanged(before)
-        raise registry.RegistryError(
-            f"{name!r} is already in {described}; nothing to roll back "
-            "(give --to with an event id or time from `mlwp models history`)"
-        )
     after = registry.restore(name, state)
     _record(
         actor,
