@@ -69,6 +69,11 @@ def _table() -> Table:
     return Table(box=None, pad_edge=False, header_style="bold underline")
 
 
+def split_text(traffic: dict[str, Any]) -> str:
+    """A traffic split as people read it: ``champion 90%, challenger 10%``."""
+    return ", ".join(f"{alias} {float(percent):g}%" for alias, percent in traffic.items())
+
+
 def _fail(exc: MlwpError) -> None:
     typer.echo(f"error: {exc.message}", err=True)
     raise typer.Exit(1)
@@ -111,7 +116,7 @@ def list_command(
                 table.add_row(
                     model["name"],
                     ", ".join(f"{a}=v{v}" for a, v in sorted(model["aliases"].items())),
-                    ", ".join(f"{a} {p}%" for a, p in model["traffic"].items()),
+                    split_text(model["traffic"]),
                     str(model["latest_version"] or ""),
                 )
             console.print(table)
@@ -120,10 +125,7 @@ def list_command(
         described = registry.describe(name)
         if _emit(described, json_output):
             return
-        console.print(
-            f"[bold]{name}[/bold] traffic: "
-            + ", ".join(f"{a} {p}%" for a, p in described["traffic"].items())
-        )
+        console.print(f"[bold]{name}[/bold] traffic: " + split_text(described["traffic"]))
         # In 80 columns the dag run was cut to "scheduled__2026-1…", so the run a version
         # came from could not be read: it folds now (never cut), a metric per line
         table = _table()
@@ -288,7 +290,7 @@ def traffic_command(
         if not split:
             current = registry.get_traffic(name)
             if not _emit(current, json_output):
-                typer.echo(", ".join(f"{a} {p}%" for a, p in current.items()))
+                typer.echo(split_text(current))
             return
         traffic: dict[str, Any] = {}
         for pair in split:
@@ -322,5 +324,5 @@ def traffic_command(
     else:
         serving = _reload_serving(name, {"aliases": aliases, "traffic": result})
     if not _emit(result, json_output):  # the split, as before
-        typer.echo(f"{name}: traffic " + ", ".join(f"{a} {p}%" for a, p in result.items()))
+        typer.echo(f"{name}: traffic {split_text(result)}")
         typer.echo(f"serving: {serving['message']}")

@@ -25,6 +25,8 @@ import httpx
 import orjson
 import typer
 
+from mlwp.cli.models import split_text
+
 app = typer.Typer(no_args_is_help=False)
 
 ACTIVE = ("queued", "running")
@@ -211,7 +213,7 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
             serving = value.get("serving") or {}
             line = f"deployed: {model}@{value.get('alias')} -> version {value.get('version')}"
             if value.get("traffic"):
-                line += f", traffic {_percents(value['traffic'])}"
+                line += f", traffic {split_text(value['traffic'])}"
             # "serving" is the good case, which the "serving ..." line after this shows;
             # anything else is a problem, and its message says which ("(serving: serving)"
             # said nothing)
@@ -219,11 +221,6 @@ def _outcome(api: Airflow, dag_id: str, run_id: str, echo: Any) -> str | None:
                 line += f" (serving: {serving.get('message') or serving.get('state', 'unknown')})"
             echo(line)
     return model
-
-
-def _percents(traffic: dict[str, Any]) -> str:
-    """``champion 90%, challenger 10%``."""
-    return ", ".join(f"{alias} {float(percent):g}%" for alias, percent in traffic.items())
 
 
 def serving_summary(serving_url: str, entry: dict[str, Any]) -> list[str]:

@@ -154,9 +154,10 @@ def set_traffic(
     recorded and the result is marked :func:`unchanged`.
     """
     before = snapshot(name)
-    split = registry.validate_traffic(name, traffic)
-    if kind == "person" and _split(split) == _split(before["traffic"]):
-        return cast(dict[str, int], _Unchanged(split))
+    if kind == "person":  # checked first, so a bad split is refused, never "unchanged"
+        wanted = registry.validate_traffic(name, traffic)
+        if _split(wanted) == _split(before["traffic"]):
+            return cast(dict[str, int], _Unchanged(wanted))
     split = registry.set_traffic(name, traffic)
     after = {**before, "traffic": split}
     _record(actor, TRAFFIC, name, before=before, after=after, reason=reason, kind=kind, **extra)

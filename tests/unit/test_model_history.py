@@ -356,6 +356,16 @@ def test_a_change_that_changes_nothing_records_nothing(
     assert changed == S3 and not model_changes.unchanged(changed)
     assert len(model_changes.history("churn")) == recorded + 1
 
+    # a workflow's step that sets the split in force is recorded all the same: a rollout's
+    # first step is the start of its record, with its run (test_rollout's history)
+    monkeypatch.setattr(registry, "set_traffic", lambda name, traffic: dict(traffic))
+    step = model_changes.set_traffic(
+        model_changes.workflow_actor("churn.release"), "churn", {"champion": 100},
+        "step 1", kind="workflow",
+    )  # fmt: skip
+    assert not model_changes.unchanged(step)
+    assert len(model_changes.history("churn")) == recorded + 2
+
 
 def test_the_cli_and_the_models_view_say_unchanged(
     trail: list, monkeypatch: pytest.MonkeyPatch
